@@ -1,0 +1,429 @@
+"""HDF5 dataset store: a resumable chunked writer, a lazy worker-safe reader, seeded splits.
+
+Layout of a store: one HDF5 file, one dataset per named array, all with the same number
+of rows (axis 0 = sample). Datasets are chunked along the rows and compressed (gzip level
+4 by default), so a reader can fetch single samples without decompressing the file.
+
+Writing goes to ``<path>.part``. After every :meth:`H5Writer.append` the file attribute
+``n_complete_rows`` records how many rows every dataset holds completely and the file is
+flushed. If the writing process dies, ``H5Writer(path, resume=True)`` reopens the
+``.part`` file, cuts every dataset back to the recorded count (dropping a half-written
+append) and continues. A clean :meth:`H5Writer.close` renames ``.part`` onto ``path``, so
+the final name only ever holds a complete file.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from neurotrain.errors import ConfigError, DataError
+
+ROWS_ATTR = "n_complete_rows"
+"""File attribute holding the number of rows that every dataset holds completely."""
+
+_TARGET_CHUNK_BYTES = 1 << 20  # 1 MiB: h5py's guidance is chunks of 10 KiB .. 1 MiB
+
+
+def part_path(path: str | Path) -> Path:
+    """The in-progress name of a store: ``data.h5`` -> ``data.h5.part``."""
+    path = Path(path)
+    return path.with_name(path.name + ".part")
+
+
+def _as_numpy(key: str, value: Any, path: Path) -> np.ndarray:
+    if isinstance(value, torch.Tensor):
+        t = value.detach()
+        if t.dtype == torch.bfloat16:
+            t = t.float()
+        arr = t.cpu().numpy()
+    else:
+        arr = np.asarray(value)
+    if arr.ndim == 0:
+        raise DataError(f"{path}: {key}: expected an array with a leading row axis (got a scalar)")
+    if arr.dtype.kind in "OUV":
+        raise DataError(f"{path}: {key}: expected a numeric array (got dtype {arr.dtype})")
+    return arr
+
+
+class H5Writer:
+    """Append named arrays row-wise to an HDF5 store; resumable, atomic on close.
+
+    Args:
+        path: final file name (parent folders are created).
+        compression: HDF5 filter (``"gzip"``, ``"lzf"`` or ``None``).
+        compression_opts: gzip level 0-9 (ignored for other filters).
+        chunk_rows: rows per chunk; default: as many rows as fit in about 1 MiB.
+        resume: continue an interrupted ``<path>.part``; without one, a finished
+            ``path`` is copied to ``.part`` and extended; with neither, start empty.
+        attrs: file attributes to set (JSON-able scalars, strings or small arrays).
+
+    Use as a context manager::
+
+        with H5Writer("train.h5", attrs={"task": "gamma"}) as w:
+            for batch in batches:
+                w.append(input=batch["input"], target=batch["target"])
+
+    Leaving the ``with`` block because of an exception keeps ``train.h5.part`` for resume.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        compression: str | None = "gzip",
+        compression_opts: int | None = 4,
+        chunk_rows: int | None = None,
+        resume: bool = False,
+        attrs: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self.part = part_path(self.path)
+        self.compression = compression
+        self.compression_opts = compression_opts if compression == "gzip" else None
+        if chunk_rows is not None and chunk_rows < 1:
+            raise ConfigError(f"{self.path}: chunk_rows: expected >= 1 (got {chunk_rows})")
+        self.chunk_rows = chunk_rows
+        self.resume = resume
+        self._attrs = dict(attrs or {})
+        self._file: h5py.File | None = None
+        self._n = 0
+        self._closed = False
+
+    # ------------------------------------------------------------------ lifecycle
+    def open(self) -> H5Writer:
+        """Open (or reopen for resume) the ``.part`` file. Called by ``__enter__``."""
+        if self._file is not None:
+            return self
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.resume and not self.part.exists() and self.path.exists():
+            shutil.copyfile(self.path, self.part)
+        if self.resume and self.part.exists():
+            try:
+                f = h5py.File(self.part, "r+")
+            except OSError as exc:
+                raise DataError(f"{self.part}: cannot reopen for resume: {_first_line(exc)}") from None
+            n = int(f.attrs.get(ROWS_ATTR, 0))
+            for name, ds in f.items():
+                if not isinstance(ds, h5py.Dataset):
+                    continue
+                if ds.shape[0] < n:
+                    f.close()
+                    raise DataError(
+                        f"{self.part}: {name}: holds {ds.shape[0]} rows, fewer than the "
+                        f"{n} recorded as complete; the file cannot be resumed"
+                    )
+                if ds.shape[0] != n:
+                    ds.resize(n, axis=0)
+            self._n = n
+        else:
+            f = h5py.File(self.part, "w")
+            f.attrs[ROWS_ATTR] = 0
+            self._n = 0
+        for k, v in self._attrs.items():
+            f.attrs[k] = v
+        f.flush()
+        self._file = f
+        return self
+
+    def __enter__(self) -> H5Writer:
+        return self.open()
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+    def abort(self) -> None:
+        """Close the file but keep ``<path>.part`` (for a later ``resume=True``)."""
+        if self._file is not None:
+            try:
+                self._file.close()
+            finally:
+                self._file = None
+
+    def close(self) -> Path:
+        """Flush, close and rename ``.part`` onto the final path; returns the final path."""
+        if self._closed:
+            return self.path
+        self.open()
+        assert self._file is not None
+        self._file.attrs[ROWS_ATTR] = self._n
+        self._file.close()
+        self._file = None
+        os.replace(self.part, self.path)
+        self._closed = True
+        return self.path
+
+    # ------------------------------------------------------------------ writing
+    @property
+    def n_rows(self) -> int:
+        """Number of complete rows written so far (including resumed ones)."""
+        return self._n
+
+    def set_attrs(self, **attrs: Any) -> None:
+        """Set file attributes (kept in the final file)."""
+        f = self._require_open()
+        for k, v in attrs.items():
+            f.attrs[k] = v
+
+    def append(self, **arrays: Any) -> int:
+        """Append rows; every array needs the same leading length. Returns the new row count.
+
+        The first call fixes the set of keys, each key's trailing shape and dtype; later
+        calls must match them (a value of another dtype is accepted only when it casts
+        safely, e.g. int32 into int64).
+        """
+        f = self._require_open()
+        if not arrays:
+            raise DataError(f"{self.part}: append() needs at least one named array")
+        data = {k: _as_numpy(k, v, self.part) for k, v in arrays.items()}
+        lengths = {k: a.shape[0] for k, a in data.items()}
+        n_new = next(iter(lengths.values()))
+        if any(n != n_new for n in lengths.values()):
+            raise DataError(f"{self.part}: arrays must share the leading length (got {lengths})")
+
+        existing = {name for name, obj in f.items() if isinstance(obj, h5py.Dataset)}
+        if existing:
+            missing = sorted(existing - set(data))
+            extra = sorted(set(data) - existing)
+            if missing:
+                raise DataError(f"{self.part}: {missing[0]}: missing from append (the store holds {sorted(existing)})")
+            if extra:
+                raise DataError(f"{self.part}: {extra[0]}: not in the store (it holds {sorted(existing)})")
+            for k, a in data.items():
+                ds = f[k]
+                if a.shape[1:] != ds.shape[1:]:
+                    raise DataError(
+                        f"{self.part}: {k}: expected rows of shape {tuple(ds.shape[1:])} (got {tuple(a.shape[1:])})"
+                    )
+                if a.dtype != ds.dtype and not np.can_cast(a.dtype, ds.dtype, casting="safe"):
+                    raise DataError(f"{self.part}: {k}: expected dtype {ds.dtype} (got {a.dtype})")
+        else:
+            for k, a in data.items():
+                self._create(f, k, a)
+
+        start, stop = self._n, self._n + n_new
+        if n_new:
+            for k, a in data.items():
+                ds = f[k]
+                ds.resize(stop, axis=0)
+                ds[start:stop] = a
+        self._n = stop
+        f.attrs[ROWS_ATTR] = stop
+        f.flush()
+        return stop
+
+    def _create(self, f: h5py.File, key: str, a: np.ndarray) -> None:
+        trailing = a.shape[1:]
+        row_bytes = max(1, int(np.prod(trailing, dtype=np.int64)) * a.dtype.itemsize)
+        rows = self.chunk_rows or max(1, _TARGET_CHUNK_BYTES // row_bytes)
+        chunks = (rows, *[max(1, s) for s in trailing])
+        f.create_dataset(
+            key,
+            shape=(0, *trailing),
+            maxshape=(None, *trailing),
+            dtype=a.dtype,
+            chunks=chunks,
+            compression=self.compression,
+            compression_opts=self.compression_opts,
+            shuffle=self.compression is not None and a.dtype.itemsize > 1,
+        )
+
+    def _require_open(self) -> h5py.File:
+        if self._closed:
+            raise DataError(f"{self.path}: writer is already closed")
+        if self._file is None:
+            self.open()
+        assert self._file is not None
+        return self._file
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+class H5Dataset(Dataset):
+    """A map-style torch Dataset over rows of an HDF5 store.
+
+    Args:
+        path: the HDF5 file.
+        keys: batch key -> HDF5 dataset name, or a list of dataset names (used as keys).
+        indices: optional subset of rows (e.g. one part of :func:`split_indices`).
+
+    The file is checked once at construction (exists, is HDF5, holds the keys with equal
+    row counts) and then closed; each process opens its own handle lazily on first read
+    (the owning pid is tracked), so the dataset is safe with forked or spawned DataLoader
+    workers. Items are ``dict[str, Tensor]``. With ``__getitems__`` a DataLoader fetches a
+    whole batch with one sorted fancy-index read per key.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        keys: Mapping[str, str] | Sequence[str],
+        indices: Sequence[int] | np.ndarray | None = None,
+    ) -> None:
+        self.path = Path(path)
+        if isinstance(keys, Mapping):
+            self.keys = dict(keys)
+        else:
+            self.keys = {str(k): str(k) for k in keys}
+        if not self.keys:
+            raise DataError(f"{self.path}: no dataset keys requested")
+        self._file: h5py.File | None = None
+        self._pid: int | None = None
+        self.n_file_rows, self.shapes, self.dtypes = self._inspect()
+        if indices is None:
+            self.indices: np.ndarray | None = None
+        else:
+            idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+            if idx.size and (idx.min() < 0 or idx.max() >= self.n_file_rows):
+                raise DataError(
+                    f"{self.path}: indices: expected values in [0, {self.n_file_rows}) "
+                    f"(got min {idx.min()}, max {idx.max()})"
+                )
+            self.indices = idx
+
+    def _inspect(self) -> tuple[int, dict[str, tuple[int, ...]], dict[str, np.dtype]]:
+        if not self.path.is_file():
+            raise DataError(f"{self.path}: file not found")
+        try:
+            f = h5py.File(self.path, "r")
+        except OSError as exc:
+            raise DataError(f"{self.path}: not a readable HDF5 file ({_first_line(exc)})") from None
+        try:
+            lengths: dict[str, int] = {}
+            shapes: dict[str, tuple[int, ...]] = {}
+            dtypes: dict[str, np.dtype] = {}
+            for bkey, name in self.keys.items():
+                obj = f.get(name)
+                if not isinstance(obj, h5py.Dataset):
+                    have = sorted(k for k, v in f.items() if isinstance(v, h5py.Dataset))
+                    raise DataError(f"{self.path}: {name}: dataset not found (the file holds {have})")
+                if obj.ndim == 0:
+                    raise DataError(f"{self.path}: {name}: expected a dataset with a row axis (got a scalar)")
+                lengths[name] = obj.shape[0]
+                shapes[bkey] = tuple(obj.shape[1:])
+                dtypes[bkey] = obj.dtype
+        finally:
+            f.close()
+        if len(set(lengths.values())) > 1:
+            raise DataError(f"{self.path}: datasets must have equal row counts (got {lengths})")
+        return next(iter(lengths.values())), shapes, dtypes
+
+    # ------------------------------------------------------------------ handle
+    def _handle(self) -> h5py.File:
+        pid = os.getpid()
+        if self._file is None or self._pid != pid:
+            # a handle inherited through fork is never used (nor closed) by the child
+            try:
+                self._file = h5py.File(self.path, "r", rdcc_nbytes=16 << 20)
+            except OSError as exc:
+                raise DataError(f"{self.path}: not a readable HDF5 file ({_first_line(exc)})") from None
+            self._pid = pid
+        return self._file
+
+    def close(self) -> None:
+        if self._file is not None and self._pid == os.getpid():
+            try:
+                self._file.close()
+            except Exception:  # noqa: BLE001  (closing at interpreter exit)
+                pass
+        self._file = None
+        self._pid = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_file"] = None
+        state["_pid"] = None
+        return state
+
+    def __del__(self) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ access
+    def __len__(self) -> int:
+        return self.n_file_rows if self.indices is None else int(self.indices.size)
+
+    def _row(self, i: int) -> int:
+        n = len(self)
+        if not -n <= i < n:
+            raise IndexError(f"{self.path}: index {i} out of range for {n} rows")
+        i = i % n if n else i
+        return int(self.indices[i]) if self.indices is not None else i
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        row = self._row(int(i))
+        f = self._handle()
+        out: dict[str, torch.Tensor] = {}
+        for bkey, name in self.keys.items():
+            try:
+                value = f[name][row]
+            except (OSError, KeyError, ValueError) as exc:
+                raise DataError(f"{self.path}: {name}: cannot read row {row} ({_first_line(exc)})") from None
+            out[bkey] = torch.as_tensor(np.asarray(value))
+        return out
+
+    def __getitems__(self, idx: Sequence[int]) -> list[dict[str, torch.Tensor]]:
+        rows = np.asarray([self._row(int(i)) for i in idx], dtype=np.int64)
+        if rows.size == 0:
+            return []
+        uniq, inverse = np.unique(rows, return_inverse=True)
+        f = self._handle()
+        cols: dict[str, torch.Tensor] = {}
+        for bkey, name in self.keys.items():
+            ds = f[name]
+            try:
+                if int(uniq[-1] - uniq[0]) + 1 == uniq.size:  # contiguous: one slice read
+                    block = ds[int(uniq[0]) : int(uniq[-1]) + 1]
+                else:
+                    block = ds[uniq]
+            except (OSError, KeyError, ValueError) as exc:
+                raise DataError(f"{self.path}: {name}: cannot read rows ({_first_line(exc)})") from None
+            cols[bkey] = torch.from_numpy(np.ascontiguousarray(np.asarray(block)[inverse]))
+        return [{k: v[j] for k, v in cols.items()} for j in range(rows.size)]
+
+    def __repr__(self) -> str:
+        return f"H5Dataset({str(self.path)!r}, keys={self.keys}, rows={len(self)})"
+
+
+# --------------------------------------------------------------------------- splits
+
+
+def split_indices(n: int, fractions: Sequence[float], seed: int) -> tuple[np.ndarray, ...]:
+    """Split ``range(n)`` into disjoint parts by ``fractions`` with a fixed-seed permutation.
+
+    Every index lands in exactly one part; part sizes are ``floor(n * f)`` with the
+    remainder given to the parts with the largest fractional parts (ties: earlier part
+    first), so the sizes sum to ``n``. Each part is returned sorted (sequential reads are
+    faster in HDF5; shuffling is the DataLoader's job). Same ``(n, fractions, seed)`` ->
+    same split, on every platform (NumPy's PCG64 ``default_rng``).
+    """
+    if n < 0:
+        raise ConfigError(f"split: n: expected >= 0 (got {n})")
+    fr = np.asarray(list(fractions), dtype=np.float64)
+    if fr.size == 0 or np.any(fr < 0) or abs(float(fr.sum()) - 1.0) > 1e-6:
+        raise ConfigError(f"data.splits: fractions must be >= 0 and sum to 1 (got {list(fractions)})")
+    exact = fr * n
+    sizes = np.floor(exact).astype(np.int64)
+    remainder = int(n - sizes.sum())
+    if remainder > 0:
+        order = np.argsort(-(exact - sizes), kind="stable")
+        sizes[order[:remainder]] += 1
+    perm = np.random.default_rng(seed).permutation(n)
+    bounds = np.concatenate([[0], np.cumsum(sizes)])
+    return tuple(np.sort(perm[bounds[i] : bounds[i + 1]]) for i in range(fr.size))

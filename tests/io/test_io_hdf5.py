@@ -1,0 +1,214 @@
+"""HDF5 store: round trip, resume after a crash, workers, corrupt files, splits."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from neurotrain.errors import ConfigError, DataError
+from neurotrain.io.hdf5 import ROWS_ATTR, H5Dataset, H5Writer, part_path, split_indices
+
+
+def _batch(rng: np.random.Generator, n: int, start: int = 0) -> dict[str, np.ndarray]:
+    return {
+        "input": rng.normal(size=(n, 2, 16)).astype(np.float32),
+        "target": np.arange(start, start + n, dtype=np.int64),
+        "mask": rng.random((n, 4, 4)) > 0.5,
+    }
+
+
+def test_round_trip_values_dtypes_compression_chunks(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    path = tmp_path / "sub" / "store.h5"
+    parts = [_batch(rng, n, s) for n, s in ((5, 0), (7, 5), (1, 12))]
+    with H5Writer(path, chunk_rows=4, attrs={"task": "gamma", "version": 2}) as w:
+        for p in parts:
+            w.append(**p)
+        # torch tensors work too
+        w.append(input=torch.zeros(2, 2, 16), target=torch.tensor([13, 14]), mask=torch.ones(2, 4, 4, dtype=torch.bool))
+        assert w.n_rows == 15
+        assert not path.exists() and part_path(path).exists()
+    assert path.exists() and not part_path(path).exists()
+
+    with h5py.File(path, "r") as f:
+        assert f.attrs["task"] == "gamma" and f.attrs["version"] == 2
+        assert int(f.attrs[ROWS_ATTR]) == 15
+        x = f["input"]
+        assert x.dtype == np.float32 and x.shape == (15, 2, 16)
+        assert x.compression == "gzip" and x.compression_opts == 4
+        assert x.chunks == (4, 2, 16) and x.maxshape == (None, 2, 16)
+        assert f["target"].dtype == np.int64 and f["mask"].dtype == bool
+        np.testing.assert_array_equal(x[:13], np.concatenate([p["input"] for p in parts]))
+        np.testing.assert_array_equal(x[13:], 0)
+        np.testing.assert_array_equal(f["target"][:], np.arange(15))
+        np.testing.assert_array_equal(f["mask"][:13], np.concatenate([p["mask"] for p in parts]))
+
+    ds = H5Dataset(path, {"x": "input", "y": "target"})
+    assert len(ds) == 15
+    item = ds[6]
+    assert set(item) == {"x", "y"}
+    assert item["x"].dtype == torch.float32 and item["x"].shape == (2, 16)
+    torch.testing.assert_close(item["x"], torch.from_numpy(parts[1]["input"][1]))
+    assert int(item["y"]) == 6
+    assert int(ds[-1]["y"]) == 14
+
+
+def test_default_chunks_about_one_mebibyte(tmp_path: Path) -> None:
+    path = tmp_path / "big.h5"
+    with H5Writer(path, compression=None) as w:
+        w.append(a=np.zeros((3, 1024), np.float32))  # 4 KiB rows -> 256 rows per chunk
+    with h5py.File(path, "r") as f:
+        assert f["a"].chunks == (256, 1024) and f["a"].compression is None
+
+
+class _Crash(RuntimeError):
+    pass
+
+
+def test_resume_after_interrupted_write(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    path = tmp_path / "resume.h5"
+    parts = [_batch(rng, 3 + i, 10 * i) for i in range(6)]
+
+    with pytest.raises(_Crash):
+        with H5Writer(path, chunk_rows=2) as w:
+            for p in parts[:3]:
+                w.append(**p)
+            raise _Crash("simulated crash")
+    assert not path.exists() and part_path(path).exists()
+
+    # a crash in the middle of an append: datasets grown, count not updated
+    with h5py.File(part_path(path), "r+") as f:
+        assert int(f.attrs[ROWS_ATTR]) == 3 + 4 + 5
+        for k in ("input", "target", "mask"):
+            f[k].resize(f[k].shape[0] + 2, axis=0)
+        f["input"][-2:] = 99.0
+
+    with H5Writer(path, resume=True) as w:
+        assert w.n_rows == 12
+        for p in parts[3:]:
+            w.append(**p)
+    with h5py.File(path, "r") as f:
+        for k in ("input", "target", "mask"):
+            np.testing.assert_array_equal(f[k][:], np.concatenate([p[k] for p in parts]))
+        assert int(f.attrs[ROWS_ATTR]) == sum(len(p["target"]) for p in parts)
+
+
+def test_resume_without_part_extends_finished_file_and_fresh_write_overwrites(tmp_path: Path) -> None:
+    path = tmp_path / "s.h5"
+    with H5Writer(path) as w:
+        w.append(a=np.arange(3))
+    with H5Writer(path, resume=True) as w:
+        w.append(a=np.arange(3, 5))
+    with h5py.File(path, "r") as f:
+        np.testing.assert_array_equal(f["a"][:], np.arange(5))
+    with H5Writer(path) as w:  # resume=False starts over
+        w.append(a=np.arange(2))
+    with h5py.File(path, "r") as f:
+        np.testing.assert_array_equal(f["a"][:], np.arange(2))
+
+
+def test_inconsistent_appends_raise_data_error_naming_file_and_key(tmp_path: Path) -> None:
+    path = tmp_path / "bad.h5"
+    with H5Writer(path) as w:
+        w.append(x=np.zeros((2, 3), np.float32), y=np.zeros(2, np.int32))
+        with pytest.raises(DataError, match=r"bad\.h5\.part: x: expected rows of shape \(3,\) \(got \(4,\)\)"):
+            w.append(x=np.zeros((2, 4), np.float32), y=np.zeros(2, np.int32))
+        with pytest.raises(DataError, match=r"bad\.h5\.part: x: expected dtype float32 \(got float64\)"):
+            w.append(x=np.zeros((2, 3), np.float64), y=np.zeros(2, np.int32))
+        with pytest.raises(DataError, match=r"y: missing"):
+            w.append(x=np.zeros((2, 3), np.float32))
+        with pytest.raises(DataError, match=r"z: not in the store"):
+            w.append(x=np.zeros((2, 3), np.float32), y=np.zeros(2, np.int32), z=np.zeros(2))
+        with pytest.raises(DataError, match="leading length"):
+            w.append(x=np.zeros((2, 3), np.float32), y=np.zeros(3, np.int32))
+        # a safe cast is accepted
+        w.append(x=np.zeros((1, 3), np.float16), y=np.zeros(1, np.int8))
+        assert w.n_rows == 3
+
+
+def test_concurrent_readers_in_workers(tmp_path: Path) -> None:
+    path = tmp_path / "w.h5"
+    n = 64
+    with H5Writer(path, chunk_rows=8) as w:
+        w.append(input=np.arange(n * 3, dtype=np.float32).reshape(n, 3), idx=np.arange(n))
+    ds = H5Dataset(path, ["input", "idx"])
+    _ = ds[0]  # parent opens a handle before fork: workers must not reuse it
+    loader = DataLoader(ds, batch_size=5, shuffle=True, num_workers=2, generator=torch.Generator().manual_seed(0))
+    seen = []
+    for batch in loader:
+        assert batch["input"].shape[1:] == (3,)
+        torch.testing.assert_close(batch["input"][:, 0], batch["idx"].float() * 3)
+        seen.append(batch["idx"])
+    assert sorted(torch.cat(seen).tolist()) == list(range(n))
+
+
+def test_getitems_matches_getitem_with_subset(tmp_path: Path) -> None:
+    path = tmp_path / "g.h5"
+    with H5Writer(path, chunk_rows=3) as w:
+        w.append(v=np.arange(20, dtype=np.float64) ** 2)
+    ds = H5Dataset(path, {"value": "v"}, indices=[19, 2, 5, 6, 7, 0])
+    many = ds.__getitems__([3, 0, 3, 1, 5])
+    assert [float(m["value"]) for m in many] == [36.0, 361.0, 36.0, 4.0, 0.0]
+    assert [float(ds[i]["value"]) for i in (3, 0, 3, 1, 5)] == [36.0, 361.0, 36.0, 4.0, 0.0]
+    assert ds.__getitems__([2, 3, 4]) == [{"value": torch.tensor(v)} for v in (25.0, 36.0, 49.0)]
+    with pytest.raises(IndexError):
+        ds[6]
+
+
+def test_bad_files_and_keys_raise_one_line_data_error(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.h5"
+    with pytest.raises(DataError, match=r"nope\.h5: file not found"):
+        H5Dataset(missing, ["x"])
+
+    corrupt = tmp_path / "corrupt.h5"
+    corrupt.write_bytes(b"this is not an HDF5 file" * 10)
+    with pytest.raises(DataError, match=r"corrupt\.h5: not a readable HDF5 file") as info:
+        H5Dataset(corrupt, ["x"])
+    assert "\n" not in str(info.value)
+
+    good = tmp_path / "good.h5"
+    with H5Writer(good) as w:
+        w.append(x=np.zeros((4, 2)))
+    with pytest.raises(DataError, match=r"good\.h5: target: dataset not found \(the file holds \['x'\]\)"):
+        H5Dataset(good, {"input": "x", "target": "target"})
+    with pytest.raises(DataError, match="indices"):
+        H5Dataset(good, ["x"], indices=[0, 4])
+
+    truncated = tmp_path / "trunc.h5"
+    truncated.write_bytes(good.read_bytes()[:600])
+    with pytest.raises(DataError, match=r"trunc\.h5"):
+        ds = H5Dataset(truncated, ["x"])
+        ds[0]
+
+
+def test_unequal_lengths_rejected(tmp_path: Path) -> None:
+    path = tmp_path / "u.h5"
+    with h5py.File(path, "w") as f:
+        f["a"] = np.zeros(3)
+        f["b"] = np.zeros(4)
+    with pytest.raises(DataError, match="equal row counts"):
+        H5Dataset(path, ["a", "b"])
+
+
+def test_split_indices_deterministic_and_complete() -> None:
+    a = split_indices(103, (0.8, 0.1, 0.1), seed=7)
+    b = split_indices(103, [0.8, 0.1, 0.1], seed=7)
+    c = split_indices(103, (0.8, 0.1, 0.1), seed=8)
+    assert [len(p) for p in a] == [83, 10, 10]
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)
+    assert any(not np.array_equal(x, y) for x, y in zip(a, c))
+    allidx = np.concatenate(a)
+    assert sorted(allidx.tolist()) == list(range(103))
+    assert [len(p) for p in split_indices(10, (1 / 3, 1 / 3, 1 / 3), 0)] == [4, 3, 3]
+    assert [len(p) for p in split_indices(0, (0.5, 0.5), 0)] == [0, 0]
+    with pytest.raises(ConfigError, match="sum to 1"):
+        split_indices(10, (0.5, 0.6), 0)
+    with pytest.raises(ConfigError):
+        split_indices(10, (1.2, -0.2), 0)
