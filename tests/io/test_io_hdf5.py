@@ -11,7 +11,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from neurotrain.errors import ConfigError, DataError
-from neurotrain.io.hdf5 import ROWS_ATTR, H5Dataset, H5Writer, part_path, split_indices
+import json
+
+from neurotrain.io.hdf5 import ROWS_ATTR, H5Dataset, H5Writer, dataset_length, part_path, split_indices
 
 
 def _batch(rng: np.random.Generator, n: int, start: int = 0) -> dict[str, np.ndarray]:
@@ -212,3 +214,22 @@ def test_split_indices_deterministic_and_complete() -> None:
         split_indices(10, (0.5, 0.6), 0)
     with pytest.raises(ConfigError):
         split_indices(10, (1.2, -0.2), 0)
+
+
+def test_dataset_length_and_nested_attrs(tmp_path: Path) -> None:
+    path = tmp_path / "len.h5"
+    with H5Writer(path, attrs={"config": {"a": 1, "b": [1, 2]}, "energies_keV": [59.5, 661.7], "none": None}) as w:
+        w.append(x=np.zeros((7, 2)), y=np.ones(7))
+    assert dataset_length(path, "x") == 7
+    with h5py.File(path, "r") as f:
+        assert json.loads(f.attrs["config"]) == {"a": 1, "b": [1, 2]}
+        np.testing.assert_allclose(f.attrs["energies_keV"], [59.5, 661.7])
+        assert json.loads(f.attrs["none"]) is None
+    with pytest.raises(DataError, match=r"len\.h5: z: dataset not found"):
+        dataset_length(path, "z")
+    with pytest.raises(DataError, match=r"missing\.h5: file not found"):
+        dataset_length(tmp_path / "missing.h5", "x")
+    bad = tmp_path / "bad.h5"
+    bad.write_bytes(b"\x00" * 100)
+    with pytest.raises(DataError, match=r"bad\.h5: not a readable HDF5 file"):
+        dataset_length(bad, "x")

@@ -14,6 +14,7 @@ the final name only ever holds a complete file.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from collections.abc import Mapping, Sequence
@@ -52,6 +53,26 @@ def _as_numpy(key: str, value: Any, path: Path) -> np.ndarray:
     if arr.dtype.kind in "OUV":
         raise DataError(f"{path}: {key}: expected a numeric array (got dtype {arr.dtype})")
     return arr
+
+
+def _attr_value(value: Any) -> Any:
+    """``value`` in a form HDF5 can store as an attribute.
+
+    Numbers, strings, booleans and numeric arrays are stored as they are; paths as text;
+    ``None``, dicts and mixed lists as JSON text (read back with ``json.loads``).
+    """
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, (str, bytes, bool, int, float, np.generic, np.ndarray)):
+        return value
+    if isinstance(value, (list, tuple)):
+        try:
+            arr = np.asarray(value)
+        except (ValueError, TypeError):
+            arr = None
+        if arr is not None and arr.dtype.kind in "biuf":
+            return arr
+    return json.dumps(value, default=str)
 
 
 class H5Writer:
@@ -129,7 +150,7 @@ class H5Writer:
             f.attrs[ROWS_ATTR] = 0
             self._n = 0
         for k, v in self._attrs.items():
-            f.attrs[k] = v
+            f.attrs[k] = _attr_value(v)
         f.flush()
         self._file = f
         return self
@@ -174,7 +195,7 @@ class H5Writer:
         """Set file attributes (kept in the final file)."""
         f = self._require_open()
         for k, v in attrs.items():
-            f.attrs[k] = v
+            f.attrs[k] = _attr_value(v)
 
     def append(self, **arrays: Any) -> int:
         """Append rows; every array needs the same leading length. Returns the new row count.
@@ -249,6 +270,29 @@ class H5Writer:
 
 
 # --------------------------------------------------------------------------- reading
+
+
+def dataset_length(path: str | Path, key: str) -> int:
+    """Number of rows (axis 0) of dataset ``key`` in the HDF5 file ``path``.
+
+    Raises :class:`DataError` naming the file (and the key) when the file is missing,
+    not HDF5, or has no such array dataset.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as exc:
+        raise DataError(f"{path}: not a readable HDF5 file ({_first_line(exc)})") from None
+    with f:
+        obj = f.get(key)
+        if not isinstance(obj, h5py.Dataset):
+            have = sorted(k for k, v in f.items() if isinstance(v, h5py.Dataset))
+            raise DataError(f"{path}: {key}: dataset not found (the file holds {have})")
+        if obj.ndim == 0:
+            raise DataError(f"{path}: {key}: expected a dataset with a row axis (got a scalar)")
+        return int(obj.shape[0])
 
 
 def _first_line(exc: BaseException) -> str:
