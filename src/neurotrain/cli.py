@@ -1,0 +1,324 @@
+"""The ``neurotrain`` command line."""
+
+from __future__ import annotations
+
+import functools
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Optional, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from neurotrain.errors import ConfigError, NeurotrainError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+app = typer.Typer(
+    name="neurotrain",
+    help="Train, evaluate and deploy deep networks on scientific measurements.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+config_app = typer.Typer(help="Inspect configs.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+
+out = Console()
+err = Console(stderr=True)
+
+
+def handle_errors(fn: F) -> F:
+    """Turn a NeurotrainError into its one-line message and a non-zero exit, no traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except NeurotrainError as exc:
+            for line in str(exc).splitlines():
+                err.print(f"[bold red]error:[/] {line}", highlight=False, soft_wrap=True)
+            raise typer.Exit(exc.exit_code) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _load(config: Path, overrides: list[str] | None):
+    from neurotrain.config import load_config
+
+    return load_config(config, overrides or [])
+
+
+def _parse_options(items: list[str] | None) -> dict[str, Any]:
+    """``--opt key=value`` task options; values parsed as YAML."""
+    import yaml
+
+    opts: dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ConfigError(f"config error in --opt: {item!r} is not of the form key=value")
+        k, v = item.split("=", 1)
+        opts[k.strip()] = yaml.safe_load(v)
+    return opts
+
+
+def _task_or_config(target: str, overrides: list[str] | None):
+    """A config file path, or a task name (its schema defaults, or its quickstart config)."""
+    from neurotrain.config import apply_overrides, validate_config
+
+    path = Path(target)
+    if path.suffix.lower() in (".yaml", ".yml", ".toml") or path.is_file():
+        return _load(path, overrides)
+    quick = find_quickstart(target)
+    if quick is not None:
+        return _load(quick, overrides)
+    return validate_config(apply_overrides({"task": target}, overrides or []), source=f"task {target}")
+
+
+def repo_configs_dir() -> Path:
+    """``configs/`` of the current directory, else of the source checkout neurotrain runs from."""
+    here = Path.cwd() / "configs"
+    if here.is_dir():
+        return here
+    return Path(__file__).resolve().parents[2] / "configs"
+
+
+def find_quickstart(task: str) -> Path | None:
+    p = repo_configs_dir() / task / "quickstart.yaml"
+    return p if p.is_file() else None
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+@app.command()
+@handle_errors
+def train(
+    config: Path = typer.Argument(..., help="YAML or TOML config file."),
+    overrides: Optional[list[str]] = typer.Argument(None, help="a.b.c=value overrides (value parsed as YAML)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from checkpoints/last.ckpt of this run."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run of the same name."),
+    debug: bool = typer.Option(False, "--debug", help="Write the task's debug figures for the first steps."),
+) -> None:
+    """Train a model; writes runs/<task>/<name>/ (config, checkpoints, logs, metrics.json)."""
+    from neurotrain.engine import api
+
+    cfg = _load(config, overrides)
+    run_dir = api.train(cfg, resume=resume, overwrite=overwrite, debug=debug)
+    out.print(f"run: {run_dir}")
+
+
+@app.command()
+@handle_errors
+def test(
+    config: Path = typer.Argument(..., help="YAML or TOML config file."),
+    overrides: Optional[list[str]] = typer.Argument(None, help="a.b.c=value overrides."),
+    ckpt: Optional[Path] = typer.Option(None, "--ckpt", help="Checkpoint (default: the run's best.ckpt)."),
+    baseline: bool = typer.Option(False, "--baseline", help="Run the classical baseline instead of the network."),
+    debug: bool = typer.Option(False, "--debug", help="Write the task's debug figures."),
+    opt: Optional[list[str]] = typer.Option(None, "--opt", help="Task option key=value (repeatable)."),
+) -> None:
+    """Score a checkpoint (or the baseline) on the test data; writes metrics.json."""
+    from neurotrain.engine import api
+
+    cfg = _load(config, overrides)
+    metrics = api.test(cfg, ckpt, baseline=baseline, debug=debug, **_parse_options(opt))
+    _print_metrics(metrics, f"test {cfg.task}")
+
+
+@app.command()
+@handle_errors
+def predict(
+    ckpt: Path = typer.Argument(..., help="Trained checkpoint (its config is embedded)."),
+    inputs: Optional[list[Path]] = typer.Argument(None, help="Input files or folders."),
+    input_: Optional[list[Path]] = typer.Option(None, "--input", "-i", help="Input file or folder (repeatable)."),
+    output: Optional[Path] = typer.Option(None, "--output", "--out", "-o", help="Output file or folder."),
+    overrides: Optional[list[str]] = typer.Option(None, "--set", help="Override the embedded config, a.b=c."),
+    opt: Optional[list[str]] = typer.Option(None, "--opt", help="Task option key=value (repeatable)."),
+    debug: bool = typer.Option(False, "--debug", help="Write the task's debug figures."),
+) -> None:
+    """Run a trained network on field files; the checkpoint alone is enough."""
+    from neurotrain.engine import api
+
+    files = list(inputs or []) + list(input_ or [])
+    if not files:
+        raise ConfigError("config error in predict: no input files given")
+    options = _parse_options(opt)
+    if debug:
+        options["debug"] = True
+    written = api.predict(ckpt, files, output, overrides, **options)
+    for p in written:
+        out.print(f"wrote {p}")
+
+
+@app.command()
+@handle_errors
+def simulate(
+    target: str = typer.Argument(..., help="Task name or config file."),
+    overrides: Optional[list[str]] = typer.Argument(None, help="a.b.c=value overrides."),
+    output: Path = typer.Option(..., "--out", "--output", "-o", help="Output file or folder."),
+    n: int = typer.Option(1000, "-n", help="Number of samples (spectra, movies, recordings)."),
+    opt: Optional[list[str]] = typer.Option(None, "--opt", help="Task option key=value (repeatable)."),
+) -> None:
+    """Write simulated data from the task's physics simulator."""
+    from neurotrain.engine.api import get_task
+
+    cfg = _task_or_config(target, overrides)
+    path = get_task(cfg).simulate(cfg, output, n, **_parse_options(opt))
+    out.print(f"wrote {path}")
+
+
+@app.command()
+@handle_errors
+def evaluate(
+    target: str = typer.Argument(..., help="Config file (or task name with --pred/--truth)."),
+    overrides: Optional[list[str]] = typer.Argument(None, help="a.b.c=value overrides."),
+    ckpt: Optional[Path] = typer.Option(None, "--ckpt", help="Checkpoint (default: the run's best.ckpt)."),
+    baseline_only: bool = typer.Option(False, "--baseline-only", help="Score only the classical baseline."),
+    pred: Optional[Path] = typer.Option(None, "--pred", help="Score this result file instead of running a model."),
+    truth: Optional[Path] = typer.Option(None, "--truth", help="Ground truth file for --pred."),
+    opt: Optional[list[str]] = typer.Option(None, "--opt", help="Task option key=value (repeatable)."),
+) -> None:
+    """Network and classical baseline side by side: metrics.json, report and figures."""
+    from neurotrain.engine import api
+
+    cfg = _task_or_config(target, overrides)
+    options = _parse_options(opt)
+    if pred is not None:
+        options.update(pred=pred, truth=truth)
+        baseline_only = True
+    result = api.evaluate(cfg, ckpt, baseline_only=baseline_only, **options)
+    _print_result(result, cfg.task)
+
+
+@app.command()
+@handle_errors
+def tune(
+    config: Path = typer.Argument(..., help="Base config file."),
+    overrides: Optional[list[str]] = typer.Argument(None, help="a.b.c=value overrides."),
+    trials: int = typer.Option(20, "--trials", "-n", help="Trials for this worker."),
+    storage: Optional[str] = typer.Option(None, "--storage", help="Optuna RDB URL (default: SQLite in the run dir)."),
+    study_name: Optional[str] = typer.Option(None, "--study-name", help="Study name (shared by workers)."),
+    timeout: Optional[float] = typer.Option(None, "--timeout", help="Stop after this many seconds."),
+) -> None:
+    """Hyper-parameter search with Optuna over the task's search space."""
+    from neurotrain import tune as tuning
+
+    cfg = _load(config, overrides)
+    study = tuning.tune(cfg, trials, storage=storage, study_name=study_name, timeout_s=timeout)
+    out.print(f"best {cfg.trainer.checkpoint.monitor} = {study.best_value:.6g} with {study.best_params}")
+
+
+@app.command()
+@handle_errors
+def export(
+    ckpt: Path = typer.Argument(..., help="Trained checkpoint."),
+    output: Path = typer.Option(..., "--out", "--output", "-o", help="ONNX file to write."),
+    opset: int = typer.Option(17, "--opset", help="ONNX opset."),
+    quantize: bool = typer.Option(False, "--quantize", help="Also write a dynamic int8 model."),
+    atol: float = typer.Option(1e-4, "--atol", help="Largest allowed |onnxruntime - torch|."),
+) -> None:
+    """Export to ONNX and check onnxruntime against torch."""
+    from neurotrain.engine.api import get_task
+    from neurotrain.engine.checkpoint import load_model
+    from neurotrain.export import export_onnx
+
+    cfg, model = load_model(ckpt)
+    example = get_task(cfg).example_input(cfg)
+    report = export_onnx(model, example, output, opset=opset, check=True, atol=atol, quantize=quantize)
+    out.print(report)
+
+
+@app.command()
+@handle_errors
+def demo(
+    tasks: Optional[list[str]] = typer.Argument(None, help="Tasks to run (default: every task with a quickstart)."),
+) -> None:
+    """Simulate -> train -> evaluate each task's quickstart config and summarise."""
+    from neurotrain.registry import TASKS
+    import neurotrain.tasks  # noqa: F401
+
+    names = list(tasks or [t for t in TASKS.names() if find_quickstart(t) is not None])
+    if not names:
+        raise NeurotrainError("no task has a configs/<task>/quickstart.yaml yet; nothing to demo")
+    rows = []
+    for name in names:
+        rows.append(run_demo(name))
+    table = Table(title="neurotrain demo")
+    for col in ("task", "metric", "network", "baseline", "time (s)", "report"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(*r)
+    out.print(table)
+
+
+def _fmt(x: float | None) -> str:
+    return "-" if x is None else f"{x:.4g}"
+
+
+def run_demo(task: str) -> tuple[str, ...]:
+    """One task's quickstart: train from simulation, then evaluate against the baseline."""
+    from neurotrain.engine import api
+
+    quick = find_quickstart(task)
+    if quick is None:
+        raise NeurotrainError(f"{repo_configs_dir() / task / 'quickstart.yaml'}: no quickstart config for task {task!r}")
+    out.rule(f"demo {task}: {quick}")
+    t0 = time.perf_counter()
+    cfg = _load(quick, [])
+    api.train(cfg, overwrite=True)
+    result = api.evaluate(cfg)
+    dt = time.perf_counter() - t0
+    _print_result(result, task)
+    arrow = "lower is better" if result.lower_is_better else "higher is better"
+    return (
+        task,
+        f"{result.headline_name} ({arrow})",
+        _fmt(result.headline_network),
+        _fmt(result.headline_baseline),
+        f"{dt:.0f}",
+        str(result.report_path or cfg.run_dir),
+    )
+
+
+def _print_metrics(metrics: dict[str, Any], title: str) -> None:
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value")
+    for k, v in sorted(metrics.items()):
+        if isinstance(v, (int, float)):
+            table.add_row(str(k), f"{v:.6g}")
+    out.print(table)
+
+
+def _print_result(result: Any, task: str) -> None:
+    out.print(
+        f"[bold]{task}[/]: {result.headline_name}: network {_fmt(result.headline_network)}, "
+        f"baseline {_fmt(result.headline_baseline)}"
+    )
+    if result.report_path is not None:
+        out.print(f"report: {result.report_path}")
+
+
+@config_app.command("show")
+@handle_errors
+def config_show(
+    config: Path = typer.Argument(..., help="YAML or TOML config file."),
+    overrides: Optional[list[str]] = typer.Argument(None, help="a.b.c=value overrides."),
+) -> None:
+    """Print the resolved config (defaults filled in, overrides applied)."""
+    from neurotrain.config import dump_yaml
+
+    typer.echo(dump_yaml(_load(config, overrides)), nl=False)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

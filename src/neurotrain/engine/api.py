@@ -1,0 +1,178 @@
+"""Programmatic entry points behind the CLI: train, test, evaluate, predict.
+
+A run directory ``<run.output_dir>/<task>/<run.name>/`` holds ``config.yaml`` (resolved),
+``checkpoints/{best,last}.ckpt`` (config embedded), ``tb/`` and ``csv/`` logs,
+``metrics.json`` and ``report/``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+
+from neurotrain.config import Config, config_to_dict, dump_yaml
+from neurotrain.engine.checkpoint import load_model
+from neurotrain.engine.data import TaskDataModule
+from neurotrain.engine.module import TaskModule
+from neurotrain.engine.trainer import build_trainer, checkpoint_dir
+from neurotrain.errors import CheckpointError, NeurotrainError
+from neurotrain.io.atomic import atomic_path
+from neurotrain.registry import TASKS
+from neurotrain.task import EvalResult, Task
+
+
+def get_task(cfg: Config) -> Task:
+    return TASKS.get(cfg.task)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu()
+        return value.item() if value.numel() == 1 else value.tolist()
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def write_json(path: Path, data: dict[str, Any]) -> Path:
+    """Write JSON atomically (temp name, then rename)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(_plain(data), indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return path
+
+
+def update_metrics_json(run_dir: Path, section: str, metrics: dict[str, Any]) -> Path:
+    """Merge ``metrics`` under ``section`` into ``run_dir/metrics.json``."""
+    path = Path(run_dir) / "metrics.json"
+    data: dict[str, Any] = {}
+    if path.is_file():
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError:
+            data = {}
+    data[section] = metrics
+    return write_json(path, data)
+
+
+def _write_config(cfg: Config, run_dir: Path) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_path(run_dir / "config.yaml") as tmp:
+        tmp.write_text(dump_yaml(cfg), encoding="utf-8")
+
+
+def seed_everything(cfg: Config) -> None:
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+
+
+class _DebugDir:
+    def __init__(self, path: Path, steps: int) -> None:
+        self.path, self.steps = path, steps
+
+
+def train(cfg: Config, *, resume: bool = False, overwrite: bool = False, debug: bool = False) -> Path:
+    """Train ``cfg``'s task; returns the run directory.
+
+    ``resume`` continues from ``checkpoints/last.ckpt`` (optimiser, scheduler, epoch,
+    global step and AMP scaler state). Without it, an existing run of the same name is an
+    error unless ``overwrite``. ``debug`` writes the task's debug figures for the first two
+    steps to ``<run_dir>/debug_output``.
+    """
+    task = get_task(cfg)
+    run_dir = cfg.run_dir
+    last = checkpoint_dir(run_dir) / "last.ckpt"
+    if resume:
+        if not last.is_file():
+            raise CheckpointError(f"{last}: nothing to resume (no last.ckpt in this run)")
+    elif checkpoint_dir(run_dir).exists():
+        if not overwrite:
+            raise NeurotrainError(
+                f"{run_dir}: run exists; pass --resume to continue it, --overwrite to replace it, "
+                "or choose run.name=..."
+            )
+        shutil.rmtree(run_dir)
+    _write_config(cfg, run_dir)
+    seed_everything(cfg)
+    if cfg.trainer.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    module = TaskModule(config_to_dict(cfg))
+    if debug:
+        module.debug_dir = run_dir / "debug_output"
+        module.debug_dir.mkdir(parents=True, exist_ok=True)
+        module._debug_steps_left = 2
+    data = TaskDataModule(cfg, task)
+    trainer = build_trainer(cfg, run_dir)
+    trainer.fit(module, datamodule=data, ckpt_path=str(last) if resume else None)
+    ckpt_cb = trainer.checkpoint_callback
+    summary: dict[str, Any] = {k: _plain(v) for k, v in trainer.callback_metrics.items()}
+    summary["epoch"] = trainer.current_epoch
+    summary["global_step"] = trainer.global_step
+    if ckpt_cb is not None and getattr(ckpt_cb, "best_model_score", None) is not None:
+        summary["best_score"] = _plain(ckpt_cb.best_model_score)
+        summary["best_monitor"] = cfg.trainer.checkpoint.monitor
+    if trainer.is_global_zero:
+        update_metrics_json(run_dir, "train", summary)
+    return run_dir
+
+
+def default_checkpoint(cfg: Config) -> Path:
+    """``best.ckpt`` of the config's run, falling back to ``last.ckpt``."""
+    d = checkpoint_dir(cfg.run_dir)
+    for name in ("best.ckpt", "last.ckpt"):
+        if (d / name).is_file():
+            return d / name
+    raise CheckpointError(f"{d}: no best.ckpt or last.ckpt; train first or pass --ckpt")
+
+
+def test(cfg: Config, ckpt: Path | None = None, **options: Any) -> dict[str, Any]:
+    """Score a checkpoint on the test split; writes ``metrics.json``'s ``test`` section."""
+    task = get_task(cfg)
+    needs_model = not options.get("baseline", False)
+    model = None
+    if needs_model:
+        ckpt = Path(ckpt) if ckpt is not None else default_checkpoint(cfg)
+        _, model = load_model(ckpt)
+    own = task.test(cfg, model, **options)
+    if own is not None:
+        metrics = own
+    else:
+        if model is None:
+            raise NeurotrainError(f"task {cfg.task!r} has no baseline test; drop --baseline")
+        seed_everything(cfg)
+        module = TaskModule(config_to_dict(cfg))
+        module.model.load_state_dict(model.state_dict())
+        trainer = build_trainer(cfg, cfg.run_dir)
+        results = trainer.test(module, datamodule=TaskDataModule(cfg, task), verbose=False)
+        metrics = _plain(results[0]) if results else {}
+    update_metrics_json(cfg.run_dir, "test", metrics)
+    return metrics
+
+
+def evaluate(cfg: Config, ckpt: Path | None = None, *, baseline_only: bool = False, **options: Any) -> EvalResult:
+    """Network and classical baseline side by side: ``metrics.json`` + report + figures."""
+    task = get_task(cfg)
+    model = None
+    if not baseline_only:
+        ckpt = Path(ckpt) if ckpt is not None else default_checkpoint(cfg)
+        _, model = load_model(ckpt)
+    cfg.run_dir.mkdir(parents=True, exist_ok=True)
+    result = task.evaluate(cfg, model, cfg.run_dir, **options)
+    update_metrics_json(cfg.run_dir, "evaluate", result.metrics)
+    return result
+
+
+def predict(ckpt: Path, inputs: list[Path], output: Path | None, overrides: list[str] | None = None, **options: Any) -> list[Path]:
+    """Run a trained network on field files; needs only the checkpoint."""
+    cfg, model = load_model(ckpt, overrides)
+    return get_task(cfg).predict(cfg, model, list(inputs), output, **options)

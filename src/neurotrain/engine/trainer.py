@@ -1,0 +1,112 @@
+"""Build a ``lightning.Trainer`` from the config: precision, accumulation, checkpoints,
+early stopping, loggers, progress bar and the distributed strategy.
+
+Multi-node runs use Lightning's own cluster detection: under SLURM (``srun``) or
+``torchrun`` the environment tells each process its rank; set ``trainer.num_nodes`` and
+``trainer.devices`` to match the allocation.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback, EarlyStopping, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+from neurotrain.config import Config
+from neurotrain.errors import ConfigError
+
+CHECKPOINT_DIR = "checkpoints"
+
+
+def checkpoint_dir(run_dir: Path) -> Path:
+    return Path(run_dir) / CHECKPOINT_DIR
+
+
+def _strategy(cfg: Config) -> Any:
+    name = cfg.trainer.strategy
+    if name == "deepspeed_stage_2" and importlib.util.find_spec("deepspeed") is None:
+        raise ConfigError(
+            "config error: trainer.strategy: deepspeed_stage_2 needs the optional extra "
+            "(pip install 'neurotrain[deepspeed]')"
+        )
+    return name
+
+
+def _progress_bar() -> Callback | None:
+    try:
+        from lightning.pytorch.callbacks import RichProgressBar
+
+        return RichProgressBar(leave=True)
+    except (ImportError, ModuleNotFoundError):
+        return None
+
+
+def build_callbacks(cfg: Config, run_dir: Path) -> list[Callback]:
+    t = cfg.trainer
+    callbacks: list[Callback] = [
+        ModelCheckpoint(
+            dirpath=checkpoint_dir(run_dir),
+            filename="best",
+            monitor=t.checkpoint.monitor,
+            mode=t.checkpoint.mode,
+            save_top_k=1,
+            save_last=True,
+            every_n_epochs=t.checkpoint.every_n_epochs,
+            auto_insert_metric_name=False,
+            enable_version_counter=False,
+        ),
+        LearningRateMonitor(logging_interval="step"),
+    ]
+    es = t.early_stopping
+    if es.enabled:
+        callbacks.append(
+            EarlyStopping(monitor=es.monitor, patience=es.patience, mode=es.mode, min_delta=es.min_delta)
+        )
+    if t.progress_bar:
+        bar = _progress_bar()
+        if bar is not None:
+            callbacks.append(bar)
+    return callbacks
+
+
+def build_loggers(cfg: Config, run_dir: Path) -> list[Any]:
+    loggers: list[Any] = []
+    if cfg.logging.tensorboard:
+        loggers.append(TensorBoardLogger(save_dir=str(run_dir), name="tb", version="", default_hp_metric=False))
+    if cfg.logging.csv:
+        # numbered versions: a resumed run must not overwrite the first part's CSV history
+        loggers.append(CSVLogger(save_dir=str(run_dir), name="csv"))
+    return loggers
+
+
+def build_trainer(cfg: Config, run_dir: Path, extra_callbacks: list[Callback] | None = None) -> L.Trainer:
+    """A Trainer whose every knob comes from ``cfg.trainer`` / ``cfg.logging``."""
+    t = cfg.trainer
+    loggers = build_loggers(cfg, run_dir)
+    return L.Trainer(
+        default_root_dir=str(run_dir),
+        max_epochs=t.max_epochs,
+        max_steps=t.max_steps,
+        accelerator=t.accelerator,
+        devices=t.devices,
+        strategy=_strategy(cfg),
+        num_nodes=t.num_nodes,
+        precision=t.precision,
+        accumulate_grad_batches=t.accumulate_grad_batches,
+        gradient_clip_val=t.gradient_clip_val,
+        gradient_clip_algorithm=t.gradient_clip_algorithm if t.gradient_clip_val else None,
+        deterministic=t.deterministic,
+        limit_train_batches=t.limit_train_batches,
+        limit_val_batches=t.limit_val_batches,
+        limit_test_batches=t.limit_test_batches,
+        val_check_interval=t.val_check_interval,
+        log_every_n_steps=cfg.logging.log_every_n_steps,
+        logger=loggers if loggers else False,
+        callbacks=build_callbacks(cfg, run_dir) + list(extra_callbacks or []),
+        enable_progress_bar=t.progress_bar,
+        enable_model_summary=t.progress_bar,
+    )

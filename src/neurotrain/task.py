@@ -1,0 +1,120 @@
+"""The contract between the core and a task.
+
+A task (``neurotrain.tasks.<name>.task``) subclasses :class:`Task`, sets ``name`` and
+``config_cls`` (a subclass of :class:`neurotrain.config.Config`) and registers an
+instance with ``TASKS.register(name)``. The engine and the CLI only ever talk to a
+task through the methods below; everything else stays inside the task's folder.
+
+Batches are ``dict[str, Tensor]``. By convention the network input is
+``batch["input"]`` and the training target ``batch["target"]``; a task that needs more
+(conditioning, emitter lists, masks) adds keys and overrides :meth:`Task.forward` /
+:meth:`Task.update_metrics`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+from torch import nn
+
+from neurotrain.errors import NotAvailableError
+
+if TYPE_CHECKING:
+    import optuna
+    from torch.utils.data import Dataset
+    from torchmetrics import MetricCollection
+
+    from neurotrain.config import Config
+
+
+@dataclass
+class EvalResult:
+    """What ``evaluate`` hands back to the CLI and the demo summary.
+
+    ``metrics`` is the full nested table written to ``metrics.json``; ``headline`` names
+    the one number a person of the field looks at first, for the network and for the
+    classical baseline (``None`` where a side was not run).
+    """
+
+    metrics: dict[str, Any]
+    headline_name: str
+    headline_network: float | None
+    headline_baseline: float | None
+    report_path: Path | None = None
+    lower_is_better: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Task:
+    """Base class of a task. Override what the task offers; the rest says "not available"."""
+
+    name: ClassVar[str] = ""
+    config_cls: ClassVar[type[Config]]
+
+    # ------------------------------------------------------------------ building blocks
+    def build_model(self, cfg: Config) -> nn.Module:
+        raise NotAvailableError(f"task {self.name!r} defines no model")
+
+    def build_loss(self, cfg: Config) -> nn.Module:
+        """A module called as ``loss(pred, batch)``; returns a scalar or a dict with key ``"loss"``
+        (other keys are logged as ``train/<key>``)."""
+        raise NotAvailableError(f"task {self.name!r} defines no loss")
+
+    def build_metrics(self, cfg: Config) -> MetricCollection | None:
+        """Validation/test metrics (torchmetrics), updated by :meth:`update_metrics`."""
+        return None
+
+    def forward(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> Any:
+        return model(batch["input"])
+
+    def update_metrics(self, metrics: MetricCollection, pred: Any, batch: dict[str, torch.Tensor]) -> None:
+        metrics.update(pred, batch["target"])
+
+    def debug_outputs(self, cfg: Config, batch: dict[str, torch.Tensor], pred: Any, out_dir: Path, step: int) -> None:
+        """Figures for ``train --debug``, called on the first training steps only."""
+
+    # ------------------------------------------------------------------ data
+    def simulate_batch(
+        self, cfg: Config, batch_size: int, generator: torch.Generator, device: torch.device
+    ) -> dict[str, torch.Tensor]:
+        """One training batch from the physics simulator, on ``device``, reproducible from ``generator``
+        (a generator on ``device``)."""
+        raise NotAvailableError(f"task {self.name!r} has no simulator")
+
+    def datasets(self, cfg: Config) -> dict[str, Dataset] | None:
+        """Own train/val/test datasets, or ``None`` to let the engine choose: the HDF5 file at
+        ``data.path`` split by ``data.splits``, or on-the-fly simulation."""
+        return None
+
+    def h5_keys(self, cfg: Config) -> dict[str, str]:
+        """Map batch keys -> HDF5 dataset names when training from a file."""
+        return {"input": "input", "target": "target"}
+
+    # ------------------------------------------------------------------ commands
+    def simulate(self, cfg: Config, output: Path, n: int, **options: Any) -> Path:
+        """Write ``n`` simulated samples to ``output``. The default writes :meth:`simulate_batch`
+        output into an HDF5 store; tasks with their own formats override."""
+        from neurotrain.engine.simulate import simulate_to_h5
+
+        return simulate_to_h5(self, cfg, output, n)
+
+    def predict(self, cfg: Config, model: nn.Module, inputs: list[Path], output: Path | None, **options: Any) -> list[Path]:
+        raise NotAvailableError(f"predict is not available for task {self.name!r}")
+
+    def test(self, cfg: Config, model: nn.Module | None, **options: Any) -> dict[str, Any] | None:
+        """A task-specific ``neurotrain test``; ``None`` means use the engine's generic test loop."""
+        return None
+
+    def evaluate(self, cfg: Config, model: nn.Module | None, run_dir: Path, **options: Any) -> EvalResult:
+        raise NotAvailableError(f"evaluate is not available for task {self.name!r}")
+
+    def search_space(self, trial: optuna.Trial) -> dict[str, Any]:
+        """Overrides (``"optim.lr": value``) for one Optuna trial."""
+        raise NotAvailableError(f"tune is not available for task {self.name!r}")
+
+    def example_input(self, cfg: Config) -> tuple[torch.Tensor, ...]:
+        """Inputs for ONNX export (batch of 1, CPU)."""
+        raise NotAvailableError(f"export is not available for task {self.name!r}")
