@@ -1,0 +1,367 @@
+"""Batched inference over inputs of any length under a memory cap.
+
+:func:`run_batched` runs a model (or any callable) over ``inputs`` — a torch tensor, a
+NumPy array or memmap, an h5py dataset, or a tuple/dict of those sharing axis 0 — in
+batches whose size is chosen to fit ``max_memory_gb`` of working memory, moving each
+slice to the device, and either streams each output batch to a ``sink`` (flat memory,
+for files larger than RAM) or returns the concatenation.
+
+How the batch size is chosen (:func:`choose_batch_size`):
+
+* CUDA: one unmeasured warm-up call (so that one-off allocations such as cuBLAS
+  workspaces are not mistaken for per-sample cost), then two probe calls at batch 1 and
+  batch ``k`` measuring ``torch.cuda.max_memory_allocated`` minus the memory allocated
+  before the call; a straight line ``fixed + per_sample * b`` through the two points
+  gives the largest ``b`` with ``fixed + per_sample * b <= 0.9 * cap`` (10 % headroom for
+  allocator fragmentation).
+* CPU with an ``nn.Module``: a probe call with forward hooks on every submodule sums
+  the bytes of the probe input and of every distinct module output (outputs covering the
+  same memory, as in-place ops and ``flatten`` give, are counted once). That is the memory the
+  forward pass would hold if nothing were freed early, so it is an upper bound.
+* CPU with a plain callable: (input bytes + output bytes) x ``CALLABLE_SAFETY_FACTOR``.
+
+If a batch still runs out of memory (``torch.cuda.OutOfMemoryError``, or a
+``RuntimeError`` whose message contains "out of memory", as CPU allocators and other
+backends raise), the batch size is halved and the same slice retried, down to 1.
+
+``max_memory_gb`` counts decimal gigabytes (1 GB = 1e9 bytes) of memory used by one
+batch on the device: the input slice, the intermediate activations and the output. The
+model's own weights and, without a ``sink``, the concatenated result on the host are
+not part of it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from neurotrain.errors import NeurotrainError
+
+BYTES_PER_GB = 1e9
+CUDA_HEADROOM = 0.9
+"""Fraction of the cap a CUDA batch may use by the linear probe model."""
+CALLABLE_SAFETY_FACTOR = 4.0
+"""Multiplier on (input + output) bytes when ``fn`` is not an ``nn.Module`` on CPU."""
+DEFAULT_PROBE_SIZE = 4
+
+
+class InferenceMemoryError(NeurotrainError):
+    """Even a batch of one sample does not fit in memory."""
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """The outcome of :func:`choose_batch_size`.
+
+    ``per_sample_bytes`` and ``fixed_bytes`` are the measured cost model (bytes),
+    ``method`` says how they were measured: ``"given"``, ``"cuda-probe"``,
+    ``"module-hooks"`` or ``"io-estimate"``.
+    """
+
+    batch_size: int
+    per_sample_bytes: float
+    fixed_bytes: float
+    cap_bytes: float
+    method: str
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _is_oom(exc: BaseException) -> bool:
+    oom_type = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", None)
+    if oom_type is not None and isinstance(exc, oom_type):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+def _length(inputs: Any) -> int:
+    if isinstance(inputs, tuple):
+        lengths = [len(x) for x in inputs]
+    elif isinstance(inputs, Mapping):
+        lengths = [len(x) for x in inputs.values()]
+    else:
+        return len(inputs)
+    if not lengths:
+        raise ValueError("run_batched: inputs is empty (no arrays given)")
+    if len(set(lengths)) != 1:
+        raise ValueError(f"run_batched: inputs must share the leading length (got {lengths})")
+    return lengths[0]
+
+
+def _to_tensor(x: Any) -> torch.Tensor:
+    if isinstance(x, torch.Tensor):
+        return x
+    arr = np.asarray(x)
+    if not arr.flags.c_contiguous or not arr.flags.writeable:
+        arr = np.array(arr, order="C", copy=True)
+    return torch.from_numpy(arr)
+
+
+def _slice_to(inputs: Any, start: int, stop: int, device: torch.device) -> Any:
+    """Slice rows ``start:stop`` of ``inputs`` and move them to ``device``."""
+
+    def one(x: Any) -> torch.Tensor:
+        t = _to_tensor(x[start:stop])
+        if t.device != device:
+            t = t.to(device, non_blocking=t.device.type == "cpu" and t.is_pinned())
+        return t
+
+    if isinstance(inputs, tuple):
+        return tuple(one(x) for x in inputs)
+    if isinstance(inputs, Mapping):
+        return {k: one(v) for k, v in inputs.items()}
+    return one(inputs)
+
+
+def _call(fn: Callable[..., Any], batch: Any) -> Any:
+    return fn(*batch) if isinstance(batch, tuple) else fn(batch)
+
+
+def _tensors(obj: Any) -> list[torch.Tensor]:
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    if isinstance(obj, Mapping):
+        return [t for v in obj.values() for t in _tensors(v)]
+    if isinstance(obj, (list, tuple)):
+        return [t for v in obj for t in _tensors(v)]
+    return []
+
+
+def _map(obj: Any, f: Callable[[torch.Tensor], torch.Tensor]) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return f(obj)
+    if isinstance(obj, Mapping):
+        return {k: _map(v, f) for k, v in obj.items()}
+    if isinstance(obj, tuple) and hasattr(obj, "_fields"):  # namedtuple
+        return type(obj)(*(_map(v, f) for v in obj))
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_map(v, f) for v in obj)
+    return obj
+
+
+def _concat(parts: list[Any]) -> Any:
+    first = parts[0]
+    if isinstance(first, torch.Tensor):
+        if first.ndim == 0:
+            raise ValueError("run_batched: fn returned a 0-d tensor; outputs need a leading batch axis")
+        return torch.cat(parts, dim=0)
+    if isinstance(first, Mapping):
+        return {k: _concat([p[k] for p in parts]) for k in first}
+    if isinstance(first, tuple) and hasattr(first, "_fields"):
+        return type(first)(*(_concat([p[i] for p in parts]) for i in range(len(first))))
+    if isinstance(first, (list, tuple)):
+        return type(first)(_concat([p[i] for p in parts]) for i in range(len(first)))
+    raise TypeError(f"run_batched: cannot concatenate outputs of type {type(first).__name__}")
+
+
+def _new_bytes(tensors: list[torch.Tensor], seen: set[tuple[int, int]]) -> int:
+    """Bytes of ``tensors`` not counted before: a tensor and its views that cover the same
+    memory (in-place ops, ``flatten``, ``view``) are counted once."""
+    total = 0
+    for t in tensors:
+        nbytes = t.numel() * t.element_size()
+        try:
+            key = (t.data_ptr(), nbytes)
+        except RuntimeError:
+            key = (id(t), nbytes)
+        if key in seen or nbytes == 0:
+            continue
+        seen.add(key)
+        total += nbytes
+    return total
+
+
+def resolve_device(device: str | torch.device | None, fn: Callable[..., Any], inputs: Any = None) -> torch.device:
+    """``None``: the device of ``fn``'s parameters, else of a tensor input, else CPU.
+    ``"auto"``: CUDA when available, else CPU. Anything else: ``torch.device(device)``."""
+    if device is None:
+        if isinstance(fn, nn.Module):
+            for p in fn.parameters():
+                return p.device
+            for b in fn.buffers():
+                return b.device
+        if isinstance(inputs, torch.Tensor):
+            return inputs.device
+        return torch.device("cpu")
+    if isinstance(device, str) and device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+# --------------------------------------------------------------------------- planning
+
+
+def _probe_cuda(fn: Callable[..., Any], inputs: Any, sizes: list[int], device: torch.device) -> list[int]:
+    peaks = []
+    for b in sizes:
+        torch.cuda.synchronize(device)
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        out = _call(fn, _slice_to(inputs, 0, b, device))
+        torch.cuda.synchronize(device)
+        peaks.append(int(torch.cuda.max_memory_allocated(device) - base))
+        del out
+    return peaks
+
+
+def choose_batch_size(
+    fn: Callable[..., Any],
+    inputs: Any,
+    *,
+    max_memory_gb: float,
+    device: str | torch.device | None = None,
+    probe_size: int = DEFAULT_PROBE_SIZE,
+) -> BatchPlan:
+    """Measure the memory one sample costs and pick the largest batch that fits the cap.
+
+    Runs ``fn`` on the first rows of ``inputs`` (under ``torch.inference_mode``). See the
+    module docstring for the three measuring methods. The batch size is clamped to
+    ``[1, len(inputs)]``.
+    """
+    if max_memory_gb <= 0:
+        raise ValueError(f"max_memory_gb: expected > 0 (got {max_memory_gb})")
+    n = _length(inputs)
+    cap = float(max_memory_gb) * BYTES_PER_GB
+    if n == 0:
+        return BatchPlan(1, 0.0, 0.0, cap, "empty")
+    dev = resolve_device(device, fn, inputs)
+    k = max(1, min(n, probe_size))
+
+    def clamp(b: float) -> int:
+        return int(max(1, min(n, math.floor(b))))
+
+    with torch.inference_mode():
+        if dev.type == "cuda":
+            _call(fn, _slice_to(inputs, 0, 1, dev))  # warm-up: one-off workspaces, lazy inits
+            sizes = [1, k] if k > 1 else [1]
+            peaks = _probe_cuda(fn, inputs, sizes, dev)
+            if len(peaks) == 2 and peaks[1] > peaks[0]:
+                per = (peaks[1] - peaks[0]) / (k - 1)
+                fixed = max(0.0, peaks[0] - per)
+            else:
+                per, fixed = peaks[-1] / sizes[-1], 0.0
+            per = max(per, 1.0)
+            return BatchPlan(clamp((CUDA_HEADROOM * cap - fixed) / per), per, fixed, cap, "cuda-probe")
+
+        batch = _slice_to(inputs, 0, k, dev)
+        seen: set[tuple[int, int]] = set()
+        in_bytes = _new_bytes(_tensors(batch), seen)
+        if isinstance(fn, nn.Module):
+            acts: list[int] = [0]
+
+            def hook(_m: nn.Module, _i: Any, out: Any) -> None:
+                acts[0] += _new_bytes(_tensors(out), seen)
+
+            handles = [m.register_forward_hook(hook) for m in fn.modules()]
+            try:
+                out = _call(fn, batch)
+            finally:
+                for h in handles:
+                    h.remove()
+            total = in_bytes + acts[0] + _new_bytes(_tensors(out), seen)
+            method = "module-hooks"
+        else:
+            out = _call(fn, batch)
+            total = (in_bytes + _new_bytes(_tensors(out), seen)) * CALLABLE_SAFETY_FACTOR
+            method = "io-estimate"
+        per = max(total / k, 1.0)
+        return BatchPlan(clamp(cap / per), per, 0.0, cap, method)
+
+
+# --------------------------------------------------------------------------- running
+
+
+def run_batched(
+    fn: Callable[..., Any],
+    inputs: Any,
+    *,
+    max_memory_gb: float,
+    device: str | torch.device | None = None,
+    batch_size: int | None = None,
+    sink: Callable[[Any, int], None] | None = None,
+    progress: bool = False,
+) -> Any:
+    """Run ``fn`` over ``inputs`` in memory-capped batches.
+
+    Args:
+        fn: an ``nn.Module`` (moved to ``device`` and put in eval mode for the call; its
+            training flag is restored afterwards) or any callable on tensors.
+        inputs: sliceable along axis 0 with ``len()``: tensor, NumPy array/memmap, h5py
+            dataset; a tuple of those is passed as ``fn(*slices)``, a dict as ``fn(dict)``.
+        max_memory_gb: working-memory cap of one batch in GB (1e9 bytes).
+        device: ``None`` (where ``fn`` lives), ``"auto"``, ``"cpu"``, ``"cuda:0"``, ...
+        batch_size: skip the probe and start from this size (still halved on OOM).
+        sink: ``sink(output_batch_on_cpu, start_index)`` called for each batch in order;
+            then nothing is kept and ``None`` is returned.
+        progress: show a rich progress bar.
+
+    Returns:
+        The outputs concatenated along axis 0 on the CPU, with ``fn``'s structure (tensor,
+        tuple/list or dict of tensors), or ``None`` when ``sink`` is given.
+    """
+    n = _length(inputs)
+    dev = resolve_device(device, fn, inputs)
+    module = fn if isinstance(fn, nn.Module) else None
+    was_training = module.training if module is not None else False
+    if module is not None:
+        module.to(dev)
+        module.eval()
+    try:
+        if batch_size is None:
+            bs = choose_batch_size(fn, inputs, max_memory_gb=max_memory_gb, device=dev).batch_size
+        else:
+            if batch_size < 1:
+                raise ValueError(f"batch_size: expected >= 1 (got {batch_size})")
+            bs = min(batch_size, max(n, 1))
+        parts: list[Any] = []
+        bar_ctx: Any = nullcontext(None)
+        if progress:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            bar_ctx = Progress(
+                TextColumn("inference"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), transient=True
+            )
+        with bar_ctx as bar, torch.inference_mode():
+            task_id = bar.add_task("inference", total=n) if bar is not None else None
+            start = 0
+            while start < n:
+                stop = min(n, start + bs)
+                try:
+                    out = _call(fn, _slice_to(inputs, start, stop, dev))
+                except (RuntimeError, MemoryError) as exc:
+                    if not (_is_oom(exc) or isinstance(exc, MemoryError)):
+                        raise
+                    del exc
+                    if dev.type == "cuda":
+                        torch.cuda.empty_cache()
+                    if bs == 1:
+                        raise InferenceMemoryError(
+                            f"inference: one sample does not fit in memory on {dev} "
+                            f"(max_memory_gb={max_memory_gb}); use a smaller input or another device"
+                        ) from None
+                    bs = max(1, bs // 2)
+                    continue
+                out = _map(out, lambda t: t.detach().to("cpu"))
+                if sink is not None:
+                    sink(out, start)
+                else:
+                    parts.append(out)
+                if bar is not None:
+                    bar.advance(task_id, stop - start)
+                start = stop
+    finally:
+        if module is not None:
+            module.train(was_training)
+    if sink is not None:
+        return None
+    if not parts:
+        return None
+    return _concat(parts)
