@@ -61,27 +61,33 @@ def run_resume(out: Path, name: str, **trainer) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "engine_gpu.json")
+    ap.add_argument("--ddp", action="store_true", help="only the 2-GPU DDP run (a separate process tree)")
+    ap.add_argument("--workdir", type=Path, default=None, help="run folder (default: a temporary one)")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         print("engine_gpu: no CUDA device; skipped")
         return 0
     results: dict = {"device": torch.cuda.get_device_name(0), "n_gpus": torch.cuda.device_count(),
                      "torch": torch.__version__}
+    # Lightning's DDP launcher re-runs this script in each rank: the DDP run is its own
+    # invocation with a fixed work folder so that every rank agrees on it.
     with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp)
-        results["bf16_compile_resume"] = run_resume(out, "bf16", precision="bf16-mixed", compile=True)
-        results["fp16_resume"] = run_resume(out, "fp16", precision="16-mixed")
-        if torch.cuda.device_count() >= 2:
+        out = args.workdir or Path(tmp)
+        if not args.ddp:
+            results["bf16_compile_resume"] = run_resume(out, "bf16", precision="bf16-mixed", compile=True)
+            results["fp16_resume"] = run_resume(out, "fp16", precision="16-mixed")
+        elif torch.cuda.device_count() >= 2:
             t0 = time.perf_counter()
             cfg = cfg_for(out, "ddp", devices=2, strategy="ddp")
             run = api.train(cfg)
             ck = load_checkpoint(run / "checkpoints" / "last.ckpt")
             results["ddp2"] = {"global_step": ck["global_step"], "epoch": ck["epoch"],
                                "seconds": round(time.perf_counter() - t0, 2)}
-    text = json.dumps(results, indent=2)
-    print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text + "\n")
+    if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:
+        text = json.dumps(results, indent=2)
+        print(text)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n")
     return 0
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -81,6 +82,15 @@ class _DebugDir:
         self.path, self.steps = path, steps
 
 
+def _is_secondary_rank() -> bool:
+    """True in a process that a distributed launcher (Lightning, torchrun, SLURM) started as rank > 0:
+    the run folder belongs to rank 0, which has already checked and prepared it."""
+    for var in ("RANK", "LOCAL_RANK", "SLURM_PROCID"):
+        if int(os.environ.get(var, "0") or 0) > 0:
+            return True
+    return False
+
+
 def train(cfg: Config, *, resume: bool = False, overwrite: bool = False, debug: bool = False) -> Path:
     """Train ``cfg``'s task; returns the run directory.
 
@@ -92,7 +102,9 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False, debug: 
     task = get_task(cfg)
     run_dir = cfg.run_dir
     last = checkpoint_dir(run_dir) / "last.ckpt"
-    if resume:
+    if _is_secondary_rank():
+        pass
+    elif resume:
         if not last.is_file():
             raise CheckpointError(f"{last}: nothing to resume (no last.ckpt in this run)")
     elif checkpoint_dir(run_dir).exists():
@@ -102,7 +114,8 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False, debug: 
                 "or choose run.name=..."
             )
         shutil.rmtree(run_dir)
-    _write_config(cfg, run_dir)
+    if not _is_secondary_rank():
+        _write_config(cfg, run_dir)
     seed_everything(cfg)
     if cfg.trainer.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
