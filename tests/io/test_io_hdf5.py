@@ -101,18 +101,29 @@ def test_resume_after_interrupted_write(tmp_path: Path) -> None:
         assert int(f.attrs[ROWS_ATTR]) == sum(len(p["target"]) for p in parts)
 
 
-def test_resume_without_part_extends_finished_file_and_fresh_write_overwrites(tmp_path: Path) -> None:
+def test_resume_without_part_starts_fresh_and_attr_mismatch_refused(tmp_path: Path) -> None:
     path = tmp_path / "s.h5"
     with H5Writer(path) as w:
         w.append(a=np.arange(3))
-    with H5Writer(path, resume=True) as w:
-        w.append(a=np.arange(3, 5))
-    with h5py.File(path, "r") as f:
-        np.testing.assert_array_equal(f["a"][:], np.arange(5))
-    with H5Writer(path) as w:  # resume=False starts over
+    with H5Writer(path, resume=True) as w:  # no .part: a fresh file replaces the old one
+        assert w.n_rows == 0
         w.append(a=np.arange(2))
     with h5py.File(path, "r") as f:
         np.testing.assert_array_equal(f["a"][:], np.arange(2))
+
+    with pytest.raises(_Crash):
+        with H5Writer(path, attrs={"seed": 1, "task": "gamma", "cfg": {"x": 1}}) as w:
+            w.append(a=np.arange(4))
+            raise _Crash()
+    with pytest.raises(DataError, match=r"s\.h5\.part: attribute seed: .* 1, this run has 2"):
+        H5Writer(path, resume=True, attrs={"seed": 2, "task": "gamma"}).open()
+    with pytest.raises(DataError, match=r"attribute cfg"):
+        H5Writer(path, resume=True, attrs={"cfg": {"x": 2}}).open()
+    with H5Writer(path, resume=True, attrs={"seed": 1, "task": "gamma", "cfg": {"x": 1}}) as w:
+        assert w.n_rows == 4
+        w.append(a=np.arange(4, 6))
+    with h5py.File(path, "r") as f:
+        np.testing.assert_array_equal(f["a"][:], np.arange(6))
 
 
 def test_inconsistent_appends_raise_data_error_naming_file_and_key(tmp_path: Path) -> None:

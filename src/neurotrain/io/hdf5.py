@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -75,6 +74,19 @@ def _attr_value(value: Any) -> Any:
     return json.dumps(value, default=str)
 
 
+def _same_attr(a: Any, b: Any) -> bool:
+    if isinstance(a, bytes):
+        a = a.decode()
+    if isinstance(b, bytes):
+        b = b.decode()
+    if isinstance(a, str) or isinstance(b, str):
+        return a == b
+    try:
+        return bool(np.array_equal(np.asarray(a), np.asarray(b)))
+    except (TypeError, ValueError):
+        return a == b
+
+
 class H5Writer:
     """Append named arrays row-wise to an HDF5 store; resumable, atomic on close.
 
@@ -83,8 +95,8 @@ class H5Writer:
         compression: HDF5 filter (``"gzip"``, ``"lzf"`` or ``None``).
         compression_opts: gzip level 0-9 (ignored for other filters).
         chunk_rows: rows per chunk; default: as many rows as fit in about 1 MiB.
-        resume: continue an interrupted ``<path>.part``; without one, a finished
-            ``path`` is copied to ``.part`` and extended; with neither, start empty.
+        resume: continue an interrupted ``<path>.part`` (its ``attrs`` must match the
+            ones given here); without a ``.part``, start empty.
         attrs: file attributes to set (JSON-able scalars, strings or small arrays).
 
     Use as a context manager::
@@ -125,14 +137,21 @@ class H5Writer:
         if self._file is not None:
             return self
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        if self.resume and not self.part.exists() and self.path.exists():
-            shutil.copyfile(self.path, self.part)
         if self.resume and self.part.exists():
             try:
                 f = h5py.File(self.part, "r+")
             except OSError as exc:
                 raise DataError(f"{self.part}: cannot reopen for resume: {_first_line(exc)}") from None
             n = int(f.attrs.get(ROWS_ATTR, 0))
+            for k, v in self._attrs.items():
+                if k in f.attrs and not _same_attr(f.attrs[k], _attr_value(v)):
+                    have = f.attrs[k]
+                    have = have.tolist() if isinstance(have, (np.generic, np.ndarray)) else have
+                    f.close()
+                    raise DataError(
+                        f"{self.part}: attribute {k}: the interrupted file was written with {have!r}, "
+                        f"this run has {v!r}; delete the .part file or use the same settings"
+                    )
             for name, ds in f.items():
                 if not isinstance(ds, h5py.Dataset):
                     continue
