@@ -8,8 +8,10 @@ for files larger than RAM) or returns the concatenation.
 
 How the batch size is chosen (:func:`choose_batch_size`):
 
-* CUDA: one unmeasured warm-up call (so that one-off allocations such as cuBLAS
-  workspaces are not mistaken for per-sample cost), then two probe calls at batch 1 and
+* CUDA: the cap is first lowered to what the device can still give (free memory plus
+  the caching allocator's unused reserve). One unmeasured warm-up call (so that one-off
+  allocations such as cuBLAS workspaces are not mistaken for per-sample cost), then two
+  probe calls (halving ``k`` if the probe itself runs out of memory) at batch 1 and
   batch ``k`` measuring ``torch.cuda.max_memory_allocated`` minus the memory allocated
   before the call; a straight line ``fixed + per_sample * b`` through the two points
   gives the largest ``b`` with ``fixed + per_sample * b <= 0.9 * cap`` (10 % headroom for
@@ -199,6 +201,14 @@ def resolve_device(device: str | torch.device | None, fn: Callable[..., Any], in
 # --------------------------------------------------------------------------- planning
 
 
+def cuda_available_bytes(device: torch.device) -> float:
+    """Bytes a batch can still get on ``device``: free device memory plus memory that
+    PyTorch's caching allocator has reserved but not handed out."""
+    free, _total = torch.cuda.mem_get_info(device)
+    unused_reserved = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    return float(free + max(0, unused_reserved))
+
+
 def _probe_cuda(fn: Callable[..., Any], inputs: Any, sizes: list[int], device: torch.device) -> list[int]:
     peaks = []
     for b in sizes:
@@ -240,9 +250,24 @@ def choose_batch_size(
 
     with torch.inference_mode():
         if dev.type == "cuda":
-            _call(fn, _slice_to(inputs, 0, 1, dev))  # warm-up: one-off workspaces, lazy inits
-            sizes = [1, k] if k > 1 else [1]
-            peaks = _probe_cuda(fn, inputs, sizes, dev)
+            cap = min(cap, cuda_available_bytes(dev))
+            while True:
+                try:
+                    _call(fn, _slice_to(inputs, 0, 1, dev))  # warm-up: one-off workspaces, lazy inits
+                    sizes = [1, k] if k > 1 else [1]
+                    peaks = _probe_cuda(fn, inputs, sizes, dev)
+                    break
+                except (RuntimeError, MemoryError) as exc:
+                    if not (_is_oom(exc) or isinstance(exc, MemoryError)):
+                        raise
+                    del exc
+                    torch.cuda.empty_cache()
+                    if k == 1:
+                        raise InferenceMemoryError(
+                            f"inference: one sample does not fit in memory on {dev} while probing "
+                            f"(max_memory_gb={max_memory_gb}); use a smaller input or another device"
+                        ) from None
+                    k = max(1, k // 2)
             if len(peaks) == 2 and peaks[1] > peaks[0]:
                 per = (peaks[1] - peaks[0]) / (k - 1)
                 fixed = max(0.0, peaks[0] - per)
