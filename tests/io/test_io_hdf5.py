@@ -244,3 +244,21 @@ def test_dataset_length_and_nested_attrs(tmp_path: Path) -> None:
     bad.write_bytes(b"\x00" * 100)
     with pytest.raises(DataError, match=r"bad\.h5: not a readable HDF5 file"):
         dataset_length(bad, "x")
+
+
+def test_resume_after_crash_inside_first_append(tmp_path: Path) -> None:
+    path = tmp_path / "first.h5"
+    with pytest.raises(_Crash):
+        with H5Writer(path) as w:
+            w.append(a=np.arange(3), b=np.ones(3))
+            raise _Crash()
+    # simulate dying while the first append created its datasets: only "a" exists, count 0
+    with h5py.File(part_path(path), "r+") as f:
+        del f["b"]
+        f.attrs[ROWS_ATTR] = 0
+    with H5Writer(path, resume=True) as w:
+        assert w.n_rows == 0
+        w.append(a=np.arange(2), b=np.zeros(2))
+    with h5py.File(path, "r") as f:
+        np.testing.assert_array_equal(f["a"][:], np.arange(2))
+        np.testing.assert_array_equal(f["b"][:], np.zeros(2))

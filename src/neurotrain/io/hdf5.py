@@ -152,6 +152,11 @@ class H5Writer:
                         f"{self.part}: attribute {k}: the interrupted file was written with {have!r}, "
                         f"this run has {v!r}; delete the .part file or use the same settings"
                     )
+            if n == 0:
+                # nothing complete yet: drop datasets a crash in the first append may have
+                # left half-created, so the next append defines the layout afresh
+                for name in [k for k, v in f.items() if isinstance(v, h5py.Dataset)]:
+                    del f[name]
             for name, ds in f.items():
                 if not isinstance(ds, h5py.Dataset):
                     continue
