@@ -1,0 +1,441 @@
+"""Photon interaction data and the vectorised Monte Carlo photon transport of the gamma task.
+
+Units: energies in keV, lengths in cm, densities in g/cm^3, mass attenuation in cm^2/g, linear
+attenuation in 1/cm.
+
+Data and physics (sources):
+
+* Total mass attenuation mu/rho of the elements: NIST SRD 126 (Hubbell & Seltzer; values computed by NIST
+  with the XCOM cross sections), shipped in ``data/attenuation_nist.csv``. Compounds by the mixture rule
+  mu/rho = sum_i w_i (mu/rho)_i (Hubbell & Seltzer, section 2).
+* Incoherent (Compton) part: Klein-Nishina total cross section per electron (Klein & Nishina 1929;
+  Evans, "The Atomic Nucleus", 1955, ch. 23), times Z N_A / A. Electron binding is neglected.
+* Photoelectric and pair parts: the remainder mu - mu_KN. Below the pair threshold 2 m_e c^2 = 1022 keV the
+  remainder is photoabsorption (the small coherent part is lumped into it). Above, the photoelectric part
+  is continued as a power law fitted to the remainder at 600 and 1000 keV, and pair production is what is
+  left. The K-shell share of photoabsorption is (J-1)/J with J the K-edge jump ratio of the same table.
+* K x-rays and fluorescence yields: X-ray Data Booklet (LBNL, 3rd ed. 2009, Tables 1-2 and 1-3; yields after
+  Krause, J. Phys. Chem. Ref. Data 8, 307 (1979)).
+* Compton angles: Klein-Nishina sampled with the Butcher & Messel (1960) composition-rejection scheme
+  (as in EGS4 / Geant4's G4KleinNishinaCompton).
+* Crystal densities: Saint-Gobain Crystals datasheets (PreLude 420 LYSO 7.1, NaI(Tl) 3.67, CsI(Tl) 4.51,
+  BrilLanCe 380 LaBr3(Ce) 5.08 g/cm^3); LYSO stoichiometry Lu1.8Y0.2SiO5.
+
+Not modelled: electron transport (secondary electrons deposit locally; bremsstrahlung and electron escape
+are neglected), coherent scattering, L-shell x-rays, positron annihilation in flight.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+
+import torch
+
+ME_C2 = 510.99895  # electron rest energy, keV (CODATA 2018)
+R_E = 2.8179403262e-13  # classical electron radius, cm (CODATA 2018)
+N_A = 6.02214076e23  # Avogadro constant, 1/mol
+
+#: Crystal (and slab) compositions as atoms per formula unit, and densities in g/cm^3.
+MATERIALS: dict[str, tuple[dict[str, float], float]] = {
+    "LYSO": ({"Lu": 1.8, "Y": 0.2, "Si": 1.0, "O": 5.0}, 7.1),
+    "NaI": ({"Na": 1.0, "I": 1.0}, 3.67),
+    "CsI": ({"Cs": 1.0, "I": 1.0}, 4.51),
+    "LaBr3": ({"La": 1.0, "Br": 3.0}, 5.08),
+    "Pb": ({"Pb": 1.0}, 11.35),
+    "Fe": ({"Fe": 1.0}, 7.874),
+}
+
+#: K x-ray data per element: (K-alpha mean energy keV, K-beta energy keV, K-beta share, fluorescence yield).
+#: X-ray Data Booklet (LBNL 2009) Table 1-2 energies (K-alpha as the intensity-weighted mean of Ka1/Ka2),
+#: yields from Krause (1979).
+K_XRAYS: dict[str, tuple[float, float, float, float]] = {
+    "Br": (11.91, 13.29, 0.13, 0.618),
+    "Y": (14.93, 16.74, 0.15, 0.710),
+    "I": (28.51, 32.29, 0.18, 0.884),
+    "Cs": (30.85, 34.99, 0.19, 0.895),
+    "La": (33.30, 37.80, 0.19, 0.901),
+    "Lu": (53.71, 61.28, 0.22, 0.950),
+    "Pb": (74.24, 84.94, 0.22, 0.963),
+}
+
+#: Mass number weights (g/mol) are read from the data file; Z per symbol:
+Z_OF = {"O": 8, "Na": 11, "Si": 14, "Fe": 26, "Br": 35, "Y": 39, "I": 53, "Cs": 55, "La": 57, "Lu": 71, "Pb": 82}
+
+
+@dataclass(frozen=True)
+class ElementTable:
+    symbol: str
+    z: int
+    weight: float
+    energy: tuple[float, ...]  # keV, edges repeated
+    mu_rho: tuple[float, ...]  # cm^2/g
+
+
+@lru_cache(maxsize=1)
+def element_tables() -> dict[str, ElementTable]:
+    """Read ``data/attenuation_nist.csv`` (NIST SRD 126) into one table per element."""
+    text = resources.files("neurotrain.tasks.gamma.data").joinpath("attenuation_nist.csv").read_text("utf-8")
+    rows: dict[str, list[tuple[float, float]]] = {}
+    meta: dict[str, tuple[int, float]] = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#") or line.startswith("Z,"):
+            continue
+        z, sym, aw, e, mu, _ = line.split(",")
+        rows.setdefault(sym, []).append((float(e), float(mu)))
+        meta[sym] = (int(z), float(aw))
+    return {
+        s: ElementTable(s, meta[s][0], meta[s][1], tuple(r[0] for r in v), tuple(r[1] for r in v))
+        for s, v in rows.items()
+    }
+
+
+def klein_nishina_sigma(energy_kev: torch.Tensor) -> torch.Tensor:
+    """Klein-Nishina total cross section per electron, cm^2 (Evans 1955, eq. 23.3.1)."""
+    k = energy_kev / ME_C2
+    l2k = torch.log1p(2 * k)
+    term = (1 + k) / k**2 * (2 * (1 + k) / (1 + 2 * k) - l2k / k) + l2k / (2 * k) - (1 + 3 * k) / (1 + 2 * k) ** 2
+    return 2 * math.pi * R_E**2 * term
+
+
+def _loglog_interp(x: torch.Tensor, xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
+    """Log-log interpolation of a table with repeated abscissae at absorption edges (right-continuous)."""
+    idx = torch.searchsorted(xs, x, right=True).clamp(1, len(xs) - 1)
+    x0, x1, y0, y1 = xs[idx - 1], xs[idx], ys[idx - 1], ys[idx]
+    same = x1 <= x0
+    t = torch.where(same, torch.zeros_like(x), torch.log(x / x0) / torch.log(x1 / x0).clamp_min(1e-12))
+    return torch.exp(torch.log(y0) + t * (torch.log(y1) - torch.log(y0)))
+
+
+def element_partials(symbol: str, energy: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Mass attenuation partials (cm^2/g) of one element at ``energy`` (keV, float64 tensor).
+
+    Returns ``total``, ``compton``, ``photo``, ``pair`` and ``k_share`` (K-shell share of photoabsorption,
+    zero below the K edge), see the module docstring for the decomposition.
+    """
+    t = element_tables()[symbol]
+    xs = torch.tensor(t.energy, dtype=torch.float64)
+    ys = torch.tensor(t.mu_rho, dtype=torch.float64)
+    total = _loglog_interp(energy, xs, ys)
+    compton = (klein_nishina_sigma(energy) * t.z * N_A / t.weight).clamp(max=total)
+    rest = (total - compton).clamp_min(0.0)
+    # photoelectric power law above 1 MeV, anchored on the remainder at 600 and 1000 keV
+    anchor = torch.tensor([600.0, 1000.0], dtype=torch.float64)
+    ra = (_loglog_interp(anchor, xs, ys) - klein_nishina_sigma(anchor) * t.z * N_A / t.weight).clamp_min(1e-9)
+    slope = float(torch.log(ra[0] / ra[1]) / math.log(1000.0 / 600.0))
+    slope = min(max(slope, 1.0), 3.5)
+    photo_hi = ra[1] * (energy / 1000.0) ** (-slope)
+    above = energy > 2 * ME_C2
+    photo = torch.where(above, torch.minimum(photo_hi, rest), rest)
+    pair = torch.where(above, rest - photo, torch.zeros_like(rest))
+    # K-shell share from the jump ratio at the K edge (the repeated energy with the largest jump)
+    k_share = torch.zeros_like(energy)
+    if symbol in K_XRAYS:
+        e_arr, mu_arr = list(t.energy), list(t.mu_rho)
+        best, edge = 0.0, 0.0
+        for i in range(1, len(e_arr)):
+            if e_arr[i] == e_arr[i - 1] and mu_arr[i] / mu_arr[i - 1] > best:
+                best, edge = mu_arr[i] / mu_arr[i - 1], e_arr[i]
+        if best > 1.0:
+            k_share = torch.where(energy >= edge, torch.full_like(energy, (best - 1.0) / best), k_share)
+        elif t.energy[0] > 0:
+            # K edge below the tabulated range (Br, Y here): above it all photoabsorption is mostly K-shell;
+            # use the hydrogenic-like 0.8 typical of mid-Z elements (Hubbell 1969, NSRDS-NBS 29, Table 5).
+            k_share = torch.full_like(energy, 0.8)
+    return {"total": total, "compton": compton, "photo": photo, "pair": pair, "k_share": k_share}
+
+
+def mass_fractions(material: str) -> dict[str, float]:
+    """Mass fractions of the elements of a material from its formula and the tabulated atomic weights."""
+    formula, _ = MATERIALS[material]
+    tables = element_tables()
+    masses = {s: n * tables[s].weight for s, n in formula.items()}
+    tot = sum(masses.values())
+    return {s: m / tot for s, m in masses.items()}
+
+
+@dataclass
+class MaterialTable:
+    """Linear attenuation (1/cm) of one material on a uniform log-energy grid, plus K-fluorescence data.
+
+    ``mu`` has rows photo, compton, pair; ``kx_prob`` (J, G) is the probability that a photoabsorption at
+    that energy emits a K x-ray of emitter ``j`` (element choice x K share x fluorescence yield).
+    """
+
+    name: str
+    density: float
+    log_e0: float
+    dlog: float
+    mu: torch.Tensor  # (3, G) photo, compton, pair in 1/cm
+    kx_prob: torch.Tensor  # (J, G)
+    kx_alpha: torch.Tensor  # (J,) keV
+    kx_beta: torch.Tensor  # (J,) keV
+    kx_beta_share: torch.Tensor  # (J,)
+
+    def to(self, device: torch.device) -> MaterialTable:
+        return MaterialTable(
+            self.name, self.density, self.log_e0, self.dlog, self.mu.to(device), self.kx_prob.to(device),
+            self.kx_alpha.to(device), self.kx_beta.to(device), self.kx_beta_share.to(device),
+        )
+
+    def lookup(self, energy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Linear interpolation in log E: returns (mu_parts (3, n), kx_prob (J, n))."""
+        pos = ((torch.log(energy.clamp(10.0, 9999.0)) - self.log_e0) / self.dlog).clamp(0, self.mu.shape[1] - 1.001)
+        i0 = pos.floor().long()
+        f = (pos - i0).to(self.mu.dtype)
+        mu = self.mu[:, i0] * (1 - f) + self.mu[:, i0 + 1] * f
+        kx = self.kx_prob[:, i0] * (1 - f) + self.kx_prob[:, i0 + 1] * f
+        return mu, kx
+
+
+def material_table(material: str, n_grid: int = 1200, e_min: float = 10.0, e_max: float = 10000.0) -> MaterialTable:
+    """Build the :class:`MaterialTable` of a material (float32, CPU)."""
+    if material not in MATERIALS:
+        raise KeyError(material)
+    _, density = MATERIALS[material]
+    energy = torch.logspace(math.log10(e_min), math.log10(e_max), n_grid, dtype=torch.float64)
+    fr = mass_fractions(material)
+    photo = torch.zeros_like(energy)
+    compton = torch.zeros_like(energy)
+    pair = torch.zeros_like(energy)
+    parts = {s: element_partials(s, energy) for s in fr}
+    for s, w in fr.items():
+        photo += w * parts[s]["photo"]
+        compton += w * parts[s]["compton"]
+        pair += w * parts[s]["pair"]
+    emitters = [s for s in fr if s in K_XRAYS]
+    kx = torch.stack(
+        [fr[s] * parts[s]["photo"] / photo.clamp_min(1e-30) * parts[s]["k_share"] * K_XRAYS[s][3] for s in emitters]
+    ) if emitters else torch.zeros(0, n_grid, dtype=torch.float64)
+    mu = torch.stack([photo, compton, pair]) * density
+    return MaterialTable(
+        material, density, math.log(e_min), math.log(e_max / e_min) / (n_grid - 1), mu.float(), kx.float(),
+        torch.tensor([K_XRAYS[s][0] for s in emitters]), torch.tensor([K_XRAYS[s][1] for s in emitters]),
+        torch.tensor([K_XRAYS[s][2] for s in emitters]),
+    )
+
+
+# --------------------------------------------------------------------------------------------- sampling
+
+
+def _rand(n: int, gen: torch.Generator, device: torch.device) -> torch.Tensor:
+    return torch.rand(n, generator=gen, device=device)
+
+
+def isotropic(n: int, gen: torch.Generator, device: torch.device) -> torch.Tensor:
+    """Unit vectors uniform on the sphere, (n, 3)."""
+    cos_t = 2 * _rand(n, gen, device) - 1
+    phi = 2 * math.pi * _rand(n, gen, device)
+    sin_t = torch.sqrt((1 - cos_t**2).clamp_min(0))
+    return torch.stack([sin_t * torch.cos(phi), sin_t * torch.sin(phi), cos_t], dim=1)
+
+
+def sample_klein_nishina(energy: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Scattered-to-incident energy ratio eps = E'/E from the Klein-Nishina distribution
+    (Butcher & Messel 1960 composition-rejection). Returns eps, same shape as ``energy``."""
+    device = energy.device
+    k = energy / ME_C2
+    eps0 = 1.0 / (1.0 + 2.0 * k)
+    a1 = -torch.log(eps0)
+    a2 = 0.5 * (1 - eps0**2)
+    eps = torch.ones_like(energy)
+    todo = torch.arange(energy.numel(), device=device)
+    for _ in range(64):
+        if todo.numel() == 0:
+            break
+        n = todo.numel()
+        r1, r2, r3 = _rand(n, gen, device), _rand(n, gen, device), _rand(n, gen, device)
+        e0, aa1, aa2, kk = eps0[todo], a1[todo], a2[todo], k[todo]
+        first = r1 * (aa1 + aa2) < aa1
+        e = torch.where(first, torch.exp(-aa1 * r2), torch.sqrt(e0**2 + (1 - e0**2) * r2))
+        t = (1 - e) / (kk * e)
+        sin2 = (t * (2 - t)).clamp(0, 1)
+        g = 1 - e * sin2 / (1 + e**2)
+        ok = g >= r3
+        eps[todo[ok]] = e[ok]
+        todo = todo[~ok]
+    return eps
+
+
+def rotate(u: torch.Tensor, cos_t: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Rotate unit vectors ``u`` (n, 3) by polar angle acos(cos_t) and a uniform azimuth."""
+    n = u.shape[0]
+    phi = 2 * math.pi * _rand(n, gen, u.device)
+    sin_t = torch.sqrt((1 - cos_t**2).clamp_min(0))
+    # orthonormal basis around u
+    helper = torch.where(
+        (u[:, 2].abs() < 0.9).unsqueeze(1),
+        torch.tensor([0.0, 0.0, 1.0], device=u.device).expand(n, 3),
+        torch.tensor([1.0, 0.0, 0.0], device=u.device).expand(n, 3),
+    )
+    a = torch.linalg.cross(u, helper)
+    a = a / a.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    b = torch.linalg.cross(u, a)
+    out = (
+        u * cos_t.unsqueeze(1)
+        + a * (sin_t * torch.cos(phi)).unsqueeze(1)
+        + b * (sin_t * torch.sin(phi)).unsqueeze(1)
+    )
+    return out / out.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+
+def distance_to_exit(p: torch.Tensor, u: torch.Tensor, radius: float, height: float) -> torch.Tensor:
+    """Path length (cm) from points ``p`` inside the cylinder x^2+y^2<=R^2, 0<=z<=H along ``u`` to its surface."""
+    a = u[:, 0] ** 2 + u[:, 1] ** 2
+    b = 2 * (p[:, 0] * u[:, 0] + p[:, 1] * u[:, 1])
+    c = p[:, 0] ** 2 + p[:, 1] ** 2 - radius**2
+    disc = (b**2 - 4 * a * c).clamp_min(0)
+    t_r = torch.where(a > 1e-12, (-b + torch.sqrt(disc)) / (2 * a).clamp_min(1e-12), torch.full_like(a, 1e9))
+    uz = u[:, 2]
+    t_z = torch.where(
+        uz > 1e-12, (height - p[:, 2]) / uz.clamp_min(1e-12),
+        torch.where(uz < -1e-12, -p[:, 2] / uz.clamp(max=-1e-12), torch.full_like(uz, 1e9)),
+    )
+    return torch.minimum(t_r, t_z).clamp_min(0)
+
+
+def transport(
+    energy: torch.Tensor,
+    pos: torch.Tensor,
+    direction: torch.Tensor,
+    event: torch.Tensor,
+    n_events: int,
+    table: MaterialTable,
+    radius: float,
+    height: float,
+    gen: torch.Generator,
+    max_steps: int = 60,
+) -> torch.Tensor:
+    """Track photons through a cylindrical crystal and return the energy deposited per event (keV).
+
+    Photons start at ``pos`` (inside or on the surface) moving along ``direction``; each carries the index of
+    its event. Interactions: photoabsorption (with K x-ray emission and transport, hence x-ray escape),
+    Klein-Nishina Compton scattering, pair production (kinetic energy E - 1022 keV deposited, two back-to-back
+    511 keV photons transported, hence single/double escape). The loop runs over interaction generations,
+    never over photons.
+    """
+    device = energy.device
+    dep = torch.zeros(n_events, device=device, dtype=torch.float32)
+    e, p, u, ev = energy.float(), pos.float(), direction.float(), event.long()
+    for _step in range(max_steps):
+        if e.numel() == 0:
+            break
+        mu, kx = table.lookup(e)
+        mu_tot = mu.sum(0).clamp_min(1e-9)
+        s = -torch.log(_rand(e.numel(), gen, device).clamp_min(1e-12)) / mu_tot
+        d_exit = distance_to_exit(p, u, radius, height)
+        stay = s < d_exit
+        e, p, u, ev, mu, kx, mu_tot, s = e[stay], p[stay], u[stay], ev[stay], mu[:, stay], kx[:, stay], mu_tot[stay], s[stay]
+        if e.numel() == 0:
+            break
+        p = p + u * s.unsqueeze(1)
+        r = _rand(e.numel(), gen, device) * mu_tot
+        is_photo = r < mu[0]
+        is_compton = (~is_photo) & (r < mu[0] + mu[1])
+        is_pair = ~(is_photo | is_compton)
+        local = torch.zeros_like(e)
+        new_e = e.clone()
+        alive = torch.ones_like(is_photo)
+        new_u = u.clone()
+        # --- photoabsorption with K fluorescence
+        if kx.shape[0] > 0:
+            cum = kx.cumsum(0)  # (J, n)
+            rk = _rand(e.numel(), gen, device)
+            j = (rk.unsqueeze(0) >= cum).sum(0)  # emitter index, J means none
+            fluor = is_photo & (j < kx.shape[0])
+            jj = j.clamp(max=kx.shape[0] - 1)
+            beta = _rand(e.numel(), gen, device) < table.kx_beta_share[jj]
+            e_x = torch.where(beta, table.kx_beta[jj], table.kx_alpha[jj])
+            e_x = torch.minimum(e_x, e)
+        else:
+            fluor = torch.zeros_like(is_photo)
+            e_x = torch.zeros_like(e)
+        local = torch.where(is_photo, torch.where(fluor, e - e_x, e), local)
+        new_e = torch.where(fluor, e_x, new_e)
+        alive = torch.where(is_photo, fluor, alive)
+        iso = isotropic(e.numel(), gen, device)
+        new_u = torch.where(fluor.unsqueeze(1), iso, new_u)
+        # --- Compton
+        eps = torch.ones_like(e)
+        if bool(is_compton.any()):
+            eps_c = sample_klein_nishina(e[is_compton], gen)
+            eps[is_compton] = eps_c
+        cos_t = 1 - (1 / eps - 1) * ME_C2 / e
+        rot = rotate(u, cos_t.clamp(-1, 1), gen)
+        local = torch.where(is_compton, e * (1 - eps), local)
+        new_e = torch.where(is_compton, e * eps, new_e)
+        new_u = torch.where(is_compton.unsqueeze(1), rot, new_u)
+        # --- pair production: two 511 keV photons back to back
+        local = torch.where(is_pair, (e - 2 * ME_C2).clamp_min(0), local)
+        new_e = torch.where(is_pair, torch.full_like(e, ME_C2), new_e)
+        new_u = torch.where(is_pair.unsqueeze(1), iso, new_u)
+        dep.index_add_(0, ev, local)
+        spawn_p, spawn_u, spawn_ev = p[is_pair], -iso[is_pair], ev[is_pair]
+        keep = alive & (new_e > 1.0)
+        # photons below 1 keV are absorbed where they are
+        low = alive & ~keep
+        if bool(low.any()):
+            dep.index_add_(0, ev[low], new_e[low])
+        e = torch.cat([new_e[keep], torch.full((spawn_ev.numel(),), ME_C2, device=device)])
+        p = torch.cat([p[keep], spawn_p])
+        u = torch.cat([new_u[keep], spawn_u])
+        ev = torch.cat([ev[keep], spawn_ev])
+    if e.numel() > 0:  # still alive after max_steps: absorbed locally (rare, low energy)
+        dep.index_add_(0, ev, e)
+    return dep
+
+
+def slab_backscatter(
+    energy: torch.Tensor, table: MaterialTable, gen: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Single-interaction return of photons from a semi-infinite slab hit at normal incidence.
+
+    A photon travelling along +z enters the slab; it interacts at depth d ~ Exp(mu). A Compton scatter
+    (Klein-Nishina angle) into the backward hemisphere, or a K x-ray of a photoabsorption emitted backwards,
+    leaves the slab with probability exp(-mu(E') d / |cos|) (sampled). Returns (returned energy keV, unit
+    direction (n, 3), mask of photons that came back).
+    """
+    device = energy.device
+    n = energy.numel()
+    mu, kx = table.lookup(energy)
+    mu_tot = mu.sum(0).clamp_min(1e-9)
+    depth = -torch.log(_rand(n, gen, device).clamp_min(1e-12)) / mu_tot
+    r = _rand(n, gen, device) * mu_tot
+    is_photo = r < mu[0]
+    is_compton = (~is_photo) & (r < mu[0] + mu[1])
+    eps = torch.ones_like(energy)
+    if bool(is_compton.any()):
+        eps[is_compton] = sample_klein_nishina(energy[is_compton], gen)
+    cos_c = (1 - (1 / eps - 1) * ME_C2 / energy).clamp(-1, 1)
+    u_c = rotate(torch.tensor([0.0, 0.0, 1.0], device=device).expand(n, 3).contiguous(), cos_c, gen)
+    e_out = energy * eps
+    if kx.shape[0] > 0:
+        fluor = is_photo & (_rand(n, gen, device) < kx.sum(0))
+        e_x = torch.where(_rand(n, gen, device) < table.kx_beta_share[0], table.kx_beta[0], table.kx_alpha[0])
+    else:
+        fluor = torch.zeros_like(is_photo)
+        e_x = torch.zeros_like(energy)
+    iso = isotropic(n, gen, device)
+    e_out = torch.where(fluor, e_x.expand(n), e_out)
+    u_out = torch.where(fluor.unsqueeze(1), iso, u_c)
+    cand = (is_compton | fluor) & (u_out[:, 2] < -1e-3)
+    mu_out, _ = table.lookup(e_out)
+    p_esc = torch.exp(-mu_out.sum(0) * depth / u_out[:, 2].abs().clamp_min(1e-3))
+    back = cand & (_rand(n, gen, device) < p_esc)
+    return e_out, u_out, back
+
+
+def disk_points(n: int, radius: float, z: float, gen: torch.Generator, device: torch.device) -> torch.Tensor:
+    """Points uniform on the disk of ``radius`` at height ``z``, (n, 3)."""
+    rr = radius * torch.sqrt(_rand(n, gen, device))
+    phi = 2 * math.pi * _rand(n, gen, device)
+    return torch.stack([rr * torch.cos(phi), rr * torch.sin(phi), torch.full_like(rr, z)], dim=1)
+
+
+def cylinder_points(n: int, radius: float, height: float, gen: torch.Generator, device: torch.device) -> torch.Tensor:
+    """Points uniform in the cylinder volume, (n, 3)."""
+    p = disk_points(n, radius, 0.0, gen, device)
+    p[:, 2] = height * _rand(n, gen, device)
+    return p
