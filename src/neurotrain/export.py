@@ -76,7 +76,7 @@ class ExportReport:
 
     def summary(self) -> str:
         """A few human-readable lines (what the CLI prints)."""
-        lines = [f"wrote {self.path} ({self.file_bytes / 1e6:.2f} MB, {self.exporter} exporter, opset {self.opset})"]
+        lines = [f"wrote {self.path} ({_size(self.file_bytes)}, {self.exporter} exporter, opset {self.opset})"]
         if self.max_abs_error is not None:
             lines.append(f"  onnxruntime vs torch, example: max |diff| = {self.max_abs_error:.3g} (atol {self.atol:g})")
         if self.max_abs_error_other_batch is not None:
@@ -85,7 +85,7 @@ class ExportReport:
                 f"max |diff| = {self.max_abs_error_other_batch:.3g}"
             )
         if self.quantized_path is not None:
-            lines.append(f"wrote {self.quantized_path} ({(self.quantized_file_bytes or 0) / 1e6:.2f} MB, int8 dynamic)")
+            lines.append(f"wrote {self.quantized_path} ({_size(self.quantized_file_bytes or 0)}, int8 dynamic)")
             if self.quantized_max_abs_error is not None:
                 lines.append(f"  int8 vs torch: max |diff| = {self.quantized_max_abs_error:.3g}")
         lines.extend(f"  note: {n}" for n in self.notes)
@@ -98,6 +98,13 @@ class ExportReport:
         from rich.markup import escape
 
         return escape(self.summary())
+
+
+def _size(n_bytes: int) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n_bytes >= scale:
+            return f"{n_bytes / scale:.2f} {unit}"
+    return f"{n_bytes} B"
 
 
 def quantized_path_for(path: str | Path) -> Path:
@@ -169,15 +176,17 @@ def _max_abs(ref: list[torch.Tensor], got: list[np.ndarray]) -> float:
 @contextlib.contextmanager
 def _quiet() -> Any:
     """Silence the exporters' progress prints, warnings and onnxruntime's root-logger hints."""
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
+    loggers = [logging.getLogger(name) for name in ("", "torch.onnx", "onnxscript", "torch.export")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
             yield
     finally:
-        root.setLevel(level)
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
 
 
 def _export_dynamo(
