@@ -152,6 +152,37 @@ def test_structured_outputs_and_multiple_inputs(tmp_path: Path) -> None:
     torch.testing.assert_close(out2, a * 2)
 
 
+def test_stream_h5_through_model_into_h5_writer_keeps_nothing(tmp_path: Path) -> None:
+    """The predict path: an HDF5 input streamed through a model into an H5Writer; no output
+    batch outlives its sink call (memory stays flat however long the input is)."""
+    import gc
+    import weakref
+
+    from neurotrain.io.hdf5 import H5Dataset, H5Writer
+
+    src = tmp_path / "in.h5"
+    x = np.random.default_rng(3).normal(size=(70, 1, 8, 8))
+    with H5Writer(src, chunk_rows=16) as w:
+        w.append(x=x)
+    model = _conv_model(torch.float64)
+    refs: list[weakref.ref] = []
+    dst = tmp_path / "out" / "pred.h5"
+    with h5py.File(src, "r") as f, H5Writer(dst) as out:
+
+        def sink(batch: torch.Tensor, start: int) -> None:
+            assert start == out.n_rows
+            refs.append(weakref.ref(batch))
+            out.append(pred=batch)
+
+        run_batched(model, f["x"], max_memory_gb=2e-5, sink=sink)  # 20 kB / 5632 B per sample -> 3
+    gc.collect()
+    assert len(refs) == 24 and all(r() is None for r in refs)  # ceil(70 / 3) batches
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x))
+    got = H5Dataset(dst, ["pred"]).__getitems__(list(range(70)))
+    assert torch.equal(torch.stack([g["pred"] for g in got]), ref)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_probe_respects_cap() -> None:
