@@ -262,3 +262,18 @@ def test_resume_after_crash_inside_first_append(tmp_path: Path) -> None:
     with h5py.File(path, "r") as f:
         np.testing.assert_array_equal(f["a"][:], np.arange(2))
         np.testing.assert_array_equal(f["b"][:], np.zeros(2))
+
+
+def test_dataset_pickles_without_its_handle(tmp_path: Path) -> None:
+    import pickle
+
+    path = tmp_path / "p.h5"
+    with H5Writer(path) as w:
+        w.append(x=np.arange(10.0).reshape(5, 2))
+    ds = H5Dataset(path, {"input": "x"}, indices=[4, 0])
+    assert float(ds[0]["input"][0]) == 8.0  # opens a handle in this process
+    clone = pickle.loads(pickle.dumps(ds))  # what a spawned DataLoader worker receives
+    assert clone._file is None and len(clone) == 2
+    torch.testing.assert_close(clone[1]["input"], torch.tensor([0.0, 1.0], dtype=torch.float64))
+    clone.close()
+    ds.close()
