@@ -181,6 +181,16 @@ def _new_bytes(tensors: list[torch.Tensor], seen: set[tuple[int, int]]) -> int:
     return total
 
 
+def _to_cpu(t: torch.Tensor) -> torch.Tensor:
+    return t.detach().to("cpu")
+
+
+def _to_cpu_owned(t: torch.Tensor) -> torch.Tensor:
+    """A CPU copy that is an ordinary tensor (not an inference tensor)."""
+    t = t.detach()
+    return t.clone() if t.device.type == "cpu" else t.to("cpu")
+
+
 def resolve_device(device: str | torch.device | None, fn: Callable[..., Any], inputs: Any = None) -> torch.device:
     """``None``: the device of ``fn``'s parameters, else of a tensor input, else CPU.
     ``"auto"``: CUDA when available, else CPU. Anything else: ``torch.device(device)``."""
@@ -354,13 +364,14 @@ def run_batched(
             bar_ctx = Progress(
                 TextColumn("inference"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), transient=True
             )
-        with bar_ctx as bar, torch.inference_mode():
+        with bar_ctx as bar:
             task_id = bar.add_task("inference", total=n) if bar is not None else None
             start = 0
             while start < n:
                 stop = min(n, start + bs)
                 try:
-                    out = _call(fn, _slice_to(inputs, start, stop, dev))
+                    with torch.inference_mode():
+                        out = _call(fn, _slice_to(inputs, start, stop, dev))
                 except (RuntimeError, MemoryError) as exc:
                     if not (_is_oom(exc) or isinstance(exc, MemoryError)):
                         raise
@@ -374,7 +385,8 @@ def run_batched(
                         ) from None
                     bs = max(1, bs // 2)
                     continue
-                out = _map(out, lambda t: t.detach().to("cpu"))
+                # outside inference mode, so the sink gets ordinary tensors it may modify in place
+                out = _map(out, _to_cpu if sink is None else _to_cpu_owned)
                 if sink is not None:
                     sink(out, start)
                 else:
