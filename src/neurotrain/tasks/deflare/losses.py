@@ -1,0 +1,46 @@
+"""Losses on voxel grids.
+
+* ``mse`` - the seed's loss (``MSELoss`` between output and clean voxel).
+* ``l1`` - mean absolute error, less dominated by the few very bright cells at the light source.
+* ``mse_count`` / ``l1_count`` - the above plus an event-count term: the relative error of
+  the total number of events the output would decode to, ``| sum|out| - sum|target| | /
+  max(sum|target|, 1)`` per sample, so the network is pushed to remove as many events as
+  the flare contributed, not just to shrink them.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+LossName = Literal["mse", "l1", "mse_count", "l1_count"]
+
+
+class VoxelLoss(nn.Module):
+    """``loss(pred, batch)`` -> ``{"loss", "mse", "l1"[, "count"]}``; ``batch["target"]`` is the clean voxel."""
+
+    def __init__(self, name: LossName = "mse", count_weight: float = 0.1) -> None:
+        super().__init__()
+        if name not in ("mse", "l1", "mse_count", "l1_count"):
+            raise ValueError(f"loss.name: expected mse, l1, mse_count or l1_count (got {name!r})")
+        self.name = name
+        self.count_weight = count_weight
+
+    def forward(self, pred: torch.Tensor, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        target = batch["target"].to(pred.dtype)
+        mse = F.mse_loss(pred, target)
+        l1 = F.l1_loss(pred, target)
+        base = mse if self.name.startswith("mse") else l1
+        out = {"mse": mse.detach(), "l1": l1.detach()}
+        if self.name.endswith("_count"):
+            dims = tuple(range(1, pred.ndim))
+            n_out = pred.abs().sum(dims)
+            n_tgt = target.abs().sum(dims)
+            count = ((n_out - n_tgt).abs() / n_tgt.clamp_min(1.0)).mean()
+            out["count"] = count.detach()
+            base = base + self.count_weight * count
+        out["loss"] = base
+        return out

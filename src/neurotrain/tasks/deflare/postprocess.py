@@ -1,0 +1,206 @@
+"""File in, file out: events -> 20 ms segments -> voxels -> (network | filter) -> events.
+
+The pipeline streams: events are read in chunks (``pipeline.chunk_events``), regrouped
+into segments on the absolute grid ``k * segment_duration_us``, and
+``pipeline.batch_segments`` segments at a time are encoded in one ``index_add_`` on the
+device, passed through the model, decoded (seeded) and appended to the output file. Memory
+is bounded by one batch of segments, whatever the file length. Output bins outside the
+recording's ``[t_first, t_last]`` are zeroed, so the output never extends the time axis.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from neurotrain.errors import DataError
+from neurotrain.tasks.deflare.io import (
+    EventChunk,
+    EventFileInfo,
+    EventWriter,
+    Segment,
+    inspect_events,
+    iter_chunks,
+    iter_segments,
+)
+from neurotrain.tasks.deflare.voxel import active_bins_mask, events_to_voxel, voxel_to_events
+
+VoxelFn = Callable[[torch.Tensor], torch.Tensor]
+DebugHook = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class FileResult:
+    input: Path
+    output: Path | None
+    events_in: int = 0
+    events_out: int = 0
+    segments: int = 0
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def resolve_sensor_size(info: EventFileInfo, cfg: Any) -> tuple[int, int]:
+    """The file's own ``sensor_size`` attribute, else ``voxel.sensor_size`` from the config."""
+    return tuple(info.sensor_size) if info.sensor_size else tuple(cfg.voxel.sensor_size)  # type: ignore[return-value]
+
+
+def _batched(segments: Iterator[Segment], n: int) -> Iterator[list[Segment]]:
+    buf: list[Segment] = []
+    for s in segments:
+        buf.append(s)
+        if len(buf) == n:
+            yield buf
+            buf = []
+    if buf:
+        yield buf
+
+
+def encode_segments(
+    segs: list[Segment], cfg: Any, size: tuple[int, int], device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(S, 1, B, H, W) voxels of a list of segments (one ``index_add_``) and their starts (S,)."""
+    D = cfg.voxel.segment_duration_us
+    ev = EventChunk.concat([s.events for s in segs])
+    seg_id = np.repeat(np.arange(len(segs)), [len(s.events) for s in segs])
+    tt = ev.to_torch(device)
+    seg_t = torch.from_numpy(seg_id).to(device)
+    starts = torch.tensor([s.t_start for s in segs], device=device, dtype=torch.int64)
+    vox = events_to_voxel(
+        tt["t"], tt["x"], tt["y"], tt["p"], num_bins=cfg.voxel.num_bins, sensor_size=size, duration_us=D,
+        t_start=starts, segment=seg_t, num_segments=len(segs), method=cfg.voxel.method,
+    )
+    return vox.unsqueeze(1), starts
+
+
+def iter_file_voxels(
+    path: Path, cfg: Any, size: tuple[int, int] | None = None, device: torch.device | str = "cpu"
+) -> Iterator[tuple[list[int], torch.Tensor]]:
+    """(segment indices, (S, 1, B, H, W) voxels) of a file, ``pipeline.batch_segments`` at a time."""
+    info = inspect_events(path)
+    size = size or resolve_sensor_size(info, cfg)
+    D = cfg.voxel.segment_duration_us
+    chunks = iter_chunks(path, cfg.pipeline.chunk_events, size, info)
+    for segs in _batched(iter_segments(chunks, D), cfg.pipeline.batch_segments):
+        vox, _ = encode_segments(segs, cfg, size, torch.device(device))
+        yield [s.index for s in segs], vox
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def process_file(
+    in_path: str | Path,
+    out_path: str | Path | None,
+    fn: VoxelFn,
+    cfg: Any,
+    device: torch.device | str = "cpu",
+    debug_hook: DebugHook | None = None,
+) -> FileResult:
+    """Run ``fn`` over every segment of ``in_path`` and write the decoded events to ``out_path``.
+
+    ``fn`` maps (S, 1, B, H, W) voxels to voxels of the same shape (a network, a classical
+    filter, or the identity for the seed's encode->decode baseline). ``out_path=None`` runs
+    without writing (benchmarks). The output mirrors the input's layout and dtypes and
+    appears only when complete. Per-stage wall times are in ``FileResult.seconds``.
+    """
+    in_path = Path(in_path)
+    device = torch.device(device)
+    info = inspect_events(in_path)
+    size = resolve_sensor_size(info, cfg)
+    D, B = cfg.voxel.segment_duration_us, cfg.voxel.num_bins
+    pl = cfg.pipeline
+    gen = torch.Generator(device=device)
+    gen.manual_seed(int(pl.decode_seed))
+    res = FileResult(in_path, Path(out_path) if out_path is not None else None)
+    secs = {"read": 0.0, "encode": 0.0, "network": 0.0, "decode": 0.0, "write": 0.0}
+    writer: EventWriter | None = None
+    if out_path is not None:
+        writer = EventWriter(
+            out_path, like=info, compression=None if pl.compression == "none" else "gzip",
+            compression_opts=pl.compression_level, attrs={"sensor_size": list(size)},
+        )
+        writer.__enter__()
+    try:
+        chunks = iter_chunks(in_path, pl.chunk_events, size, info)
+        segments = iter_segments(chunks, D)
+        it = _batched(segments, pl.batch_segments)
+        batch_no = 0
+        while True:
+            t0 = time.perf_counter()
+            segs = next(it, None)
+            secs["read"] += time.perf_counter() - t0
+            if segs is None:
+                break
+            t0 = time.perf_counter()
+            vin, starts = encode_segments(segs, cfg, size, device)
+            _sync(device)
+            t1 = time.perf_counter()
+            secs["encode"] += t1 - t0
+            with torch.no_grad():
+                vout = fn(vin).float()
+            _sync(device)
+            t2 = time.perf_counter()
+            secs["network"] += t2 - t1
+            keep = active_bins_mask(starts, B, D, info.t_first, info.t_last)
+            vout = vout * keep[:, None, :, None, None]
+            n_in = sum(len(s.events) for s in segs)
+            ev = voxel_to_events(
+                vout[:, 0], duration_us=D, t_start=starts, generator=gen,
+                max_events=int(pl.max_events_factor * max(n_in, 1000)),
+            )
+            ev_np = {k: v.cpu().numpy() for k, v in ev.items()}
+            t3 = time.perf_counter()
+            secs["decode"] += t3 - t2
+            if writer is not None:
+                writer.append(ev_np["t"], ev_np["x"], ev_np["y"], ev_np["p"])
+            secs["write"] += time.perf_counter() - t3
+            res.events_in += n_in
+            res.events_out += int(ev_np["t"].shape[0])
+            res.segments += len(segs)
+            if debug_hook is not None and batch_no < pl.debug_iterations:
+                debug_hook({
+                    "file": in_path, "batch": batch_no, "input_voxel": vin, "output_voxel": vout,
+                    "starts": starts, "sensor_size": size, "output_events": ev_np,
+                    "input_events": EventChunk.concat([s.events for s in segs]), "fn": fn,
+                })
+            batch_no += 1
+    except BaseException as exc:
+        if writer is not None:
+            writer.__exit__(type(exc), exc, exc.__traceback__)
+        if isinstance(exc, ValueError):
+            raise DataError(f"{in_path}: {exc}") from None
+        raise
+    if writer is not None:
+        t0 = time.perf_counter()
+        writer.__exit__(None, None, None)
+        secs["write"] += time.perf_counter() - t0
+    res.seconds = secs
+    return res
+
+
+def model_fn(model: torch.nn.Module, device: torch.device | str, precision: str = "fp32") -> VoxelFn:
+    """Wrap a voxel network for :func:`process_file` (eval mode, optional bf16 autocast)."""
+    device = torch.device(device)
+    model = model.to(device).eval()
+
+    def fn(v: torch.Tensor) -> torch.Tensor:
+        if precision == "bf16":
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
+                return model(v).float()
+        return model(v)
+
+    fn.model = model  # type: ignore[attr-defined]
+    return fn
+
+
+def identity_fn(v: torch.Tensor) -> torch.Tensor:
+    """The seed's ``--baseline``: encode -> decode, no network."""
+    return v

@@ -1,0 +1,153 @@
+"""Config schema of the deflare task (every default lives here).
+
+Names follow the seed's configs: ``model.f_maps`` (list), ``num_levels``, ``layer_order``,
+``num_groups``, ``conv_padding``, ``dropout_prob``; ``voxel.num_bins=8``,
+``voxel.segment_duration_us=20000``, ``voxel.sensor_size=[480, 640]``; the seed's data
+directories ``background_with_flare_events`` / ``background_with_light_events`` (+ ``_test``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from neurotrain.config import Config, Section
+
+
+class ModelSection(Section):
+    name: Literal["TrueResidualUNet3D"] = "TrueResidualUNet3D"
+    backbone: Literal["ResidualUNet3D"] = "ResidualUNet3D"
+    in_channels: int = Field(1, ge=1)
+    f_maps: list[int] | int = [32, 64, 128, 256]
+    num_levels: int = Field(4, ge=2)
+    layer_order: str = "gcr"
+    num_groups: int = Field(8, ge=1)
+    conv_padding: int = 1
+    dropout_prob: float = Field(0.1, ge=0, lt=1)
+    gradient_checkpointing: bool = False
+
+    @model_validator(mode="after")
+    def _levels_match(self) -> ModelSection:
+        if isinstance(self.f_maps, list) and len(self.f_maps) != self.num_levels:
+            raise ValueError(f"f_maps has {len(self.f_maps)} levels but num_levels={self.num_levels}; they must agree")
+        return self
+
+
+class VoxelSection(Section):
+    num_bins: int = Field(8, ge=1)
+    segment_duration_us: int = Field(20_000, ge=1)
+    sensor_size: tuple[int, int] = (480, 640)  # (height, width); a file's own sensor_size attribute wins
+    method: Literal["count", "bilinear"] = "count"
+
+
+class SimulateSection(Section):
+    sensor_size: tuple[int, int] | None = None  # default: voxel.sensor_size
+    file_duration_us: int = Field(100_000, ge=1)
+    dt_us: int = Field(250, ge=1)
+    warmup_us: int = Field(2_000, ge=0)
+    contrast_threshold: float = Field(0.2, gt=0)
+    threshold_sigma: float = Field(0.03, ge=0)
+    refractory_us: float = Field(500.0, ge=0)
+    noise_rate_hz: float = Field(0.2, ge=0)
+    log_eps: float = Field(0.01, gt=0)
+    texture_components: int = Field(6, ge=0)
+    num_shapes: int = Field(3, ge=0)
+    ego_speed_px_s: tuple[float, float] = (20.0, 200.0)
+    shape_speed_px_s: tuple[float, float] = (0.0, 400.0)
+    light_sigma_px: tuple[float, float] = (1.5, 3.5)
+    light_peak: tuple[float, float] = (20.0, 100.0)
+    flicker_hz: list[float] = [100.0, 120.0]
+    flicker_probability: float = Field(0.9, ge=0, le=1)
+    flicker_depth: tuple[float, float] = (0.3, 1.0)
+    flare_probability: float = Field(0.9, ge=0, le=1)
+    halo_amplitude: tuple[float, float] = (0.5, 3.0)
+    streaks: int = Field(6, ge=0)
+    streak_amplitude: tuple[float, float] = (0.2, 1.0)
+    ghosts: int = Field(3, ge=0)
+    ghost_amplitude: tuple[float, float] = (0.05, 0.4)
+    test_fraction: float = Field(0.1, ge=0, lt=1)
+    compression_level: int = Field(4, ge=0, le=9)
+
+
+class LossSection(Section):
+    name: Literal["mse", "l1", "mse_count", "l1_count"] = "mse"
+    count_weight: float = Field(0.1, ge=0)
+
+
+class PathsSection(Section):
+    """The seed's data directories. When ``train_noisy_dir`` is set, training reads H5 pairs
+    from there; otherwise it simulates on the fly."""
+
+    train_noisy_dir: Path | None = None
+    train_clean_dir: Path | None = None
+    val_noisy_dir: Path | None = None
+    val_clean_dir: Path | None = None
+    checkpoint: Path | None = None
+    input: Path | None = None
+    output: Path | None = None
+
+
+class PipelineSection(Section):
+    """File in, file out: batching, decoding, writing, debug figures."""
+
+    batch_segments: int = Field(5, ge=1)
+    chunk_events: int = Field(1 << 20, ge=1024)
+    compression: Literal["gzip", "none"] = "gzip"
+    compression_level: int = Field(4, ge=0, le=9)
+    precision: Literal["fp32", "bf16"] = "fp32"
+    decode_seed: int = 0
+    max_events_factor: float = Field(20.0, gt=0)
+    debug_dir: Path = Path("debug_output")
+    debug_iterations: int = Field(2, ge=1)
+
+
+class BaselineSection(Section):
+    """Classical filters (voxel-space versions, 2.5 ms bins)."""
+
+    ba_window_bins: int = Field(1, ge=0)  # support from the same bin and this many earlier bins
+    ba_min_support: int = Field(1, ge=1)
+    flicker_min_events: int = Field(4, ge=1)
+    flicker_min_power: float = Field(0.5, gt=0, le=1)
+
+
+class EvaluateSection(Section):
+    num_batches: int = Field(4, ge=1)
+    batch_size: int = Field(4, ge=1)
+    seed: int = 12345
+    baselines: list[Literal["ba_filter", "flicker_filter", "codec"]] = ["ba_filter", "flicker_filter"]
+
+
+class DeflareConfig(Config):
+    task: str = "deflare"
+    model: ModelSection = ModelSection()
+    voxel: VoxelSection = VoxelSection()
+    simulate: SimulateSection = SimulateSection()
+    loss: LossSection = LossSection()
+    paths: PathsSection = PathsSection()
+    pipeline: PipelineSection = PipelineSection()
+    baseline: BaselineSection = BaselineSection()
+    evaluate: EvaluateSection = EvaluateSection()
+
+    @model_validator(mode="after")
+    def _grid_fits_unet(self) -> DeflareConfig:
+        levels = len(self.model.f_maps) if isinstance(self.model.f_maps, list) else self.model.num_levels
+        m = 2 ** (levels - 1)
+        if self.voxel.num_bins % m:
+            raise ValueError(
+                f"voxel.num_bins={self.voxel.num_bins} must be divisible by 2**(levels-1)={m} for a {levels}-level U-Net"
+            )
+        if self.voxel.segment_duration_us % self.simulate.dt_us or (self.voxel.segment_duration_us // self.simulate.dt_us) % self.voxel.num_bins:
+            raise ValueError(
+                f"simulate.dt_us={self.simulate.dt_us} must split voxel.segment_duration_us={self.voxel.segment_duration_us} "
+                f"into a multiple of num_bins={self.voxel.num_bins} steps"
+            )
+        return self
+
+    @field_validator("task")
+    @classmethod
+    def _task_name(cls, v: str) -> str:
+        if v != "deflare":
+            raise ValueError(f"expected 'deflare' (got {v!r})")
+        return v

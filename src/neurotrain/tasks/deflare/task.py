@@ -1,0 +1,382 @@
+"""The deflare task: event-camera flare removal, file in, file out.
+
+Events (t, x, y, p) spoiled by lens flare from a bright light source are cut into 20 ms
+segments, encoded as 8-bin voxel grids, passed through ``TrueResidualUNet3D``
+(``output = input + residual``, the identity at initialisation) and decoded back to events
+on the original time axis. Training data are paired "with flare" / "without flare" event
+streams from the physics simulator (on the fly, or the seed's H5 directories).
+
+Modes (seed names): ``train``, ``test`` (every H5 of ``paths.val_noisy_dir`` ->
+``<dir>output`` or, with ``baseline``, ``<dir>baseline``; metrics against
+``paths.val_clean_dir``), ``predict`` (file or directory, no labels), ``simulate`` (the seed's
+directory layout), ``evaluate`` (network vs classical filters on simulated segments).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from neurotrain.errors import ConfigError, DataError
+from neurotrain.registry import TASKS
+from neurotrain.task import EvalResult, Task
+from neurotrain.tasks.deflare.schema import DeflareConfig
+
+if TYPE_CHECKING:
+    import optuna
+    from torch.utils.data import Dataset
+    from torchmetrics import MetricCollection
+
+HEADLINE = "flare_minus_background_removal"
+
+
+def _device(cfg: DeflareConfig) -> torch.device:
+    d = cfg.inference.device
+    if d == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(d)
+
+
+def sibling_dir(input_dir: Path, suffix: str) -> Path:
+    """The seed's output folder: ``<input_dir>output`` / ``<input_dir>baseline`` next to the input."""
+    input_dir = Path(input_dir)
+    return input_dir.parent / f"{input_dir.name}{suffix}"
+
+
+class DeflareTask(Task):
+    name = "deflare"
+    config_cls = DeflareConfig
+
+    # ------------------------------------------------------------------ building blocks
+    def build_model(self, cfg: DeflareConfig) -> nn.Module:  # type: ignore[override]
+        from neurotrain.tasks.deflare.models import build_model
+
+        return build_model(cfg.model)
+
+    def build_loss(self, cfg: DeflareConfig) -> nn.Module:  # type: ignore[override]
+        from neurotrain.tasks.deflare.losses import VoxelLoss
+
+        return VoxelLoss(cfg.loss.name, cfg.loss.count_weight)
+
+    def build_metrics(self, cfg: DeflareConfig) -> MetricCollection:  # type: ignore[override]
+        from neurotrain.tasks.deflare.metrics import build_metrics
+
+        return build_metrics()
+
+    def update_metrics(self, metrics: MetricCollection, pred: Any, batch: dict[str, torch.Tensor]) -> None:
+        from neurotrain.tasks.deflare.metrics import update_all
+
+        update_all(metrics, pred, batch["target"], batch["input"], batch.get("light_mask"))
+
+    # ------------------------------------------------------------------ data
+    def simulate_batch(
+        self, cfg: DeflareConfig, batch_size: int, generator: torch.Generator, device: torch.device  # type: ignore[override]
+    ) -> dict[str, torch.Tensor]:
+        from neurotrain.tasks.deflare.simulate import simulate_voxel_pairs
+
+        return simulate_voxel_pairs(cfg.simulate, cfg.voxel, batch_size, generator, torch.device(device))
+
+    def datasets(self, cfg: DeflareConfig) -> dict[str, Dataset] | None:  # type: ignore[override]
+        p = cfg.paths
+        if p.train_noisy_dir is None:
+            return None
+        if p.train_clean_dir is None:
+            raise ConfigError("config error: paths.train_clean_dir: required when paths.train_noisy_dir is set")
+        from neurotrain.tasks.deflare.dataset import EventVoxelDataset
+
+        out: dict[str, Dataset] = {"train": EventVoxelDataset(p.train_noisy_dir, p.train_clean_dir, cfg)}
+        if p.val_noisy_dir is not None and p.val_clean_dir is not None:
+            out["val"] = EventVoxelDataset(p.val_noisy_dir, p.val_clean_dir, cfg)
+            out["test"] = out["val"]
+        return out
+
+    # ------------------------------------------------------------------ commands
+    def simulate(self, cfg: DeflareConfig, output: Path, n: int, **options: Any) -> Path:  # type: ignore[override]
+        """Write ``n`` file pairs in the seed's layout under ``output``: ``n - n_test`` in
+        ``background_with_{flare,light}_events/`` and ``n_test = round(n * test_fraction)``
+        in the ``*_test/`` folders (at least one of each when ``n >= 2``)."""
+        from neurotrain.tasks.deflare.simulate import write_pair_dirs
+
+        output = Path(output)
+        n_test = options.get("n_test")
+        if n_test is None:
+            n_test = max(1, round(n * cfg.simulate.test_fraction)) if n >= 2 else 0
+        n_train = n - int(n_test)
+        dev = torch.device(options.get("device") or _device(cfg))
+        lvl = cfg.simulate.compression_level
+        write_pair_dirs(cfg.simulate, cfg.voxel, output, n_train, split="train", start_index=0, seed=cfg.seed, device=dev, compression_level=lvl)
+        write_pair_dirs(cfg.simulate, cfg.voxel, output, int(n_test), split="test", start_index=n_train, seed=cfg.seed + 1, device=dev, compression_level=lvl)
+        return output
+
+    def _voxel_fn(self, cfg: DeflareConfig, model: nn.Module | None, device: torch.device, method: str = "network") -> Any:
+        from neurotrain.tasks.deflare import baseline as bl
+        from neurotrain.tasks.deflare.postprocess import identity_fn, model_fn
+
+        if method == "network":
+            if model is None:
+                raise ConfigError("config error: a checkpoint is required (or use --baseline for encode -> decode only)")
+            return model_fn(model, device, cfg.pipeline.precision)
+        if method == "codec":
+            return identity_fn
+        if method == "ba_filter":
+            return lambda v: bl.ba_filter(v, cfg.baseline.ba_window_bins, cfg.baseline.ba_min_support)
+        if method == "flicker_filter":
+            return lambda v: bl.flicker_filter(
+                v, duration_us=cfg.voxel.segment_duration_us, flicker_hz=tuple(cfg.simulate.flicker_hz),
+                min_events=cfg.baseline.flicker_min_events, min_power=cfg.baseline.flicker_min_power,
+            )
+        raise ConfigError(f"config error: unknown method {method!r} (network, codec, ba_filter, flicker_filter)")
+
+    def _debug_hook(self, cfg: DeflareConfig, tag: str) -> Any:
+        from neurotrain.tasks.deflare.plots import write_debug_folder
+
+        def hook(info: dict[str, Any]) -> None:
+            name = Path(info["file"]).stem
+            vin, vout = info["input_voxel"], info["output_voxel"]
+            ev_in = info["input_events"]
+            t0 = int(info["starts"][0])
+            D = cfg.voxel.segment_duration_us
+            m = (ev_in.t >= t0) & (ev_in.t < t0 + D)
+            ev_in_d = {"t": ev_in.t[m], "x": ev_in.x[m], "y": ev_in.y[m], "p": ev_in.p[m]}
+            ev_out = info["output_events"]
+            mo = ev_out["segment"] == 0
+            ev_out_d = {k: ev_out[k][mo] for k in ("t", "x", "y", "p")}
+            write_debug_folder(
+                cfg.pipeline.debug_dir / f"{tag}_{name}_seg_{info['batch'] * cfg.pipeline.batch_segments}",
+                input_voxel=vin[0, 0].cpu(), output_voxel=vout[0, 0].cpu(), duration_us=D,
+                input_events=ev_in_d, output_events=ev_out_d,
+                note=f"file {info['file']}, segment start {t0} µs, mode {tag}",
+            )
+
+        return hook
+
+    def predict(self, cfg: DeflareConfig, model: nn.Module | None, inputs: list[Path], output: Path | None, **options: Any) -> list[Path]:  # type: ignore[override]
+        """Deflare H5 files or directories of them.
+
+        ``output``: a file (one input file), a directory (same file names), or ``None``
+        (``<input_dir>output/`` for a directory, ``<stem>_deflared.h5`` beside a file).
+        Options: ``debug`` (figures to ``pipeline.debug_dir``), ``baseline`` (encode ->
+        decode only), ``method`` (network, codec, ba_filter, flicker_filter).
+        """
+        from neurotrain.tasks.deflare.io import list_h5
+        from neurotrain.tasks.deflare.postprocess import process_file
+
+        device = _device(cfg)
+        method = options.get("method") or ("codec" if options.get("baseline") else "network")
+        fn = self._voxel_fn(cfg, model, device, method)
+        hook = self._debug_hook(cfg, "inference") if options.get("debug") else None
+        jobs: list[tuple[Path, Path]] = []
+        inputs = [Path(p) for p in (inputs or ([cfg.paths.input] if cfg.paths.input else []))]
+        if not inputs:
+            raise ConfigError("config error: predict needs an input file or directory (or paths.input)")
+        output = Path(output) if output is not None else (Path(cfg.paths.output) if cfg.paths.output else None)
+        for src in inputs:
+            if src.is_dir():
+                dst = output if output is not None else sibling_dir(src, "output")
+                jobs += [(f, dst / f.name) for f in list_h5(src)]
+            elif src.is_file():
+                if output is None:
+                    dst = src.with_name(f"{src.stem}_deflared{src.suffix}")
+                elif output.suffix.lower() in (".h5", ".hdf5") and len(inputs) == 1:
+                    dst = output
+                else:
+                    dst = output / src.name
+                jobs.append((src, dst))
+            else:
+                raise DataError(f"{src}: input file or directory not found")
+        outs = []
+        for src, dst in jobs:
+            if src.resolve() == dst.resolve():
+                raise DataError(f"{src}: output would overwrite the input; choose another --output")
+            process_file(src, dst, fn, cfg, device, hook)
+            outs.append(dst)
+        return outs
+
+    def test(self, cfg: DeflareConfig, model: nn.Module | None, **options: Any) -> dict[str, Any]:  # type: ignore[override]
+        """The seed's test mode: every H5 of ``paths.val_noisy_dir`` -> ``<dir>output`` (or
+        ``<dir>baseline`` with ``baseline=True``), then metrics against ``paths.val_clean_dir``.
+
+        Returns ``{"files": [...], "metrics": {...}, "output_dir": str}``; also writes
+        ``metrics.json`` into the output directory and prints a table.
+        """
+        from neurotrain.tasks.deflare.io import list_h5
+        from neurotrain.tasks.deflare.postprocess import process_file
+
+        src = cfg.paths.val_noisy_dir
+        if src is None:
+            raise ConfigError("config error: paths.val_noisy_dir: required for test (the directory of flare H5 files)")
+        baseline = bool(options.get("baseline"))
+        device = _device(cfg)
+        fn = self._voxel_fn(cfg, None if baseline else model, device, "codec" if baseline else "network")
+        out_dir = sibling_dir(Path(src), "baseline" if baseline else "output")
+        hook = self._debug_hook(cfg, "test_baseline" if baseline else "test") if options.get("debug") else None
+        files = list_h5(src)
+        if not files:
+            raise DataError(f"{src}: no .h5 files to test")
+        rows = []
+        for f in files:
+            r = process_file(f, out_dir / f.name, fn, cfg, device, hook)
+            rows.append({"file": f.name, "events_in": r.events_in, "events_out": r.events_out, "seconds": sum(r.seconds.values())})
+        result: dict[str, Any] = {"output_dir": str(out_dir), "mode": "baseline" if baseline else "network", "files": rows}
+        if cfg.paths.val_clean_dir is not None:
+            result["metrics"] = self.score_dirs(cfg, Path(src), Path(cfg.paths.val_clean_dir), out_dir)
+        from neurotrain.io.atomic import atomic_path
+
+        with atomic_path(out_dir / "metrics.json") as tmp:
+            tmp.write_text(json.dumps(result, indent=2, default=float), encoding="utf-8")
+        _print_table(result)
+        return result
+
+    def score_dirs(self, cfg: DeflareConfig, noisy_dir: Path, clean_dir: Path, out_dir: Path) -> dict[str, float]:
+        """Metrics of the files in ``out_dir`` against their clean partners, per segment."""
+        from neurotrain.tasks.deflare.dataset import pair_files
+        from neurotrain.tasks.deflare.io import inspect_events
+        from neurotrain.tasks.deflare.metrics import build_metrics, compute_all, update_all
+        from neurotrain.tasks.deflare.postprocess import iter_file_voxels, resolve_sensor_size
+        from neurotrain.tasks.deflare.simulate import light_mask_from_attrs
+
+        metrics = build_metrics()
+        for noisy, clean in pair_files(noisy_dir, clean_dir):
+            out = out_dir / noisy.name
+            info = inspect_events(noisy)
+            size = resolve_sensor_size(info, cfg)
+            vols: dict[str, dict[int, torch.Tensor]] = {}
+            for key, path in (("input", noisy), ("target", clean), ("output", out)):
+                vols[key] = {}
+                for idx, v in iter_file_voxels(path, cfg, size):
+                    for i, k in enumerate(idx):
+                        vols[key][k] = v[i : i + 1]
+            mask = light_mask_from_attrs(info.attrs, size)
+            lm = mask.float()[None, None, None] if mask is not None else None
+            zero = torch.zeros((1, 1, cfg.voxel.num_bins, *size))
+            for k in sorted(set(vols["input"]) | set(vols["target"])):
+                update_all(
+                    metrics, vols["output"].get(k, zero), vols["target"].get(k, zero), vols["input"].get(k, zero), lm
+                )
+        res = compute_all(metrics)
+        res[HEADLINE] = res["flare_removal_rate"] - res["background_removal_rate"]
+        return res
+
+    def evaluate(self, cfg: DeflareConfig, model: nn.Module | None, run_dir: Path, **options: Any) -> EvalResult:  # type: ignore[override]
+        """Network vs classical filters (and the encode->decode codec) on freshly simulated
+        segments (``evaluate.num_batches`` x ``evaluate.batch_size``, seed ``evaluate.seed``).
+        Writes ``metrics.json``, ``report/report.md`` and figures under ``run_dir``."""
+        from neurotrain.tasks.deflare.metrics import build_metrics, compute_all, update_all
+        from neurotrain.tasks.deflare.plots import plot_comparison_bars, plot_loss_curves, write_debug_folder
+        from neurotrain.tasks.deflare.simulate import simulate_voxel_pairs
+
+        device = _device(cfg)
+        run_dir = Path(run_dir)
+        report = run_dir / "report"
+        methods = (["network"] if model is not None else []) + list(cfg.evaluate.baselines)
+        fns = {m: self._voxel_fn(cfg, model, device, m) for m in methods}
+        mets = {m: build_metrics().to(device) for m in methods}
+        gen = torch.Generator(device=device)
+        gen.manual_seed(cfg.evaluate.seed)
+        first: dict[str, Any] = {}
+        for b in range(cfg.evaluate.num_batches):
+            batch = simulate_voxel_pairs(cfg.simulate, cfg.voxel, cfg.evaluate.batch_size, gen, device)
+            for m, fn in fns.items():
+                with torch.no_grad():
+                    out = torch.round(fn(batch["input"]).float())
+                update_all(mets[m], out, batch["target"], batch["input"], batch["light_mask"])
+                if b == 0:
+                    first[m] = out
+            if b == 0:
+                first["batch"] = batch
+        table = {}
+        for m in methods:
+            r = compute_all(mets[m])
+            r[HEADLINE] = r["flare_removal_rate"] - r["background_removal_rate"]
+            table[m] = r
+        keys = ["flare_removal_rate", "background_removal_rate", "light_preservation", "event_count_ratio", HEADLINE]
+        report.mkdir(parents=True, exist_ok=True)
+        figs = [plot_comparison_bars(table, keys, report / "comparison.png")]
+        fb = first["batch"]
+        for m in methods:
+            write_debug_folder(
+                report / f"example_{m}", input_voxel=fb["input"][0, 0].cpu(), output_voxel=first[m][0, 0].cpu(),
+                target_voxel=fb["target"][0, 0].cpu(), duration_us=cfg.voxel.segment_duration_us, note=f"method {m}",
+            )
+        try:
+            figs.append(plot_loss_curves(run_dir, report / "training_loss_curves.png"))
+        except FileNotFoundError:
+            pass
+        metrics = {"methods": table, "num_segments": cfg.evaluate.num_batches * cfg.evaluate.batch_size,
+                   "sensor_size": list(cfg.simulate.sensor_size or cfg.voxel.sensor_size)}
+        from neurotrain.io.atomic import atomic_path
+
+        with atomic_path(run_dir / "metrics.json") as tmp:
+            tmp.write_text(json.dumps(metrics, indent=2, default=float), encoding="utf-8")
+        md = _markdown_table(table, keys + ["voxel_mse", "voxel_psnr"])
+        text = (
+            "# deflare evaluation\n\n"
+            f"{metrics['num_segments']} simulated 20 ms segments, sensor {metrics['sensor_size']}.\n"
+            f"`{HEADLINE}` = flare removal rate - background removal rate (higher is better; "
+            "a method that removes flare but keeps the background scores near 1).\n\n" + md + "\n\n"
+            + "\n".join(f"![{f.stem}]({f.name})" for f in figs) + "\n"
+        )
+        with atomic_path(report / "report.md") as tmp:
+            tmp.write_text(text, encoding="utf-8")
+        best_base = max((table[m][HEADLINE] for m in cfg.evaluate.baselines if m in table), default=None)
+        return EvalResult(
+            metrics=metrics,
+            headline_name=HEADLINE,
+            headline_network=table["network"][HEADLINE] if "network" in table else None,
+            headline_baseline=best_base,
+            report_path=report / "report.md",
+            lower_is_better=False,
+            extra={"table_markdown": md},
+        )
+
+    def debug_outputs(self, cfg: DeflareConfig, batch: dict[str, torch.Tensor], pred: Any, debug_dir: Path, step: int = 0) -> None:
+        """``train --debug``: the seed's folders for the first sample of a batch."""
+        from neurotrain.tasks.deflare.plots import write_debug_folder
+
+        write_debug_folder(
+            Path(debug_dir) / f"iter_{step:03d}", input_voxel=batch["input"][0, 0].detach().cpu(),
+            output_voxel=pred[0, 0].detach().float().cpu(), target_voxel=batch["target"][0, 0].detach().cpu(),
+            duration_us=cfg.voxel.segment_duration_us, note=f"training step {step}",
+        )
+
+    def search_space(self, trial: optuna.Trial) -> dict[str, Any]:
+        base = trial.suggest_categorical("f_maps_base", [8, 16, 32])
+        levels = trial.suggest_int("num_levels", 2, 4)
+        return {
+            "optim.lr": trial.suggest_float("lr", 1e-4, 3e-3, log=True),
+            "model.f_maps": [base * 2**i for i in range(levels)],
+            "model.num_levels": levels,
+            "model.dropout_prob": trial.suggest_float("dropout_prob", 0.0, 0.2),
+            "loss.name": trial.suggest_categorical("loss", ["mse", "l1", "mse_count"]),
+        }
+
+    def example_input(self, cfg: DeflareConfig) -> tuple[torch.Tensor, ...]:  # type: ignore[override]
+        h, w = cfg.voxel.sensor_size
+        return (torch.zeros(1, cfg.model.in_channels, cfg.voxel.num_bins, h, w),)
+
+
+def _markdown_table(table: dict[str, dict[str, float]], keys: list[str]) -> str:
+    head = "| method | " + " | ".join(keys) + " |"
+    sep = "| --- |" + " ---: |" * len(keys)
+    rows = [f"| {m} | " + " | ".join(f"{r.get(k, float('nan')):.4f}" for k in keys) + " |" for m, r in table.items()]
+    return "\n".join([head, sep, *rows])
+
+
+def _print_table(result: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"deflare test ({result['mode']}) -> {result['output_dir']}")
+    t.add_column("metric")
+    t.add_column("value", justify="right")
+    for k, v in (result.get("metrics") or {}).items():
+        t.add_row(k, f"{v:.4f}")
+    t.add_row("files", str(len(result["files"])))
+    Console().print(t)
+
+
+TASKS.register("deflare")(DeflareTask())
