@@ -64,6 +64,23 @@ def test_per_sample_bytes_measured_exactly_and_cap_respected() -> None:
     assert choose_batch_size(model, x, max_memory_gb=100).batch_size == 1000  # clamped to n
 
 
+def test_prefetch_counts_one_more_input_row_and_gives_same_result() -> None:
+    model = _conv_model(torch.float64)
+    x = torch.randn(23, 1, 8, 8, dtype=torch.float64)
+    plain = choose_batch_size(model, x, max_memory_gb=1e-4, prefetch=False)
+    ahead = choose_batch_size(model, x, max_memory_gb=1e-4, prefetch=True)
+    assert ahead.per_sample_bytes == plain.per_sample_bytes + 64 * 8
+    assert ahead.batch_size * ahead.per_sample_bytes <= 1e-4 * BYTES_PER_GB
+    with torch.no_grad():
+        ref = model(x)
+    starts: list[int] = []
+    parts: list[torch.Tensor] = []
+    run_batched(model, x, max_memory_gb=1.0, batch_size=4, prefetch=True,
+                sink=lambda o, s: (starts.append(s), parts.append(o)))
+    assert starts == list(range(0, 23, 4))
+    assert torch.equal(torch.cat(parts), ref)
+
+
 def test_inplace_and_view_outputs_counted_once() -> None:
     model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(inplace=True), nn.Flatten()).eval()
     plan = choose_batch_size(model, torch.zeros(10, 16), max_memory_gb=1.0)
@@ -103,6 +120,9 @@ def test_oom_backs_off_and_result_unchanged(exc: type[Exception]) -> None:
     assert torch.equal(out, ref)
     assert model.sizes[:3] == [32, 16, 8]
     assert max(model.sizes[3:]) <= 6 and set(model.sizes[3:]) <= {4}
+    model.sizes.clear()
+    out = run_batched(model, x, max_memory_gb=1.0, batch_size=32, prefetch=True)
+    assert torch.equal(out, ref) and model.sizes == [32, 16, 8] + [4] * 10
 
 
 def test_oom_at_batch_one_is_a_clear_error() -> None:

@@ -22,6 +22,10 @@ How the batch size is chosen (:func:`choose_batch_size`):
   forward pass would hold if nothing were freed early, so it is an upper bound.
 * CPU with a plain callable: (input bytes + output bytes) x ``CALLABLE_SAFETY_FACTOR``.
 
+On CUDA the next batch is read and copied (from page-locked memory, asynchronously)
+while the current one computes (``prefetch``), so file reads and host-to-device
+transfers overlap with the kernels; its input bytes are counted against the cap.
+
 If a batch still runs out of memory (``torch.cuda.OutOfMemoryError``, or a
 ``RuntimeError`` whose message contains "out of memory", as CPU allocators and other
 backends raise), the batch size is halved and the same slice retried, down to 1.
@@ -107,11 +111,16 @@ def _to_tensor(x: Any) -> torch.Tensor:
     return torch.from_numpy(arr)
 
 
-def _slice_to(inputs: Any, start: int, stop: int, device: torch.device) -> Any:
-    """Slice rows ``start:stop`` of ``inputs`` and move them to ``device``."""
+def _slice_to(inputs: Any, start: int, stop: int, device: torch.device, pin: bool = False) -> Any:
+    """Slice rows ``start:stop`` of ``inputs`` and move them to ``device``.
+
+    With ``pin`` (CUDA targets) a host slice is first copied to page-locked memory so the
+    host-to-device copy is asynchronous and overlaps with kernels already queued."""
 
     def one(x: Any) -> torch.Tensor:
         t = _to_tensor(x[start:stop])
+        if pin and device.type == "cuda" and t.device.type == "cpu" and not t.is_pinned():
+            t = t.pin_memory()
         if t.device != device:
             t = t.to(device, non_blocking=t.device.type == "cpu" and t.is_pinned())
         return t
@@ -121,6 +130,17 @@ def _slice_to(inputs: Any, start: int, stop: int, device: torch.device) -> Any:
     if isinstance(inputs, Mapping):
         return {k: one(v) for k, v in inputs.items()}
     return one(inputs)
+
+
+def _input_row_bytes(inputs: Any) -> int:
+    """Bytes of one input row (all arrays of a tuple/dict input together)."""
+    if isinstance(inputs, tuple):
+        parts = [_to_tensor(x[0:1]) for x in inputs]
+    elif isinstance(inputs, Mapping):
+        parts = [_to_tensor(x[0:1]) for x in inputs.values()]
+    else:
+        parts = [_to_tensor(inputs[0:1])]
+    return sum(t.numel() * t.element_size() for t in parts)
 
 
 def _call(fn: Callable[..., Any], batch: Any) -> Any:
@@ -239,11 +259,14 @@ def choose_batch_size(
     max_memory_gb: float,
     device: str | torch.device | None = None,
     probe_size: int = DEFAULT_PROBE_SIZE,
+    prefetch: bool | None = None,
 ) -> BatchPlan:
     """Measure the memory one sample costs and pick the largest batch that fits the cap.
 
     Runs ``fn`` on the first rows of ``inputs`` (under ``torch.inference_mode``). See the
-    module docstring for the three measuring methods. The batch size is clamped to
+    module docstring for the three measuring methods. With ``prefetch`` (default: on for
+    CUDA, as in :func:`run_batched`) one more input row per sample is counted, for the
+    next batch that is already on the device. The batch size is clamped to
     ``[1, len(inputs)]``.
     """
     if max_memory_gb <= 0:
@@ -254,6 +277,10 @@ def choose_batch_size(
         return BatchPlan(1, 0.0, 0.0, cap, "empty")
     dev = resolve_device(device, fn, inputs)
     k = max(1, min(n, probe_size))
+    if prefetch is None:
+        prefetch = dev.type == "cuda"
+    # with prefetching, the next batch's input sits on the device next to the current batch
+    extra = float(_input_row_bytes(inputs)) if prefetch else 0.0
 
     def clamp(b: float) -> int:
         return int(max(1, min(n, math.floor(b))))
@@ -283,7 +310,7 @@ def choose_batch_size(
                 fixed = max(0.0, peaks[0] - per)
             else:
                 per, fixed = peaks[-1] / sizes[-1], 0.0
-            per = max(per, 1.0)
+            per = max(per, 1.0) + extra
             return BatchPlan(clamp((CUDA_HEADROOM * cap - fixed) / per), per, fixed, cap, "cuda-probe")
 
         batch = _slice_to(inputs, 0, k, dev)
@@ -307,7 +334,7 @@ def choose_batch_size(
             out = _call(fn, batch)
             total = (in_bytes + _new_bytes(_tensors(out), seen)) * CALLABLE_SAFETY_FACTOR
             method = "io-estimate"
-        per = max(total / k, 1.0)
+        per = max(total / k, 1.0) + extra
         return BatchPlan(clamp(cap / per), per, 0.0, cap, method)
 
 
@@ -323,6 +350,7 @@ def run_batched(
     batch_size: int | None = None,
     sink: Callable[[Any, int], None] | None = None,
     progress: bool = False,
+    prefetch: bool | None = None,
 ) -> Any:
     """Run ``fn`` over ``inputs`` in memory-capped batches.
 
@@ -337,6 +365,10 @@ def run_batched(
         sink: ``sink(output_batch_on_cpu, start_index)`` called for each batch in order;
             then nothing is kept and ``None`` is returned.
         progress: show a rich progress bar.
+        prefetch: while the device computes batch ``i``, read batch ``i + 1`` and start
+            its (pinned, asynchronous) copy to the device, so file reads and transfers
+            overlap with compute. Default: on for CUDA, off for CPU (where nothing runs
+            asynchronously). The extra input batch is counted against the cap.
 
     Returns:
         The outputs concatenated along axis 0 on the CPU, with ``fn``'s structure (tensor,
@@ -344,6 +376,8 @@ def run_batched(
     """
     n = _length(inputs)
     dev = resolve_device(device, fn, inputs)
+    if prefetch is None:
+        prefetch = dev.type == "cuda"
     module = fn if isinstance(fn, nn.Module) else None
     was_training = module.training if module is not None else False
     if module is not None:
@@ -351,7 +385,9 @@ def run_batched(
         module.eval()
     try:
         if batch_size is None:
-            bs = choose_batch_size(fn, inputs, max_memory_gb=max_memory_gb, device=dev).batch_size
+            bs = choose_batch_size(
+                fn, inputs, max_memory_gb=max_memory_gb, device=dev, prefetch=prefetch
+            ).batch_size
         else:
             if batch_size < 1:
                 raise ValueError(f"batch_size: expected >= 1 (got {batch_size})")
@@ -367,15 +403,26 @@ def run_batched(
         with bar_ctx as bar:
             task_id = bar.add_task("inference", total=n) if bar is not None else None
             start = 0
+            ahead: tuple[int, int, Any] | None = None  # (start, stop, batch already on the device)
             while start < n:
                 stop = min(n, start + bs)
                 try:
+                    if ahead is not None and ahead[:2] == (start, stop):
+                        batch = ahead[2]
+                    else:
+                        batch = _slice_to(inputs, start, stop, dev, pin=prefetch)
+                    ahead = None
                     with torch.inference_mode():
-                        out = _call(fn, _slice_to(inputs, start, stop, dev))
+                        out = _call(fn, batch)  # on CUDA this only queues the kernels
+                        del batch
+                        if prefetch and stop < n:
+                            nxt = min(n, stop + bs)
+                            ahead = (stop, nxt, _slice_to(inputs, stop, nxt, dev, pin=True))
                 except (RuntimeError, MemoryError) as exc:
                     if not (_is_oom(exc) or isinstance(exc, MemoryError)):
                         raise
                     del exc
+                    batch = out = ahead = None
                     if dev.type == "cuda":
                         torch.cuda.empty_cache()
                     if bs == 1:
