@@ -1,0 +1,1 @@
+"""smlm: DECODE-style single-molecule localisation microscopy (simulate, train, localise, score)."""
