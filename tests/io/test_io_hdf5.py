@@ -277,3 +277,48 @@ def test_dataset_pickles_without_its_handle(tmp_path: Path) -> None:
     torch.testing.assert_close(clone[1]["input"], torch.tensor([0.0, 1.0], dtype=torch.float64))
     clone.close()
     ds.close()
+
+
+_WRITER_SCRIPT = r"""
+import sys
+import numpy as np
+from neurotrain.io.hdf5 import H5Writer
+
+path, total = sys.argv[1], int(sys.argv[2])
+with H5Writer(path, chunk_rows=64, resume=True) as w:
+    i = w.n_rows // 50
+    while i < total:
+        w.append(x=np.full((50, 128), i, np.float32), i=np.full(50, i))
+        i += 1
+        if i == 20:
+            print("ready", flush=True)
+"""
+
+
+def test_resume_after_sigkill_of_the_writing_process(tmp_path: Path) -> None:
+    """A real crash: the writer process is killed with SIGKILL in the middle of its append
+    loop; a second process resumes and the result is exactly what one run would write."""
+    import signal
+    import subprocess
+    import sys
+
+    path = tmp_path / "killed.h5"
+    total = 100_000  # far more than it can write before the kill
+    proc = subprocess.Popen([sys.executable, "-c", _WRITER_SCRIPT, str(path), str(total)],
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not path.exists() and part_path(path).exists()
+    with h5py.File(part_path(path), "r") as f:
+        done = int(f.attrs[ROWS_ATTR])
+    assert done >= 20 * 50
+    total = done // 50 + 30  # finish 30 more appends after the resume point
+    run = subprocess.run([sys.executable, "-c", _WRITER_SCRIPT, str(path), str(total)],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    with h5py.File(path, "r") as f:
+        i = f["i"][:]
+        np.testing.assert_array_equal(i, np.repeat(np.arange(total), 50))
+        np.testing.assert_array_equal(f["x"][:, 0], i.astype(np.float32))
+        np.testing.assert_array_equal(f["x"][:, -1], i.astype(np.float32))
