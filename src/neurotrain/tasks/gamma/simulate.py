@@ -387,6 +387,25 @@ def _uniform(lo: float, hi: float, n: int, gen: torch.Generator, device: torch.d
     return lo + (hi - lo) * torch.rand(n, generator=gen, device=device)
 
 
+def merge_lines(
+    energy: torch.Tensor, area: torch.Tensor, detectable: torch.Tensor, merge_kev: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Merge lines closer than ``merge_kev`` (B, L): summed areas at the area-weighted energy; a merged line
+    is detectable when the summed area was detectable for any member. Emptied slots get area 0."""
+    b, n_l = energy.shape
+    e_sorted, order = torch.sort(torch.where(area > 0, energy, torch.full_like(energy, 1e9)), dim=1)
+    a_sorted = area.gather(1, order)
+    d_sorted = detectable.gather(1, order)
+    new_group = torch.ones_like(e_sorted, dtype=torch.long)
+    new_group[:, 1:] = (e_sorted[:, 1:] - e_sorted[:, :-1] > merge_kev).long()
+    gid = torch.cumsum(new_group, 1) - 1
+    a_sum = torch.zeros(b, n_l, device=energy.device, dtype=area.dtype).scatter_add_(1, gid, a_sorted)
+    ea_sum = torch.zeros_like(a_sum).scatter_add_(1, gid, a_sorted * e_sorted)
+    d_any = torch.zeros_like(a_sum).scatter_add_(1, gid, d_sorted.to(area.dtype)) > 0
+    e_out = torch.where(a_sum > 0, ea_sum / a_sum.clamp_min(1e-30), torch.zeros_like(a_sum))
+    return e_out, a_sum, d_any & (a_sum > 0)
+
+
 def simulate_batch(
     cfg: Any, batch_size: int, generator: torch.Generator, device: torch.device, scene: Scene | None = None
 ) -> dict[str, torch.Tensor]:
@@ -544,10 +563,11 @@ def simulate_batch(
     bkg = cum.gather(1, hi_idx + 1) - cum.gather(1, lo_idx)
     detectable = (area_in >= sim.detect_sigma * torch.sqrt(bkg + area_in).clamp_min(1.0)) & (area_in >= 10)
     lm = sim.max_lines
-    order = torch.argsort(peak_area, dim=1, descending=True)[:, :lm]
-    le = lines_e.gather(1, order)
-    la = peak_area.gather(1, order)
-    ld = detectable.gather(1, order)
+    m_e, m_a, m_d = merge_lines(lines_e, peak_area, detectable, sim.line_merge_kev)
+    order = torch.argsort(m_a, dim=1, descending=True)[:, :lm]
+    le = m_e.gather(1, order)
+    la = m_a.gather(1, order)
+    ld = m_d.gather(1, order)
     mask = la > 0
     pad = lm - le.shape[1]
     if pad > 0:

@@ -66,6 +66,7 @@ class SimulateSection(Section):
     offset_jitter_kev: float = Field(1.0, ge=0)
     detect_sigma: float = Field(5.0, gt=0)
     max_lines: int = Field(96, ge=8)
+    line_merge_kev: float = Field(3.0, ge=0)
     response_photons: int = Field(2000, ge=10)
     response_seed: int = 12345
     lu176_events: int = Field(200_000, ge=1000)

@@ -1,0 +1,136 @@
+"""Losses of the gamma task; all called as ``loss(pred, batch)`` with ``pred`` (B, 1, N) and
+``batch["target"]`` (B, 1, N) in the same normalisation (counts / ``batch["scale"]``).
+
+* :class:`PeakWeightedLoss` - the seed's ``OptimizedSpectralLoss``: peak regions of the target are found on
+  the device by a Mexican-hat (Ricker) wavelet convolution (no scipy in the training step) and weighted
+  ``1 + peak_weight`` in a squared error; plus a log-domain L1 term for the low-count tails and a total
+  count (area) term.
+* :class:`AdaptivePeakWeightedLoss` - the same, with the peak weight following a running ratio of the peak
+  to the background error (the worse the peaks are fit relative to the rest, the more they weigh).
+* :class:`PoissonNLLLoss` - negative Poisson log-likelihood of the expected target counts under the
+  predicted rates (both rescaled to counts), per count.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def ricker_kernel(sigma: float, device: torch.device | None = None, dtype: torch.dtype = torch.float32) -> Tensor:
+    """Mexican-hat (Ricker) wavelet of width ``sigma`` channels, zero mean, over +-5 sigma: (1, 1, K)."""
+    half = max(2, int(math.ceil(5 * sigma)))
+    x = torch.arange(-half, half + 1, device=device, dtype=dtype)
+    k = (1 - (x / sigma) ** 2) * torch.exp(-0.5 * (x / sigma) ** 2)
+    k = k - k.mean()
+    return (k / k.abs().sum()).view(1, 1, -1)
+
+
+def peak_mask(spectrum: Tensor, sigma: float = 2.0, threshold: float = 0.05, dilate: int = 2) -> Tensor:
+    """Peak regions of (B, 1, N) spectra: Ricker response above ``threshold`` x its per-spectrum maximum,
+    dilated by ``dilate`` channels. Returns a float mask (B, 1, N)."""
+    k = ricker_kernel(sigma, spectrum.device, spectrum.dtype)
+    r = F.conv1d(spectrum, k, padding=k.shape[-1] // 2)
+    peak = r.amax(dim=-1, keepdim=True).clamp_min(1e-12)
+    m = (r > threshold * peak).to(spectrum.dtype)
+    if dilate > 0:
+        m = F.max_pool1d(m, 2 * dilate + 1, stride=1, padding=dilate)
+    return m
+
+
+class PeakWeightedLoss(nn.Module):
+    """Peak-weighted squared error + log-L1 + area term (see module docstring)."""
+
+    def __init__(
+        self, peak_weight: float = 5.0, sigma: float = 2.0, threshold: float = 0.05, log_weight: float = 0.1,
+        area_weight: float = 0.1,
+    ) -> None:
+        super().__init__()
+        self.peak_weight = peak_weight
+        self.sigma = sigma
+        self.threshold = threshold
+        self.log_weight = log_weight
+        self.area_weight = area_weight
+
+    def weights(self, target: Tensor) -> Tensor:
+        return 1.0 + self.peak_weight * peak_mask(target, self.sigma, self.threshold)
+
+    def forward(self, pred: Tensor, batch: dict[str, Tensor] | Tensor) -> dict[str, Tensor]:
+        target = batch["target"] if isinstance(batch, dict) else batch
+        w = self.weights(target)
+        mse = (w * (pred - target) ** 2).sum(dim=(1, 2)) / w.sum(dim=(1, 2))
+        # normalise by the per-spectrum peak height so strong and weak spectra weigh alike
+        height = target.amax(dim=(1, 2)).clamp_min(1e-6)
+        mse = (mse / height).mean()
+        log_l1 = (torch.log1p(pred) - torch.log1p(target)).abs().mean()
+        area = ((pred.sum(dim=(1, 2)) - target.sum(dim=(1, 2))).abs() / target.sum(dim=(1, 2)).clamp_min(1e-6)).mean()
+        loss = mse + self.log_weight * log_l1 + self.area_weight * area
+        return {"loss": loss, "weighted_mse": mse.detach(), "log_l1": log_l1.detach(), "area": area.detach()}
+
+
+class AdaptivePeakWeightedLoss(PeakWeightedLoss):
+    """:class:`PeakWeightedLoss` whose peak weight is ``peak_weight`` x the running (EMA 0.98) ratio of the
+    per-channel error inside peaks to outside, clamped to [0.5, 4]."""
+
+    def __init__(self, *args: Any, momentum: float = 0.98, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.momentum = momentum
+        self.register_buffer("ratio", torch.ones(()))
+
+    def forward(self, pred: Tensor, batch: dict[str, Tensor] | Tensor) -> dict[str, Tensor]:
+        target = batch["target"] if isinstance(batch, dict) else batch
+        m = peak_mask(target, self.sigma, self.threshold)
+        err = ((pred - target) ** 2).detach()
+        inside = (err * m).sum() / m.sum().clamp_min(1)
+        outside = (err * (1 - m)).sum() / (1 - m).sum().clamp_min(1)
+        if self.training:
+            r = (inside / outside.clamp_min(1e-12)).clamp(0.5, 4.0)
+            self.ratio.mul_(self.momentum).add_((1 - self.momentum) * r)
+        base = self.peak_weight
+        self.peak_weight = base * float(self.ratio)
+        try:
+            out = super().forward(pred, target)
+        finally:
+            self.peak_weight = base
+        out["peak_weight"] = torch.as_tensor(base * float(self.ratio))
+        return out
+
+
+class PoissonNLLLoss(nn.Module):
+    """Poisson NLL of expected target counts t under predicted rates lambda (counts), divided by sum t;
+    Stirling constant dropped: (lambda - t log lambda) / sum t."""
+
+    def forward(self, pred: Tensor, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        scale = batch["scale"].view(-1, 1, 1)
+        lam = pred * scale + 1e-6
+        t = batch["target"] * scale
+        nll = (lam - t * torch.log(lam)).sum(dim=(1, 2))
+        # subtract the value at the optimum lambda = t so the loss reaches 0
+        best = (t + 1e-6 - t * torch.log(t + 1e-6)).sum(dim=(1, 2))
+        loss = ((nll - best) / t.sum(dim=(1, 2)).clamp_min(1)).mean()
+        return {"loss": loss}
+
+
+class MSELoss(nn.Module):
+    def forward(self, pred: Tensor, batch: dict[str, Tensor]) -> Tensor:
+        return F.mse_loss(pred, batch["target"])
+
+
+def build_loss(cfg: Any) -> nn.Module:
+    """The loss named by ``cfg.loss.name``."""
+    c = cfg.loss
+    kw = dict(
+        peak_weight=c.peak_weight, sigma=c.wavelet_sigma_channels, threshold=c.peak_threshold,
+        log_weight=c.log_weight, area_weight=c.area_weight,
+    )
+    if c.name == "peak_weighted":
+        return PeakWeightedLoss(**kw)
+    if c.name == "adaptive_peak_weighted":
+        return AdaptivePeakWeightedLoss(**kw)
+    if c.name == "poisson_nll":
+        return PoissonNLLLoss()
+    return MSELoss()
