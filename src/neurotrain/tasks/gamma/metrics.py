@@ -7,7 +7,7 @@ normalisation of ``batch["target"]`` and the simulator's line bookkeeping in ``b
 * :class:`CentroidError` - mean |centroid - true energy| (keV);
 * :class:`NetAreaError` - mean |net area - true photopeak area| / true area (%);
 * :class:`PeakToValley` - mean peak-to-valley ratio of given doublets (min of the two peak heights over the
-  minimum between them);
+  minimum between them, the valley floored at 1 % of that height so the ratio saturates at 100);
 * :class:`PeakDetection` - precision / recall of a multi-scale wavelet peak search against the true lines
   (tolerance in keV), and the false-peak rate (false peaks per spectrum). A found peak is *true* when it lies
   within the tolerance of a true line, of a secondary feature of one (single/double escape E-511/E-1022 keV,
@@ -142,8 +142,10 @@ class PeakToValley(Metric):
             between = (ch > c1 + tol) & (ch < c2 - tol)
             if not bool(between.any()):
                 between = (ch > c1) & (ch < c2)
-            valley = torch.where(between, spec, torch.full_like(spec, 1e30)).amin(1).clamp_min(1e-6)
-            ratio = torch.minimum(h1, h2).clamp_min(0) / valley
+            low = torch.minimum(h1, h2).clamp_min(0)
+            valley = torch.where(between, spec, torch.full_like(spec, 1e30)).amin(1)
+            # valley floored at 1 % of the lower peak: P/V saturates at 100 for fully separated peaks
+            ratio = low / torch.maximum(valley, 0.01 * low).clamp_min(1e-9)
             self.total += ratio[present].double().sum()
             self.count += present.sum()
 
