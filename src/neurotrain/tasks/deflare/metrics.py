@@ -72,14 +72,15 @@ class EventCounts(Metric):
         F = A - S
         kept = torch.where(torch.sign(o) == torch.sign(a), torch.minimum(o.abs(), A), torch.zeros_like(A))
         R = A - kept
-        frac = R / A.clamp_min(1.0)
+        RF = torch.minimum(R, F)
+        RS = R - RF
         lm = torch.zeros_like(A) if light_mask is None else light_mask.to(A.dtype).expand_as(A)
         self.flare += F.sum().double()
-        self.flare_removed += (frac * F).sum().double()
+        self.flare_removed += RF.sum().double()
         self.bg += (S * (1 - lm)).sum().double()
-        self.bg_removed += (frac * S * (1 - lm)).sum().double()
+        self.bg_removed += (RS * (1 - lm)).sum().double()
         self.light += (S * lm).sum().double()
-        self.light_removed += (frac * S * lm).sum().double()
+        self.light_removed += (RS * lm).sum().double()
         self.out += o.abs().sum().double()
         self.tgt += t.abs().sum().double()
         self.inp += A.sum().double()

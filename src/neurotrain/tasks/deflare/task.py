@@ -31,7 +31,25 @@ if TYPE_CHECKING:
     from torch.utils.data import Dataset
     from torchmetrics import MetricCollection
 
-HEADLINE = "flare_minus_background_removal"
+HEADLINE = "deflare_score"
+
+
+def add_scores(r: dict[str, float]) -> dict[str, float]:
+    """Add the summary scores to a flat metrics dict.
+
+    ``flare_minus_background_removal = flare_removal_rate - background_removal_rate``;
+    ``deflare_score`` also charges the light-source events removed:
+    ``flare_removal_rate - background_removal_rate - (1 - light_preservation)``
+    (1 = all flare removed, background and light untouched; the identity scores 0; a
+    filter that deletes the light source with its flare is penalised for it).
+    """
+    import math
+
+    lp = r.get("light_preservation", float("nan"))
+    lp = 1.0 if math.isnan(lp) else lp
+    r["flare_minus_background_removal"] = r["flare_removal_rate"] - r["background_removal_rate"]
+    r[HEADLINE] = r["flare_minus_background_removal"] - (1.0 - lp)
+    return r
 
 
 def _device(cfg: DeflareConfig) -> torch.device:
@@ -200,8 +218,8 @@ class DeflareTask(Task):
         """The seed's test mode: every H5 of ``paths.val_noisy_dir`` -> ``<dir>output`` (or
         ``<dir>baseline`` with ``baseline=True``), then metrics against ``paths.val_clean_dir``.
 
-        Returns ``{"files": [...], "metrics": {...}, "output_dir": str}``; also writes
-        ``metrics.json`` into the output directory and prints a table.
+        Returns the flat metrics (plus ``files``, event totals and ``output_dir``); the
+        per-file detail goes to ``metrics.json`` in the output directory.
         """
         from neurotrain.tasks.deflare.io import list_h5
         from neurotrain.tasks.deflare.postprocess import process_file
@@ -221,15 +239,16 @@ class DeflareTask(Task):
         for f in files:
             r = process_file(f, out_dir / f.name, fn, cfg, device, hook)
             rows.append({"file": f.name, "events_in": r.events_in, "events_out": r.events_out, "seconds": sum(r.seconds.values())})
-        result: dict[str, Any] = {"output_dir": str(out_dir), "mode": "baseline" if baseline else "network", "files": rows}
+        scores: dict[str, float] = {}
         if cfg.paths.val_clean_dir is not None:
-            result["metrics"] = self.score_dirs(cfg, Path(src), Path(cfg.paths.val_clean_dir), out_dir)
+            scores = self.score_dirs(cfg, Path(src), Path(cfg.paths.val_clean_dir), out_dir)
         from neurotrain.io.atomic import atomic_path
 
         with atomic_path(out_dir / "metrics.json") as tmp:
-            tmp.write_text(json.dumps(result, indent=2, default=float), encoding="utf-8")
-        _print_table(result)
-        return result
+            detail = {"mode": "baseline" if baseline else "network", "metrics": scores, "files": rows}
+            tmp.write_text(json.dumps(detail, indent=2, default=float), encoding="utf-8")
+        return {**scores, "files": len(rows), "events_in_total": sum(r["events_in"] for r in rows),
+                "events_out_total": sum(r["events_out"] for r in rows), "output_dir": str(out_dir)}
 
     def score_dirs(self, cfg: DeflareConfig, noisy_dir: Path, clean_dir: Path, out_dir: Path) -> dict[str, float]:
         """Metrics of the files in ``out_dir`` against their clean partners, per segment."""
@@ -257,14 +276,13 @@ class DeflareTask(Task):
                 update_all(
                     metrics, vols["output"].get(k, zero), vols["target"].get(k, zero), vols["input"].get(k, zero), lm
                 )
-        res = compute_all(metrics)
-        res[HEADLINE] = res["flare_removal_rate"] - res["background_removal_rate"]
-        return res
+        return add_scores(compute_all(metrics))
 
     def evaluate(self, cfg: DeflareConfig, model: nn.Module | None, run_dir: Path, **options: Any) -> EvalResult:  # type: ignore[override]
         """Network vs classical filters (and the encode->decode codec) on freshly simulated
         segments (``evaluate.num_batches`` x ``evaluate.batch_size``, seed ``evaluate.seed``).
-        Writes ``metrics.json``, ``report/report.md`` and figures under ``run_dir``."""
+        Writes ``report/metrics.json``, ``report/report.md`` and figures under ``run_dir``
+        (the engine merges the returned metrics into ``run_dir/metrics.json``)."""
         from neurotrain.tasks.deflare.metrics import build_metrics, compute_all, update_all
         from neurotrain.tasks.deflare.plots import plot_comparison_bars, plot_loss_curves, write_debug_folder
         from neurotrain.tasks.deflare.simulate import simulate_voxel_pairs
@@ -290,10 +308,8 @@ class DeflareTask(Task):
                 first["batch"] = batch
         table = {}
         for m in methods:
-            r = compute_all(mets[m])
-            r[HEADLINE] = r["flare_removal_rate"] - r["background_removal_rate"]
-            table[m] = r
-        keys = ["flare_removal_rate", "background_removal_rate", "light_preservation", "event_count_ratio", HEADLINE]
+            table[m] = add_scores(compute_all(mets[m]))
+        keys = ["flare_removal_rate", "background_removal_rate", "light_preservation", "event_count_ratio", "flare_minus_background_removal", HEADLINE]
         report.mkdir(parents=True, exist_ok=True)
         figs = [plot_comparison_bars(table, keys, report / "comparison.png")]
         fb = first["batch"]
@@ -310,14 +326,15 @@ class DeflareTask(Task):
                    "sensor_size": list(cfg.simulate.sensor_size or cfg.voxel.sensor_size)}
         from neurotrain.io.atomic import atomic_path
 
-        with atomic_path(run_dir / "metrics.json") as tmp:
+        with atomic_path(report / "metrics.json") as tmp:
             tmp.write_text(json.dumps(metrics, indent=2, default=float), encoding="utf-8")
         md = _markdown_table(table, keys + ["voxel_mse", "voxel_psnr"])
         text = (
             "# deflare evaluation\n\n"
             f"{metrics['num_segments']} simulated 20 ms segments, sensor {metrics['sensor_size']}.\n"
-            f"`{HEADLINE}` = flare removal rate - background removal rate (higher is better; "
-            "a method that removes flare but keeps the background scores near 1).\n\n" + md + "\n\n"
+            f"`{HEADLINE}` = flare removal rate - background removal rate - light-source removal rate "
+            "(higher is better; 1 = all flare removed with background and light source untouched, "
+            "0 = the identity).\n\n" + md + "\n\n"
             + "\n".join(f"![{f.stem}]({f.name})" for f in figs) + "\n"
         )
         with atomic_path(report / "report.md") as tmp:
@@ -364,19 +381,6 @@ def _markdown_table(table: dict[str, dict[str, float]], keys: list[str]) -> str:
     sep = "| --- |" + " ---: |" * len(keys)
     rows = [f"| {m} | " + " | ".join(f"{r.get(k, float('nan')):.4f}" for k in keys) + " |" for m, r in table.items()]
     return "\n".join([head, sep, *rows])
-
-
-def _print_table(result: dict[str, Any]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    t = Table(title=f"deflare test ({result['mode']}) -> {result['output_dir']}")
-    t.add_column("metric")
-    t.add_column("value", justify="right")
-    for k, v in (result.get("metrics") or {}).items():
-        t.add_row(k, f"{v:.4f}")
-    t.add_row("files", str(len(result["files"])))
-    Console().print(t)
 
 
 TASKS.register("deflare")(DeflareTask())
