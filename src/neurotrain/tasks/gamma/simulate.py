@@ -434,7 +434,10 @@ def simulate_batch(
     # ---------------- source lines
     names = [s for s in sim.sources]
     chosen_names = scene.sources if scene.sources is not None else None
-    if chosen_names is not None:
+    if chosen_names is not None and len(chosen_names) == 0:
+        e_src = torch.zeros(b, 1, device=device)
+        i_src = torch.zeros(b, 1, device=device)
+    elif chosen_names is not None:
         tab_e, tab_i = library.line_table(chosen_names, device)
         k = len(chosen_names)
         e_src = tab_e.unsqueeze(0).expand(b, -1, -1)
