@@ -1,0 +1,172 @@
+"""The simulator's physics: attenuation data, Klein-Nishina, Compton edge, escape peaks, Lu-176, counts."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from neurotrain.tasks.gamma import physics
+from neurotrain.tasks.gamma import simulate as S
+
+
+def test_nai_attenuation_matches_nist_at_662_kev() -> None:
+    t = physics.material_table("NaI")
+    mu, _ = t.lookup(torch.tensor([661.657]))
+    # NIST XCOM total (with coherent) for NaI at 0.662 MeV: 0.0771 cm2/g
+    assert mu.sum().item() / t.density == pytest.approx(0.0771, rel=0.02)
+
+
+def test_partials_sum_to_total_and_pair_needs_threshold() -> None:
+    e = torch.tensor([50.0, 300.0, 900.0, 1500.0, 2614.0], dtype=torch.float64)
+    p = physics.element_partials("I", e)
+    assert torch.allclose(p["photo"] + p["compton"] + p["pair"], p["total"], rtol=1e-6)
+    assert torch.all(p["pair"][:3] == 0)
+    assert torch.all(p["pair"][3:] > 0)
+    # photoelectric dominates at 50 keV in iodine, Compton at 900 keV
+    assert p["photo"][0] > 5 * p["compton"][0]
+    assert p["compton"][2] > p["photo"][2]
+
+
+def test_klein_nishina_total_cross_section() -> None:
+    # sigma_KN(662 keV) = 0.2563 barn per electron (Evans 1955, Table; 2 pi r_e^2 formula)
+    assert physics.klein_nishina_sigma(torch.tensor(661.657)).item() == pytest.approx(0.2563e-24, rel=0.005)
+    # Thomson limit at low energy: 8 pi r_e^2 / 3 = 0.6652 barn
+    assert physics.klein_nishina_sigma(torch.tensor(0.01)).item() == pytest.approx(0.6652e-24, rel=0.01)
+
+
+def test_klein_nishina_sampling_respects_compton_edge(gen: torch.Generator) -> None:
+    e = torch.full((200_000,), 661.657)
+    eps = physics.sample_klein_nishina(e, gen)
+    alpha = 661.657 / physics.ME_C2
+    edge = 661.657 * 2 * alpha / (1 + 2 * alpha)
+    dep = e * (1 - eps)
+    assert dep.max().item() <= edge + 1e-3
+    assert dep.max().item() > edge - 2.0
+    # mean energy transfer from the Klein-Nishina differential cross section by quadrature
+    c = torch.linspace(-1, 1, 20001, dtype=torch.float64)
+    r = 1 / (1 + alpha * (1 - c))
+    dsig = r**2 * (r + 1 / r - (1 - c**2))
+    expect = float((dsig * (1 - r)).sum() / dsig.sum())
+    assert (dep.mean() / 661.657).item() == pytest.approx(expect, abs=0.005)
+    # backward scattering (cos < 0) share, same quadrature
+    back = float(dsig[c < 0].sum() / dsig.sum())
+    cos_s = 1 - (1 / eps - 1) * physics.ME_C2 / 661.657
+    assert (cos_s < 0).float().mean().item() == pytest.approx(back, abs=0.005)
+
+
+def test_compton_edge_in_response(nai_cfg) -> None:
+    r = S.get_response(nai_cfg.simulate)
+    i = int(torch.argmin((r.incident - 661.657).abs()))
+    e_in = r.incident[i].item()
+    alpha = e_in / physics.ME_C2
+    edge = e_in * 2 * alpha / (1 + 2 * alpha)
+    c = r.continuum[i]
+    centers = r.incident
+    below = c[(centers > edge - 40) & (centers < edge - 5)].mean()
+    above = c[(centers > edge + 20) & (centers < edge + 60)].mean()
+    assert below > 3 * above, (below, above)
+
+
+def test_iodine_x_ray_escape_peak(nai_cfg) -> None:
+    r = S.get_response(nai_cfg.simulate)
+    i = int(torch.argmin((r.incident - 60.0).abs()))
+    e_in = r.incident[i].item()
+    c = r.continuum[i]
+    j = int(torch.argmin((r.incident - (e_in - physics.K_XRAYS["I"][0])).abs()))
+    window = c[j - 1 : j + 2].sum()
+    assert window > 0.5 * c.sum()  # below 100 keV the partial deposits are mostly x-ray escape
+
+
+def test_full_energy_efficiency_falls_with_energy(nai_cfg) -> None:
+    r = S.get_response(nai_cfg.simulate)
+    fe = r.full_energy
+    lo = fe[torch.argmin((r.incident - 100).abs())]
+    mid = fe[torch.argmin((r.incident - 662).abs())]
+    hi = fe[torch.argmin((r.incident - 1800).abs())]
+    assert lo > mid > hi > 0
+    # a 2"x2" NaI: photopeak fraction of incident 662 keV photons of roughly 0.3-0.5
+    assert 0.25 < mid.item() < 0.55
+
+
+def test_pair_escape_peaks_at_high_energy(gen: torch.Generator) -> None:
+    t = physics.material_table("NaI")
+    n = 100_000
+    e = torch.full((n,), 2614.5)
+    dep = physics.transport(e, physics.disk_points(n, 2.54, 0.0, gen, torch.device("cpu")),
+                            torch.tensor([0.0, 0.0, 1.0]).expand(n, 3).contiguous(), torch.arange(n), n, t, 2.54, 5.08, gen)
+    single = ((dep - (2614.5 - 511.0)).abs() < 0.5).sum()
+    double = ((dep - (2614.5 - 1022.0)).abs() < 0.5).sum()
+    assert single > 20 and double > 5
+
+
+def test_lu176_only_for_lyso(lyso_cfg, nai_cfg, gen: torch.Generator) -> None:
+    r_lyso = S.get_response(lyso_cfg.simulate)
+    r_nai = S.get_response(nai_cfg.simulate)
+    assert r_lyso.lu176.sum().item() > 0.95
+    assert r_nai.lu176.sum().item() == 0.0
+    # the LYSO intrinsic spectrum starts at the 88 keV cascade step and reaches past 597 keV + 307 keV
+    centers = r_lyso.incident
+    assert r_lyso.lu176[centers > 700].sum() > 0.05
+    b_lyso = S.simulate_batch(lyso_cfg, 4, gen, torch.device("cpu"))
+    b_nai = S.simulate_batch(nai_cfg, 4, gen, torch.device("cpu"))
+    assert torch.all(b_lyso["lu_fraction"] > 0)
+    assert torch.all(b_nai["lu_fraction"] == 0)
+    # Lu-176 activity scales with the crystal mass: 37 Bq/g x 7.1 g/cm3 x volume
+    assert r_lyso.mass_g == pytest.approx(math.pi * 1.27**2 * 2.54 * 7.1, rel=1e-6)
+
+
+def test_peak_at_right_energy(nai_cfg, gen: torch.Generator) -> None:
+    scene = S.Scene(sources=["Cs-137"], counts=1e6, environment=False, random_lines=0, jitter=False, fwhm_662=0.07, power=0.5)
+    b = S.simulate_batch(nai_cfg, 2, gen, torch.device("cpu"), scene)
+    centers = S.channel_centers(nai_cfg.simulate)
+    width = (centers[1] - centers[0]).item()
+    t = b["target"][0, 0]
+    assert abs(centers[t.argmax()].item() - 661.657) <= width
+    x = b["clean_input"][0]
+    sel = (centers > 550) & (centers < 780)
+    peak_e = centers[sel][x[sel].argmax()].item()
+    assert abs(peak_e - 661.657) <= 2 * width
+    # input is much wider than the target
+    half_in = (x[sel] > x[sel].max() / 2).sum().item() * width
+    assert 0.5 * 0.07 * 662 < half_in < 1.6 * 0.07 * 662
+
+
+def test_counts_conserved(lyso_cfg, gen: torch.Generator) -> None:
+    edges = S.channel_edges(lyso_cfg.simulate)
+    hist = torch.zeros(3, 512)
+    hist[:, 100:300] = torch.rand(3, 200, generator=gen) * 100
+    fw = torch.full((3, 512), 40.0)
+    out = S.broaden(hist, edges, fw)
+    assert torch.allclose(out.sum(1), hist.sum(1), rtol=1e-4)
+    scene = S.Scene(counts=1e5, random_lines=2)
+    b = S.simulate_batch(lyso_cfg, 8, gen, torch.device("cpu"), scene)
+    total_in = b["clean_input"].sum(1)
+    total_t = (b["target"][:, 0] * b["scale"]).sum(1)
+    assert torch.allclose(total_t, total_in, rtol=0.03)
+    assert torch.allclose(total_in, torch.full_like(total_in, 1e5), rtol=0.05)
+    assert torch.allclose(b["counts"].sum(1), total_in, rtol=0.02)
+
+
+def test_batch_is_reproducible_and_shaped(lyso_cfg) -> None:
+    g1, g2 = torch.Generator(), torch.Generator()
+    g1.manual_seed(5)
+    g2.manual_seed(5)
+    a = S.simulate_batch(lyso_cfg, 3, g1, torch.device("cpu"))
+    b = S.simulate_batch(lyso_cfg, 3, g2, torch.device("cpu"))
+    assert torch.equal(a["input"], b["input"])
+    assert a["input"].shape == (3, 3, 512) and a["target"].shape == (3, 1, 512)
+    assert a["fwhm_params"].shape == (3, 2)
+    r, p = a["fwhm_params"][:, 0], a["fwhm_params"][:, 1]
+    assert torch.all((r >= 0.06) & (r <= 0.12)) and torch.all((p >= 0.45) & (p <= 0.65))
+    assert a["line_energy"].shape == (3, 48)
+
+
+def test_response_cache_on_disk(lyso_cfg, gamma_cache) -> None:
+    S.get_response(lyso_cfg.simulate)
+    files = list(gamma_cache.glob("response-*.pt"))
+    assert files
+    S._MEMO.clear()
+    r = S.get_response(lyso_cfg.simulate)  # from disk
+    assert r.continuum.shape == (512, 512)
