@@ -60,12 +60,44 @@ def test_round_trip_values_dtypes_compression_chunks(tmp_path: Path) -> None:
     assert int(ds[-1]["y"]) == 14
 
 
-def test_default_chunks_about_one_mebibyte(tmp_path: Path) -> None:
+def test_default_chunks_shared_about_64_kib_and_dividing_the_append(tmp_path: Path) -> None:
     path = tmp_path / "big.h5"
     with H5Writer(path, compression=None) as w:
-        w.append(a=np.zeros((3, 1024), np.float32))  # 4 KiB rows -> 256 rows per chunk
+        w.append(a=np.zeros((32, 1024), np.float32), y=np.zeros(32, np.int64))  # 4 KiB rows
+        assert w.chunk_rows_used == 16 and w.n_durable == 32  # 32 = 2 x 16
     with h5py.File(path, "r") as f:
-        assert f["a"].chunks == (256, 1024) and f["a"].compression is None
+        assert f["a"].chunks == (16, 1024) and f["a"].compression is None
+        assert f["y"].chunks == (16,)  # one row count for every dataset
+    with H5Writer(path) as w:
+        w.append(a=np.zeros((24, 1024), np.float32))  # 24 = 12 x 2: chunks of 12 rows
+        assert w.chunk_rows_used == 12
+    with H5Writer(path) as w:
+        w.append(b=np.zeros((3, 200, 200), np.float32))  # rows above 64 KiB: one row per chunk
+        assert w.chunk_rows_used == 1
+    with H5Writer(path) as w:
+        w.append(t=np.zeros(1))  # a first append of one 8-byte row: not 8-byte chunks
+        assert w.chunk_rows_used == 8192
+    with H5Writer(path) as w:
+        w.append(a=np.zeros((5, 1024), np.float32))  # 5 rows: chunks of 15 = 3 appends
+        assert w.chunk_rows_used == 15
+    with H5Writer(path) as w:
+        w.append(a=np.zeros((127, 1024), np.float32))  # prime length: full 16-row chunks
+        assert w.chunk_rows_used == 16 and w.n_durable == 112
+
+
+def test_only_whole_chunks_are_written_and_close_writes_the_rest(tmp_path: Path) -> None:
+    path = tmp_path / "buf.h5"
+    with H5Writer(path, chunk_rows=8) as w:
+        for n in (5, 5, 7):
+            w.append(v=np.arange(w.n_rows, w.n_rows + n))
+            assert w._file is not None
+            on_disk = int(w._file.attrs[ROWS_ATTR])
+            assert w._file["v"].shape[0] == on_disk
+            assert on_disk == w.n_durable == (w.n_rows // 8) * 8
+        assert (w.n_rows, w.n_durable) == (17, 16)
+    with h5py.File(path, "r") as f:
+        np.testing.assert_array_equal(f["v"][:], np.arange(17))
+        assert int(f.attrs[ROWS_ATTR]) == 17
 
 
 class _Crash(RuntimeError):
@@ -112,7 +144,7 @@ def test_resume_without_part_starts_fresh_and_attr_mismatch_refused(tmp_path: Pa
         np.testing.assert_array_equal(f["a"][:], np.arange(2))
 
     with pytest.raises(_Crash):
-        with H5Writer(path, attrs={"seed": 1, "task": "gamma", "cfg": {"x": 1}}) as w:
+        with H5Writer(path, chunk_rows=2, attrs={"seed": 1, "task": "gamma", "cfg": {"x": 1}}) as w:
             w.append(a=np.arange(4))
             raise _Crash()
     with pytest.raises(DataError, match=r"s\.h5\.part: attribute seed: .* 1, this run has 2"):
@@ -285,7 +317,8 @@ import numpy as np
 from neurotrain.io.hdf5 import H5Writer
 
 path, total = sys.argv[1], int(sys.argv[2])
-with H5Writer(path, chunk_rows=64, resume=True) as w:
+with H5Writer(path, chunk_rows=25, resume=True) as w:
+    assert w.n_rows % 50 == 0, w.n_rows
     i = w.n_rows // 50
     while i < total:
         w.append(x=np.full((50, 128), i, np.float32), i=np.full(50, i))
