@@ -88,3 +88,17 @@ def test_active_bins_mask_limits_partial_segments():
     m = active_bins_mask(starts, 8, 20_000, t_first=3_000, t_last=24_000)
     assert m[0].tolist() == [False, True, True, True, True, True, True, True]
     assert m[1].tolist() == [True, True, False, False, False, False, False, False]
+
+
+def test_partial_bins_draw_timestamps_inside_the_recording():
+    v = torch.zeros(2, 8, 1, 1)
+    v[0, 0, 0, 0] = 50  # first bin [0, 2500) but the recording starts at 2000
+    v[1, 7, 0, 0] = -50  # last bin [37500, 40000) but the recording ends at 37600
+    starts = torch.tensor([0, 20_000])
+    ev = voxel_to_events(v, duration_us=20_000, t_start=starts, generator=_gen(), t_min=2_000, t_max=37_600)
+    pos = ev["p"] > 0
+    assert ev["t"][pos].min() >= 2_000 and ev["t"][pos].max() < 2_500
+    assert ev["t"][~pos].min() >= 37_500 and ev["t"][~pos].max() <= 37_600
+    v2 = events_to_voxel(ev["t"], ev["x"], ev["y"], ev["p"], num_bins=8, sensor_size=(1, 1), duration_us=20_000,
+                         t_start=starts, segment=ev["segment"], num_segments=2)
+    assert torch.equal(v2, v)

@@ -203,7 +203,7 @@ def plot_loss_curves(log_dir: Path, out_png: Path, window: int = 20) -> Path:
     """The seed's ``training_loss_curves.png``: batch loss (log scale) with a red moving
     average, epoch losses, and the best epoch in a light-green box."""
     sc = read_scalars(log_dir)
-    step_tag = next((t for t in ("train/loss_step", "train/loss") if t in sc), None)
+    step_tag = next((t for t in ("train/loss_step", "train/loss", "train/loss_epoch") if t in sc), None)
     if step_tag is None:
         raise FileNotFoundError(f"{log_dir}: no train/loss scalars in TensorBoard or CSV logs")
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.5))

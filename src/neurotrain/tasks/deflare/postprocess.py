@@ -154,7 +154,7 @@ def process_file(
             n_in = sum(len(s.events) for s in segs)
             ev = voxel_to_events(
                 vout[:, 0], duration_us=D, t_start=starts, generator=gen,
-                max_events=int(pl.max_events_factor * max(n_in, 1000)),
+                max_events=int(pl.max_events_factor * max(n_in, 1000)), t_min=info.t_first, t_max=info.t_last,
             )
             ev_np = {k: v.cpu().numpy() for k, v in ev.items()}
             t3 = time.perf_counter()

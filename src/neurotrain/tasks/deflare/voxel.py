@@ -126,6 +126,8 @@ def voxel_to_events(
     t_start: int | torch.Tensor = 0,
     generator: torch.Generator | None = None,
     max_events: int | None = None,
+    t_min: int | None = None,
+    t_max: int | None = None,
 ) -> dict[str, torch.Tensor]:
     """Decode a voxel grid into events (the seed's uniform-in-bin decoding).
 
@@ -136,6 +138,9 @@ def voxel_to_events(
         generator: torch generator on ``voxel.device`` for the timestamps (seeded output).
         max_events: refuse to decode more events than this (guards against a diverged
             network asking for billions of events).
+        t_min, t_max: optional recording range (µs, inclusive); a bin that straddles it
+            draws its timestamps only inside it, so a partial first/last bin never moves
+            events outside the recording (each event stays in its bin: exactness holds).
 
     Returns:
         dict of 1-D tensors ``t`` (int64 µs), ``x``, ``y`` (int64), ``p`` (int8 sign) and
@@ -159,11 +164,16 @@ def voxel_to_events(
     b, rem = rem // (h * w), rem % (h * w)
     y, x = rem // w, rem % w
     edges = bin_lower_edges(nb, duration_us, device)
-    lo, width = edges[b], (edges[b + 1] - edges[b])
-    u = torch.rand(total, generator=generator, device=device, dtype=torch.float64)
-    off = lo + torch.minimum((u * width).long(), width - 1)
     starts = torch.as_tensor(t_start, device=device, dtype=torch.int64)
-    t = off + (starts[seg] if starts.ndim else starts)
+    s0 = starts[seg] if starts.ndim else starts
+    lo, hi = s0 + edges[b], s0 + edges[b + 1]
+    if t_min is not None:
+        lo = torch.where(hi > t_min, torch.clamp(lo, min=int(t_min)), lo)
+    if t_max is not None:
+        hi = torch.where(lo <= t_max, torch.clamp(hi, max=int(t_max) + 1), hi)
+    width = hi - lo
+    u = torch.rand(total, generator=generator, device=device, dtype=torch.float64)
+    t = lo + torch.minimum((u * width).long(), width - 1)
     order = torch.argsort(t, stable=True)
     return {"t": t[order], "x": x[order], "y": y[order], "p": p[order], "segment": seg[order]}
 
