@@ -53,3 +53,9 @@ def realdata() -> Path:
     if not REALDATA.resolve().is_dir():
         pytest.skip(f"real data folder {REALDATA.resolve()} is absent (only present in the project workspace)")
     return REALDATA.resolve()
+
+
+@pytest.fixture(scope="session")
+def make_small_config():
+    """The :func:`small_config` factory, for tests that build their own variant."""
+    return small_config
