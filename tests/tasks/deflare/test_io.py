@@ -157,3 +157,30 @@ def test_writer_accepts_torch_and_sensor_size_attr(tmp_path):
     info = inspect_events(out)
     assert info.sensor_size == (20, 30) and info.num_events == 2
     assert read_events(out).p.tolist() == [1, -1]
+
+
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_parallel_gzip_chunks_are_standard_hdf5(tmp_path, shuffle):
+    from neurotrain.tasks.deflare.h5chunks import read_rows
+
+    t, x, y, p = _random_events(10_000, seed=3)
+    sign = np.where(p == 1, 1, -1)
+    out = tmp_path / "o.h5"
+    with EventWriter(out, chunk_rows=1024, shuffle=shuffle) as w:
+        for a in range(0, 10_000, 3_333):  # appends that do not align with chunks
+            w.append(t[a : a + 3_333], x[a : a + 3_333], y[a : a + 3_333], sign[a : a + 3_333])
+    with h5py.File(out) as h:  # plain h5py decodes what the thread pool compressed
+        d = h["events/t"]
+        assert d.compression == "gzip" and d.shuffle == shuffle and d.chunks == (1024,)
+        assert np.array_equal(d[:], t) and np.array_equal(h["events/x"][:], x)
+        assert h["events/p"][:].tolist() == np.where(p == 1, 1, 0).tolist()
+        # and the parallel reader decodes any range of an h5py-made file
+        for a, b in ((0, 10_000), (1_000, 1_001), (1_023, 5_000), (9_999, 10_000)):
+            assert np.array_equal(read_rows(d, a, b), t[a:b])
+    ref = tmp_path / "ref.h5"
+    with h5py.File(ref, "w") as h:
+        h.create_dataset("t", data=t, chunks=(700,), compression="gzip", shuffle=shuffle)
+        h.create_dataset("lzf", data=t, chunks=(700,), compression="lzf")
+    with h5py.File(ref) as h:
+        assert np.array_equal(read_rows(h["t"], 650, 7_123), t[650:7_123])
+        assert np.array_equal(read_rows(h["lzf"], 5, 17), t[5:17])  # other filters: plain h5py path

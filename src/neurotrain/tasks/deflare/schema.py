@@ -68,7 +68,7 @@ class SimulateSection(Section):
     ghosts: int = Field(3, ge=0)
     ghost_amplitude: tuple[float, float] = (0.05, 0.4)
     test_fraction: float = Field(0.1, ge=0, lt=1)
-    compression_level: int = Field(4, ge=0, le=9)
+    compression_level: int = Field(1, ge=0, le=9)
 
 
 class LossSection(Section):
@@ -95,7 +95,7 @@ class PipelineSection(Section):
     batch_segments: int = Field(5, ge=1)
     chunk_events: int = Field(1 << 20, ge=1024)
     compression: Literal["gzip", "none"] = "gzip"
-    compression_level: int = Field(4, ge=0, le=9)
+    compression_level: int = Field(1, ge=0, le=9)
     precision: Literal["fp32", "bf16"] = "fp32"
     decode_seed: int = 0
     max_events_factor: float = Field(20.0, gt=0)

@@ -301,7 +301,7 @@ def write_pair_dirs(
     seed: int,
     device: torch.device,
     batch: int = 4,
-    compression_level: int = 4,
+    compression_level: int = 1,
 ) -> list[tuple[Path, Path]]:
     """Write ``n`` file pairs in the seed's layout under ``root``.
 
