@@ -129,3 +129,27 @@ def test_h5_training_data(toy_cfg_file: Path, tmp_path: Path) -> None:
     run = api.train(cfg)
     ck = load_checkpoint(run / "checkpoints" / "last.ckpt")
     assert ck["global_step"] == 5  # 160 training rows / 32
+
+
+def test_simulate_resume_refuses_other_settings(toy_cfg_file: Path, tmp_path: Path) -> None:
+    from neurotrain.engine.simulate import simulate_to_h5
+    from neurotrain.errors import DataError
+    from neurotrain.io.hdf5 import part_path
+
+    cfg = load_config(toy_cfg_file)
+    out = tmp_path / "toy.h5"
+    part = part_path(out)
+    # an interrupted run leaves a .part behind
+    from neurotrain.engine.simulate import data_attrs
+    from neurotrain.io.hdf5 import H5Writer
+
+    with pytest.raises(RuntimeError):
+        with H5Writer(out, attrs=data_attrs(cfg)) as w:
+            w.append(input=np.zeros((4, 8), np.float32), target=np.zeros((4, 2), np.float32))
+            raise RuntimeError("killed")
+    assert part.exists()
+    other = load_config(toy_cfg_file, ["model.n_in=4"])
+    with pytest.raises(DataError):
+        simulate_to_h5(api.get_task(other), other, out, 10)
+    simulate_to_h5(api.get_task(cfg), cfg, out, 40)
+    assert out.is_file() and not part.exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,6 +23,17 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+def data_attrs(cfg: Config) -> dict[str, object]:
+    """File attributes that pin down the data: task, seed and every task-specific section.
+    A ``.part`` written with other settings is then refused on resume instead of mixed in."""
+    from neurotrain.config import Config as Base, config_to_dict
+
+    common = set(Base.model_fields) - {"task", "seed"}
+    shaping = {k: v for k, v in config_to_dict(cfg).items() if k not in common}
+    shaping["batch_size"] = cfg.data.batch_size
+    return {"task": cfg.task, "seed": cfg.seed, "neurotrain_config": json.dumps(shaping, sort_keys=True)}
+
+
 def simulate_to_h5(task: Task, cfg: Config, output: Path, n: int, *, resume: bool = True) -> Path:
     """Simulate ``n`` samples in batches of ``data.batch_size`` on the inference device and
     append them to ``output``. An interrupted run resumes where it stopped: batch ``i``
@@ -29,7 +41,7 @@ def simulate_to_h5(task: Task, cfg: Config, output: Path, n: int, *, resume: boo
     device = pick_device(cfg.inference.device)
     bs = cfg.data.batch_size
     output = Path(output)
-    with H5Writer(output, resume=resume, attrs={"task": cfg.task, "seed": cfg.seed}) as writer:
+    with H5Writer(output, resume=resume, attrs=data_attrs(cfg)) as writer:
         start = writer.n_rows
         with Progress(
             TextColumn(f"simulate {cfg.task}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()
