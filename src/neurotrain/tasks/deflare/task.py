@@ -173,7 +173,7 @@ class DeflareTask(Task):
         return hook
 
     def predict(self, cfg: DeflareConfig, model: nn.Module | None, inputs: list[Path], output: Path | None, **options: Any) -> list[Path]:  # type: ignore[override]
-        """Deflare H5 files or directories of them.
+        """Deflare H5 files (or Prophesee ``.raw`` EVT 2.0/3.0 files) or directories of H5 files.
 
         ``output``: a file (one input file), a directory (same file names), or ``None``
         (``<input_dir>output/`` for a directory, ``<stem>_deflared.h5`` beside a file).
@@ -197,12 +197,13 @@ class DeflareTask(Task):
                 dst = output if output is not None else sibling_dir(src, "output")
                 jobs += [(f, dst / f.name) for f in list_h5(src)]
             elif src.is_file():
+                suffix = ".h5" if src.suffix.lower() == ".raw" else src.suffix
                 if output is None:
-                    dst = src.with_name(f"{src.stem}_deflared{src.suffix}")
+                    dst = src.with_name(f"{src.stem}_deflared{suffix}")
                 elif output.suffix.lower() in (".h5", ".hdf5") and len(inputs) == 1:
                     dst = output
                 else:
-                    dst = output / src.name
+                    dst = output / f"{src.stem}{suffix}"
                 jobs.append((src, dst))
             else:
                 raise DataError(f"{src}: input file or directory not found")
@@ -210,7 +211,16 @@ class DeflareTask(Task):
         for src, dst in jobs:
             if src.resolve() == dst.resolve():
                 raise DataError(f"{src}: output would overwrite the input; choose another --output")
-            process_file(src, dst, fn, cfg, device, hook)
+            if src.suffix.lower() == ".raw":  # Prophesee EVT 2.0 / 3.0: decode to HDF5 first
+                import tempfile
+
+                from neurotrain.tasks.deflare.evt import raw_to_h5
+
+                with tempfile.TemporaryDirectory() as tmp:
+                    h5 = raw_to_h5(src, Path(tmp) / f"{src.stem}.h5")
+                    process_file(h5, dst, fn, cfg, device, hook)
+            else:
+                process_file(src, dst, fn, cfg, device, hook)
             outs.append(dst)
         return outs
 
