@@ -203,7 +203,7 @@ def read_spectrum(path: str | Path, calibration: list[float] | None = None, expe
             if cal is None:
                 state = _spe_calibration_state(path) if kind == "spe" else "missing"
                 what = "is zero" if state == "zero" else "is missing"
-                raise _err(path, f"energy calibration {what} (pass a calibration, e.g. --calibration 0,1.0 for keV = 0 + 1.0 x channel)")
+                raise _err(path, f"energy calibration {what} (pass one: --opt calibration=c0,c1[,c2] for keV = c0 + c1*ch + c2*ch^2)")
             params = np.asarray(getattr(cal, "params", []), dtype=np.float64)
             edges = np.asarray(cal(np.arange(n + 1, dtype=np.float64)), dtype=np.float64)
             meta["calibration"] = params.tolist()
@@ -219,7 +219,7 @@ def read_spectrum(path: str | Path, calibration: list[float] | None = None, expe
         edges = polynomial_edges(calibration, counts.size)
         meta["calibration"] = list(calibration)
     if edges is None:
-        raise _err(path, "energy calibration is missing (no energy column/dataset; pass a calibration)")
+        raise _err(path, "energy calibration is missing (no energy column/dataset; pass --opt calibration=c0,c1[,c2])")
     if edges.size != counts.size + 1:
         raise _err(path, f"energy axis: expected {counts.size + 1} bin edges, got {edges.size}")
     _check_edges(path, edges, "calibration")

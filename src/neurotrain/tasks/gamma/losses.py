@@ -21,6 +21,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
+def _no_autocast(device: torch.device) -> Any:
+    """Losses run in float32 even inside a bf16/fp16 autocast region (sums over thousands of channels)."""
+    return torch.autocast(device_type=device.type, enabled=False)
+
+
 def ricker_kernel(sigma: float, device: torch.device | None = None, dtype: torch.dtype = torch.float32) -> Tensor:
     """Mexican-hat (Ricker) wavelet of width ``sigma`` channels, zero mean, over +-5 sigma: (1, 1, K)."""
     half = max(2, int(math.ceil(5 * sigma)))
@@ -60,7 +65,10 @@ class PeakWeightedLoss(nn.Module):
         return 1.0 + self.peak_weight * peak_mask(target, self.sigma, self.threshold)
 
     def forward(self, pred: Tensor, batch: dict[str, Tensor] | Tensor) -> dict[str, Tensor]:
-        target = batch["target"] if isinstance(batch, dict) else batch
+        with _no_autocast(pred.device):
+            return self._forward(pred.float(), (batch["target"] if isinstance(batch, dict) else batch).float())
+
+    def _forward(self, pred: Tensor, target: Tensor) -> dict[str, Tensor]:
         w = self.weights(target)
         mse = (w * (pred - target) ** 2).sum(dim=(1, 2)) / w.sum(dim=(1, 2))
         # normalise by the per-spectrum peak height so strong and weak spectra weigh alike
@@ -81,8 +89,7 @@ class AdaptivePeakWeightedLoss(PeakWeightedLoss):
         self.momentum = momentum
         self.register_buffer("ratio", torch.ones(()))
 
-    def forward(self, pred: Tensor, batch: dict[str, Tensor] | Tensor) -> dict[str, Tensor]:
-        target = batch["target"] if isinstance(batch, dict) else batch
+    def _forward(self, pred: Tensor, target: Tensor) -> dict[str, Tensor]:
         m = peak_mask(target, self.sigma, self.threshold)
         err = ((pred - target) ** 2).detach()
         inside = (err * m).sum() / m.sum().clamp_min(1)
@@ -93,7 +100,7 @@ class AdaptivePeakWeightedLoss(PeakWeightedLoss):
         base = self.peak_weight
         self.peak_weight = base * float(self.ratio)
         try:
-            out = super().forward(pred, target)
+            out = super()._forward(pred, target)
         finally:
             self.peak_weight = base
         out["peak_weight"] = torch.as_tensor(base * float(self.ratio))
@@ -105,9 +112,13 @@ class PoissonNLLLoss(nn.Module):
     Stirling constant dropped: (lambda - t log lambda) / sum t."""
 
     def forward(self, pred: Tensor, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        scale = batch["scale"].view(-1, 1, 1)
+        with _no_autocast(pred.device):
+            return self._forward(pred.float(), batch)
+
+    def _forward(self, pred: Tensor, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        scale = batch["scale"].view(-1, 1, 1).float()
         lam = pred * scale + 1e-6
-        t = batch["target"] * scale
+        t = batch["target"].float() * scale
         nll = (lam - t * torch.log(lam)).sum(dim=(1, 2))
         # subtract the value at the optimum lambda = t so the loss reaches 0
         best = (t + 1e-6 - t * torch.log(t + 1e-6)).sum(dim=(1, 2))
@@ -117,7 +128,8 @@ class PoissonNLLLoss(nn.Module):
 
 class MSELoss(nn.Module):
     def forward(self, pred: Tensor, batch: dict[str, Tensor]) -> Tensor:
-        return F.mse_loss(pred, batch["target"])
+        with _no_autocast(pred.device):
+            return F.mse_loss(pred.float(), batch["target"].float())
 
 
 def build_loss(cfg: Any) -> nn.Module:

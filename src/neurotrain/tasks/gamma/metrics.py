@@ -280,5 +280,6 @@ def build_metrics(cfg: Any, include_detection: bool = True) -> MetricCollection:
 
 
 def update_collection(metrics: MetricCollection, pred: Any, batch: dict[str, Tensor]) -> None:
-    """Update every metric of the collection with (pred, batch)."""
-    metrics.update(pred, batch)
+    """Update every metric of the collection with (pred, batch), in float32 outside any autocast region."""
+    with torch.autocast(device_type=pred.device.type, enabled=False):
+        metrics.update(pred.float(), batch)

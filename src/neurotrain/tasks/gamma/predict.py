@@ -85,6 +85,18 @@ def list_peaks(cfg: Any, enhanced: np.ndarray, measured: np.ndarray, r662: float
     return out
 
 
+def _print_peaks(path: Path, peaks: list[dict[str, float]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{path.name}: {len(peaks)} peaks")
+    for col in ("energy (keV)", "FWHM (keV)", "net area (counts)"):
+        table.add_column(col, justify="right")
+    for p in peaks:
+        table.add_row(f"{p['energy_kev']:.2f}", f"{p['fwhm_kev']:.2f}", f"{p['net_area_counts']:.0f}")
+    Console(stderr=True).print(table)
+
+
 def predict_files(cfg: Any, model: nn.Module, inputs: list[Path], output: Path | None, **options: Any) -> list[Path]:
     """Enhance each input file; returns the written paths."""
     calibration = _parse_calibration(options.get("calibration"))
@@ -112,6 +124,8 @@ def predict_files(cfg: Any, model: nn.Module, inputs: list[Path], output: Path |
              "peaks_energy_kev": pk["energy_kev"], "peaks_fwhm_kev": pk["fwhm_kev"], "peaks_net_area": pk["net_area_counts"]},
             {"source": str(path), "fwhm_662": r662, "power": power, "livetime": spec.livetime_s or 0.0},
         ))
+        if options.get("verbose", True):
+            _print_peaks(path, peaks)
         if plot:
             from neurotrain.tasks.gamma.plots import plot_spectra
 
