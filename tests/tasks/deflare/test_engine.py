@@ -42,6 +42,10 @@ def test_train_checkpoint_predict_and_loss_curve(tmp_path):
     assert any((run_dir / "debug_output").rglob("debug_summary.txt"))
     png = plot_loss_curves(run_dir, tmp_path / "training_loss_curves.png", window=2)
     assert png.is_file()
+    from neurotrain.tasks.deflare.plots import main as plots_main
+
+    assert plots_main(["--log_dir", str(run_dir), "--output_dir", str(tmp_path / "dbg"), "--window", "2"]) == 0
+    assert (tmp_path / "dbg" / "training_loss_curves.png").is_file()
     # predict with only the checkpoint
     from neurotrain.registry import TASKS
 

@@ -254,3 +254,22 @@ def plot_comparison_bars(table: dict[str, dict[str, float]], keys: list[str], ou
     fig.savefig(out_png, dpi=100)
     plt.close(fig)
     return out_png
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The seed's ``visualize_training_logs.py``:
+    ``python -m neurotrain.tasks.deflare.plots --log_dir runs/deflare/train --output_dir debug_output``."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description="Loss curves (log scale, moving average) from TensorBoard/CSV logs.")
+    ap.add_argument("--log_dir", type=Path, required=True, help="a run directory (its tb/ or csv/ logs are found)")
+    ap.add_argument("--output_dir", type=Path, default=Path("debug_output"))
+    ap.add_argument("--window", type=int, default=20, help="moving-average window (steps)")
+    a = ap.parse_args(argv)
+    png = plot_loss_curves(a.log_dir, a.output_dir / "training_loss_curves.png", a.window)
+    print(png)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

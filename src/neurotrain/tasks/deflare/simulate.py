@@ -238,6 +238,7 @@ def simulate_counts(
     steps = duration_us // dt
     out_f = torch.zeros((n, steps, *size), dtype=torch.int16, device=device)
     out_c = torch.zeros_like(out_f)
+    lam = torch.full((n, *size), sim.noise_rate_hz * dt * 1e-6, device=device)
     for i in range(-warm, steps + 1):
         t_us = i * dt
         t_s = t_us * 1e-6
@@ -248,15 +249,14 @@ def simulate_counts(
         ef = dvs_f.step(with_flare, t_us, dt)
         ec = dvs_c.step(clean, t_us, dt)
         if i >= 1:
+            if sim.noise_rate_hz > 0:  # background activity, the same events in both streams
+                k = torch.poisson(lam, generator=gen)
+                sign = torch.where(torch.rand(lam.shape, generator=gen, device=device) < 0.5, -1.0, 1.0)
+                noise = (k * sign).to(torch.int16)
+                ef = ef + noise
+                ec = ec + noise
             out_f[:, i - 1] = ef
             out_c[:, i - 1] = ec
-    if sim.noise_rate_hz > 0:
-        lam = torch.full(out_f.shape, sim.noise_rate_hz * dt * 1e-6, device=device)
-        k = torch.poisson(lam, generator=gen)
-        sign = torch.where(torch.rand(out_f.shape, generator=gen, device=device) < 0.5, -1.0, 1.0)
-        noise = (k * sign).to(torch.int16)
-        out_f += noise
-        out_c += noise
     return {"with_flare": out_f, "without_flare": out_c, "light_mask": scenes.light_mask(t_mid), "scenes": scenes}
 
 
@@ -321,6 +321,9 @@ def write_pair_dirs(
     gen.manual_seed(seed)
     out: list[tuple[Path, Path]] = []
     done = 0
+    # two int16 count volumes (n, T, H, W) per batch: keep them under ~1 GiB
+    per_scene = 4 * (sim.file_duration_us // sim.dt_us) * size[0] * size[1]
+    batch = max(1, min(batch, (1 << 30) // max(per_scene, 1)))
     while done < n:
         m = min(batch, n - done)
         r = simulate_counts(sim, m, size, sim.file_duration_us, gen, device)  # type: ignore[arg-type]
