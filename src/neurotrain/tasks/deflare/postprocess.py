@@ -187,15 +187,31 @@ def process_file(
 
 
 def model_fn(model: torch.nn.Module, device: torch.device | str, precision: str = "fp32") -> VoxelFn:
-    """Wrap a voxel network for :func:`process_file` (eval mode, optional bf16 autocast)."""
+    """Wrap a voxel network for :func:`process_file` (eval mode, optional bf16 autocast).
+
+    A batch of segments that does not fit in device memory is split in halves (recursively,
+    down to one segment) instead of failing, so ``pipeline.batch_segments`` is a speed knob,
+    not a memory risk; outputs stay on the device for decoding.
+    """
     device = torch.device(device)
     model = model.to(device).eval()
 
-    def fn(v: torch.Tensor) -> torch.Tensor:
+    def run(v: torch.Tensor) -> torch.Tensor:
         if precision == "bf16":
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
                 return model(v).float()
         return model(v)
+
+    def fn(v: torch.Tensor) -> torch.Tensor:
+        try:
+            return run(v)
+        except torch.OutOfMemoryError:
+            if v.shape[0] == 1:
+                raise
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            h = v.shape[0] // 2
+            return torch.cat([fn(v[:h]), fn(v[h:])])
 
     fn.model = model  # type: ignore[attr-defined]
     return fn
