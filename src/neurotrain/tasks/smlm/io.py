@@ -197,6 +197,7 @@ class LocWriter:
         self.px = float(self.meta.get("pixel_size_nm", 100.0))
         self._stack = ExitStack()
         self._n = 0
+        self._header = False
 
     def __enter__(self) -> LocWriter:
         import h5py
@@ -224,7 +225,8 @@ class LocWriter:
         elif self.fmt == "csv":
             ts = to_thunderstorm(df)
             ts["id"] += self._n
-            ts.to_csv(self._fh, index=False, header=self._n == 0 and not self._fh.tell())
+            ts.to_csv(self._fh, index=False, header=not self._header)
+            self._header = True
         else:
             rec = to_picasso(df, self.px)
             self._ds.resize((self._n + len(rec),))
@@ -232,7 +234,10 @@ class LocWriter:
         self._n += len(df)
 
     def __exit__(self, exc_type: Any, *rest: Any) -> None:
-        if exc_type is None and self.fmt == "csv" and self._n == 0:
+        if exc_type is None and self.fmt == "h5" and self._n == 0:
+            empty = _canonical(pd.DataFrame({c: np.zeros(0) for c in LOC_COLUMNS}))
+            self._h5.append(**{c: empty[c].to_numpy() for c in LOC_COLUMNS})
+        if exc_type is None and self.fmt == "csv" and not self._header:
             to_thunderstorm(pd.DataFrame(columns=list(LOC_COLUMNS))).to_csv(self._fh, index=False)
         self._stack.__exit__(exc_type, *rest)
         if exc_type is None and self.fmt == "picasso":

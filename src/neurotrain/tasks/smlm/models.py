@@ -22,6 +22,7 @@ from torch import nn
 from neurotrain.nn.unet import UNet
 
 TANH_CHANNELS = {5: (2, 3, 4), 6: (2, 3, 4), 10: (2, 3, 4)}
+P_BIAS = -6.0  # initial detection logit (p ~ 0.0025 per pixel), as DECODE initialises its p head
 
 
 def activate(raw: torch.Tensor) -> torch.Tensor:
@@ -41,6 +42,7 @@ class SimpleSMLMNet(nn.Module):
         self.out_channels = 5 if mode == "5ch" else 6
         self.unet = UNet(2, in_channels, self.out_channels, depth=depth, base_channels=base_channels,
                          norm=norm, act=act)  # type: ignore[arg-type]
+        nn.init.constant_(self.unet.head.bias[:1], P_BIAS)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return activate(self.unet(x))
@@ -98,6 +100,7 @@ class EnhancedSimpleSMLMNet(nn.Module):
         self.fusion = MultiscaleFusion(base_channels)
         self.attention = SpatialAttention()
         self.head = nn.Conv2d(base_channels, self.out_channels, 1)
+        nn.init.constant_(self.head.bias[:1], P_BIAS)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return activate(self.head(self.attention(self.fusion(self.unet(x)))))
@@ -123,6 +126,8 @@ class DoubleMUnet(nn.Module):
                                 norm=norm, act=act)  # type: ignore[arg-type]
         self.union_unet = UNet(2, in_channels * inter_features, out_channels, depth=depth_union,
                                base_channels=initial_features, norm=norm, act=act)  # type: ignore[arg-type]
+        if activation:
+            nn.init.constant_(self.union_unet.head.bias[:1], P_BIAS)
 
     def frame_features(self, frames: torch.Tensor) -> torch.Tensor:
         """``[B, T, H, W]`` frames -> ``[B, T, inter_features, H, W]`` shared features (frames batched)."""
@@ -161,6 +166,9 @@ class SigmaMUNet(DoubleMUnet):
                 return nn.Sequential(nn.Conv2d(inter_features, inter_features, 3, padding=1), nn.ELU(),
                                      nn.Conv2d(inter_features, n, 1))
             self.p_head, self.phot_xyz_mu_head, self.phot_xyz_sig_head, self.bg_head = head(1), head(4), head(4), head(1)
+            nn.init.constant_(self.p_head[-1].bias, P_BIAS)
+        else:
+            nn.init.constant_(self.union_unet.head.bias[:1], P_BIAS)
         self.out_channels = 10
 
     def from_features(self, feats: torch.Tensor) -> torch.Tensor:

@@ -44,7 +44,7 @@ def localise(out: torch.Tensor, cfg: Any, frame_offset: int = 0, threshold: floa
     px = cfg.simulate.pixel_size_nm
     zs = z_scale(cfg)
     th = pc.threshold if threshold is None else threshold
-    det, p_int = detect(out[:, 0], pc.method, pc.raw_threshold, th)
+    det, p_int = detect(out[:, 0], pc.method, min(pc.raw_threshold, th), th)
     b, iy, ix = torch.nonzero(det, as_tuple=True)
     v = out[b, :, iy, ix]  # [N, C]
     loc = {

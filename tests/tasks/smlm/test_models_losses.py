@@ -1,0 +1,120 @@
+import pytest
+import torch
+
+from neurotrain.errors import ConfigError
+from neurotrain.tasks.smlm.config import SMLMConfig
+from neurotrain.tasks.smlm.losses import GaussianMMLoss, PPXYZBLoss, UnifiedLoss, build_loss
+from neurotrain.tasks.smlm.metrics import SMLMMetrics
+from neurotrain.tasks.smlm.models import SigmaMUNetWithUncertainty, build_model
+from neurotrain.tasks.smlm.simulate import simulate_batch
+from neurotrain.tasks.smlm.task import SMLMTask
+
+NAMES = ["SimpleSMLMNet", "EnhancedSimpleSMLMNet", "DoubleMUnet", "SigmaMUNet", "SigmaMUNetWithUncertainty"]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_models_output_ranges(tiny_cfg, name) -> None:
+    cfg = tiny_cfg.model_copy(update={"model": tiny_cfg.model.model_copy(update={"name": name, "mode": "5ch"})})
+    out = build_model(cfg)(torch.randn(2, 3, 16, 16))
+    assert out.shape[1] == (10 if name.startswith("Sigma") else 5)
+    assert out[:, 0].min() >= 0 and out[:, 0].max() <= 1 and out[:, 2:5].abs().max() <= 1
+    assert out[:, 0].mean() < 0.05  # p head starts near DECODE's prior (bias -6)
+
+
+def test_double_unet_cached_features_equal_forward(tiny_cfg) -> None:
+    torch.manual_seed(0)
+    m = build_model(tiny_cfg).eval()
+    x = torch.randn(2, 3, 16, 16)
+    assert torch.allclose(m.from_features(m.frame_features(x)), m(x), atol=1e-6)
+
+
+def test_mc_dropout_gives_spread(tiny_cfg) -> None:
+    torch.manual_seed(0)
+    m = SigmaMUNetWithUncertainty(3, 1, 1, 8, 8, dropout=0.3, mc_samples=4).eval()
+    mean, std = m.mc_predict(torch.randn(1, 3, 16, 16))
+    assert mean.shape == std.shape == (1, 10, 16, 16) and std.mean() > 0 and not m.training
+
+
+def test_losses_finite_and_gmm_decreases_on_a_batch(tiny_cfg) -> None:
+    torch.manual_seed(0)
+    batch = simulate_batch(tiny_cfg, 4, torch.Generator().manual_seed(0), "cpu")
+    model = build_model(tiny_cfg)
+    loss = GaussianMMLoss(tiny_cfg.model.photon_scale, 1.0)
+    assert torch.isfinite(PPXYZBLoss()(model(batch["input"]), batch)["loss"])
+    opt = torch.optim.Adam(model.parameters(), 2e-3)
+    values = []
+    for _ in range(25):
+        out = loss(model(batch["input"]), batch)
+        assert torch.isfinite(out["loss"])
+        values.append(out["loss"].item())
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+    assert min(values[-5:]) < 0.6 * values[0]
+
+
+def test_gmm_needs_sigma_model(tiny_cfg) -> None:
+    cfg = tiny_cfg.model_copy(update={"model": tiny_cfg.model.model_copy(update={"name": "SimpleSMLMNet"})})
+    with pytest.raises(ConfigError, match="GaussianMMLoss"):
+        build_loss(cfg)
+
+
+def test_unified_loss_warmup_and_terms(tiny_cfg) -> None:
+    cfg = SMLMConfig.model_validate({**tiny_cfg.model_dump(), "loss": {
+        "name": "UnifiedLoss", "dynamic_weighting": True,
+        "terms": [{"type": "GaussianMMLoss", "weight": 1.0}, {"type": "PPXYZBLoss", "weight": 2.0, "warmup_epochs": 1}]},
+        "data": {"batch_size": 4, "sim_train_size": 8}})
+    loss = build_loss(cfg)
+    assert isinstance(loss, UnifiedLoss) and loss.steps_per_epoch == 2
+    batch = simulate_batch(cfg, 4, torch.Generator().manual_seed(0), "cpu")
+    pred = build_model(cfg)(batch["input"])
+    out = loss(pred, batch)
+    assert out["PPXYZBLoss_weight"].item() == pytest.approx(1.0)  # epoch 0 of a 1-epoch warm-up: half weight
+    assert {"GaussianMMLoss_loss", "gmm_gmm", "ppxyzb_p"} <= set(out)
+    loss(pred, batch)
+    out = loss(pred, batch)
+    assert out["PPXYZBLoss_weight"].item() == pytest.approx(2.0)
+    assert out["loss"].item() == pytest.approx(3.0, rel=0.3)  # each term normalised to ~its weight
+
+
+def _ji(task, cfg, model, batches) -> float:
+    met = task.build_metrics(cfg)
+    model.eval()
+    with torch.no_grad():
+        for b in batches:
+            task.update_metrics(met, model(b["input"]), b)
+    return met.compute()["jaccard"]
+
+
+def test_short_training_beats_untrained(tiny_cfg) -> None:
+    torch.manual_seed(0)
+    cfg = SMLMConfig.model_validate({**tiny_cfg.model_dump(), "loss": {"name": "PPXYZBLoss", "pos_weight": 5.0},
+                                     "model": {"name": "SimpleSMLMNet", "depth": 2, "initial_features": 16}})
+    task = SMLMTask()
+    model, loss = task.build_model(cfg), task.build_loss(cfg)
+    val = [simulate_batch(cfg, 8, torch.Generator().manual_seed(100 + i), "cpu") for i in range(3)]
+    before = _ji(task, cfg, model, val)
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), 3e-3)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(60):
+        b = simulate_batch(cfg, 8, g, "cpu")
+        out = loss(model(b["input"]), b)
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+    after = _ji(task, cfg, model, val)
+    assert after > before + 20.0, (before, after)
+
+
+def test_metric_collection_update_from_batch(tiny_cfg) -> None:
+    task = SMLMTask()
+    met = task.build_metrics(tiny_cfg)
+    batch = simulate_batch(tiny_cfg, 3, torch.Generator().manual_seed(0), "cpu")
+    perfect = torch.zeros(3, 10, 16, 16)
+    perfect[:, 0] = batch["target"][:, 0]
+    perfect[:, 1:5] = batch["target"][:, 1:5]
+    task.update_metrics(met, perfect, batch)
+    r = met.compute()
+    assert r["recall"] > 0.9 and r["precision"] == pytest.approx(1.0) and r["rmse_lat_nm"] < 1.0
+    assert isinstance(met["smlm"], SMLMMetrics) and r["crlb_lat_nm"] > 0
