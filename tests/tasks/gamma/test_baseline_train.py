@@ -49,7 +49,7 @@ def test_short_training_beats_untrained_then_evaluate_and_predict(tmp_path: Path
     from neurotrain.tasks.gamma.losses import PeakWeightedLoss
     from neurotrain.tasks.gamma.models import build_model
 
-    base = make_small_config(gamma_cache).model_dump(mode="json")
+    base = make_small_config(gamma_cache, train_crystals=["LYSO", "NaI"]).model_dump(mode="json")
     base.update(
         run={"name": "t", "output_dir": str(tmp_path / "runs")},
         trainer={"max_epochs": 2, "accelerator": "cpu", "devices": 1, "progress_bar": False},
@@ -84,6 +84,7 @@ def test_short_training_beats_untrained_then_evaluate_and_predict(tmp_path: Path
     assert set(next(iter(levels.values()))) == {"input", "network", "baseline", "target"}
     assert "peaks_in_180_192_kev" in res.metrics["sets"]["negative_control"]
     assert "unknown_line_shift" in res.metrics["sets"]["unknown_lines"]
+    assert "crystal_NaI" in res.metrics["sets"]  # the same model scored on NaI spectra
     json.dumps(res.metrics)  # JSON-able
 
     # predict on an IEC 1455 file written from a simulated NaI-like spectrum on a different grid

@@ -170,3 +170,14 @@ def test_response_cache_on_disk(lyso_cfg, gamma_cache) -> None:
     S._MEMO.clear()
     r = S.get_response(lyso_cfg.simulate)  # from disk
     assert r.continuum.shape == (512, 512)
+
+
+def test_train_crystals_mix_lyso_and_nai(make_small_config, gamma_cache) -> None:
+    cfg = make_small_config(gamma_cache, train_crystals=["LYSO", "NaI"])
+    seen = set()
+    for seed in range(8):
+        g = torch.Generator()
+        g.manual_seed(seed)
+        b = S.simulate_batch(cfg, 2, g, torch.device("cpu"))
+        seen.add(bool(b["lu_fraction"][0] > 0))
+    assert seen == {True, False}  # LYSO batches carry Lu-176, NaI batches none

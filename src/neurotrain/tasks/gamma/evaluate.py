@@ -7,7 +7,9 @@ Sets (seeded, disjoint from training seeds):
 * ``doublet_ba133`` (356.0 / 383.8 keV) and ``doublet_eu152`` (1085.8 / 1112.1 keV), 1e6 counts;
 * ``negative_control``: Ra-226 (186.2 keV) + U-235 (185.7 keV), closer than HPGe resolves: the number of
   peaks found within 180-192 keV must stay at one;
-* ``unknown_lines``: lines at energies in no library: their centroids must not move.
+* ``unknown_lines``: lines at energies in no library: their centroids must not move;
+* ``crystal_<name>``: random mixtures seen by another crystal of ``simulate.train_crystals`` at its typical
+  resolution (one model for LYSO, NaI and CsI).
 """
 
 from __future__ import annotations
@@ -58,11 +60,11 @@ def _scene_batch(cfg: Any, n: int, seed: int, scene: Scene, device: torch.device
 
 
 def _outputs(cfg: Any, model: nn.Module | None, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    ev = cfg.evaluate
     out = {"input": batch["input"][:, 0]}
     if model is not None:
         out["network"] = run_network(model, batch)
-    out["baseline"] = bl.run_baseline(cfg, batch["input"][:, 0], ev.fwhm_662, ev.power)
+    r662, power = (float(v) for v in batch["fwhm_params"][0])
+    out["baseline"] = bl.run_baseline(cfg, batch["input"][:, 0], r662, power)
     out["target"] = batch["target"][:, 0]
     return out
 
@@ -149,6 +151,12 @@ def evaluate(cfg: Any, model: nn.Module | None, run_dir: Path, **options: Any) -
         "negative_control": Scene(sources=["Ra-226", "U-235"], counts=1e6, fwhm_662=ev.fwhm_662, power=ev.power, random_lines=0),
         "unknown_lines": Scene(sources=[], counts=1e6, fwhm_662=ev.fwhm_662, power=ev.power, random_line_energies=UNKNOWN_LINES),
     }
+    from neurotrain.tasks.gamma.task import CRYSTAL_RESOLUTION
+
+    for crystal in cfg.simulate.train_crystals:
+        if crystal != cfg.simulate.detector.crystal:
+            r, pw = CRYSTAL_RESOLUTION[crystal]
+            special[f"crystal_{crystal}"] = Scene(crystal=crystal, counts=1e5, fwhm_662=r, power=pw)
     n_special = max(2, min(n, 16))
     for j, (name, scene) in enumerate(special.items()):
         batch = _scene_batch(cfg, n_special, base_seed + 100 + j, scene, device)

@@ -376,6 +376,7 @@ class Scene:
     random_line_energies: list[float] | None = None
     environment: bool | None = None
     jitter: bool = True
+    crystal: str | None = None  # another crystal of the same geometry
 
 
 def _log_uniform(lo: float, hi: float, n: int, gen: torch.Generator, device: torch.device) -> torch.Tensor:
@@ -421,11 +422,17 @@ def simulate_batch(
     * ``line_energy``, ``line_area``, ``line_area_input``, ``line_mask``, ``line_detectable`` (B, L):
       true lines (keV), expected net photopeak counts in target and input, validity and detectability.
     * ``lu_fraction``, ``live_time_s`` (B,).
+
+    With ``simulate.train_crystals`` set, each training batch (no ``scene``) uses one crystal drawn from it.
     """
     sim = cfg.simulate
     scene = scene or Scene()
     b = batch_size
     gen = generator
+    if scene.crystal is not None or (scene.sources is None and sim.train_crystals):
+        pool = [scene.crystal] if scene.crystal is not None else list(sim.train_crystals)
+        pick = int(torch.randint(0, len(pool), (1,), generator=gen, device=device).item())
+        sim = sim.model_copy(update={"detector": sim.detector.model_copy(update={"crystal": pool[pick]})})
     resp = get_response(sim, device)
     edges, centers = resp.edges, resp.incident
     n = centers.numel()

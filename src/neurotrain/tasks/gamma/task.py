@@ -46,6 +46,9 @@ class SimulateSection(Section):
     e_min_kev: float = Field(20.0, ge=0)
     e_max_kev: float = Field(3000.0, gt=0)
     detector: DetectorSection = DetectorSection()
+    #: crystals drawn per training batch (same geometry); empty = only ``detector.crystal``. Mixing LYSO, NaI
+    #: and CsI lets one FWHM-conditioned model serve all three.
+    train_crystals: list[Literal["LYSO", "NaI", "CsI", "LaBr3"]] = Field(default_factory=list)
     sources: list[str] = Field(default_factory=lambda: list(LAB_SOURCES))
     min_sources: int = Field(0, ge=0)
     max_sources: int = Field(4, ge=1)
