@@ -156,7 +156,9 @@ def process_file(
                 vout[:, 0], duration_us=D, t_start=starts, generator=gen,
                 max_events=int(pl.max_events_factor * max(n_in, 1000)), t_min=info.t_first, t_max=info.t_last,
             )
-            ev_np = {k: v.cpu().numpy() for k, v in ev.items()}
+            keys = ("t", "x", "y", "p", "segment") if debug_hook is not None else ("t", "x", "y", "p")
+            small = {"x": torch.int32, "y": torch.int32, "segment": torch.int32}
+            ev_np = {k: (ev[k].to(small[k]) if k in small else ev[k]).cpu().numpy() for k in keys}
             t3 = time.perf_counter()
             secs["decode"] += t3 - t2
             if writer is not None:

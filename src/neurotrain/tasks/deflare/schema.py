@@ -84,7 +84,6 @@ class PathsSection(Section):
     train_clean_dir: Path | None = None
     val_noisy_dir: Path | None = None
     val_clean_dir: Path | None = None
-    checkpoint: Path | None = None
     input: Path | None = None
     output: Path | None = None
 
