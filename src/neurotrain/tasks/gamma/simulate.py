@@ -40,7 +40,7 @@ import torch
 
 from neurotrain.tasks.gamma import library, physics
 
-RESPONSE_VERSION = 3
+RESPONSE_VERSION = 4
 LU176_BETA_ENDPOINT = 597.3  # keV, Q(1194.1) - 596.8 level (ENSDF)
 LU176_CASCADE = ((306.78, 0.936), (201.83, 0.780), (88.34, 0.145))  # keV, emission per decay (ENSDF)
 HF_Z = 72  # daughter of Lu-176
@@ -119,6 +119,7 @@ def response_key(sim: Any) -> dict[str, Any]:
         "e_min_kev": sim.e_min_kev,
         "e_max_kev": sim.e_max_kev,
         "photons": sim.response_photons,
+        "smooth": sim.response_smooth_channels,
         "seed": sim.response_seed,
     }
 
@@ -191,6 +192,7 @@ def build_response(sim: Any, device: torch.device | None = None, progress: bool 
         okk = (k >= 0) & (k < n_ch)
         flat = (which[part][okk] + start) * n_ch + k[okk]
         cont.index_add_(0, flat, torch.full_like(flat, 1.0 / n_per, dtype=torch.float32))
+    cont = smooth_response(cont.view(n_ch, n_ch), int(sim.response_smooth_channels)).reshape(-1)
     radius, height = d.radius_cm, d.height_cm
     volume = math.pi * radius**2 * height
     mass = volume * table.density
@@ -217,6 +219,28 @@ def build_response(sim: Any, device: torch.device | None = None, progress: bool 
         key, edges.cpu(), centers.cpu(), full.cpu(), cont.view(n_ch, n_ch).cpu(), lu.cpu(), mass, volume,
         {"density": table.density},
     )
+
+
+def smooth_response(cont: torch.Tensor, k: int) -> torch.Tensor:
+    """Average each row of the continuum with its 2k neighbours, each shifted so that features moving with the
+    incident energy (escape peaks E-511, E-1022, E-E_K; Compton edges, to first order) stay aligned.
+
+    This multiplies the Monte Carlo statistics per row by 2k+1 at the price of smearing features at a fixed
+    deposit energy (backscatter peak, slab x-rays) by +-k channels.
+    """
+    if k <= 0:
+        return cont
+    n = cont.shape[0]
+    rows = torch.arange(n, device=cont.device)
+    acc = torch.zeros_like(cont)
+    for j in range(-k, k + 1):  # 2k+1 aligned copies of the matrix
+        shifted = torch.roll(cont[(rows + j).clamp(0, n - 1)], shifts=-j, dims=1)
+        if j > 0:
+            shifted[:, n - j :] = 0
+        elif j < 0:
+            shifted[:, : -j] = 0
+        acc += shifted
+    return acc / (2 * k + 1)
 
 
 _MEMO: dict[tuple[str, str], Response] = {}

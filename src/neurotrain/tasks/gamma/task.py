@@ -71,6 +71,7 @@ class SimulateSection(Section):
     max_lines: int = Field(96, ge=8)
     line_merge_kev: float = Field(3.0, ge=0)
     response_photons: int = Field(2000, ge=10)
+    response_smooth_channels: int = Field(4, ge=0)
     response_seed: int = 12345
     lu176_events: int = Field(200_000, ge=1000)
     cache_dir: Path | None = None
