@@ -22,7 +22,7 @@ REPORT_KEYS = ("jaccard", "recall", "precision", "f1", "rmse_lat_nm", "rmse_ax_n
 
 
 def _tensors(df: pd.DataFrame) -> dict[str, torch.Tensor]:
-    return {c: torch.as_tensor(df[c].to_numpy()) for c in df.columns}
+    return {c: torch.as_tensor(df[c].to_numpy().copy()) for c in df.columns}
 
 
 def score_table(cfg: Any, locs: pd.DataFrame, truth: dict[str, torch.Tensor], threshold: float) -> tuple[dict[str, float], dict[str, Any]]:

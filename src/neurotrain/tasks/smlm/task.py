@@ -56,7 +56,7 @@ def truth_with_crlb(cfg: SMLMConfig, truth: pd.DataFrame, bg_map: torch.Tensor |
     from neurotrain.tasks.smlm.crlb import crlb
 
     px = cfg.simulate.pixel_size_nm
-    t = {c: torch.as_tensor(truth[c].to_numpy()) for c in ("frame", "x_nm", "y_nm", "z_nm", "photons") if c in truth}
+    t = {c: torch.as_tensor(truth[c].to_numpy().copy()) for c in ("frame", "x_nm", "y_nm", "z_nm", "photons") if c in truth}
     if "z_nm" not in t:
         t["z_nm"] = torch.zeros_like(t["x_nm"])
     if "photons" not in t:
