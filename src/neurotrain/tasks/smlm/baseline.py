@@ -8,7 +8,8 @@ spots. Each ``box x box`` spot is fitted with the pixel-integrated Gaussian plus
 Poisson maximum likelihood (Smith et al., Nat. Methods 7:373, 2010) with Levenberg-Marquardt
 iterations (Laurence & Chromy, Nat. Methods 7:338, 2010), all spots at once on the device.
 Astigmatic data fit sigma_x and sigma_y separately; z is read off the calibration curve by
-nearest approach in sqrt(sigma) space (Huang et al., Science 319:810, 2008).
+nearest approach in sqrt(sigma) space (Huang et al., Science 319:810, 2008). With a measured
+(spline) PSF the baseline fits a 2D Gaussian and reports z = 0.
 """
 
 from __future__ import annotations
@@ -140,7 +141,7 @@ def localise_baseline(frames: torch.Tensor, cfg: SMLMConfig, frame_offset: int =
     """
     bc = cfg.baseline
     px = cfg.simulate.pixel_size_nm
-    astig = cfg.psf.kind != "gaussian"
+    astig = cfg.psf.kind == "astigmatic"  # a measured (spline) PSF gets a 2D fit: z is not recovered
     s0 = float(psf_sigmas(cfg.psf, torch.zeros(1, dtype=torch.float64), px)[0])
     box = bc.box if bc.box % 2 == 1 else bc.box + 1
     half = box // 2

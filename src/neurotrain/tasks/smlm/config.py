@@ -43,14 +43,23 @@ class SimulateSection(Section):
 
 class PSFSection(Section):
     """Gaussian PSF width ~0.21 lambda/NA ~ 100-130 nm (Zhang et al. 2007); astigmatic defocus
-    curve of Huang et al. (2008) with focal offsets +-c and depth d."""
+    curve of Huang et al. (2008) with focal offsets +-c and depth d; ``spline``: a measured PSF
+    z-stack (``calibration``, see :mod:`neurotrain.tasks.smlm.spline`), where ``sigma_nm`` is only
+    the Gaussian width the baseline fit starts from."""
 
-    kind: Literal["gaussian", "astigmatic"] = "gaussian"
+    kind: Literal["gaussian", "astigmatic", "spline"] = "gaussian"
     sigma_nm: float = Field(120.0, gt=0)
     focal_offset_nm: float = 300.0
     depth_nm: float = Field(400.0, gt=0)
     astig_a: float = 0.0
     astig_b: float = 0.0
+    calibration: Path | None = None
+
+    @model_validator(mode="after")
+    def _spline_needs_calibration(self) -> PSFSection:
+        if self.kind == "spline" and self.calibration is None:
+            raise ValueError("psf.kind 'spline' needs psf.calibration (an HDF5 PSF z-stack, see tasks/smlm/spline.py)")
+        return self
 
 
 class CameraSection(Section):

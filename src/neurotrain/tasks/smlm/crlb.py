@@ -28,6 +28,9 @@ def crlb(x_px: torch.Tensor, y_px: torch.Tensor, z_nm: torch.Tensor, photons: to
     ``roi`` is the side of the square window summed over (0: 2 * ceil(5 sigma_max) + 1 pixels)
     centred on the pixel holding the emitter, its sub-pixel offset kept.
     """
+    if psf.kind == "spline":  # the bound below is for the analytic Gaussian PSFs only
+        nan = torch.full_like(photons, float("nan"))
+        return {"x_nm": nan, "y_nm": nan.clone(), "z_nm": nan.clone(), "photons": nan.clone(), "bg": nan.clone()}
     dt = torch.float64
     x, y, z = x_px.to(dt), y_px.to(dt), z_nm.to(dt)
     n, b = photons.to(dt).clamp(min=1e-3), bg.to(dt).clamp(min=1e-6)

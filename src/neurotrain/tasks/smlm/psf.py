@@ -71,7 +71,7 @@ def astig_sigma_dz(z: torch.Tensor, sigma0: float, c: float, d: float, a: float 
 def psf_sigmas(psf: PSFSection, z_nm: torch.Tensor, pixel_size_nm: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Widths ``(sigma_x, sigma_y)`` in pixels of the configured Gaussian PSF at ``z_nm``."""
     s0 = psf.sigma_nm / pixel_size_nm
-    if psf.kind == "gaussian":
+    if psf.kind in ("gaussian", "spline"):  # spline: the Gaussian approximation the baseline starts from
         s = torch.full_like(z_nm, s0)
         return s, s
     sx = astig_sigma(z_nm, s0, psf.focal_offset_nm, psf.depth_nm, psf.astig_a, psf.astig_b)
@@ -81,7 +81,7 @@ def psf_sigmas(psf: PSFSection, z_nm: torch.Tensor, pixel_size_nm: float) -> tup
 
 def psf_sigma_derivs(psf: PSFSection, z_nm: torch.Tensor, pixel_size_nm: float) -> tuple[torch.Tensor, torch.Tensor]:
     """``(d sigma_x/dz, d sigma_y/dz)`` in pixels per nm (zero for the 2D Gaussian)."""
-    if psf.kind == "gaussian":
+    if psf.kind in ("gaussian", "spline"):
         return torch.zeros_like(z_nm), torch.zeros_like(z_nm)
     s0 = psf.sigma_nm / pixel_size_nm
     return (astig_sigma_dz(z_nm, s0, psf.focal_offset_nm, psf.depth_nm, psf.astig_a, psf.astig_b),
@@ -100,6 +100,10 @@ def render_emitters(group: torch.Tensor, n_groups: int, x: torch.Tensor, y: torc
     from neurotrain.tasks.smlm.tensors import pad_by_group
 
     dev, dt = x.device, x.dtype
+    if psf.kind == "spline":
+        from neurotrain.tasks.smlm.spline import render_spline
+
+        return render_spline(group, n_groups, x, y, z, photons, height, width, psf)
     if x.numel() == 0:
         return torch.zeros(n_groups, height, width, device=dev, dtype=dt)
     sx, sy = psf_sigmas(psf, z, pixel_size_nm)
