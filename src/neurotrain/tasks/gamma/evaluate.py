@@ -111,6 +111,40 @@ def _line_shift(cfg: Any, outputs: dict[str, torch.Tensor], batch: dict[str, tor
     return res
 
 
+#: named lines reported one by one (FWHM, centroid, net area) in the single-source sets
+PER_LINE = {
+    "doublet_ba133": [80.9979, 302.8508, 356.0129, 383.8485],
+    "doublet_eu152": [121.7817, 344.2785, 778.9045, 964.057, 1085.837, 1112.076, 1408.013],
+    "negative_control": [185.72, 351.932, 609.312],
+}
+
+
+def _per_line(cfg: Any, outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], energies: list[float]) -> dict[str, dict[str, dict[str, float | None]]]:
+    """Mean FWHM, centroid and net area (counts) of each named line, per method, over the set's spectra."""
+    edges = channel_edges(cfg.simulate, batch["input"].device)
+    b = batch["input"].shape[0]
+    le = torch.tensor(energies, device=edges.device).expand(b, -1)
+    fw = scint_fwhm(le, batch["fwhm_params"][:, :1], batch["fwhm_params"][:, 1:2])
+    # windows end half-way to the nearest other true line of the spectrum (not only the named ones)
+    d = (le.unsqueeze(2) - batch["line_energy"].unsqueeze(1)).abs()
+    d = torch.where(batch["line_mask"].bool().unsqueeze(1) & (d > 0.5), d, torch.full_like(d, 1e9))
+    hw = torch.minimum(cfg.metrics.window_fwhm * fw, 0.5 * d.amin(2)).clamp_min(2.5 * float(edges[1] - edges[0]))
+    scale = batch["scale"].view(-1, 1)
+    res: dict[str, dict[str, dict[str, float | None]]] = {}
+    for name, pred in outputs.items():
+        m = measure_lines(pred * scale, edges, le, hw, cfg.metrics.tolerance_kev)
+        per: dict[str, dict[str, float | None]] = {}
+        for i, e in enumerate(energies):
+            ok = m["valid"][:, i]
+            per[f"{e:g}"] = {
+                "fwhm_kev": _f(m["fwhm"][ok, i].mean()) if bool(ok.any()) else None,
+                "centroid_kev": _f(m["centroid"][ok, i].mean()) if bool(ok.any()) else None,
+                "net_area_counts": _f(m["area"][:, i].mean()),
+            }
+        res[name] = per
+    return res
+
+
 def _fwhm_points(cfg: Any, outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     edges = channel_edges(cfg.simulate, batch["input"].device)
     le, lm = batch["line_energy"], batch["line_detectable"].bool()
@@ -166,6 +200,8 @@ def evaluate(cfg: Any, model: nn.Module | None, run_dir: Path, **options: Any) -
             entry["peaks_in_180_192_kev"] = _peaks_in_window(cfg, outs, batch, *NEGATIVE_WINDOW)
         if name == "unknown_lines":
             entry["unknown_line_shift"] = _line_shift(cfg, outs, batch, UNKNOWN_LINES)
+        if name in PER_LINE:
+            entry["per_line"] = _per_line(cfg, outs, batch, PER_LINE[name])
         metrics["sets"][name] = entry
         examples[name] = (batch, outs)
     mid = list(metrics["levels"])[min(HEADLINE_LEVEL_INDEX, len(metrics["levels"]) - 1)]
@@ -258,6 +294,17 @@ def _write_report(cfg: Any, out: Path, metrics: dict[str, Any], figures: list[Pa
         if "peaks_in_180_192_kev" in entry:
             md += ["Peaks found in 180-192 keV per spectrum (one is right: 185.7 and 186.2 keV are unresolvable):", ""]
             md += [f"- {k}: {v}" for k, v in entry["peaks_in_180_192_kev"].items()] + [""]
+        if "per_line" in entry:
+            methods = list(entry["per_line"])
+            md += ["Per line: FWHM keV / centroid keV / net area counts", "",
+                   "| line (keV) | " + " | ".join(methods) + " |", "| --- |" + " --- |" * len(methods)]
+            for e in entry["per_line"][methods[0]]:
+                cells = []
+                for m in methods:
+                    v = entry["per_line"][m][e]
+                    cells.append(" / ".join("—" if v[k] is None else f"{v[k]:.4g}" for k in ("fwhm_kev", "centroid_kev", "net_area_counts")))
+                md.append(f"| {e} | " + " | ".join(cells) + " |")
+            md.append("")
         if "unknown_line_shift" in entry:
             md += [f"Lines in no library ({', '.join(f'{e:g}' for e in UNKNOWN_LINES)} keV): centroid shift", ""]
             md += [f"- {k}: mean |shift| {v['mean_abs_shift_kev']} keV, moved fraction {v['moved_fraction']}" for k, v in entry["unknown_line_shift"].items()] + [""]
@@ -277,7 +324,7 @@ def _write_report(cfg: Any, out: Path, metrics: dict[str, Any], figures: list[Pa
                 continue
             elif line.startswith("| "):
                 cells = [html.escape(c.strip()) for c in line.strip("|").split("|")]
-                tag = "th" if cells and cells[0] == "method" else "td"
+                tag = "th" if cells and cells[0] in ("method", "line (keV)") else "td"
                 body.append("<tr>" + "".join(f"<{tag}>{c}</{tag}>" for c in cells) + "</tr>")
             elif line.startswith("!["):
                 name = line[line.index("(") + 1 : -1]
