@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import html
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -330,7 +331,7 @@ def _write_report(cfg: Any, out: Path, metrics: dict[str, Any], figures: list[Pa
                 name = line[line.index("(") + 1 : -1]
                 body.append(f'<img src="{html.escape(name)}" style="max-width:100%">')
             elif line:
-                body.append(f"<p>{html.escape(line)}</p>")
+                body.append("<p>" + re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", html.escape(line)) + "</p>")
         doc = "<!doctype html><meta charset='utf-8'><title>gamma evaluation</title><style>td,th{padding:2px 8px;border:1px solid #ccc}table{border-collapse:collapse}</style>"
         joined = "\n".join(body).replace("</p>\n<tr>", "</p>\n<table><tr>")
         # wrap consecutive table rows in <table>
