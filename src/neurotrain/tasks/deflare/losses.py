@@ -30,7 +30,8 @@ class VoxelLoss(nn.Module):
         self.count_weight = count_weight
 
     def forward(self, pred: torch.Tensor, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        target = batch["target"].to(pred.dtype)
+        pred = pred.float()  # bf16 autocast outputs: the loss itself in fp32
+        target = batch["target"].float()
         mse = F.mse_loss(pred, target)
         l1 = F.l1_loss(pred, target)
         base = mse if self.name.startswith("mse") else l1
