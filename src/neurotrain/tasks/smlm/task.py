@@ -165,6 +165,8 @@ class SMLMTask(Task):
 
         cfg = _cfg(cfg)
         fmt = options.get("format") or cfg.predict.format
+        do_render = options.get("render")
+        do_render = cfg.predict.render if do_render is None else bool(do_render)
         ext = {"h5": ".h5", "csv": ".csv", "picasso": ".hdf5", "auto": ".h5"}[fmt]
         inputs = [Path(p) for p in inputs]
         if not inputs:
@@ -191,10 +193,10 @@ class SMLMTask(Task):
                     ys.append(df["y_nm"].to_numpy())
 
                 localise_movie(stack, cfg, model, threshold=options.get("threshold"), sink=sink,
-                               progress=bool(options.get("progress", True)))
+                               progress=bool(options.get("progress", True)) and len(stack) > 1)
             stack.close()
             written.append(out)
-            if options.get("render", cfg.predict.render):
+            if do_render:
                 import numpy as np
 
                 img = render(np.concatenate(xs) if xs else np.zeros(0), np.concatenate(ys) if ys else np.zeros(0),
