@@ -273,19 +273,22 @@ class DeflareTask(Task):
             out = out_dir / noisy.name
             info = inspect_events(noisy)
             size = resolve_sensor_size(info, cfg)
-            vols: dict[str, dict[int, torch.Tensor]] = {}
-            for key, path in (("input", noisy), ("target", clean), ("output", out)):
-                vols[key] = {}
-                for idx, v in iter_file_voxels(path, cfg, size):
-                    for i, k in enumerate(idx):
-                        vols[key][k] = v[i : i + 1]
             mask = light_mask_from_attrs(info.attrs, size)
             lm = mask.float()[None, None, None] if mask is not None else None
             zero = torch.zeros((1, 1, cfg.voxel.num_bins, *size))
-            for k in sorted(set(vols["input"]) | set(vols["target"])):
-                update_all(
-                    metrics, vols["output"].get(k, zero), vols["target"].get(k, zero), vols["input"].get(k, zero), lm
-                )
+            streams = [_per_segment(iter_file_voxels(p, cfg, size)) for p in (out, clean, noisy)]
+            heads = [next(st, None) for st in streams]
+            # merge-join the three segment streams in time order: memory holds one segment each
+            while any(h is not None for h in heads):
+                k = min(h[0] for h in heads if h is not None)
+                vox = []
+                for j, h in enumerate(heads):
+                    if h is not None and h[0] == k:
+                        vox.append(h[1])
+                        heads[j] = next(streams[j], None)
+                    else:
+                        vox.append(zero)
+                update_all(metrics, vox[0], vox[1], vox[2], lm)
         return add_scores(compute_all(metrics))
 
     def evaluate(self, cfg: DeflareConfig, model: nn.Module | None, run_dir: Path, **options: Any) -> EvalResult:  # type: ignore[override]
@@ -384,6 +387,13 @@ class DeflareTask(Task):
     def example_input(self, cfg: DeflareConfig) -> tuple[torch.Tensor, ...]:  # type: ignore[override]
         h, w = cfg.voxel.sensor_size
         return (torch.zeros(1, cfg.model.in_channels, cfg.voxel.num_bins, h, w),)
+
+
+def _per_segment(it: Any) -> Any:
+    """(segment index, (1, 1, B, H, W) voxel) pairs from ``iter_file_voxels`` batches."""
+    for idx, v in it:
+        for i, k in enumerate(idx):
+            yield k, v[i : i + 1]
 
 
 def _markdown_table(table: dict[str, dict[str, float]], keys: list[str]) -> str:
