@@ -53,7 +53,9 @@ def test_metric_hand_case() -> None:
     assert r["rmse_lat_nm"] == pytest.approx(math.sqrt((50**2 + 0) / 2))
     assert r["efficiency_lat"] == pytest.approx(efficiency(50.0, r["rmse_lat_nm"], 1.0))
     assert r["photon_mae"] == pytest.approx((100 + 499) / 2)
-    assert r["rmse_over_crlb_lat"] == pytest.approx(r["rmse_lat_nm"] / math.sqrt(200.0))
+    # per-emitter normalised: errors 50 nm and 0 nm over a bound of sqrt(10^2 + 10^2) each
+    assert r["rmse_over_crlb_lat"] == pytest.approx(math.sqrt((50**2 / 200 + 0) / 2))
+    assert r["crlb_lat_nm"] == pytest.approx(math.sqrt(200.0))
 
 
 def test_average_precision() -> None:

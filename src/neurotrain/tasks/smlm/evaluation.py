@@ -51,6 +51,17 @@ def score_table(cfg: Any, locs: pd.DataFrame, truth: dict[str, torch.Tensor], th
     return res, {"dx": d[:, 0], "dy": d[:, 1], "dz": d[:, 2] if use_z else np.zeros(0), "pr": (prec, rec, ap)}
 
 
+def _per_axis_crlb(res: dict[str, Any]) -> dict[str, float]:
+    """Median CRLB per axis of a method's matched emitters (the lateral value is x-y combined)."""
+    lat, ax = res.get("crlb_lat_nm"), res.get("crlb_ax_nm")
+    out = {}
+    if lat is not None and math.isfinite(lat):
+        out["dx"] = out["dy"] = lat / math.sqrt(2.0)
+    if ax is not None and math.isfinite(ax):
+        out["dz"] = ax
+    return out
+
+
 def _clean(v: Any) -> Any:
     if isinstance(v, dict):
         return {k: _clean(x) for k, x in v.items()}
@@ -59,7 +70,7 @@ def _clean(v: Any) -> Any:
     return v
 
 
-def _write_outputs(report: Path, metrics: dict[str, Any], arrays: dict[str, dict[str, Any]], crlb: dict[str, float],
+def _write_outputs(report: Path, metrics: dict[str, Any], arrays: dict[str, dict[str, Any]], crlb: dict[str, dict[str, float]],
                    renders: dict[str, np.ndarray], header: str) -> Path:
     from neurotrain.tasks.smlm.io import save_render
     from neurotrain.tasks.smlm.plots import plot_errors_vs_crlb, plot_pr_curves
@@ -140,10 +151,7 @@ def evaluate_simulated(cfg: Any, model: nn.Module | None, report: Path, baseline
     metrics["movie"] = {"n_frames": cfg.evaluate.n_frames, "n_emitters": int(len(truth_df)),
                         "density_per_um2": cfg.simulate.density_per_um2, "psf": cfg.psf.kind,
                         "camera": cfg.camera.kind, "seed": cfg.evaluate.seed}
-    crlb = {"dx": float(np.sqrt(np.mean(truth["crlb_x_nm"].numpy() ** 2))),
-            "dy": float(np.sqrt(np.mean(truth["crlb_y_nm"].numpy() ** 2)))}
-    if cfg.psf.kind != "gaussian":
-        crlb["dz"] = float(np.sqrt(np.nanmean(truth["crlb_z_nm"].numpy() ** 2)))
+    crlb = {name: _per_axis_crlb(res) for name, res in metrics.items() if name != "movie"}
     header = (f"Simulated movie: {cfg.evaluate.n_frames} frames of {h}x{w} px ({px:g} nm), "
               f"{cfg.simulate.density_per_um2:g} emitters/um^2, {len(truth_df)} emitters, PSF {cfg.psf.kind}, "
               f"camera {cfg.camera.kind}, seed {cfg.evaluate.seed}.")
@@ -172,7 +180,7 @@ def evaluate_files(cfg: Any, pred: Path, truth: Path, report: Path) -> EvalResul
     h, w = cfg.simulate.frame_size
     renders = {"prediction": render(locs["x_nm"].to_numpy(), locs["y_nm"].to_numpy(), w * px, h * px,
                                     cfg.evaluate.render_px_nm)}
-    crlb = {"dx": float(np.sqrt(np.nanmean(t["crlb_x_nm"].numpy() ** 2)))} if "crlb_x_nm" in t else {}
+    crlb = {"prediction": _per_axis_crlb(res)}
     path = _write_outputs(report, metrics, {"prediction": arr}, crlb, renders,
                           f"Prediction `{pred}` scored against ground truth `{truth}`.")
     return EvalResult(metrics=_clean(metrics), headline_name="Jaccard index (%)", headline_network=res["jaccard"],

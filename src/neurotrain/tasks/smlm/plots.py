@@ -38,8 +38,9 @@ def plot_pr_curves(curves: dict[str, tuple[np.ndarray, np.ndarray, float]], path
     return path
 
 
-def plot_errors_vs_crlb(errors: dict[str, dict[str, np.ndarray]], crlb: dict[str, float], path: Path) -> Path:
-    """Histograms of matched errors (dx, dy, dz in nm) per method, with +-CRLB (the mean bound) marked."""
+def plot_errors_vs_crlb(errors: dict[str, dict[str, np.ndarray]], crlb: dict[str, dict[str, float]], path: Path) -> Path:
+    """Histograms of matched errors (dx, dy, dz in nm) per method, each with the normal density of
+    its own matched emitters' RMS Cramér-Rao bound (``crlb[method][axis]``, nm) dashed."""
     plt = _plt()
     axes_names = [a for a in ("dx", "dy", "dz") if any(np.isfinite(e.get(a, np.array([np.nan]))).any()
                                                         and np.abs(e.get(a, np.zeros(1))).max() > 0 for e in errors.values())]
@@ -48,13 +49,16 @@ def plot_errors_vs_crlb(errors: dict[str, dict[str, np.ndarray]], crlb: dict[str
     for ax, a in zip(axs[0], axes_names):
         lim = 150.0 if a != "dz" else 400.0
         bins = np.linspace(-lim, lim, 61)
-        for name, e in errors.items():
-            if a in e and len(e[a]):
-                ax.hist(np.clip(e[a], -lim, lim), bins=bins, histtype="step", density=True, label=name)
-        c = crlb.get(a)
-        if c is not None and np.isfinite(c):
-            xs = np.linspace(-lim, lim, 400)
-            ax.plot(xs, np.exp(-0.5 * (xs / c) ** 2) / (c * np.sqrt(2 * np.pi)), "k--", lw=1, label=f"CRLB N(0, {c:.1f} nm)")
+        for k, (name, e) in enumerate(errors.items()):
+            if a not in e or not len(e[a]):
+                continue
+            color = f"C{k}"
+            ax.hist(np.clip(e[a], -lim, lim), bins=bins, histtype="step", density=True, label=name, color=color)
+            c = crlb.get(name, {}).get(a)
+            if c is not None and np.isfinite(c) and c > 0:
+                xs = np.linspace(-lim, lim, 400)
+                ax.plot(xs, np.exp(-0.5 * (xs / c) ** 2) / (c * np.sqrt(2 * np.pi)), "--", color=color, lw=1,
+                        label=f"{name} CRLB ({c:.1f} nm)")
         ax.set_xlabel(f"{a} (nm)")
         ax.legend(fontsize=7)
     fig.suptitle("localisation error of matched emitters vs the Cramér-Rao bound")
