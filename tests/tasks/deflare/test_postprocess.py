@@ -59,3 +59,14 @@ def test_diverged_network_is_refused_not_written(tmp_path):
     with pytest.raises(DataError, match="max_events"):
         process_file(src, out, lambda v: v + 1000.0, cfg)
     assert not out.exists()
+
+
+def test_empty_recording_gives_an_empty_file_of_the_same_layout(tmp_path):
+    src = tmp_path / "empty.h5"
+    with EventWriter(src, attrs={"sensor_size": [24, 32]}):
+        pass
+    out = tmp_path / "o.h5"
+    r = process_file(src, out, identity_fn, small_cfg(tmp_path))
+    assert r.events_in == r.events_out == r.segments == 0
+    with h5py.File(out) as h:
+        assert all(h[f"events/{k}"].shape == (0,) for k in "txyp")
