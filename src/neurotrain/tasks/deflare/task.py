@@ -363,12 +363,12 @@ class DeflareTask(Task):
             extra={"table_markdown": md},
         )
 
-    def debug_outputs(self, cfg: DeflareConfig, batch: dict[str, torch.Tensor], pred: Any, debug_dir: Path, step: int = 0) -> None:
+    def debug_outputs(self, cfg: DeflareConfig, batch: dict[str, torch.Tensor], pred: Any, out_dir: Path, step: int = 0) -> None:  # type: ignore[override]
         """``train --debug``: the seed's folders for the first sample of a batch."""
         from neurotrain.tasks.deflare.plots import write_debug_folder
 
         write_debug_folder(
-            Path(debug_dir) / f"iter_{step:03d}", input_voxel=batch["input"][0, 0].detach().cpu(),
+            Path(out_dir) / f"iter_{step:03d}", input_voxel=batch["input"][0, 0].detach().cpu(),
             output_voxel=pred[0, 0].detach().float().cpu(), target_voxel=batch["target"][0, 0].detach().cpu(),
             duration_us=cfg.voxel.segment_duration_us, note=f"training step {step}",
         )
