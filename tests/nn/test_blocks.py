@@ -43,3 +43,11 @@ def test_residual_block_identity_shortcut_passes_gradients() -> None:
     x = torch.rand(2, 4, 32, requires_grad=True)
     b(x).sum().backward()
     assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("k", [2, 4])
+def test_up_block_kernels_double_exactly(k: int) -> None:
+    up = UpBlock(8, 4, dims=1, up_kernel=k)
+    assert up(torch.rand(2, 8, 13)).shape == (2, 4, 26)
+    with pytest.raises(ValueError, match="up_kernel"):
+        UpBlock(8, 4, up_kernel=3)

@@ -84,12 +84,21 @@ class ResidualBlock(nn.Module):
 
 
 class UpBlock(nn.Module):
-    """Transposed convolution (x2 up-sampling) followed by a :class:`ResidualBlock`."""
+    """Transposed convolution (x2 up-sampling) followed by a :class:`ResidualBlock`.
 
-    def __init__(self, cin: int, cout: int, dims: int = 1, kernel: int = 3, se_reduction: int | None = 8) -> None:
+    ``up_kernel`` 4 (stride 2, padding 1) gives overlapping kernels, which avoids the blocky output of the
+    non-overlapping kernel 2 (Odena et al., "Deconvolution and Checkerboard Artifacts", Distill 2016); both
+    double the size exactly.
+    """
+
+    def __init__(
+        self, cin: int, cout: int, dims: int = 1, kernel: int = 3, se_reduction: int | None = 8, up_kernel: int = 2
+    ) -> None:
         super().__init__()
         _check_dims(dims)
-        self.up = _TCONV[dims](cin, cout, 2, stride=2)
+        if up_kernel not in (2, 4):
+            raise ValueError(f"up_kernel must be 2 or 4 (got {up_kernel})")
+        self.up = _TCONV[dims](cin, cout, up_kernel, stride=2, padding=(up_kernel - 2) // 2)
         self.block = ResidualBlock(cout, cout, dims, kernel, 1, se_reduction)
 
     def forward(self, x: Tensor, skip: Tensor | None = None) -> Tensor:

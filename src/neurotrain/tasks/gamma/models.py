@@ -6,7 +6,8 @@ non-negative through softplus):
 * encoder: stem convolution, then ``depth`` strided (x1/2) residual stages doubling the width;
 * bottleneck: ``bottleneck_blocks`` residual blocks, FiLM-conditioned on the input detector's FWHM law
   (r662, power) when ``condition`` is set - one model serves LYSO, NaI and CsI spectra;
-* decoder: ConvTranspose1d up-sampling with *additive* skip connections;
+* decoder: ConvTranspose1d up-sampling (kernel ``up_kernel``, 4 = overlapping) with *additive* skip
+  connections;
 * head: ``SpectralResNet1D`` uses one 1x1 convolution; ``ImprovedSpectralResNet1D`` the seed's progressive
   head (C -> C/2 -> C/4 -> 1 with activations) and SE attention in every block.
 
@@ -54,6 +55,7 @@ class SpectralResNet1D(nn.Module):
         se_reduction: int = 8,
         condition: bool = True,
         cond_dim: int = 2,
+        up_kernel: int = 4,
     ) -> None:
         super().__init__()
         se = se_reduction if self.use_se else None
@@ -75,7 +77,9 @@ class SpectralResNet1D(nn.Module):
         )
         self.film = FiLM(cond_dim, widths[-1]) if condition else None
         self.film_out = FiLM(cond_dim, base_channels) if condition else None
-        self.up = nn.ModuleList([UpBlock(widths[i + 1], widths[i], 1, kernel_size, se) for i in reversed(range(depth))])
+        self.up = nn.ModuleList(
+            [UpBlock(widths[i + 1], widths[i], 1, kernel_size, se, up_kernel) for i in reversed(range(depth))]
+        )
         if self.progressive_head:
             c = base_channels
             self.head = nn.Sequential(
@@ -133,5 +137,5 @@ def build_model(cfg: object) -> nn.Module:
     return cls(
         in_channels=3, base_channels=m.base_channels, depth=m.depth, blocks_per_level=m.blocks_per_level,
         bottleneck_blocks=m.bottleneck_blocks, kernel_size=m.kernel_size, se_reduction=m.se_reduction,
-        condition=m.condition,
+        condition=m.condition, up_kernel=m.up_kernel,
     )
