@@ -56,6 +56,8 @@ CUDA_HEADROOM = 0.9
 CALLABLE_SAFETY_FACTOR = 4.0
 """Multiplier on (input + output) bytes when ``fn`` is not an ``nn.Module`` on CPU."""
 DEFAULT_PROBE_SIZE = 4
+VERIFY_ROUNDS = 3
+"""CUDA: how many times the chosen batch size is measured and shrunk to fit the cap."""
 
 
 class InferenceMemoryError(NeurotrainError):
@@ -311,7 +313,26 @@ def choose_batch_size(
             else:
                 per, fixed = peaks[-1] / sizes[-1], 0.0
             per = max(per, 1.0) + extra
-            return BatchPlan(clamp((CUDA_HEADROOM * cap - fixed) / per), per, fixed, cap, "cuda-probe")
+            b = clamp((CUDA_HEADROOM * cap - fixed) / per)
+            # Kernels pick workspaces by batch size (cuDNN), so the line through small probes
+            # can undershoot: measure the chosen size itself and shrink until it fits.
+            for _ in range(VERIFY_ROUNDS):
+                if b <= k:
+                    break
+                try:
+                    (peak,) = _probe_cuda(fn, inputs, [b], dev)
+                except (RuntimeError, MemoryError) as exc:
+                    if not (_is_oom(exc) or isinstance(exc, MemoryError)):
+                        raise
+                    del exc
+                    torch.cuda.empty_cache()
+                    b = max(1, b // 2)
+                    continue
+                used = peak + extra * b
+                if used <= CUDA_HEADROOM * cap:
+                    break
+                b = clamp(b * CUDA_HEADROOM * cap / used)
+            return BatchPlan(b, per, fixed, cap, "cuda-probe")
 
         batch = _slice_to(inputs, 0, k, dev)
         seen: set[tuple[int, int]] = set()
