@@ -55,7 +55,7 @@ class SpectralResNet1D(nn.Module):
         se_reduction: int = 8,
         condition: bool = True,
         cond_dim: int = 2,
-        up_kernel: int = 4,
+        up_kernel: int = 2,
     ) -> None:
         super().__init__()
         se = se_reduction if self.use_se else None

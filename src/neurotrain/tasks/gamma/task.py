@@ -96,7 +96,7 @@ class ModelSection(Section):
     bottleneck_blocks: int = Field(2, ge=0)
     kernel_size: int = Field(7, ge=3)
     se_reduction: int = Field(8, ge=1)
-    up_kernel: Literal[2, 4] = 4
+    up_kernel: Literal[2, 4] = 2
     condition: bool = True
 
 
