@@ -29,7 +29,7 @@ import torch
 from neurotrain.tasks.deflare.io import EventWriter
 from neurotrain.tasks.deflare.models import TrueResidualUNet3D, count_parameters
 from neurotrain.tasks.deflare.postprocess import model_fn, process_file
-from neurotrain.tasks.deflare.schema import DeflareConfig
+from neurotrain.tasks.deflare.config import DeflareConfig
 from neurotrain.tasks.deflare.voxel import events_to_voxel
 
 STAGES = ("read", "encode", "network", "decode", "write")

@@ -24,7 +24,7 @@ from neurotrain.tasks.gamma import baseline as bl
 from neurotrain.tasks.gamma import simulate as S
 from neurotrain.tasks.gamma.losses import build_loss
 from neurotrain.tasks.gamma.models import build_model
-from neurotrain.tasks.gamma.task import GammaConfig
+from neurotrain.tasks.gamma.config import GammaConfig
 
 
 def sync(device: torch.device) -> None:

@@ -248,8 +248,9 @@ def demo(
     for name in names:
         rows.append(run_demo(name))
     table = Table(title="neurotrain demo")
-    for col in ("task", "metric", "network", "baseline", "time (s)", "report"):
+    for col in ("task", "metric", "network", "baseline", "time (s)"):
         table.add_column(col)
+    table.add_column("report", overflow="fold")
     for r in rows:
         table.add_row(*r)
     out.print(table)

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from neurotrain.tasks.deflare.schema import DeflareConfig
+from neurotrain.tasks.deflare.config import DeflareConfig
 
 
 def small_cfg(tmp_path: Path | None = None, **over) -> DeflareConfig:

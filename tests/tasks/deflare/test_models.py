@@ -7,7 +7,7 @@ from neurotrain.config import load_config
 from neurotrain.errors import ConfigError
 from neurotrain.tasks.deflare.losses import VoxelLoss
 from neurotrain.tasks.deflare.models import TrueResidualUNet3D, build_model, count_parameters
-from neurotrain.tasks.deflare.schema import DeflareConfig
+from neurotrain.tasks.deflare.config import DeflareConfig
 
 REPO = Path(__file__).resolve().parents[3]
 

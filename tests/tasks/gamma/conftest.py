@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from neurotrain.tasks.gamma.task import GammaConfig
+from neurotrain.tasks.gamma.config import GammaConfig
 
 REALDATA = Path(__file__).resolve().parents[3] / ".." / "shared" / "realdata" / "gamma"
 

@@ -8,7 +8,7 @@ import torch
 from neurotrain.errors import ConfigError
 from neurotrain.tasks.gamma import losses as L
 from neurotrain.tasks.gamma import models
-from neurotrain.tasks.gamma.task import GammaConfig
+from neurotrain.tasks.gamma.config import GammaConfig
 
 
 def _spectra() -> torch.Tensor:

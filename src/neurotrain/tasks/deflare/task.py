@@ -24,7 +24,7 @@ from torch import nn
 from neurotrain.errors import ConfigError, DataError
 from neurotrain.registry import TASKS
 from neurotrain.task import EvalResult, Task
-from neurotrain.tasks.deflare.schema import DeflareConfig
+from neurotrain.tasks.deflare.config import DeflareConfig
 
 if TYPE_CHECKING:
     import optuna

@@ -186,7 +186,7 @@ def evaluate(cfg: Any, model: nn.Module | None, run_dir: Path, **options: Any) -
         "negative_control": Scene(sources=["Ra-226", "U-235"], counts=1e6, fwhm_662=ev.fwhm_662, power=ev.power, random_lines=0),
         "unknown_lines": Scene(sources=[], counts=1e6, fwhm_662=ev.fwhm_662, power=ev.power, random_line_energies=UNKNOWN_LINES),
     }
-    from neurotrain.tasks.gamma.task import CRYSTAL_RESOLUTION
+    from neurotrain.tasks.gamma.config import CRYSTAL_RESOLUTION
 
     for crystal in cfg.simulate.train_crystals:
         if crystal != cfg.simulate.detector.crystal:

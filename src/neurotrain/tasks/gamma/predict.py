@@ -34,7 +34,7 @@ def _parse_calibration(value: Any) -> list[float] | None:
 
 def fwhm_law(cfg: Any, options: dict[str, Any]) -> tuple[float, float]:
     """The input detector's (r662, power): options > cfg.predict > crystal defaults > cfg.evaluate."""
-    from neurotrain.tasks.gamma.task import CRYSTAL_RESOLUTION
+    from neurotrain.tasks.gamma.config import CRYSTAL_RESOLUTION
 
     p = cfg.predict
     crystal = options.get("crystal") or p.crystal

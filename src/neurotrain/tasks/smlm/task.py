@@ -8,8 +8,6 @@ SMLM challenge did, next to the classical box-detection + MLE-fit baseline.
 
 from __future__ import annotations
 
-import json
-import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 

@@ -1,0 +1,145 @@
+"""Config schema of the ``gamma`` task: every default of the simulator, network, loss, metrics,
+baseline, evaluation and prediction."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from neurotrain.config import Config, Section
+
+LAB_SOURCES = ["Am-241", "Ba-133", "Cs-137", "Co-57", "Co-60", "Na-22", "Eu-152", "Mn-54", "Y-88", "Co-58", "Cd-109"]
+
+#: Typical resolutions at 662 keV (FWHM / E) and power of the FWHM law per crystal, used when a user gives
+#: only the crystal name (Knoll, "Radiation Detection and Measurement", 4th ed., ch. 10; Saint-Gobain data).
+CRYSTAL_RESOLUTION: dict[str, tuple[float, float]] = {
+    "LYSO": (0.10, 0.5),
+    "NaI": (0.07, 0.5),
+    "CsI": (0.075, 0.5),
+    "LaBr3": (0.03, 0.5),
+}
+
+
+class DetectorSection(Section):
+    """Crystal cylinder and the slab behind it (lengths in cm)."""
+
+    crystal: Literal["LYSO", "NaI", "CsI", "LaBr3"] = "LYSO"
+    radius_cm: float = Field(1.27, gt=0)
+    height_cm: float = Field(2.54, gt=0)
+    slab_material: Literal["Pb", "Fe", "none"] = "Pb"
+    backscatter_fraction: float = Field(0.1, ge=0, le=1)
+
+
+class SimulateSection(Section):
+    """The spectrum simulator (``simulate.py``); energies in keV."""
+
+    n_channels: int = Field(1024, ge=64)
+    e_min_kev: float = Field(20.0, ge=0)
+    e_max_kev: float = Field(3000.0, gt=0)
+    detector: DetectorSection = DetectorSection()
+    #: crystals drawn per training batch (same geometry); empty = only ``detector.crystal``. Mixing LYSO, NaI
+    #: and CsI lets one FWHM-conditioned model serve all three.
+    train_crystals: list[Literal["LYSO", "NaI", "CsI", "LaBr3"]] = Field(default_factory=list)
+    sources: list[str] = Field(default_factory=lambda: list(LAB_SOURCES))
+    min_sources: int = Field(0, ge=0)
+    max_sources: int = Field(4, ge=1)
+    random_line_fraction: float = Field(0.4, ge=0, le=1)
+    max_random_lines: int = Field(6, ge=1)
+    counts_range: tuple[float, float] = (1e3, 1e7)
+    fwhm_662_range: tuple[float, float] = (0.06, 0.12)
+    power_range: tuple[float, float] = (0.45, 0.65)
+    hpge_fwhm_anchors: list[tuple[float, float]] = Field(
+        default_factory=lambda: [(122.0, 0.9), (662.0, 1.3), (1332.0, 1.9)]
+    )
+    source_rate_cps: tuple[float, float] = (300.0, 30000.0)
+    environment: bool = True
+    env_rate_cps_per_cm3: float = Field(1.0, ge=0)
+    env_continuum_share: float = Field(2.0, ge=0)
+    lu176_bq_per_g: float = Field(37.0, ge=0)
+    gain_jitter: float = Field(0.003, ge=0)
+    offset_jitter_kev: float = Field(1.0, ge=0)
+    detect_sigma: float = Field(5.0, gt=0)
+    max_lines: int = Field(96, ge=8)
+    line_merge_kev: float = Field(3.0, ge=0)
+    response_photons: int = Field(2000, ge=10)
+    response_smooth_channels: int = Field(4, ge=0)
+    response_seed: int = 12345
+    lu176_events: int = Field(200_000, ge=1000)
+    cache_dir: Path | None = None
+
+    @field_validator("sources")
+    @classmethod
+    def _known_sources(cls, v: list[str]) -> list[str]:
+        from neurotrain.tasks.gamma import library
+
+        known = library.sources()
+        bad = [s for s in v if s not in known]
+        if bad:
+            raise ValueError(f"unknown source(s) {bad} (known: {', '.join(known)})")
+        return v
+
+
+class ModelSection(Section):
+    name: Literal["SpectralResNet1D", "ImprovedSpectralResNet1D"] = "ImprovedSpectralResNet1D"
+    base_channels: int = Field(32, ge=4)
+    depth: int = Field(4, ge=1, le=8)
+    blocks_per_level: int = Field(1, ge=1)
+    bottleneck_blocks: int = Field(2, ge=0)
+    kernel_size: int = Field(7, ge=3)
+    se_reduction: int = Field(8, ge=1)
+    up_kernel: Literal[2, 4] = 2
+    condition: bool = True
+
+
+class LossSection(Section):
+    name: Literal["peak_weighted", "adaptive_peak_weighted", "poisson_nll", "mse"] = "peak_weighted"
+    peak_weight: float = Field(5.0, ge=0)
+    wavelet_sigma_channels: float = Field(2.0, gt=0)
+    peak_threshold: float = Field(0.05, ge=0)
+    log_weight: float = Field(0.1, ge=0)
+    area_weight: float = Field(0.1, ge=0)
+
+
+class MetricsSection(Section):
+    tolerance_kev: float = Field(3.0, gt=0)
+    window_fwhm: float = Field(1.5, gt=0)
+    detect_threshold: float = Field(4.0, gt=0)
+
+
+class BaselineSection(Section):
+    method: Literal["richardson_lucy", "gold"] = "richardson_lucy"
+    iterations: int = Field(200, ge=1)
+    boost_repetitions: int = Field(5, ge=1)
+    boost: float = Field(1.2, gt=0)
+    fwhm_662: float = Field(0.10, gt=0)
+    power: float = Field(0.5, gt=0)
+
+
+class EvaluateSection(Section):
+    count_levels: list[float] = Field(default_factory=lambda: [1e4, 1e5, 1e6])
+    spectra_per_level: int = Field(32, ge=1)
+    fwhm_662: float = Field(0.10, gt=0)
+    power: float = Field(0.5, gt=0)
+    figures: bool = True
+    html: bool = True
+
+
+class PredictSection(Section):
+    crystal: Literal["LYSO", "NaI", "CsI", "LaBr3"] | None = None
+    fwhm_662: float | None = None
+    power: float | None = None
+    conserve_counts: bool = True
+    plot: bool = True
+
+
+class GammaConfig(Config):
+    task: str = "gamma"
+    model: ModelSection = ModelSection()
+    simulate: SimulateSection = SimulateSection()
+    loss: LossSection = LossSection()
+    metrics: MetricsSection = MetricsSection()
+    baseline: BaselineSection = BaselineSection()
+    evaluate: EvaluateSection = EvaluateSection()
+    predict: PredictSection = PredictSection()
