@@ -241,6 +241,21 @@ def cuda_available_bytes(device: torch.device) -> float:
     return float(free + max(0, unused_reserved))
 
 
+def _halve_after_oom(exc: BaseException, size: int, dev: torch.device, max_memory_gb: float, where: str = "") -> int:
+    """The batch size to retry with after ``exc``; re-raises anything that is not out-of-memory,
+    and gives up with one line when a single sample did not fit."""
+    if not (_is_oom(exc) or isinstance(exc, MemoryError)):
+        raise exc
+    if dev.type == "cuda":
+        torch.cuda.empty_cache()
+    if size <= 1:
+        raise InferenceMemoryError(
+            f"inference: one sample does not fit in memory on {dev}{where} "
+            f"(max_memory_gb={max_memory_gb}); use a smaller input or another device"
+        ) from None
+    return max(1, size // 2)
+
+
 def _probe_cuda(fn: Callable[..., Any], inputs: Any, sizes: list[int], device: torch.device) -> list[int]:
     peaks = []
     for b in sizes:
@@ -297,16 +312,7 @@ def choose_batch_size(
                     peaks = _probe_cuda(fn, inputs, sizes, dev)
                     break
                 except (RuntimeError, MemoryError) as exc:
-                    if not (_is_oom(exc) or isinstance(exc, MemoryError)):
-                        raise
-                    del exc
-                    torch.cuda.empty_cache()
-                    if k == 1:
-                        raise InferenceMemoryError(
-                            f"inference: one sample does not fit in memory on {dev} while probing "
-                            f"(max_memory_gb={max_memory_gb}); use a smaller input or another device"
-                        ) from None
-                    k = max(1, k // 2)
+                    k = _halve_after_oom(exc, k, dev, max_memory_gb, " while probing")
             if len(peaks) == 2 and peaks[1] > peaks[0]:
                 per = (peaks[1] - peaks[0]) / (k - 1)
                 fixed = max(0.0, peaks[0] - per)
@@ -322,11 +328,7 @@ def choose_batch_size(
                 try:
                     (peak,) = _probe_cuda(fn, inputs, [b], dev)
                 except (RuntimeError, MemoryError) as exc:
-                    if not (_is_oom(exc) or isinstance(exc, MemoryError)):
-                        raise
-                    del exc
-                    torch.cuda.empty_cache()
-                    b = max(1, b // 2)
+                    b = _halve_after_oom(exc, b, dev, max_memory_gb, " while probing")
                     continue
                 used = peak + extra * b
                 if used <= CUDA_HEADROOM * cap:
@@ -440,18 +442,8 @@ def run_batched(
                             nxt = min(n, stop + bs)
                             ahead = (stop, nxt, _slice_to(inputs, stop, nxt, dev, pin=True))
                 except (RuntimeError, MemoryError) as exc:
-                    if not (_is_oom(exc) or isinstance(exc, MemoryError)):
-                        raise
-                    del exc
-                    batch = out = ahead = None
-                    if dev.type == "cuda":
-                        torch.cuda.empty_cache()
-                    if bs == 1:
-                        raise InferenceMemoryError(
-                            f"inference: one sample does not fit in memory on {dev} "
-                            f"(max_memory_gb={max_memory_gb}); use a smaller input or another device"
-                        ) from None
-                    bs = max(1, bs // 2)
+                    batch = out = ahead = None  # free this batch before the cache is emptied
+                    bs = _halve_after_oom(exc, bs, dev, max_memory_gb)
                     continue
                 # outside inference mode, so the sink gets ordinary tensors it may modify in place
                 out = _map(out, _to_cpu if sink is None else _to_cpu_owned)
