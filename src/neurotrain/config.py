@@ -126,9 +126,14 @@ class LoggingConfig(Section):
 
 
 class InferenceConfig(Section):
+    """Inference (predict / evaluate / test): memory cap, batch size, device and the
+    arithmetic: ``bf16`` / ``fp16`` autocast on the device (``fp32`` keeps full precision;
+    TF32 matmuls are allowed either way on CUDA)."""
+
     max_memory_gb: float = Field(4.0, gt=0)
     batch_size: int | None = None
     device: str = "auto"
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
 
 
 class Config(Section):

@@ -83,6 +83,23 @@ class BatchPlan:
 # --------------------------------------------------------------------------- helpers
 
 
+def autocast(device: torch.device | str, precision: str = "fp32") -> Any:
+    """A context for inference arithmetic: ``bf16``/``fp16`` autocast on ``device``, or nothing
+    for ``fp32``. On CUDA it also allows TF32 matmuls and convolutions (10-bit mantissa,
+    the Ampere/Hopper default for cuDNN convolutions anyway)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+    if precision == "fp32":
+        return nullcontext()
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    if device.type == "cpu" and dtype is torch.float16:
+        return nullcontext()  # CPU fp16 autocast is slower than fp32 and loses range
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
 def _is_oom(exc: BaseException) -> bool:
     oom_type = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", None)
     if oom_type is not None and isinstance(exc, oom_type):

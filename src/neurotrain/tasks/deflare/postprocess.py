@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from neurotrain.engine.inference import autocast
 from neurotrain.errors import DataError
 from neurotrain.tasks.deflare.io import (
     EventChunk,
@@ -189,7 +190,7 @@ def process_file(
 
 
 def model_fn(model: torch.nn.Module, device: torch.device | str, precision: str = "fp32") -> VoxelFn:
-    """Wrap a voxel network for :func:`process_file` (eval mode, optional bf16 autocast).
+    """Wrap a voxel network for :func:`process_file` (eval mode, optional bf16/fp16 autocast).
 
     A batch of segments that does not fit in device memory is split in halves (recursively,
     down to one segment) instead of failing, so ``pipeline.batch_segments`` is a speed knob,
@@ -199,10 +200,8 @@ def model_fn(model: torch.nn.Module, device: torch.device | str, precision: str 
     model = model.to(device).eval()
 
     def run(v: torch.Tensor) -> torch.Tensor:
-        if precision == "bf16":
-            with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
-                return model(v).float()
-        return model(v)
+        with autocast(device, precision):
+            return model(v).float()
 
     def fn(v: torch.Tensor) -> torch.Tensor:
         try:

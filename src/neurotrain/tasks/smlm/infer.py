@@ -46,17 +46,20 @@ class WindowSource:
 
 def network_fn(model: nn.Module, cfg: Any, threshold: float | None = None) -> Callable[[torch.Tensor], dict[str, torch.Tensor]]:
     """A function: ADU frames with halo ``[n + 2h, H, W]`` -> localisations of the ``n`` centre frames."""
+    from neurotrain.engine.inference import autocast
+
     window = cfg.simulate.window
 
     def fn(adu: torch.Tensor) -> dict[str, torch.Tensor]:
         x = camera_backward(adu.float(), cfg.camera) / cfg.model.input_scale
-        if hasattr(model, "frame_features"):
-            feats = model.frame_features(x[None])[0]  # [T, C, H, W], each frame encoded once
-            win = feats.unfold(0, window, 1).permute(0, 4, 1, 2, 3)  # [n, window, C, H, W]
-            out = model.from_features(win)
-        else:
-            out = model(x.unfold(0, window, 1).permute(0, 3, 1, 2))
-        return localise(out, cfg, threshold=threshold)
+        with autocast(x.device, cfg.inference.precision):
+            if hasattr(model, "frame_features"):
+                feats = model.frame_features(x[None])[0]  # [T, C, H, W], each frame encoded once
+                win = feats.unfold(0, window, 1).permute(0, 4, 1, 2, 3)  # [n, window, C, H, W]
+                out = model.from_features(win)
+            else:
+                out = model(x.unfold(0, window, 1).permute(0, 3, 1, 2))
+        return localise(out.float(), cfg, threshold=threshold)
 
     return fn
 
