@@ -33,6 +33,13 @@ from neurotrain.tasks.deflare.config import DeflareConfig
 from neurotrain.tasks.deflare.voxel import events_to_voxel
 
 STAGES = ("read", "encode", "network", "decode", "write")
+# "streamed": the default pipeline (one segment per network call, reading ahead and writing
+# behind in threads; stage seconds are what the device loop waits for). "serial": the whole
+# file in one batch, no overlap: each stage's own cost.
+PIPELINES = {
+    "streamed": {},
+    "serial": {"batch_segments": 5, "chunk_events": 1 << 22, "io_queue_depth": 0},
+}
 
 
 def sync(device: torch.device) -> None:
@@ -160,7 +167,7 @@ def markdown(r: dict) -> str:
     lines.append(f"File: {r['file']['events']} events, {r['file']['duration_ms']} ms, {r['file']['height']}x{r['file']['width']}; "
                  f"model {r['model']['parameters']:,} parameters (f_maps {r['model']['f_maps']}).")
     lines.append("")
-    lines.append("| precision | s / file | " + " | ".join(STAGES) + " |")
+    lines.append("| precision, pipeline | s / file | " + " | ".join(STAGES) + " |")
     lines.append("| --- | ---: |" + " ---: |" * len(STAGES))
     for prec, e in r["end_to_end"].items():
         lines.append(f"| {prec} | {e['seconds_per_file']:.3f} | " + " | ".join(
@@ -220,12 +227,13 @@ def main(argv: list[str] | None = None) -> int:
         for prec in ("fp32", "bf16"):
             if prec == "bf16" and device.type == "cpu":
                 continue
-            cfg = DeflareConfig.model_validate({
-                "model": {"f_maps": f_maps, "num_levels": len(f_maps)},
-                "voxel": {"sensor_size": [a.height, a.width]},
-                "pipeline": {"precision": prec, "batch_segments": 5, "chunk_events": 1 << 22},
-            })
-            res["end_to_end"][prec] = time_file(cfg, model_fn(model, device, prec), src, dst, device, a.repeats)
+            for variant, pipeline in PIPELINES.items():
+                cfg = DeflareConfig.model_validate({
+                    "model": {"f_maps": f_maps, "num_levels": len(f_maps)},
+                    "voxel": {"sensor_size": [a.height, a.width]},
+                    "pipeline": {"precision": prec, **pipeline},
+                })
+                res["end_to_end"][f"{prec} {variant}"] = time_file(cfg, model_fn(model, device, prec), src, dst, device, a.repeats)
         res["encoder"] = time_encoder(a.events, a.height, a.width, device)
         x = torch.zeros(5, 1, 8, a.height, a.width, device=device)
         res["network_only"] = time_network(model, x, device, a.repeats)

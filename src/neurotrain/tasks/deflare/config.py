@@ -91,8 +91,9 @@ class PathsSection(Section):
 class PipelineSection(Section):
     """File in, file out: batching, decoding, writing, debug figures."""
 
-    batch_segments: int = Field(5, ge=1)
-    chunk_events: int = Field(1 << 20, ge=1024)
+    batch_segments: int = Field(1, ge=1)
+    chunk_events: int = Field(1 << 18, ge=1024)
+    io_queue_depth: int = Field(2, ge=0)  # batches read ahead / written behind in threads; 0: no overlap
     compression: Literal["gzip", "none"] = "gzip"
     compression_level: int = Field(1, ge=0, le=9)
     precision: Literal["fp32", "bf16"] = "fp32"
