@@ -65,13 +65,15 @@ def movie(cfg: SMLMConfig, n: int, seed: int, dev: torch.device) -> tuple[torch.
 
 
 def bench_inference(cfg: SMLMConfig, model: torch.nn.Module, size: int, n_frames: int, dev: torch.device,
-                    repeats: int) -> dict[str, Any]:
-    c = with_updates(cfg, simulate={"frame_size": (size, size)}, inference={"batch_size": None})
+                    repeats: int, precision: str = "fp32", channels_last: bool = False,
+                    batch_256: int = 64) -> dict[str, Any]:
+    c = with_updates(cfg, simulate={"frame_size": (size, size)}, inference={"batch_size": None, "precision": precision})
     adu, _, _ = movie(c, n_frames, 7, dev)
     model = model.to(dev).eval()
+    model = model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     fn = network_fn(model, c)
     win = WindowSource(adu, c.simulate.window // 2)
-    bs = max(1, min(n_frames, int(64 * (256 / size) ** 2)))
+    bs = max(1, min(n_frames, int(batch_256 * (256 / size) ** 2)))
     with torch.inference_mode():
         fn(win[0:bs])  # warm-up
         sync(dev)
@@ -92,7 +94,8 @@ def bench_inference(cfg: SMLMConfig, model: torch.nn.Module, size: int, n_frames
     table = localise_movie(host, c_e2e, model, device=dev)
     sync(dev)
     e2e = time.perf_counter() - t0
-    return {"frame_size": size, "frames": n_frames, "batch_frames": bs,
+    model.to(memory_format=torch.contiguous_format)
+    return {"frame_size": size, "precision": precision, "channels_last": channels_last, "frames": n_frames, "batch_frames": bs,
             "device_fps": n_frames / best, "device_ms_per_frame": 1000 * best / n_frames,
             "device_locs_per_s": n_locs / best,
             "end_to_end_fps": n_frames / e2e, "end_to_end_locs": int(len(table)),
@@ -176,6 +179,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--train-steps", type=int, default=3000)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--acc-frames", type=int, default=500)
+    ap.add_argument("--precisions", default="fp32,bf16", help="inference arithmetic to time (inference.precision)")
+    ap.add_argument("--channels-last", default="0,1", help="also time NHWC weights (1), contiguous (0), or both")
+    ap.add_argument("--batch-256", type=int, default=64, help="frames per batch at 256x256 (scaled by area)")
+    ap.add_argument("--skip-accuracy", action="store_true")
     ap.add_argument("--smoke", action="store_true", help="tiny sizes, CPU-friendly")
     a = ap.parse_args(argv)
     dev = torch.device(a.device)
@@ -190,23 +197,32 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     model_2d, result["train_2d"] = train(cfg, a.train_steps, dev, a.batch)
     n_par = sum(p.numel() for p in model_2d.parameters())
     result["parameters"] = n_par
-    result["inference"] = [bench_inference(cfg, model_2d, int(s), a.frames, dev, a.repeats) for s in a.sizes.split(",")]
+    precs = [p for p in a.precisions.split(",") if dev.type == "cuda" or p == "fp32"]
+    layouts = [bool(int(v)) for v in a.channels_last.split(",")] if dev.type == "cuda" else [False]
+    result["inference"] = [bench_inference(cfg, model_2d, int(s), a.frames, dev, a.repeats, p, cl, a.batch_256)
+                           for s in a.sizes.split(",") for p in precs for cl in layouts]
     cfg3 = with_updates(cfg, psf={"kind": "astigmatic"})
-    model_3d, result["train_3d"] = train(cfg3, a.train_steps, dev, a.batch)
     acc = {}
-    for name, c, m in (("2D low", cfg, model_2d), ("2D high", cfg, model_2d), ("3D low", cfg3, model_3d),
-                       ("3D high", cfg3, model_3d)):
+    runs = (("2D low", cfg, model_2d), ("2D high", cfg, model_2d))
+    if not a.skip_accuracy:
+        model_3d, result["train_3d"] = train(cfg3, a.train_steps, dev, a.batch)
+        runs += (("3D low", cfg3, model_3d), ("3D high", cfg3, model_3d))
+    for name, c, m in runs if not a.skip_accuracy else ():
         dens = 0.1 if "low" in name else 1.0
         acc[name] = accuracy(with_updates(c, simulate={"density_per_um2": dens}), m, a.acc_frames, dev, seed=2024)
         acc[name]["density_per_um2"] = dens
     result["accuracy"] = acc
     print(json.dumps(result, indent=2))
     lines = [f"### smlm on {result['device']} ({cfg.model.name}, {n_par/1e6:.2f} M parameters)", "",
-             "| frame | device frames/s | ms/frame | locs/s | end-to-end frames/s | peak GB |", "| --- | --- | --- | --- | --- | --- |"]
+             "| frame | arithmetic | device frames/s | ms/frame | locs/s | end-to-end frames/s | peak GB |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
     for r in result["inference"]:
-        lines.append(f"| {r['frame_size']}x{r['frame_size']} | {fmt(r['device_fps'])} | {fmt(r['device_ms_per_frame'])} | "
+        lay = ", NHWC" if r["channels_last"] else ""
+        lines.append(f"| {r['frame_size']}x{r['frame_size']} | {r['precision']}{lay} | {fmt(r['device_fps'])} | {fmt(r['device_ms_per_frame'])} | "
                      f"{fmt(r['device_locs_per_s'])} | {fmt(r['end_to_end_fps'])} | {fmt(r['peak_mem_gb'])} |")
     for k in ("train_2d", "train_3d"):
+        if k not in result:
+            continue
         t = result[k]
         lines.append(f"\n{k}: {fmt(t['steps_per_s'])} steps/s at batch {t['batch']} ({t['frame_size'][0]}x{t['frame_size'][1]}), "
                      f"simulation {fmt(t['simulate_batch_ms'])} ms/batch, peak {fmt(t['peak_mem_gb'])} GB, {t['steps']} steps")
