@@ -33,12 +33,15 @@ from neurotrain.tasks.deflare.config import DeflareConfig
 from neurotrain.tasks.deflare.voxel import events_to_voxel
 
 STAGES = ("read", "encode", "network", "decode", "write")
-# "streamed": the default pipeline (one segment per network call, reading ahead and writing
-# behind in threads; stage seconds are what the device loop waits for). "serial": the whole
-# file in one batch, no overlap: each stage's own cost.
+# "streamed": the GPU default (one segment per network call, replayed as a CUDA graph, reading
+# ahead and writing behind in threads; stage seconds are what the device loop waits for).
+# "serial": the whole file in one batch, no overlap: each stage's own cost. "eager": without
+# CUDA graphs.
 PIPELINES = {
-    "streamed": {},
+    "streamed": {"batch_segments": 1},
+    "streamed eager": {"batch_segments": 1, "cuda_graphs": False},
     "serial": {"batch_segments": 5, "chunk_events": 1 << 22, "io_queue_depth": 0},
+    "serial eager": {"batch_segments": 5, "chunk_events": 1 << 22, "io_queue_depth": 0, "cuda_graphs": False},
 }
 
 
@@ -233,7 +236,10 @@ def main(argv: list[str] | None = None) -> int:
                     "voxel": {"sensor_size": [a.height, a.width]},
                     "pipeline": {"precision": prec, **pipeline},
                 })
-                res["end_to_end"][f"{prec} {variant}"] = time_file(cfg, model_fn(model, device, prec), src, dst, device, a.repeats)
+                if device.type == "cpu" and "eager" in variant:
+                    continue  # CUDA graphs only exist on the GPU
+                fn = model_fn(model, device, prec, cfg.pipeline.cuda_graphs)
+                res["end_to_end"][f"{prec} {variant}"] = time_file(cfg, fn, src, dst, device, a.repeats)
         res["encoder"] = time_encoder(a.events, a.height, a.width, device)
         x = torch.zeros(5, 1, 8, a.height, a.width, device=device)
         res["network_only"] = time_network(model, x, device, a.repeats)

@@ -102,6 +102,23 @@ def bench_inference(cfg: SMLMConfig, model: torch.nn.Module, size: int, n_frames
             "peak_mem_gb": torch.cuda.max_memory_allocated(dev) / 1e9 if dev.type == "cuda" else None}
 
 
+def profile_kernels(cfg: SMLMConfig, model: torch.nn.Module, dev: torch.device, batch_256: int) -> None:
+    from torch.profiler import ProfilerActivity, profile
+
+    c = with_updates(cfg, simulate={"frame_size": (256, 256)}, inference={"precision": "bf16"})
+    adu, _, _ = movie(c, batch_256 + 2, 7, dev)
+    model = model.to(dev).eval().to(memory_format=torch.channels_last)
+    fn = network_fn(model, c)
+    with torch.inference_mode():
+        fn(adu)
+        sync(dev)
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            fn(adu)
+            sync(dev)
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=18, max_name_column_width=70))
+    model.to(memory_format=torch.contiguous_format)
+
+
 def train(cfg: SMLMConfig, steps: int, dev: torch.device, batch: int) -> tuple[torch.nn.Module, dict[str, Any]]:
     torch.manual_seed(cfg.seed)
     model = build_model(cfg).to(dev)
@@ -183,6 +200,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--channels-last", default="0,1", help="also time NHWC weights (1), contiguous (0), or both")
     ap.add_argument("--batch-256", type=int, default=64, help="frames per batch at 256x256 (scaled by area)")
     ap.add_argument("--skip-accuracy", action="store_true")
+    ap.add_argument("--compile", action="store_true", help="also time torch.compile'd U-Nets (bf16, NHWC)")
+    ap.add_argument("--profile", action="store_true", help="print the top CUDA kernels of one 256x256 bf16 batch")
     ap.add_argument("--smoke", action="store_true", help="tiny sizes, CPU-friendly")
     a = ap.parse_args(argv)
     dev = torch.device(a.device)
@@ -201,6 +220,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     layouts = [bool(int(v)) for v in a.channels_last.split(",")] if dev.type == "cuda" else [False]
     result["inference"] = [bench_inference(cfg, model_2d, int(s), a.frames, dev, a.repeats, p, cl, a.batch_256)
                            for s in a.sizes.split(",") for p in precs for cl in layouts]
+    if a.profile and dev.type == "cuda":
+        profile_kernels(cfg, model_2d, dev, a.batch_256)
+    if a.compile and dev.type == "cuda":
+        compiled = build_model(cfg).to(dev).eval()
+        compiled.load_state_dict(model_2d.state_dict())
+        for name in ("shared_unet", "union_unet"):
+            setattr(compiled, name, torch.compile(getattr(compiled, name), mode="max-autotune-no-cudagraphs", dynamic=False))
+        for s in a.sizes.split(","):
+            t0 = time.perf_counter()
+            r = bench_inference(cfg, compiled, int(s), a.frames, dev, a.repeats, "bf16", True, a.batch_256)
+            r["precision"] = "bf16 compiled"
+            r["compile_and_run_s"] = time.perf_counter() - t0
+            result["inference"].append(r)
     cfg3 = with_updates(cfg, psf={"kind": "astigmatic"})
     acc = {}
     runs = (("2D low", cfg, model_2d), ("2D high", cfg, model_2d))

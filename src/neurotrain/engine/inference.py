@@ -100,6 +100,71 @@ def autocast(device: torch.device | str, precision: str = "fp32") -> Any:
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+class GraphedForward:
+    """Inference through CUDA graphs: ``module`` captured once per input shape, then replayed.
+
+    A U-Net forward is hundreds of small kernel launches; replaying a captured graph costs
+    one launch, so the Python thread that drives the device is free for I/O threads and a
+    batch-1 call runs at the device's speed, not the launcher's. Inputs are copied into a
+    static buffer and outputs cloned out (``float32``). At most ``max_graphs`` shapes are
+    kept (least recently used dropped). On CPU, or if capture fails (an op that cannot be
+    captured), it runs the module eagerly under the same autocast.
+    """
+
+    def __init__(self, module: nn.Module, precision: str = "fp32", max_graphs: int = 4) -> None:
+        self.module = module
+        self.precision = precision
+        self.max_graphs = max_graphs
+        self._graphs: dict[tuple[Any, ...], tuple[torch.Tensor, torch.Tensor, Any]] = {}
+        self._eager = False
+
+    def _autocast(self, device: torch.device) -> Any:
+        if self.precision == "fp32":
+            return nullcontext()
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[self.precision]
+        # autocast's weight-cast cache must be off while capturing (PyTorch CUDA-graph notes)
+        return torch.autocast(device_type=device.type, dtype=dtype, cache_enabled=False)
+
+    def _eager_call(self, x: torch.Tensor) -> torch.Tensor:
+        with autocast(x.device, self.precision):
+            return self.module(x).float()
+
+    def _capture(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, Any]:
+        static_in = x.clone()
+        side = torch.cuda.Stream(x.device)
+        side.wait_stream(torch.cuda.current_stream(x.device))
+        with torch.cuda.stream(side), self._autocast(x.device):
+            for _ in range(2):  # cuDNN autotuning and lazy allocations happen outside the graph
+                self.module(static_in)
+        torch.cuda.current_stream(x.device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph), self._autocast(x.device):
+            static_out = self.module(static_in).float()
+        return static_in, static_out, graph
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type != "cuda" or self._eager:
+            return self._eager_call(x)
+        key = (tuple(x.shape), x.dtype, x.device)
+        entry = self._graphs.pop(key, None)
+        if entry is None:
+            if len(self._graphs) >= self.max_graphs:
+                self._graphs.pop(next(iter(self._graphs)))
+            try:
+                entry = self._capture(x)
+            except torch.OutOfMemoryError:
+                raise
+            except RuntimeError:
+                self._eager = True  # not capturable: stay eager for good
+                return self._eager_call(x)
+        self._graphs[key] = entry
+        static_in, static_out, graph = entry
+        static_in.copy_(x)
+        graph.replay()
+        return static_out.clone()
+
+
 def _is_oom(exc: BaseException) -> bool:
     oom_type = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", None)
     if oom_type is not None and isinstance(exc, oom_type):

@@ -91,12 +91,14 @@ class PathsSection(Section):
 class PipelineSection(Section):
     """File in, file out: batching, decoding, writing, debug figures."""
 
-    batch_segments: int = Field(1, ge=1)
+    batch_segments: int | None = Field(None, ge=1)  # None: 1 on a GPU, cpu_batch_segments on CPU
+    cpu_batch_segments: int = Field(8, ge=1)
+    cuda_graphs: bool = True  # replay the network as a CUDA graph per input shape
     chunk_events: int = Field(1 << 18, ge=1024)
     io_queue_depth: int = Field(2, ge=0)  # batches read ahead / written behind in threads; 0: no overlap
     compression: Literal["gzip", "none"] = "gzip"
     compression_level: int = Field(1, ge=0, le=9)
-    precision: Literal["fp32", "bf16"] = "fp32"
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     decode_seed: int = 0
     max_events_factor: float = Field(20.0, gt=0)
     debug_dir: Path = Path("debug_output")

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from neurotrain.engine.inference import autocast
+from neurotrain.engine.inference import GraphedForward, autocast
 from neurotrain.errors import DataError
 from neurotrain.io.background import BackgroundSink, prefetch
 from neurotrain.tasks.deflare.io import (
@@ -55,6 +55,15 @@ class FileResult:
 def resolve_sensor_size(info: EventFileInfo, cfg: Any) -> tuple[int, int]:
     """The file's own ``sensor_size`` attribute, else ``voxel.sensor_size`` from the config."""
     return tuple(info.sensor_size) if info.sensor_size else tuple(cfg.voxel.sensor_size)  # type: ignore[return-value]
+
+
+def segments_per_batch(pl: Any, device: torch.device) -> int:
+    """``pipeline.batch_segments``, or when unset: 1 on a GPU (segments stream through while
+    I/O threads work ahead and behind) and ``pipeline.cpu_batch_segments`` on a CPU (where a
+    batch-1 3D convolution is several times slower per segment than a batch of 8)."""
+    if pl.batch_segments is not None:
+        return int(pl.batch_segments)
+    return 1 if device.type == "cuda" else int(pl.cpu_batch_segments)
 
 
 def _batched(segments: Iterator[Segment], n: int) -> Iterator[list[Segment]]:
@@ -93,7 +102,7 @@ def iter_file_voxels(
     size = size or resolve_sensor_size(info, cfg)
     D = cfg.voxel.segment_duration_us
     chunks = iter_chunks(path, cfg.pipeline.chunk_events, size, info)
-    for segs in _batched(iter_segments(chunks, D), cfg.pipeline.batch_segments):
+    for segs in _batched(iter_segments(chunks, D), segments_per_batch(cfg.pipeline, torch.device(device))):
         vox, _ = encode_segments(segs, cfg, size, torch.device(device))
         yield [s.index for s in segs], vox
 
@@ -138,8 +147,8 @@ def process_file(
         writer.__enter__()
         w = writer
         sink = BackgroundSink(lambda e: w.append(e["t"], e["x"], e["y"], e["p"]), pl.io_queue_depth)
-    batches = prefetch(_batched(iter_segments(iter_chunks(in_path, pl.chunk_events, size, info), D), pl.batch_segments),
-                       pl.io_queue_depth)
+    batches = prefetch(_batched(iter_segments(iter_chunks(in_path, pl.chunk_events, size, info), D),
+                                segments_per_batch(pl, device)), pl.io_queue_depth)
     try:
         batch_no = 0
         while True:
@@ -178,7 +187,7 @@ def process_file(
             res.segments += len(segs)
             if debug_hook is not None and batch_no < pl.debug_iterations:
                 debug_hook({
-                    "file": in_path, "batch": batch_no, "input_voxel": vin, "output_voxel": vout,
+                    "file": in_path, "batch": batch_no, "segment_offset": res.segments - len(segs), "input_voxel": vin, "output_voxel": vout,
                     "starts": starts, "sensor_size": size, "output_events": ev_np,
                     "input_events": EventChunk.concat([s.events for s in segs]), "fn": fn,
                 })
@@ -207,8 +216,10 @@ def process_file(
     return res
 
 
-def model_fn(model: torch.nn.Module, device: torch.device | str, precision: str = "fp32") -> VoxelFn:
-    """Wrap a voxel network for :func:`process_file` (eval mode, optional bf16/fp16 autocast).
+def model_fn(model: torch.nn.Module, device: torch.device | str, precision: str = "fp32",
+             cuda_graphs: bool = True) -> VoxelFn:
+    """Wrap a voxel network for :func:`process_file` (eval mode, optional bf16/fp16 autocast,
+    CUDA graphs on a GPU, see :class:`neurotrain.engine.inference.GraphedForward`).
 
     A batch of segments that does not fit in device memory is split in halves (recursively,
     down to one segment) instead of failing, so ``pipeline.batch_segments`` is a speed knob,
@@ -216,8 +227,11 @@ def model_fn(model: torch.nn.Module, device: torch.device | str, precision: str 
     """
     device = torch.device(device)
     model = model.to(device).eval()
+    graphed = GraphedForward(model, precision) if cuda_graphs and device.type == "cuda" else None
 
     def run(v: torch.Tensor) -> torch.Tensor:
+        if graphed is not None:
+            return graphed(v)
         with autocast(device, precision):
             return model(v).float()
 
