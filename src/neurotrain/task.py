@@ -73,8 +73,11 @@ class Task:
     def update_metrics(self, metrics: MetricCollection, pred: Any, batch: dict[str, torch.Tensor]) -> None:
         metrics.update(pred, batch["target"])
 
-    def debug_outputs(self, cfg: Config, batch: dict[str, torch.Tensor], pred: Any, out_dir: Path, step: int) -> None:
-        """Figures for ``train --debug``, called on the first training steps only."""
+    def debug_outputs(
+        self, cfg: Config, batch: dict[str, torch.Tensor], pred: Any, out_dir: Path, step: int, epoch: int = 0
+    ) -> None:
+        """Figures for ``train --debug``, called on the first training steps only (``step``: the
+        global step; ``epoch``: passed by the engine only to overrides that declare it)."""
 
     # ------------------------------------------------------------------ data
     def simulate_batch(

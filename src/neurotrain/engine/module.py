@@ -8,6 +8,7 @@ batch of seeds arrives from the data loader, so the GPU never waits on a CPU wor
 
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Any
 
@@ -106,7 +107,10 @@ class TaskModule(L.LightningModule):
             self.log(f"train/{k}", v, on_step=True, on_epoch=True, batch_size=bs)
         if self.debug_dir is not None and self._debug_steps_left > 0:
             self._debug_steps_left -= 1
-            self.task.debug_outputs(self.cfg, batch, pred, self.debug_dir, step=self.global_step)
+            # ``epoch`` only for tasks whose debug_outputs takes it (older ones stop at ``step``)
+            takes_epoch = "epoch" in inspect.signature(self.task.debug_outputs).parameters
+            extra = {"epoch": self.current_epoch} if takes_epoch else {}
+            self.task.debug_outputs(self.cfg, batch, pred, self.debug_dir, step=self.global_step, **extra)
         return loss
 
     def _eval_step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:

@@ -131,7 +131,7 @@ def test_train_debug_outputs(tmp_path, cfg):
     batch = TASK.simulate_batch(cfg, 2, g, torch.device("cpu"))
     model = TASK.build_model(cfg)
     TASK.debug_outputs(cfg, batch, model(batch["input"]), tmp_path / "dbg", step=0)
-    d = tmp_path / "dbg" / "iter_000"
+    d = tmp_path / "dbg" / "epoch_000_iter_000"
     assert (d / "4_target_events").is_dir() and (d / "6_target_voxel").is_dir()
     assert "residual is zero (network still the identity): True" in (d / "debug_summary.txt").read_text()
 

@@ -118,10 +118,12 @@ def write_debug_folder(
 ) -> Path:
     """The seed's debug folder for one segment (voxels (B, H, W)).
 
-    Folders: ``1_input_events/``, ``3_input_voxel/``, ``4_target_events/``,
-    ``6_target_voxel/``, ``7_output_events/``, ``8_residual_voxel/``, ``9_output_voxel/``
-    and ``debug_summary.txt`` (statistics, the identity check ``output == input +
-    residual`` and event counts).
+    Folders: ``1_input_events/``, ``3_input_voxel/``, ``4_target_events/`` and
+    ``6_target_voxel/`` (with a target), ``7_output_events/``, ``8_residual_voxel/``,
+    ``8_residual_events/`` (only when the residual is non-zero: its signed counts decoded as
+    events, red = added ON / removed OFF, blue = the opposite), ``9_output_voxel/`` and
+    ``debug_summary.txt`` (``note``, mean/std per voxel, the identity check ``output ==
+    input + residual`` and event counts).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -135,6 +137,12 @@ def write_debug_folder(
     plot_voxel_bins(input_voxel, out_dir / "3_input_voxel" / "input_voxel_temporal_bins.png", "input voxel")
     plot_voxel_bins(output_voxel, out_dir / "9_output_voxel" / "output_voxel_temporal_bins.png", "output voxel")
     plot_voxel_bins(residual, out_dir / "8_residual_voxel" / "residual_voxel_temporal_bins.png", "residual = output - input")
+    residual_events = None
+    if torch.round(residual).any():
+        residual_events = _events_of(residual, duration_us)
+        folder = out_dir / "8_residual_events"
+        plot_event_frames(residual_events, size, folder / "residual_2d_red_blue.png", title="residual events")
+        plot_event_scatter3d(residual_events, size, folder / "residual_3d_spatiotemporal.png", title="residual events")
     lines = [note] if note else []
     if target_voxel is not None:
         tg_ev = _events_of(target_voxel, duration_us)
@@ -152,6 +160,8 @@ def write_debug_folder(
     lines.append(f"events: input {len(in_ev['t'])}, output {len(out_ev['t'])}, ratio {len(out_ev['t']) / max(len(in_ev['t']), 1):.3f}")
     if target_voxel is not None:
         lines.append(f"events: target {int(torch.round(target_voxel.float()).abs().sum())}")
+    if residual_events is not None:
+        lines.append(f"events: residual {len(residual_events['t'])}")
     (out_dir / "debug_summary.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return out_dir
 

@@ -137,7 +137,7 @@ class DeflareTask(Task):
         if method == "network":
             if model is None:
                 raise ConfigError("config error: a checkpoint is required (or use --baseline for encode -> decode only)")
-            return model_fn(model, device, cfg.pipeline.precision)
+            return model_fn(model, device, cfg.pipeline.precision, cfg.pipeline.cuda_graphs)
         if method == "codec":
             return identity_fn
         if method == "ba_filter":
@@ -164,7 +164,7 @@ class DeflareTask(Task):
             mo = ev_out["segment"] == 0
             ev_out_d = {k: ev_out[k][mo] for k in ("t", "x", "y", "p")}
             write_debug_folder(
-                cfg.pipeline.debug_dir / f"{tag}_{name}_seg_{info['batch'] * cfg.pipeline.batch_segments}",
+                cfg.pipeline.debug_dir / f"{tag}_{name}_seg_{info['segment_offset']}",
                 input_voxel=vin[0, 0].cpu(), output_voxel=vout[0, 0].cpu(), duration_us=D,
                 input_events=ev_in_d, output_events=ev_out_d,
                 note=f"file {info['file']}, segment start {t0} µs, mode {tag}",
@@ -363,14 +363,17 @@ class DeflareTask(Task):
             extra={"table_markdown": md},
         )
 
-    def debug_outputs(self, cfg: DeflareConfig, batch: dict[str, torch.Tensor], pred: Any, out_dir: Path, step: int = 0) -> None:  # type: ignore[override]
-        """``train --debug``: the seed's folders for the first sample of a batch."""
+    def debug_outputs(  # type: ignore[override]
+        self, cfg: DeflareConfig, batch: dict[str, torch.Tensor], pred: Any, out_dir: Path, step: int = 0, epoch: int = 0
+    ) -> None:
+        """``train --debug``: the seed's folder ``epoch_EEE_iter_SSS/`` (training epoch, global
+        step, as the seed's ``checkpoint_epoch_0027_iter_077500``) for the first sample of a batch."""
         from neurotrain.tasks.deflare.plots import write_debug_folder
 
         write_debug_folder(
-            Path(out_dir) / f"iter_{step:03d}", input_voxel=batch["input"][0, 0].detach().cpu(),
+            Path(out_dir) / f"epoch_{epoch:03d}_iter_{step:03d}", input_voxel=batch["input"][0, 0].detach().cpu(),
             output_voxel=pred[0, 0].detach().float().cpu(), target_voxel=batch["target"][0, 0].detach().cpu(),
-            duration_us=cfg.voxel.segment_duration_us, note=f"training step {step}",
+            duration_us=cfg.voxel.segment_duration_us, note=f"training epoch {epoch}, step {step}",
         )
 
     def search_space(self, trial: optuna.Trial) -> dict[str, Any]:
