@@ -142,6 +142,9 @@ class PredictSection(Section):
     chunk_frames: int = Field(256, ge=1)
     render: bool = True
     render_px_nm: float = Field(10.0, gt=0)
+    mc_samples: int = Field(0, ge=0)
+    """Monte-Carlo dropout passes per window at predict time (0 = off, else >= 2; needs
+    SigmaMUNetWithUncertainty); adds the samples' spread as x/y/z/photons ``*_mc_sigma`` columns."""
 
 
 class SMLMConfig(Config):

@@ -3,12 +3,15 @@
 Frames are read in slices (memory-mapped TIFF or an in-memory tensor), converted from ADU to
 photons on the device, and the frame window is built per slice with a halo of ``window // 2``
 frames (movie ends repeat the edge frame). Double U-Nets encode every frame once per slice and
-reuse the cached per-frame features for the three windows that contain it.
+reuse the cached per-frame features for the three windows that contain it. Every table carries
+the PSF model's width at each localisation (``PSF_COLUMNS``); with ``mc_samples`` (Monte-Carlo
+dropout, see :class:`NetworkLocaliser`) also ``MC_COLUMNS``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -16,8 +19,16 @@ import pandas as pd
 import torch
 from torch import nn
 
+from neurotrain.errors import ConfigError
 from neurotrain.tasks.smlm.camera import camera_backward
-from neurotrain.tasks.smlm.postprocess import localise, locs_to_frame
+from neurotrain.tasks.smlm.postprocess import (
+    LOC_COLUMNS,
+    MC_COLUMNS,
+    PSF_COLUMNS,
+    localise,
+    locs_to_frame,
+    with_psf_widths,
+)
 
 
 class WindowSource:
@@ -44,24 +55,87 @@ class WindowSource:
         return np.pad(np.asarray(chunk), ((pad_lo, pad_hi), (0, 0), (0, 0)), mode="edge")
 
 
-def network_fn(model: nn.Module, cfg: Any, threshold: float | None = None) -> Callable[[torch.Tensor], dict[str, torch.Tensor]]:
-    """A function: ADU frames with halo ``[n + 2h, H, W]`` -> localisations of the ``n`` centre frames."""
-    from neurotrain.engine.inference import autocast
+class NetworkLocaliser(nn.Module):
+    """ADU frames with halo ``[n + 2h, H, W]`` -> localisations of the ``n`` centre frames.
 
-    window = cfg.simulate.window
+    An ``nn.Module`` wrapping the network, so that :func:`neurotrain.engine.inference.run_batched`
+    sizes batches by the memory of every submodule's output (on the CPU) or by measuring (CUDA),
+    which includes the ``mc_samples``-fold union/head activations of Monte-Carlo dropout.
 
-    def fn(adu: torch.Tensor) -> dict[str, torch.Tensor]:
+    With ``mc_samples >= 2`` (a :class:`SigmaMUNetWithUncertainty`) the frame features are encoded
+    once, the windows are repeated ``mc_samples`` times along the batch axis and decoded in one call
+    with the dropout layers sampling (independent masks per copy); the localisations come from the
+    mean maps and carry the samples' standard deviation (``MC_COLUMNS``).
+    """
+
+    def __init__(self, model: nn.Module, cfg: Any, threshold: float | None = None, mc_samples: int = 0) -> None:
+        super().__init__()
+        self.model, self.cfg, self.threshold = model, cfg, threshold
+        self.mc_samples = check_mc_samples(model, cfg, mc_samples)
+        self.train(model.training)  # run_batched restores the wrapper's mode onto the network afterwards
+
+    def forward(self, adu: torch.Tensor) -> dict[str, torch.Tensor]:
+        from neurotrain.engine.inference import autocast
+
+        cfg, model, window = self.cfg, self.model, self.cfg.simulate.window
         x = camera_backward(adu.float(), cfg.camera) / cfg.model.input_scale
+        spread = None
         with autocast(x.device, cfg.inference.precision):
             if hasattr(model, "frame_features"):
                 feats = model.frame_features(x[None])[0]  # [T, C, H, W], each frame encoded once
                 win = feats.unfold(0, window, 1).permute(0, 4, 1, 2, 3)  # [n, window, C, H, W]
-                out = model.from_features(win)
+                if self.mc_samples:
+                    out, spread = self._mc(win)
+                else:
+                    out = model.from_features(win)
             else:
                 out = model(x.unfold(0, window, 1).permute(0, 3, 1, 2))
-        return localise(out.float(), cfg, threshold=threshold)
+        return with_psf_widths(localise(out.float(), cfg, threshold=self.threshold, spread=spread), cfg)
 
-    return fn
+    def _mc(self, win: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        s, n = self.mc_samples, win.shape[0]
+        reps = win.expand(s, *win.shape).reshape(s * n, *win.shape[1:])
+        with dropout_sampling(self.model):
+            outs = self.model.from_features(reps).float().view(s, n, -1, *win.shape[-2:])
+        std, mean = torch.std_mean(outs, dim=0)
+        return mean, std
+
+
+def check_mc_samples(model: nn.Module, cfg: Any, mc_samples: int) -> int:
+    """``mc_samples`` if MC dropout can run on ``model`` (0 = off); else a one-line ConfigError."""
+    from neurotrain.tasks.smlm.models import SigmaMUNetWithUncertainty
+
+    if mc_samples == 0:
+        return 0
+    if mc_samples < 2:
+        raise ConfigError(f"config error: predict.mc_samples: expected 0 (off) or >= 2 (got {mc_samples})")
+    if not isinstance(model, SigmaMUNetWithUncertainty):
+        raise ConfigError(f"config error: predict.mc_samples={mc_samples} needs model.name "
+                          f"SigmaMUNetWithUncertainty (got {type(model).__name__})")
+    if not any(isinstance(m, nn.Dropout2d) and m.p > 0 for m in model.modules()):
+        raise ConfigError(f"config error: predict.mc_samples={mc_samples}: the network has no dropout "
+                          f"(model.dropout={cfg.model.dropout}), MC samples would all be equal")
+    return mc_samples
+
+
+@contextmanager
+def dropout_sampling(model: nn.Module) -> Iterator[None]:
+    """Dropout layers of ``model`` in training mode (sampling masks), everything else as it was."""
+    drops = [m for m in model.modules() if isinstance(m, nn.modules.dropout._DropoutNd)]
+    was = [m.training for m in drops]
+    for m in drops:
+        m.train()
+    try:
+        yield
+    finally:
+        for m, w in zip(drops, was, strict=True):
+            m.train(w)
+
+
+def network_fn(model: nn.Module, cfg: Any, threshold: float | None = None, mc_samples: int = 0) -> NetworkLocaliser:
+    """A callable module: ADU frames with halo ``[n + 2h, H, W]`` -> localisations of the ``n``
+    centre frames (see :class:`NetworkLocaliser`)."""
+    return NetworkLocaliser(model, cfg, threshold, mc_samples)
 
 
 def baseline_fn(cfg: Any) -> Callable[[torch.Tensor], dict[str, torch.Tensor]]:
@@ -76,20 +150,25 @@ def baseline_fn(cfg: Any) -> Callable[[torch.Tensor], dict[str, torch.Tensor]]:
 
 def localise_movie(frames: Any, cfg: Any, model: nn.Module | None = None, *, threshold: float | None = None,
                    device: str | torch.device | None = None, sink: Callable[[pd.DataFrame], None] | None = None,
-                   progress: bool = False) -> pd.DataFrame | None:
+                   progress: bool = False, mc_samples: int = 0) -> pd.DataFrame | None:
     """Localise a whole movie (``frames`` sliceable, ADU) with ``model`` or, when ``None``, the baseline.
 
-    Batches are sized by ``run_batched`` under ``inference.max_memory_gb``. Returns the table
-    (canonical columns), or streams chunk tables to ``sink`` and returns ``None``.
+    Batches are sized by ``run_batched`` under ``inference.max_memory_gb``. ``mc_samples`` >= 2
+    runs Monte-Carlo dropout (network only; see :class:`NetworkLocaliser`). Returns the table
+    (``LOC_COLUMNS`` + ``PSF_COLUMNS`` [+ ``MC_COLUMNS``]), or streams chunk tables to ``sink``
+    and returns ``None``.
     """
     from neurotrain.engine.inference import resolve_device, run_batched
 
     dev = resolve_device(device or cfg.inference.device, model if model is not None else (lambda x: x))
     if model is not None:
         model = model.to(dev).eval()
-        fn = network_fn(model, cfg, threshold)
+        fn: Any = network_fn(model, cfg, threshold, mc_samples)
         src: Any = WindowSource(frames, cfg.simulate.window // 2)
     else:
+        if mc_samples:
+            raise ConfigError(f"config error: predict.mc_samples={mc_samples} needs a network "
+                              "(the baseline has no dropout)")
         fn = baseline_fn(cfg)
         src = frames
     parts: list[pd.DataFrame] = []
@@ -107,5 +186,7 @@ def localise_movie(frames: Any, cfg: Any, model: nn.Module | None = None, *, thr
                 batch_size=cfg.inference.batch_size, sink=collect, progress=progress)
     if sink is not None:
         return None
-    return pd.concat(parts, ignore_index=True) if parts else locs_to_frame(localise(
-        torch.zeros(0, 6, 1, 1), cfg))
+    if parts:
+        return pd.concat(parts, ignore_index=True)
+    cols = LOC_COLUMNS + PSF_COLUMNS + (MC_COLUMNS if mc_samples and model is not None else ())
+    return locs_to_frame({c: torch.zeros(0, dtype=torch.long if c == "frame" else torch.float32) for c in cols})

@@ -5,7 +5,10 @@ DECODE-style spatial integration (Speiser et al. 2021): a pixel is a candidate w
 3x3 neighbourhood (an emitter near a pixel border spreads its p over neighbours), capped at 1,
 and it is kept when that sum exceeds ``threshold``. ``method="nms"`` keeps local maxima whose own
 p exceeds ``threshold``. Sub-pixel positions come from the offset channels at the kept pixel,
-sigmas (10-channel models) are carried through in nm / photons.
+sigmas (10-channel models) are carried through in nm / photons. With Monte-Carlo dropout the
+localisations come from the mean maps and the per-pixel spread of the samples at each kept pixel
+is carried as ``MC_COLUMNS`` (epistemic uncertainty, Gal & Ghahramani 2016; the sigma columns are
+the network's own, aleatoric, estimate).
 """
 
 from __future__ import annotations
@@ -19,6 +22,11 @@ from neurotrain.tasks.smlm.losses import SIGMA_MIN, SIGMA_SCALE, bg_channel
 
 LOC_COLUMNS = ("frame", "x_nm", "y_nm", "z_nm", "photons", "bg", "prob",
                "sigma_x_nm", "sigma_y_nm", "sigma_z_nm", "sigma_photons")
+MC_COLUMNS = ("x_mc_sigma_nm", "y_mc_sigma_nm", "z_mc_sigma_nm", "photons_mc_sigma")
+"""Standard deviation over MC-dropout samples of x, y, z (nm) and photons at each localisation."""
+PSF_COLUMNS = ("psf_sigma_x_nm", "psf_sigma_y_nm")
+"""Width of the PSF model (Gaussian sigma, nm) at each localisation, as Picasso's sx/sy and
+ThunderSTORM's sigma1/sigma2 report it."""
 
 
 def detect(p: torch.Tensor, method: str, raw_threshold: float, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -32,11 +40,14 @@ def detect(p: torch.Tensor, method: str, raw_threshold: float, threshold: float)
     return lm & (p > raw_threshold) & (p_int > threshold), p_int
 
 
-def localise(out: torch.Tensor, cfg: Any, frame_offset: int = 0, threshold: float | None = None) -> dict[str, torch.Tensor]:
+def localise(out: torch.Tensor, cfg: Any, frame_offset: int = 0, threshold: float | None = None,
+             spread: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Network output ``[B, C, H, W]`` -> flat localisation tensors (``LOC_COLUMNS``), on ``out.device``.
 
     ``frame`` is ``frame_offset`` + the batch index. Positions in nm (pixel ``i`` spans
     ``[i, i+1)`` x pixel size), photons and background in photons (per pixel for bg).
+    ``spread`` (same shape as ``out``: the per-channel standard deviation over MC-dropout
+    samples, ``out`` being their mean) adds ``MC_COLUMNS`` read at the kept pixels.
     """
     from neurotrain.tasks.smlm.simulate import z_scale
 
@@ -66,7 +77,25 @@ def localise(out: torch.Tensor, cfg: Any, frame_offset: int = 0, threshold: floa
     else:
         nan = torch.full_like(loc["x_nm"], float("nan"))
         loc.update(sigma_photons=nan, sigma_x_nm=nan, sigma_y_nm=nan, sigma_z_nm=nan)
-    return {k: loc[k] for k in LOC_COLUMNS}
+    cols = LOC_COLUMNS
+    if spread is not None:
+        # x_nm = (ix + 0.5 + offset) * px with ix fixed by the mean map: the spread is the offset's
+        s = spread[b, :, iy, ix]
+        loc.update(x_mc_sigma_nm=s[:, 2] * px, y_mc_sigma_nm=s[:, 3] * px, z_mc_sigma_nm=s[:, 4] * zs,
+                   photons_mc_sigma=s[:, 1] * cfg.model.photon_scale)
+        cols = LOC_COLUMNS + MC_COLUMNS
+    return {k: loc[k] for k in cols}
+
+
+def with_psf_widths(locs: dict[str, torch.Tensor], cfg: Any) -> dict[str, torch.Tensor]:
+    """``locs`` plus ``PSF_COLUMNS``: the configured PSF's Gaussian width at each ``z_nm`` (nm)."""
+    from neurotrain.tasks.smlm.psf import psf_sigmas
+
+    if all(c in locs for c in PSF_COLUMNS):
+        return locs
+    px = cfg.simulate.pixel_size_nm
+    sx, sy = psf_sigmas(cfg.psf, locs["z_nm"], px)
+    return {**locs, "psf_sigma_x_nm": sx * px, "psf_sigma_y_nm": sy * px}
 
 
 def concat_locs(parts: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:

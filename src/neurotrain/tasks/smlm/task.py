@@ -157,11 +157,17 @@ class SMLMTask(Task):
         return output
 
     def predict(self, cfg: Any, model: nn.Module, inputs: list[Path], output: Path | None, **options: Any) -> list[Path]:
-        """Localise TIFF movies. Options: ``format`` (auto/h5/csv/picasso), ``threshold``, ``render``."""
-        from neurotrain.tasks.smlm.infer import localise_movie
+        """Localise TIFF movies. Options: ``format`` (auto/h5/csv/picasso), ``threshold``, ``render``,
+        ``mc_samples`` (MC-dropout passes, default ``predict.mc_samples``; 0 = off)."""
+        from neurotrain.tasks.smlm.camera import excess_noise_factor
+        from neurotrain.tasks.smlm.infer import check_mc_samples, localise_movie
         from neurotrain.tasks.smlm.io import LocWriter, TiffStack, format_for, render, save_render
+        from neurotrain.tasks.smlm.simulate import is_3d
 
         cfg = _cfg(cfg)
+        mc = options.get("mc_samples")
+        mc = cfg.predict.mc_samples if mc is None else int(mc)
+        check_mc_samples(model, cfg, mc)  # fail before any file is opened
         fmt = options.get("format") or cfg.predict.format
         do_render = options.get("render")
         do_render = cfg.predict.render if do_render is None else bool(do_render)
@@ -181,17 +187,19 @@ class SMLMTask(Task):
             if len(stack) == 0 or stack.height * stack.width == 0:
                 raise DataError(f"{inp}: no frames (shape {stack.shape})")
             px = cfg.simulate.pixel_size_nm
-            meta = {"pixel_size_nm": px, "width": stack.width, "height": stack.height, "n_frames": len(stack)}
+            meta = {"pixel_size_nm": px, "width": stack.width, "height": stack.height, "n_frames": len(stack),
+                    "three_d": is_3d(cfg), "excess_noise_factor": excess_noise_factor(cfg.camera),
+                    "movie": inp.name, "model": cfg.model.name, "mc_samples": mc}
             xs: list[Any] = []
             ys: list[Any] = []
             with LocWriter(out, format_for(out, fmt if fmt != "auto" else "auto"), meta) as w:
-                def sink(df: pd.DataFrame) -> None:
+                def sink(df: pd.DataFrame, xs: list[Any] = xs, ys: list[Any] = ys) -> None:
                     w.append(df)
                     xs.append(df["x_nm"].to_numpy())
                     ys.append(df["y_nm"].to_numpy())
 
                 localise_movie(stack, cfg, model, threshold=options.get("threshold"), sink=sink,
-                               progress=bool(options.get("progress", True)) and len(stack) > 1)
+                               progress=bool(options.get("progress", True)) and len(stack) > 1, mc_samples=mc)
             stack.close()
             written.append(out)
             if do_render:
