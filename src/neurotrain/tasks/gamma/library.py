@@ -1,4 +1,4 @@
-"""The gamma-ray line library (``data/lines.csv``, ENSDF values via NNDC NuDat 3; see the file header)."""
+"""The gamma-ray line library (``data/lines.csv``, ENSDF decay data made by ``tools/build_gamma_lines.py``)."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def load_lines() -> tuple[Line, ...]:
     text = resources.files("neurotrain.tasks.gamma.data").joinpath("lines.csv").read_text("utf-8")
     out = []
     for row in text.splitlines():
-        if not row or row.startswith("#") or row.startswith("source,"):
+        if not row or row.startswith(("#", "source,")):
             continue
         src, e, i, kind, _note = (row.split(",") + [""])[:5]
         out.append(Line(src, float(e), float(i) / 100.0, kind))
