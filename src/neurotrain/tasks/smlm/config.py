@@ -43,9 +43,11 @@ class SimulateSection(Section):
 
 class PSFSection(Section):
     """Gaussian PSF width ~0.21 lambda/NA ~ 100-130 nm (Zhang et al. 2007); astigmatic defocus
-    curve of Huang et al. (2008) with focal offsets +-c and depth d; ``spline``: a measured PSF
-    z-stack (``calibration``, see :mod:`neurotrain.tasks.smlm.spline`), where ``sigma_nm`` is only
-    the Gaussian width the baseline fit starts from."""
+    curve of Huang et al. (2008) with focal offsets +-c and depth d; ``spline``: a measured PSF from
+    ``calibration``, a SMAP/DECODE cubic-spline ``*_3dcal.mat`` (MATLAB v5 or v7.3, see
+    :mod:`neurotrain.tasks.smlm.spline_mat`) or our HDF5 z-stack (see
+    :mod:`neurotrain.tasks.smlm.spline`), where ``sigma_nm`` is only the Gaussian width the
+    baseline fit starts from."""
 
     kind: Literal["gaussian", "astigmatic", "spline"] = "gaussian"
     sigma_nm: float = Field(120.0, gt=0)
@@ -58,7 +60,7 @@ class PSFSection(Section):
     @model_validator(mode="after")
     def _spline_needs_calibration(self) -> PSFSection:
         if self.kind == "spline" and self.calibration is None:
-            raise ValueError("psf.kind 'spline' needs psf.calibration (an HDF5 PSF z-stack, see tasks/smlm/spline.py)")
+            raise ValueError("psf.kind 'spline' needs psf.calibration (a SMAP/DECODE *_3dcal.mat or an HDF5 PSF z-stack)")
         return self
 
 

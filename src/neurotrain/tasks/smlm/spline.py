@@ -1,10 +1,17 @@
-"""Measured PSFs: a calibration voxel stack evaluated by tricubic interpolation in pure PyTorch.
+"""Measured PSFs: a calibration file evaluated in pure PyTorch (no compiled extension).
 
 DECODE evaluated SMAP's cubic-spline PSF with a compiled CUDA package that broke installs for
-years; here the calibration is a z-stack of the PSF sampled on the camera pixel grid (e.g. an
-averaged bead scan), interpolated with Catmull-Rom cubic convolution along x, y and z (Keys,
-IEEE TASSP 29:1153, 1981) — a C1 piecewise-cubic spline through the samples — using gathers only,
-so it runs on any device with no compiled extension.
+years. Here both calibration formats, told apart by suffix, become the same thing, piecewise
+tricubic polynomials with 64 coefficients per voxel, summed with gathers only by
+:func:`neurotrain.tasks.smlm.spline_mat.render_coefficients` on any device:
+
+* a SMAP/DECODE cubic-spline calibration ``*.mat`` (MATLAB v5 or v7.3), whose coefficients are
+  used as stored (see :mod:`neurotrain.tasks.smlm.spline_mat`);
+* our own HDF5 z-stack of the PSF sampled on the camera pixel grid (e.g. an averaged bead scan),
+  interpolated with Catmull-Rom cubic convolution along x, y and z (Keys, IEEE TASSP 29:1153,
+  1981) — a C1 piecewise-cubic spline through the samples. :func:`stack_coefficients` writes that
+  interpolant as per-voxel polynomials once; :func:`tricubic` is the same interpolant evaluated
+  directly from the samples.
 
 Calibration file (HDF5): dataset ``psf`` ``[Nz, Ny, Nx]``, each z-slice the fraction of an
 emitter's photons per pixel (normalised to sum 1 on write), the emitter at the stack's centre
@@ -23,6 +30,7 @@ import numpy as np
 import torch
 
 from neurotrain.errors import ConfigError, DataError
+from neurotrain.tasks.smlm.spline_mat import N_TERMS, is_matlab_calibration, render_coefficients, render_cspline
 
 if TYPE_CHECKING:
     from neurotrain.tasks.smlm.config import PSFSection
@@ -60,8 +68,8 @@ def _load(path: str) -> tuple[np.ndarray, float, float]:
             dz, z0 = float(f.attrs["dz_nm"]), float(f.attrs["z0_nm"])
     except (OSError, KeyError) as exc:
         raise DataError(f"{p}: cannot read PSF calibration ({exc})") from None
-    if psf.ndim != 3:
-        raise DataError(f"{p}: psf must be 3D [Nz, Ny, Nx] (got shape {psf.shape})")
+    if psf.ndim != 3 or min(psf.shape) < 2:
+        raise DataError(f"{p}: psf must be 3D [Nz, Ny, Nx] with every side >= 2 (got shape {psf.shape})")
     return psf, dz, z0
 
 
@@ -71,6 +79,32 @@ def load_calibration(psf_cfg: PSFSection, device: torch.device) -> tuple[torch.T
         raise ConfigError("config error: psf.calibration: required when psf.kind is 'spline' (got null)")
     arr, dz, z0 = _load(str(psf_cfg.calibration))
     return torch.as_tensor(arr, device=device), dz, z0
+
+
+# Catmull-Rom weights of the 4 samples around t as polynomials in t: row i holds the coefficients of
+# 1, t, t^2, t^3 in the weight of sample i - 1 (the same weights as _catmull_rom).
+_CATMULL_ROM = np.array([[0.0, -0.5, 1.0, -0.5],
+                         [1.0, 0.0, -2.5, 1.5],
+                         [0.0, 0.5, 2.0, -1.5],
+                         [0.0, 0.0, -0.5, 0.5]])
+
+
+def stack_coefficients(psf: np.ndarray) -> np.ndarray:
+    """Per-voxel polynomial form ``[Nz-1, Ny-1, Nx-1, 64]`` (term ``16 p_z + 4 p_y + p_x``) of the
+    Catmull-Rom interpolant of ``psf`` ``[Nz, Ny, Nx]``, with the stack's end samples repeated
+    beyond its edges (as :func:`tricubic` clamps its indices)."""
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    padded = np.pad(np.asarray(psf, dtype=np.float64), 1, mode="edge")
+    win = sliding_window_view(padded, (4, 4, 4))  # [Nz-1, Ny-1, Nx-1, i_z, i_y, i_x]
+    m = _CATMULL_ROM
+    c = np.einsum("zyxijk,ip,jq,kr->zyxpqr", win, m, m, m, optimize=True)
+    return np.ascontiguousarray(c.reshape(*c.shape[:3], N_TERMS), dtype=np.float32)
+
+
+@lru_cache(maxsize=4)
+def _stack_coeff_on(path: str, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    return torch.as_tensor(stack_coefficients(_load(path)[0]), device=device, dtype=dtype)
 
 
 def _catmull_rom(t: torch.Tensor) -> torch.Tensor:
@@ -98,34 +132,23 @@ def tricubic(vol: torch.Tensor, z: torch.Tensor, y: torch.Tensor, x: torch.Tenso
 
 
 def render_spline(group: torch.Tensor, n_groups: int, x: torch.Tensor, y: torch.Tensor, z: torch.Tensor,
-                  photons: torch.Tensor, height: int, width: int, psf_cfg: PSFSection) -> torch.Tensor:
+                  photons: torch.Tensor, height: int, width: int, psf_cfg: PSFSection,
+                  pixel_size_nm: float | None = None) -> torch.Tensor:
     """Expected photons ``[n_groups, H, W]`` from the calibrated PSF (positions in px, z in nm).
 
     Each emitter contributes over the calibration's lateral extent around it, added into its frame
-    with one ``index_put_(accumulate=True)``.
+    with one ``index_put_(accumulate=True)``. For ``*.mat`` calibrations ``pixel_size_nm`` (if
+    given) is checked against the calibration's camera pixel size.
     """
-    dev, dt = x.device, x.dtype
-    frames = torch.zeros(n_groups * height * width, device=dev, dtype=dt)
-    if x.numel() == 0:
-        return frames.view(n_groups, height, width)
-    vol, dz, z0 = load_calibration(psf_cfg, dev)
-    vol = vol.to(dt)
-    nz, ny, nx = vol.shape
-    ry, rx = ny // 2 + 1, nx // 2 + 1
-    oy = torch.arange(-ry, ry + 1, device=dev)
-    ox = torch.arange(-rx, rx + 1, device=dev)
-    py = y.floor().long()[:, None, None] + oy[None, :, None]  # pixel rows  [E, Ry, 1]
-    px = x.floor().long()[:, None, None] + ox[None, None, :]  # pixel cols  [E, 1, Rx]
-    vy = (py + 0.5 - y[:, None, None]) + (ny - 1) / 2  # pixel centre in calibration voxels
-    vx = (px + 0.5 - x[:, None, None]) + (nx - 1) / 2
-    vz = ((z - z0) / dz)[:, None, None]
-    vy, vx = torch.broadcast_tensors(vy, vx)
-    val = tricubic(vol, vz.expand_as(vy), vy, vx).clamp(min=0) * photons[:, None, None]
-    py, px = torch.broadcast_tensors(py, px)
-    ok = (py >= 0) & (py < height) & (px >= 0) & (px < width)
-    idx = (group[:, None, None] * height + py) * width + px
-    frames.index_put_((idx[ok],), val[ok], accumulate=True)
-    return frames.view(n_groups, height, width)
+    if psf_cfg.calibration is None:
+        raise ConfigError("config error: psf.calibration: required when psf.kind is 'spline' (got null)")
+    if is_matlab_calibration(psf_cfg.calibration):
+        return render_cspline(psf_cfg.calibration, group, n_groups, x, y, z, photons, height, width, pixel_size_nm)
+    psf, dz, z0 = _load(str(psf_cfg.calibration))
+    coeff = _stack_coeff_on(str(psf_cfg.calibration), x.device, x.dtype)
+    _, ny, nx = psf.shape
+    return render_coefficients(coeff, (ny - 1) / 2, (nx - 1) / 2, -z0 / dz, dz, group, n_groups, x, y, z, photons,
+                               height, width)
 
 
 def gaussian_calibration(psf_cfg: PSFSection, pixel_size_nm: float, size: int = 21, z_range_nm: tuple[float, float] = (-800.0, 800.0),
