@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from neurotrain.tasks.gamma import metrics as M
-from neurotrain.tasks.gamma.postprocess import find_peaks, measure_lines
+from neurotrain.tasks.gamma.postprocess import find_peaks, line_windows, measure_lines
 
 EDGES = torch.linspace(0.0, 1024.0, 1025)  # 1 keV channels
 CENTERS = 0.5 * (EDGES[1:] + EDGES[:-1])
@@ -111,3 +111,127 @@ def test_find_peaks_energy_subchannel() -> None:
 def test_build_metrics_collection(lyso_cfg) -> None:
     mc = M.build_metrics(lyso_cfg)
     assert {"fwhm_kev", "centroid_err_kev", "area_err_pct", "peak_to_valley", "spectrum_err", "detection"} <= set(mc.keys())
+
+
+# ---------------------------------------------------------------- regressions of the metric audit (issue 3)
+
+
+def test_window_method_continuum_from_side_channels_outside_roi() -> None:
+    # Gaussian (FWHM 6 keV, area 2000) on a sloped continuum 100 - 0.1 (E - 500) counts/keV: the straight line
+    # through the side channels is exact, so the net area is the Gaussian's share inside +-15 keV (> 99.99 %)
+    spec = gauss(500.0, 6.0, 2000.0) + (100.0 - 0.1 * (CENTERS - 500.0))
+    m = measure_lines(spec.unsqueeze(0), EDGES, torch.tensor([[500.0]]), torch.tensor([[15.0]]), noise_var=spec.unsqueeze(0))
+    assert m["valid"].item()
+    assert m["area"].item() == pytest.approx(2000.0, rel=0.01)
+    # Gilmore: sigma^2 = G + (n / 2m)^2 * side sum, n = 31 ROI channels, m = 2 side channels per side
+    g = spec[485:516].sum().item()
+    side = spec[483:485].sum().item() + spec[516:518].sum().item()
+    assert m["area_sigma"].item() == pytest.approx(math.sqrt(g + (31 / 4) ** 2 * side), rel=1e-4)
+    assert m["fwhm"].item() == pytest.approx(6.0, abs=0.3)
+
+
+def test_roi_narrower_than_the_peak_is_not_a_measurement() -> None:
+    # the doublet bug: a 48 keV-wide input peak measured in a +-7 keV ROI (shrunk by a 4 keV-away weak
+    # neighbour) gave a "FWHM" of a fraction of a channel; now the measurement is invalid
+    torch.manual_seed(0)
+    clean = gauss(356.0, 48.0, 1e5) + 200.0
+    noisy = torch.poisson(clean)
+    m = measure_lines(noisy.unsqueeze(0), EDGES, torch.tensor([[356.0]]), torch.tensor([[7.0]]), noise_var=noisy.unsqueeze(0), min_significance=3.0)
+    assert not m["valid"].item()
+    m_clean = measure_lines(clean.unsqueeze(0), EDGES, torch.tensor([[356.0]]), torch.tensor([[15.0]]))
+    assert not m_clean["valid"].item()  # the cap of a peak: ROI edges sit on its own flanks
+    m_wide = measure_lines(clean.unsqueeze(0), EDGES, torch.tensor([[356.0]]), torch.tensor([[72.0]]))
+    assert m_wide["valid"].item() and m_wide["fwhm"].item() == pytest.approx(48.0, abs=1.0)
+
+
+def test_line_windows_ignore_weak_neighbours() -> None:
+    le = torch.tensor([[356.0, 351.9, 383.8]])
+    la = torch.tensor([[1000.0, 10.0, 150.0]])
+    mask = torch.ones(1, 3, dtype=torch.bool)
+    fw = torch.full((1, 3), 48.0)
+    hw = line_windows(le, mask, fw, 1.5, 2.5, line_area=la)
+    assert hw[0, 0].item() == pytest.approx((383.8 - 356.0) / 2)  # 351.9 holds 1 %: ignored
+    assert line_windows(le, mask, fw, 1.5, 2.5)[0, 0].item() == pytest.approx(2.5)  # old behaviour
+
+
+def test_absent_peak_is_a_miss_not_a_negative_area() -> None:
+    target = gauss(300.0, 3.0, 2000.0) + gauss(700.0, 3.0, 2000.0) + 20.0
+    pred = gauss(300.0, 3.0, 2200.0) + 20.0 - 0.05 * (CENTERS - 700.0).clamp_min(0)  # 700 keV line missing
+    b = batch_for([300.0, 700.0], [2000.0, 2000.0], target, counts=target)
+    m = M.NetAreaError(EDGES, window_fwhm=1.5, tolerance_kev=3.0, mode="all")
+    m.update(pred.view(1, 1, -1), b)
+    out = m.compute()
+    assert out["area_err_pct"].item() == pytest.approx(10.0, abs=0.5)  # only the 300 keV line, +10 %
+    assert out["area_miss_rate"].item() == pytest.approx(0.5)
+
+
+def test_peak_to_valley_without_dip_is_one() -> None:
+    spec = gauss(370.0, 48.0, 1e5) + 10.0  # the Ba-133 doublet blended at input resolution
+    b = batch_for([356.0129, 383.8485], [1.0, 1.0], spec)
+    m = M.PeakToValley(EDGES, [(356.0129, 383.8485)], tolerance_kev=3.0)
+    m.update(spec.view(1, 1, -1), b)
+    assert m.compute().item() == pytest.approx(1.0)
+
+
+def test_find_peaks_weak_neighbour_of_strong_peak_is_found() -> None:
+    # Co-57-like: 122 keV (area 1e5) and 136.5 keV (area 1.2e4) sharp lines; a broad scale centred on the
+    # strong line used to hide the weak one
+    spec = gauss(122.0, 1.0, 1e5) + gauss(136.5, 1.0, 1.2e4) + 300.0
+    res = torch.full((1, 1024), 30.0)
+    peaks, energy = find_peaks(spec.unsqueeze(0), spec.unsqueeze(0), EDGES, 4.0, resolution_kev=res)
+    found = energy[peaks]
+    assert ((found - 136.5).abs() < 1.5).any() and ((found - 122.0).abs() < 1.5).any()
+
+
+def test_find_peaks_narrow_wiggle_rejected_by_area_test() -> None:
+    # a 3-channel wiggle of 600 counts on 1000 counts/channel (1e6-like): ~6 sigma per channel, so the
+    # per-channel wavelet test alone calls it a peak; against the counts of one input resolution element
+    # (+-60 keV, sqrt(121000) = 348) it is 1.7 sigma - what a ringing lobe or response noise looks like
+    cont = torch.full((1024,), 1000.0)
+    cont[599:602] += 200.0
+    res = torch.full((1, 1024), 60.0)
+    p_old, _ = find_peaks(cont.unsqueeze(0), cont.unsqueeze(0), EDGES, 4.0)
+    p_new, _ = find_peaks(cont.unsqueeze(0), cont.unsqueeze(0), EDGES, 4.0, resolution_kev=res)
+    assert p_old.any()
+    assert not p_new.any()
+    # a real line of 2500 counts (7 sigma against the same element) is kept
+    spec = cont + gauss(400.0, 1.5, 2500.0)
+    p, e = find_peaks(spec.unsqueeze(0), spec.unsqueeze(0), EDGES, 4.0, resolution_kev=res)
+    assert ((e[p] - 400.0).abs() < 1.5).any()
+
+
+def test_explained_intervals_cover_compton_edge_and_lu176_onsets() -> None:
+    le = torch.tensor([[661.657]])
+    lo, hi, mask = M.explained_intervals(le, torch.ones(1, 1, dtype=torch.bool), torch.ones(1, 1, dtype=torch.bool), "LYSO", "Pb", 3.0, 23.0)
+    def explained(e: float) -> bool:
+        return bool(((lo <= e) & (e <= hi) & mask).any())
+    assert explained(661.0) and explained(184.3)  # line, backscatter peak 661.657 / (1 + 2 * 661.657 / 511)
+    assert explained(477.3 - 10.0)  # below the Compton edge 477.3 keV
+    assert explained(395.1 + 20.0)  # above the Lu-176 395 keV onset
+    assert not explained(900.0)
+    _, _, mask_nai = M.explained_intervals(le, torch.ones(1, 1, dtype=torch.bool), torch.ones(1, 1, dtype=torch.bool), "NaI", "Pb", 3.0, 23.0)
+    assert mask_nai.shape[1] < mask.shape[1]  # no Lu-176 in NaI
+
+
+@pytest.mark.parametrize(
+    "level",
+    [
+        pytest.param(1e4, marks=pytest.mark.xfail(strict=True, reason="target has unlisted structure above 4 sigma (response Monte Carlo noise, continuum shape); see issue 3 report")),
+        pytest.param(1e5, marks=pytest.mark.xfail(strict=True, reason="target has unlisted structure above 4 sigma (response Monte Carlo noise, continuum shape); see issue 3 report")),
+        pytest.param(1e6, marks=pytest.mark.xfail(strict=True, reason="target has unlisted structure above 4 sigma (response Monte Carlo noise, continuum shape); see issue 3 report")),
+    ],
+)
+def test_target_has_no_false_peaks_and_high_recall(lyso_cfg, level: float) -> None:
+    """The ideal answer must pass the false-peak rule: < 0.1 false peaks per spectrum, recall of the
+    detectable lines >= 0.85 (same rule as for every method)."""
+    from neurotrain.tasks.gamma.simulate import Scene, channel_edges, simulate_batch
+
+    g = torch.Generator()
+    g.manual_seed(7)
+    b = simulate_batch(lyso_cfg, 16, g, torch.device("cpu"), Scene(counts=level, fwhm_662=0.1, power=0.5))
+    m = M.PeakDetection(channel_edges(lyso_cfg.simulate), "all", lyso_cfg.metrics.tolerance_kev, lyso_cfg.metrics.detect_threshold, "LYSO", "Pb")
+    m.update(b["target"], b)
+    out = m.compute()
+    print(level, {k: round(float(v), 3) for k, v in out.items()})
+    assert out["det_false_rate"].item() < 0.1
+    assert out["det_recall"].item() >= 0.85
