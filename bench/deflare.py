@@ -33,15 +33,14 @@ from neurotrain.tasks.deflare.config import DeflareConfig
 from neurotrain.tasks.deflare.voxel import events_to_voxel
 
 STAGES = ("read", "encode", "network", "decode", "write")
-# "streamed": the GPU default (one segment per network call, replayed as a CUDA graph, reading
-# ahead and writing behind in threads; stage seconds are what the device loop waits for).
-# "serial": the whole file in one batch, no overlap: each stage's own cost. "eager": without
-# CUDA graphs.
+# "default": the pipeline's defaults (the file's five 20 ms segments in one network call, I/O
+# threads). "serial": no I/O threads, each stage's own cost. "streamed": one segment per
+# network call, reading ahead and writing behind in threads while the device works (stage
+# seconds are then what the device loop waits for).
 PIPELINES = {
-    "streamed": {"batch_segments": 1},
-    "streamed eager": {"batch_segments": 1, "cuda_graphs": False},
-    "serial": {"batch_segments": 5, "chunk_events": 1 << 22, "io_queue_depth": 0},
-    "serial eager": {"batch_segments": 5, "chunk_events": 1 << 22, "io_queue_depth": 0, "cuda_graphs": False},
+    "default": {},
+    "serial": {"io_queue_depth": 0},
+    "streamed": {"batch_segments": 1, "chunk_events": 1 << 18},
 }
 
 
@@ -236,9 +235,7 @@ def main(argv: list[str] | None = None) -> int:
                     "voxel": {"sensor_size": [a.height, a.width]},
                     "pipeline": {"precision": prec, **pipeline},
                 })
-                if device.type == "cpu" and "eager" in variant:
-                    continue  # CUDA graphs only exist on the GPU
-                fn = model_fn(model, device, prec, cfg.pipeline.cuda_graphs)
+                fn = model_fn(model, device, prec)
                 res["end_to_end"][f"{prec} {variant}"] = time_file(cfg, fn, src, dst, device, a.repeats)
         res["encoder"] = time_encoder(a.events, a.height, a.width, device)
         x = torch.zeros(5, 1, 8, a.height, a.width, device=device)

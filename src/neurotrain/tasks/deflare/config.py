@@ -91,10 +91,10 @@ class PathsSection(Section):
 class PipelineSection(Section):
     """File in, file out: batching, decoding, writing, debug figures."""
 
-    batch_segments: int | None = Field(None, ge=1)  # None: 1 on a GPU, cpu_batch_segments on CPU
-    cpu_batch_segments: int = Field(8, ge=1)
-    cuda_graphs: bool = True  # replay the network as a CUDA graph per input shape
-    chunk_events: int = Field(1 << 18, ge=1024)
+    # One network call per 100 ms (the seed's file length): a batch-1 3D U-Net call is ~2.5x
+    # slower per segment on an H200 and ~5x on a CPU than a batch of 5 (bench/deflare.py).
+    batch_segments: int = Field(5, ge=1)
+    chunk_events: int = Field(1 << 20, ge=1024)
     io_queue_depth: int = Field(2, ge=0)  # batches read ahead / written behind in threads; 0: no overlap
     compression: Literal["gzip", "none"] = "gzip"
     compression_level: int = Field(1, ge=0, le=9)

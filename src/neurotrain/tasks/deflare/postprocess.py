@@ -8,9 +8,9 @@ is bounded by one batch of segments, whatever the file length. Output bins outsi
 recording's ``[t_first, t_last]`` are zeroed, so the output never extends the time axis.
 
 Reading (decompression, segmenting) runs ``pipeline.io_queue_depth`` batches ahead in a
-background thread and writing (compression) one thread behind, so on a GPU the three
-overlap; the per-stage seconds in :class:`FileResult` are the time the device loop spent
-in (or waiting for) each stage, so hidden I/O shows as ~0.
+background thread and writing (compression) one thread behind, so for a recording longer
+than one batch the three overlap; the per-stage seconds in :class:`FileResult` are the time
+the device loop spent in (or waiting for) each stage, so hidden I/O shows as ~0.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from neurotrain.engine.inference import GraphedForward, autocast
+from neurotrain.engine.inference import autocast
 from neurotrain.errors import DataError
 from neurotrain.io.background import BackgroundSink, prefetch
 from neurotrain.tasks.deflare.io import (
@@ -57,15 +57,6 @@ def resolve_sensor_size(info: EventFileInfo, cfg: Any) -> tuple[int, int]:
     return tuple(info.sensor_size) if info.sensor_size else tuple(cfg.voxel.sensor_size)  # type: ignore[return-value]
 
 
-def segments_per_batch(pl: Any, device: torch.device) -> int:
-    """``pipeline.batch_segments``, or when unset: 1 on a GPU (segments stream through while
-    I/O threads work ahead and behind) and ``pipeline.cpu_batch_segments`` on a CPU (where a
-    batch-1 3D convolution is several times slower per segment than a batch of 8)."""
-    if pl.batch_segments is not None:
-        return int(pl.batch_segments)
-    return 1 if device.type == "cuda" else int(pl.cpu_batch_segments)
-
-
 def _batched(segments: Iterator[Segment], n: int) -> Iterator[list[Segment]]:
     buf: list[Segment] = []
     for s in segments:
@@ -82,10 +73,11 @@ def encode_segments(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(S, 1, B, H, W) voxels of a list of segments (one ``index_add_``) and their starts (S,)."""
     D = cfg.voxel.segment_duration_us
-    ev = EventChunk.concat([s.events for s in segs])
-    seg_id = np.repeat(np.arange(len(segs)), [len(s.events) for s in segs])
-    tt = ev.to_torch(device)
-    seg_t = torch.from_numpy(seg_id).to(device)
+    # one host->device copy per segment and the concatenation on the device: no host-side copy
+    parts = [s.events.to_torch(device) for s in segs]
+    tt = {k: torch.cat([q[k] for q in parts]) if len(parts) > 1 else parts[0][k] for k in ("t", "x", "y", "p")}
+    counts = torch.tensor([len(s.events) for s in segs], device=device)
+    seg_t = torch.repeat_interleave(torch.arange(len(segs), device=device), counts)
     starts = torch.tensor([s.t_start for s in segs], device=device, dtype=torch.int64)
     vox = events_to_voxel(
         tt["t"], tt["x"], tt["y"], tt["p"], num_bins=cfg.voxel.num_bins, sensor_size=size, duration_us=D,
@@ -102,7 +94,7 @@ def iter_file_voxels(
     size = size or resolve_sensor_size(info, cfg)
     D = cfg.voxel.segment_duration_us
     chunks = iter_chunks(path, cfg.pipeline.chunk_events, size, info)
-    for segs in _batched(iter_segments(chunks, D), segments_per_batch(cfg.pipeline, torch.device(device))):
+    for segs in _batched(iter_segments(chunks, D), cfg.pipeline.batch_segments):
         vox, _ = encode_segments(segs, cfg, size, torch.device(device))
         yield [s.index for s in segs], vox
 
@@ -148,7 +140,7 @@ def process_file(
         w = writer
         sink = BackgroundSink(lambda e: w.append(e["t"], e["x"], e["y"], e["p"]), pl.io_queue_depth)
     batches = prefetch(_batched(iter_segments(iter_chunks(in_path, pl.chunk_events, size, info), D),
-                                segments_per_batch(pl, device)), pl.io_queue_depth)
+                                pl.batch_segments), pl.io_queue_depth)
     try:
         batch_no = 0
         while True:
@@ -216,10 +208,8 @@ def process_file(
     return res
 
 
-def model_fn(model: torch.nn.Module, device: torch.device | str, precision: str = "fp32",
-             cuda_graphs: bool = True) -> VoxelFn:
-    """Wrap a voxel network for :func:`process_file` (eval mode, optional bf16/fp16 autocast,
-    CUDA graphs on a GPU, see :class:`neurotrain.engine.inference.GraphedForward`).
+def model_fn(model: torch.nn.Module, device: torch.device | str, precision: str = "fp32") -> VoxelFn:
+    """Wrap a voxel network for :func:`process_file` (eval mode, optional bf16/fp16 autocast).
 
     A batch of segments that does not fit in device memory is split in halves (recursively,
     down to one segment) instead of failing, so ``pipeline.batch_segments`` is a speed knob,
@@ -227,11 +217,8 @@ def model_fn(model: torch.nn.Module, device: torch.device | str, precision: str 
     """
     device = torch.device(device)
     model = model.to(device).eval()
-    graphed = GraphedForward(model, precision) if cuda_graphs and device.type == "cuda" else None
 
     def run(v: torch.Tensor) -> torch.Tensor:
-        if graphed is not None:
-            return graphed(v)
         with autocast(device, precision):
             return model(v).float()
 
