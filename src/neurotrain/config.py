@@ -123,6 +123,7 @@ class LoggingConfig(Section):
     tensorboard: bool = True
     csv: bool = True
     log_every_n_steps: int = Field(10, ge=1)
+    debug_steps: int = Field(2, ge=1)  # ``train --debug``: training steps that write debug figures
 
 
 class InferenceConfig(Section):

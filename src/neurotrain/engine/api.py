@@ -123,7 +123,7 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False, debug: 
     if debug:
         module.debug_dir = run_dir / "debug_output"
         module.debug_dir.mkdir(parents=True, exist_ok=True)
-        module._debug_steps_left = 2
+        module._debug_steps_left = cfg.logging.debug_steps
     data = TaskDataModule(cfg, task)
     trainer = build_trainer(cfg, run_dir)
     trainer.fit(module, datamodule=data, ckpt_path=str(last) if resume else None)

@@ -54,8 +54,11 @@ def test_test_mode_network_at_init_equals_codec_and_debug_figures(tmp_path, sim_
     base = TASK.test(cfg, None, baseline=True)
     assert res["events_out_total"] == base["events_out_total"]  # identity at init
     dbg = sorted((tmp_path / "debug_output").iterdir())
-    assert dbg and dbg[0].name.startswith("test_composed_00002_bg_flare_seg_")
+    # the seed's names, for the first pipeline.debug_iterations batches of the whole run
+    assert 1 <= len(dbg) <= cfg.pipeline.debug_iterations
+    assert [d.name for d in dbg] == [f"test_optimized_iter_{i:03d}" for i in range(len(dbg))]
     summary = (dbg[0] / "debug_summary.txt").read_text()
+    assert "composed_00002_bg_flare" in summary  # which file and segment the figures show
     assert "identity check: output == input + residual: True" in summary
     for folder in ("1_input_events", "3_input_voxel", "7_output_events", "8_residual_voxel", "9_output_voxel"):
         assert any((dbg[0] / folder).glob("*.png")), folder

@@ -152,8 +152,14 @@ class DeflareTask(Task):
     def _debug_hook(self, cfg: DeflareConfig, tag: str) -> Any:
         from neurotrain.tasks.deflare.plots import write_debug_folder
 
+        prefix = {"test": "test_optimized", "test_baseline": "test_baseline", "inference": "predict"}.get(tag, tag)
+        written = [0]
+
         def hook(info: dict[str, Any]) -> None:
-            name = Path(info["file"]).stem
+            # the seed's test-mode folders: debug_output/test_optimized_iter_000, ..., for the first
+            # pipeline.debug_iterations batches of the whole run (not of every file)
+            if written[0] >= cfg.pipeline.debug_iterations:
+                return
             vin, vout = info["input_voxel"], info["output_voxel"]
             ev_in = info["input_events"]
             t0 = int(info["starts"][0])
@@ -164,11 +170,12 @@ class DeflareTask(Task):
             mo = ev_out["segment"] == 0
             ev_out_d = {k: ev_out[k][mo] for k in ("t", "x", "y", "p")}
             write_debug_folder(
-                cfg.pipeline.debug_dir / f"{tag}_{name}_seg_{info['segment_offset']}",
+                cfg.pipeline.debug_dir / f"{prefix}_iter_{written[0]:03d}",
                 input_voxel=vin[0, 0].cpu(), output_voxel=vout[0, 0].cpu(), duration_us=D,
                 input_events=ev_in_d, output_events=ev_out_d,
-                note=f"file {info['file']}, segment start {t0} µs, mode {tag}",
+                note=f"file {info['file']}, segment {info['segment_offset']} (start {t0} µs), mode {tag}",
             )
+            written[0] += 1
 
         return hook
 
