@@ -44,20 +44,27 @@ def test_mc_columns_present_and_positive_on_untrained_uncertainty_model(mc_cfg, 
 def test_mc_is_sampled_in_one_vectorised_call_and_absent_when_off(mc_cfg, movie, monkeypatch) -> None:
     model = untrained(mc_cfg)
     batches: list[int] = []
-    original = model.from_features
+    unions: list[int] = []
+    original, original_union = model.heads, model.union_features
 
-    def counting(feats: torch.Tensor) -> torch.Tensor:
-        batches.append(feats.shape[0])
-        return original(feats)
+    def counting(u: torch.Tensor) -> torch.Tensor:
+        batches.append(u.shape[0])
+        return original(u)
 
-    monkeypatch.setattr(model, "from_features", counting)
+    def counting_union(feats: torch.Tensor) -> torch.Tensor:
+        unions.append(feats.shape[0])
+        return original_union(feats)
+
+    monkeypatch.setattr(model, "heads", counting)
+    monkeypatch.setattr(model, "union_features", counting_union)
     src = WindowSource(movie, 1)
     with torch.inference_mode():
         off = NetworkLocaliser(model, mc_cfg, threshold=0.0)(src[0:N_FRAMES])
         assert batches == [N_FRAMES]
         assert not set(MC_COLUMNS) & set(off)
         on = NetworkLocaliser(model, mc_cfg, threshold=0.0, mc_samples=5)(src[0:N_FRAMES])
-    assert batches == [N_FRAMES, 5 * N_FRAMES]  # all samples of all windows in one decoder call
+    assert batches == [N_FRAMES, 5 * N_FRAMES]  # all samples of all windows in one heads call
+    assert unions == [N_FRAMES, N_FRAMES]  # the deterministic union U-Net is not repeated
     assert set(MC_COLUMNS) <= set(on)
 
 

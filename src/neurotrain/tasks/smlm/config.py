@@ -92,7 +92,6 @@ class ModelSection(Section):
     act: Literal["relu", "elu", "gelu", "leaky_relu", "silu"] = "elu"
     use_separate_heads: bool = True
     dropout: float = Field(0.1, ge=0, lt=1)
-    mc_samples: int = Field(8, ge=1)
     input_scale: float = Field(100.0, gt=0)
     photon_scale: float = Field(10000.0, gt=0)
     bg_scale: float = Field(200.0, gt=0)

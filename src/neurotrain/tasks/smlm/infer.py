@@ -60,11 +60,11 @@ class NetworkLocaliser(nn.Module):
 
     An ``nn.Module`` wrapping the network, so that :func:`neurotrain.engine.inference.run_batched`
     sizes batches by the memory of every submodule's output (on the CPU) or by measuring (CUDA),
-    which includes the ``mc_samples``-fold union/head activations of Monte-Carlo dropout.
+    which includes the ``mc_samples``-fold head activations of Monte-Carlo dropout.
 
-    With ``mc_samples >= 2`` (a :class:`SigmaMUNetWithUncertainty`) the frame features are encoded
-    once, the windows are repeated ``mc_samples`` times along the batch axis and decoded in one call
-    with the dropout layers sampling (independent masks per copy); the localisations come from the
+    With ``mc_samples >= 2`` (a :class:`SigmaMUNetWithUncertainty`) the frame features and the union
+    U-Net run once, its output is repeated ``mc_samples`` times along the batch axis and the heads
+    (after the dropout layer) run in one call with independent masks per copy; the localisations come from the
     mean maps and carry the samples' standard deviation (``MC_COLUMNS``).
     """
 
@@ -94,9 +94,10 @@ class NetworkLocaliser(nn.Module):
 
     def _mc(self, win: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         s, n = self.mc_samples, win.shape[0]
-        reps = win.expand(s, *win.shape).reshape(s * n, *win.shape[1:])
+        u = self.model.union_features(win)  # deterministic: computed once, only the heads are sampled
+        reps = u.expand(s, *u.shape).reshape(s * n, *u.shape[1:])
         with dropout_sampling(self.model):
-            outs = self.model.from_features(reps).float().view(s, n, -1, *win.shape[-2:])
+            outs = self.model.heads(reps).float().view(s, n, -1, *win.shape[-2:])
         std, mean = torch.std_mean(outs, dim=0)
         return mean, std
 

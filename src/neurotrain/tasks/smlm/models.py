@@ -171,14 +171,19 @@ class SigmaMUNet(DoubleMUnet):
             nn.init.constant_(self.union_unet.head.bias[:1], P_BIAS)
         self.out_channels = 10
 
-    def from_features(self, feats: torch.Tensor) -> torch.Tensor:
-        u = self.union_features(feats)
+    def heads(self, u: torch.Tensor) -> torch.Tensor:
+        """Union U-Net output ``[B, C, H, W]`` -> the 10 activated maps. Dropout (MC dropout's only
+        random layer) sits here, after the deterministic U-Nets, so Monte-Carlo sampling repeats
+        only this part."""
         if self.use_separate_heads:
             u = self.dropout(F.elu(u))
             u = torch.cat([self.p_head(u), self.phot_xyz_mu_head(u), self.phot_xyz_sig_head(u), self.bg_head(u)], 1)
         else:
             u = self.dropout(u)
         return activate(u)
+
+    def from_features(self, feats: torch.Tensor) -> torch.Tensor:
+        return self.heads(self.union_features(feats))
 
 
 class SigmaMUNetWithUncertainty(SigmaMUNet):
@@ -192,15 +197,16 @@ class SigmaMUNetWithUncertainty(SigmaMUNet):
 
     @torch.no_grad()
     def mc_predict(self, x: torch.Tensor, n_samples: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean and standard deviation over ``n_samples`` passes with dropout on (features cached)."""
+        """Mean and standard deviation over ``n_samples`` passes with dropout on (the U-Nets run
+        once; only the heads are sampled)."""
         n = n_samples or self.mc_samples
         was = self.training
-        feats = self.frame_features(x)
         self.eval()
+        u = self.union_features(self.frame_features(x))
         for m in self.modules():
             if isinstance(m, nn.Dropout2d):
                 m.train()
-        outs = torch.stack([self.from_features(feats) for _ in range(n)], 0)
+        outs = torch.stack([self.heads(u) for _ in range(n)], 0)
         self.train(was)
         return outs.mean(0), outs.std(0)
 
@@ -220,4 +226,4 @@ def build_model(cfg: object) -> nn.Module:
         return SigmaMUNet(cin, m.depth_shared, m.depth_union, m.initial_features, m.inter_features, m.norm, m.act,
                           m.use_separate_heads)
     return SigmaMUNetWithUncertainty(cin, m.depth_shared, m.depth_union, m.initial_features, m.inter_features,
-                                     m.norm, m.act, m.use_separate_heads, dropout=m.dropout, mc_samples=m.mc_samples)
+                                     m.norm, m.act, m.use_separate_heads, dropout=m.dropout)

@@ -103,7 +103,7 @@ def render_emitters(group: torch.Tensor, n_groups: int, x: torch.Tensor, y: torc
     if psf.kind == "spline":
         from neurotrain.tasks.smlm.spline import render_spline
 
-        return render_spline(group, n_groups, x, y, z, photons, height, width, psf)
+        return render_spline(group, n_groups, x, y, z, photons, height, width, psf, pixel_size_nm)
     if x.numel() == 0:
         return torch.zeros(n_groups, height, width, device=dev, dtype=dt)
     sx, sy = psf_sigmas(psf, z, pixel_size_nm)
