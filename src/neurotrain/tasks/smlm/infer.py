@@ -164,6 +164,10 @@ def localise_movie(frames: Any, cfg: Any, model: nn.Module | None = None, *, thr
     dev = resolve_device(device or cfg.inference.device, model if model is not None else (lambda x: x))
     if model is not None:
         model = model.to(dev).eval()
+        if dev.type == "cuda":
+            # NHWC weights let cuDNN pick tensor-core kernels for the 48-channel convolutions:
+            # 3.9x (64x64) and 1.2x (256x256) more frames/s on the H200 (bench/smlm.py)
+            model = model.to(memory_format=torch.channels_last)
         fn: Any = network_fn(model, cfg, threshold, mc_samples)
         src: Any = WindowSource(frames, cfg.simulate.window // 2)
     else:
