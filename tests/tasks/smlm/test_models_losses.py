@@ -28,6 +28,20 @@ def test_double_unet_cached_features_equal_forward(tiny_cfg) -> None:
     assert torch.allclose(m.from_features(m.frame_features(x)), m(x), atol=1e-6)
 
 
+def test_fused_heads_equal_the_four_heads() -> None:
+    from neurotrain.tasks.smlm.models import SigmaMUNet
+
+    torch.manual_seed(0)
+    m = SigmaMUNet(3, 1, 1, 8, 8)
+    for h in (m.p_head, m.phot_xyz_mu_head, m.phot_xyz_sig_head, m.bg_head):
+        torch.nn.init.normal_(h[2].weight)  # distinct, non-trivial 1x1 weights per head
+    u = torch.randn(2, 8, 16, 16)
+    with torch.no_grad():
+        separate = torch.cat([m.p_head(u), m.phot_xyz_mu_head(u), m.phot_xyz_sig_head(u), m.bg_head(u)], 1)
+        fused = m._fused_heads(u)
+    assert torch.allclose(separate, fused, atol=1e-5)
+
+
 def test_mc_dropout_gives_spread(tiny_cfg) -> None:
     torch.manual_seed(0)
     m = SigmaMUNetWithUncertainty(3, 1, 1, 8, 8, dropout=0.3, mc_samples=4).eval()

@@ -177,13 +177,28 @@ class SigmaMUNet(DoubleMUnet):
         only this part."""
         if self.use_separate_heads:
             u = self.dropout(F.elu(u))
-            u = torch.cat([self.p_head(u), self.phot_xyz_mu_head(u), self.phot_xyz_sig_head(u), self.bg_head(u)], 1)
+            if self.training or not u.is_cuda:
+                # on the CPU the head modules stay visible to run_batched's memory estimate (hooks)
+                u = torch.cat([self.p_head(u), self.phot_xyz_mu_head(u), self.phot_xyz_sig_head(u), self.bg_head(u)], 1)
+            else:
+                u = self._fused_heads(u)
         else:
             u = self.dropout(u)
         return activate(u)
 
     def from_features(self, feats: torch.Tensor) -> torch.Tensor:
         return self.heads(self.union_features(feats))
+
+    def _fused_heads(self, u: torch.Tensor) -> torch.Tensor:
+        """The four heads as one 3x3 convolution (their weights stacked) and one block-diagonal
+        1x1 convolution: the same function, but one wide GEMM instead of four 48-column ones."""
+        hs = (self.p_head, self.phot_xyz_mu_head, self.phot_xyz_sig_head, self.bg_head)
+        w1 = torch.cat([h[0].weight for h in hs])
+        b1 = torch.cat([h[0].bias for h in hs])
+        z = F.elu(F.conv2d(u, w1, b1, padding=1))
+        w2 = torch.block_diag(*[h[2].weight[:, :, 0, 0] for h in hs])[:, :, None, None]
+        b2 = torch.cat([h[2].bias for h in hs])
+        return F.conv2d(z, w2, b2)
 
 
 class SigmaMUNetWithUncertainty(SigmaMUNet):
