@@ -200,7 +200,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--channels-last", default="0,1", help="also time NHWC weights (1), contiguous (0), or both")
     ap.add_argument("--batch-256", type=int, default=64, help="frames per batch at 256x256 (scaled by area)")
     ap.add_argument("--skip-accuracy", action="store_true")
-    ap.add_argument("--compile", action="store_true", help="also time torch.compile'd U-Nets (bf16, NHWC)")
+    ap.add_argument("--compile", action="store_true", help="also time torch.compile'd U-Nets (bf16, NHWC; inference.compile)")
     ap.add_argument("--profile", action="store_true", help="print the top CUDA kernels of one 256x256 bf16 batch")
     ap.add_argument("--smoke", action="store_true", help="tiny sizes, CPU-friendly")
     a = ap.parse_args(argv)
@@ -223,10 +223,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if a.profile and dev.type == "cuda":
         profile_kernels(cfg, model_2d, dev, a.batch_256)
     if a.compile and dev.type == "cuda":
+        from neurotrain.tasks.smlm.infer import compiled_for_inference
+
         compiled = build_model(cfg).to(dev).eval()
         compiled.load_state_dict(model_2d.state_dict())
-        for name in ("shared_unet", "union_unet"):
-            setattr(compiled, name, torch.compile(getattr(compiled, name), mode="max-autotune-no-cudagraphs", dynamic=False))
+        compiled = compiled_for_inference(compiled)
         for s in a.sizes.split(","):
             t0 = time.perf_counter()
             r = bench_inference(cfg, compiled, int(s), a.frames, dev, a.repeats, "bf16", True, a.batch_256)

@@ -135,6 +135,7 @@ class InferenceConfig(Section):
     batch_size: int | None = None
     device: str = "auto"
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    compile: bool = False  # torch.compile the network for inference (fuses element-wise work; slow first batch)
 
 
 class Config(Section):
