@@ -12,21 +12,65 @@ from neurotrain.tasks.gamma import simulate as S
 
 
 def test_nai_attenuation_matches_nist_at_662_kev() -> None:
+    e = torch.tensor([661.657], dtype=torch.float64)
+    fr = physics.mass_fractions("NaI")
+    parts = {s: physics.element_partials(s, e) for s in fr}
+    total = sum(w * parts[s]["total"] for s, w in fr.items()).item()
+    coherent = sum(w * parts[s]["coherent"] for s, w in fr.items()).item()
+    # NIST XCOM total (with coherent) for NaI at 0.662 MeV: 0.0771 cm2/g
+    assert total == pytest.approx(0.0771, rel=0.02)
+    # the transport table leaves coherent scattering out (no deposit, direction change only)
     t = physics.material_table("NaI")
     mu, _ = t.lookup(torch.tensor([661.657]))
-    # NIST XCOM total (with coherent) for NaI at 0.662 MeV: 0.0771 cm2/g
-    assert mu.sum().item() / t.density == pytest.approx(0.0771, rel=0.02)
+    assert mu.sum().item() / t.density == pytest.approx(total - coherent, rel=0.005)
 
 
 def test_partials_sum_to_total_and_pair_needs_threshold() -> None:
     e = torch.tensor([50.0, 300.0, 900.0, 1500.0, 2614.0], dtype=torch.float64)
     p = physics.element_partials("I", e)
-    assert torch.allclose(p["photo"] + p["compton"] + p["pair"], p["total"], rtol=1e-6)
+    assert torch.allclose(p["photo"] + p["coherent"] + p["incoherent"] + p["pair"], p["total"], rtol=1e-6)
     assert torch.all(p["pair"][:3] == 0)
     assert torch.all(p["pair"][3:] > 0)
     # photoelectric dominates at 50 keV in iodine, Compton at 900 keV
-    assert p["photo"][0] > 5 * p["compton"][0]
-    assert p["compton"][2] > p["photo"][2]
+    assert p["photo"][0] > 5 * p["incoherent"][0]
+    assert p["incoherent"][2] > p["photo"][2]
+
+
+@pytest.mark.parametrize(("crystal", "reference"), [("LYSO", 0.2288), ("NaI", 0.1158), ("CsI", 0.1450)])
+def test_photoabsorption_fraction_at_662_kev_matches_xraylib(crystal: str, reference: float) -> None:
+    """Photoabsorption share of the interactions the transport samples, at 661.657 keV.
+
+    References: xraylib 4.3.0 (Schoonjans et al., Spectrochim. Acta B 66, 776 (2011); tables of Elam, Ravel &
+    Sieber, Radiat. Phys. Chem. 63, 121 (2002)), mixture rule with physics.mass_fractions:
+    sum w CS_Photo / sum w (CS_Photo + CS_Compt) = photo / (total - coherent), printed by
+    tools/check_gamma_attenuation.py. The former decomposition (Klein-Nishina Compton, coherent counted as
+    photoabsorption) gave 0.259 / 0.143 / 0.177, 13-24 % high.
+    """
+    t = physics.material_table(crystal)
+    mu, _ = t.lookup(torch.tensor([661.657]))
+    assert (mu[0] / mu.sum(0)).item() == pytest.approx(reference, rel=0.02)
+
+
+def test_incoherent_is_bound_klein_nishina() -> None:
+    t = physics.element_tables()["I"]
+    e = torch.tensor([30.0, 662.0, 3000.0], dtype=torch.float64)
+    kn = physics.klein_nishina_sigma(e) * t.z * physics.N_A / t.weight
+    ratio = physics.element_partials("I", e)["incoherent"] / kn
+    # S(x, Z) < Z suppresses scattering at low energy: 0.66 of Klein-Nishina at 30 keV in iodine (xraylib
+    # CS_Compt(53, 30) = 0.0991 cm2/g), 0.99 at 662 keV, and Klein-Nishina per electron at MeV energies
+    assert ratio[0].item() == pytest.approx(0.659, abs=0.01)
+    assert 0.98 < ratio[1].item() < 1.0
+    assert ratio[2].item() == pytest.approx(1.0, abs=0.003)
+
+
+def test_response_cache_key_follows_physics_and_data(lyso_cfg, monkeypatch: pytest.MonkeyPatch) -> None:
+    key = S.response_key(lyso_cfg.simulate)
+    assert key["photon_data"] == physics.data_fingerprint()
+    monkeypatch.setattr(physics, "data_fingerprint", lambda: "0123456789abcdef")
+    assert S.response_key(lyso_cfg.simulate) != key
+    monkeypatch.undo()
+    monkeypatch.setattr(physics, "PHYSICS_VERSION", physics.PHYSICS_VERSION + 1)
+    assert S.response_key(lyso_cfg.simulate) != key
 
 
 def test_klein_nishina_total_cross_section() -> None:
@@ -140,12 +184,22 @@ def test_counts_conserved(lyso_cfg, gen: torch.Generator) -> None:
     fw = torch.full((3, 512), 40.0)
     out = S.broaden(hist, edges, fw)
     assert torch.allclose(out.sum(1), hist.sum(1), rtol=1e-4)
-    scene = S.Scene(counts=1e5, random_lines=2)
+    # Peaks near the 20 keV lower edge (Cd-109's Ag K x-rays at 22-25 keV when the library has them) and the
+    # low-energy continuum spill below it once broadened with the scintillator's ~12 keV FWHM there - a real
+    # loss that the HPGe-resolution target does not have. Account for it: the input must equal the target's
+    # deposits broadened again with the input law, not the requested total.
+    scene = S.Scene(sources=["Cd-109", "Cs-137", "Co-60", "Am-241"], counts=1e5, random_lines=2, jitter=False)
     b = S.simulate_batch(lyso_cfg, 8, gen, torch.device("cpu"), scene)
     total_in = b["clean_input"].sum(1)
-    total_t = (b["target"][:, 0] * b["scale"]).sum(1)
-    assert torch.allclose(total_t, total_in, rtol=0.03)
-    assert torch.allclose(total_in, torch.full_like(total_in, 1e5), rtol=0.05)
+    deposits = b["target"][:, 0] * b["scale"]
+    assert torch.allclose(deposits.sum(1), torch.full_like(total_in, 1e5), rtol=0.02)
+    centres = S.channel_centers(lyso_cfg.simulate)
+    fp = b["fwhm_params"]
+    fwhm_in = S.scint_fwhm(centres.unsqueeze(0), fp[:, :1], fp[:, 1:2])
+    expected_in = S.broaden(deposits, edges, fwhm_in).sum(1)
+    assert torch.allclose(total_in, expected_in, rtol=0.01)
+    spill = 1 - total_in / deposits.sum(1)
+    assert torch.all(spill >= -1e-3)
     assert torch.allclose(b["counts"].sum(1), total_in, rtol=0.02)
 
 

@@ -8,12 +8,24 @@ Data and physics (sources):
 * Total mass attenuation mu/rho of the elements: NIST SRD 126 (Hubbell & Seltzer; values computed by NIST
   with the XCOM cross sections), shipped in ``data/attenuation_nist.csv``. Compounds by the mixture rule
   mu/rho = sum_i w_i (mu/rho)_i (Hubbell & Seltzer, section 2).
-* Incoherent (Compton) part: Klein-Nishina total cross section per electron (Klein & Nishina 1929;
-  Evans, "The Atomic Nucleus", 1955, ch. 23), times Z N_A / A. Electron binding is neglected.
-* Photoelectric and pair parts: the remainder mu - mu_KN. Below the pair threshold 2 m_e c^2 = 1022 keV the
-  remainder is photoabsorption (the small coherent part is lumped into it). Above, the photoelectric part
-  is continued as a power law fitted to the remainder at 600 and 1000 keV, and pair production is what is
-  left. The K-shell share of photoabsorption is (J-1)/J with J the K-edge jump ratio of the same table.
+* Coherent (Rayleigh) and incoherent (Compton on bound electrons, with the incoherent scattering function
+  S(x, Z)) parts: ``data/scattering_partials.csv``, made by ``tools/build_gamma_partials.py`` from xraylib 4.3.0
+  ``CS_Rayl`` / ``CS_Compt`` = the tables of Elam, Ravel & Sieber, Radiat. Phys. Chem. 63, 121 (2002), up to
+  800 keV; above, coherent ~ E^-2 and incoherent -> Klein-Nishina (Klein & Nishina 1929; Evans, "The Atomic
+  Nucleus", 1955, ch. 23) x Z N_A / A as S(x, Z) -> Z (the laws are in the file header and the tool).
+* Photoabsorption and pair parts: the remainder mu - coherent - incoherent, formed at the NIST energies and
+  interpolated log-log itself (the total is then the sum of the parts). Below the pair threshold
+  2 m_e c^2 = 1022 keV the remainder is photoabsorption. Above, the photoelectric part is continued as a power
+  law fitted to the remainder at 600 and 1000 keV, and pair production is what is left (no offline pair
+  table is shipped). The K-shell share of photoabsorption is (J-1)/J with J the K-edge jump ratio of the
+  NIST table.
+* Coherent scattering is not tracked: it deposits no energy and at these energies turns photons mostly by
+  small angles, so its cross section is left out of the interaction probabilities (photons fly through as if
+  it did not exist) - the common Monte Carlo simplification of EGS4's default (IRAYLR = 0) and MCNP's
+  PHYS:P NOCOH option.
+* The incoherent cross section sets how often a photon Compton-scatters; the angle and energy of the scatter
+  are sampled from the free-electron Klein-Nishina distribution (binding and Doppler broadening of the
+  angular distribution are neglected).
 * K x-rays and fluorescence yields: X-ray Data Booklet (LBNL, 3rd ed. 2009, Tables 1-2 and 1-3; yields after
   Krause, J. Phys. Chem. Ref. Data 8, 307 (1979)).
 * Compton angles: Klein-Nishina sampled with the Butcher & Messel (1960) composition-rejection scheme
@@ -22,11 +34,12 @@ Data and physics (sources):
   BrilLanCe 380 LaBr3(Ce) 5.08 g/cm^3); LYSO stoichiometry Lu1.8Y0.2SiO5.
 
 Not modelled: electron transport (secondary electrons deposit locally; bremsstrahlung and electron escape
-are neglected), coherent scattering, L-shell x-rays, positron annihilation in flight.
+are neglected), coherent scattering (see above), L-shell x-rays, positron annihilation in flight.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
 from functools import lru_cache
@@ -65,6 +78,12 @@ K_XRAYS: dict[str, tuple[float, float, float, float]] = {
 Z_OF = {"O": 8, "Na": 11, "Si": 14, "Fe": 26, "Br": 35, "Y": 39, "I": 53, "Cs": 55, "La": 57, "Lu": 71, "Pb": 82}
 
 
+#: Version of the transport physics and data decomposition; part of the response cache key (with the data
+#: file hash of :func:`data_fingerprint`), so that a change rebuilds cached responses.
+PHYSICS_VERSION = 2
+DATA_FILES = ("attenuation_nist.csv", "scattering_partials.csv")
+
+
 @dataclass(frozen=True)
 class ElementTable:
     symbol: str
@@ -74,13 +93,34 @@ class ElementTable:
     mu_rho: tuple[float, ...]  # cm^2/g
 
 
+@dataclass(frozen=True)
+class ScatteringTable:
+    symbol: str
+    energy: tuple[float, ...]  # keV, increasing
+    coherent: tuple[float, ...]  # cm^2/g
+    incoherent: tuple[float, ...]  # cm^2/g
+
+
+def _data_text(name: str) -> str:
+    return resources.files("neurotrain.tasks.gamma.data").joinpath(name).read_text("utf-8")
+
+
+@lru_cache(maxsize=1)
+def data_fingerprint() -> str:
+    """SHA-256 (16 hex digits) of the shipped photon data files, for cache keys."""
+    h = hashlib.sha256()
+    for name in DATA_FILES:
+        h.update(name.encode())
+        h.update(_data_text(name).encode())
+    return h.hexdigest()[:16]
+
+
 @lru_cache(maxsize=1)
 def element_tables() -> dict[str, ElementTable]:
     """Read ``data/attenuation_nist.csv`` (NIST SRD 126) into one table per element."""
-    text = resources.files("neurotrain.tasks.gamma.data").joinpath("attenuation_nist.csv").read_text("utf-8")
     rows: dict[str, list[tuple[float, float]]] = {}
     meta: dict[str, tuple[int, float]] = {}
-    for line in text.splitlines():
+    for line in _data_text("attenuation_nist.csv").splitlines():
         if not line or line.startswith("#") or line.startswith("Z,"):
             continue
         z, sym, aw, e, mu, _ = line.split(",")
@@ -88,6 +128,21 @@ def element_tables() -> dict[str, ElementTable]:
         meta[sym] = (int(z), float(aw))
     return {
         s: ElementTable(s, meta[s][0], meta[s][1], tuple(r[0] for r in v), tuple(r[1] for r in v))
+        for s, v in rows.items()
+    }
+
+
+@lru_cache(maxsize=1)
+def scattering_tables() -> dict[str, ScatteringTable]:
+    """Read ``data/scattering_partials.csv`` (coherent / incoherent, see the module docstring) per element."""
+    rows: dict[str, list[tuple[float, float, float]]] = {}
+    for line in _data_text("scattering_partials.csv").splitlines():
+        if not line or line.startswith("#") or line.startswith("Z,"):
+            continue
+        _z, sym, e, coh, inc, _src = line.split(",")
+        rows.setdefault(sym, []).append((float(e), float(coh), float(inc)))
+    return {
+        s: ScatteringTable(s, tuple(r[0] for r in v), tuple(r[1] for r in v), tuple(r[2] for r in v))
         for s, v in rows.items()
     }
 
@@ -112,18 +167,32 @@ def _loglog_interp(x: torch.Tensor, xs: torch.Tensor, ys: torch.Tensor) -> torch
 def element_partials(symbol: str, energy: torch.Tensor) -> dict[str, torch.Tensor]:
     """Mass attenuation partials (cm^2/g) of one element at ``energy`` (keV, float64 tensor).
 
-    Returns ``total``, ``compton``, ``photo``, ``pair`` and ``k_share`` (K-shell share of photoabsorption,
-    zero below the K edge), see the module docstring for the decomposition.
+    Returns ``total`` (NIST), ``coherent`` and ``incoherent`` (tabulated), ``photo`` and ``pair`` (the rest),
+    and ``k_share`` (K-shell share of photoabsorption, zero below the K edge); see the module docstring.
+    ``photo + coherent + incoherent + pair == total``.
     """
     t = element_tables()[symbol]
+    sc = scattering_tables()[symbol]
     xs = torch.tensor(t.energy, dtype=torch.float64)
     ys = torch.tensor(t.mu_rho, dtype=torch.float64)
-    total = _loglog_interp(energy, xs, ys)
-    compton = (klein_nishina_sigma(energy) * t.z * N_A / t.weight).clamp(max=total)
-    rest = (total - compton).clamp_min(0.0)
-    # photoelectric power law above 1 MeV, anchored on the remainder at 600 and 1000 keV
+    es = torch.tensor(sc.energy, dtype=torch.float64)
+    coh_tab = torch.tensor(sc.coherent, dtype=torch.float64)
+    inc_tab = torch.tensor(sc.incoherent, dtype=torch.float64)
+
+    def scatter(e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return _loglog_interp(e, es, coh_tab), _loglog_interp(e, es, inc_tab)
+
+    # The remainder is split off at the NIST nodes, where the total is exact, and interpolated itself: it is a
+    # small difference of large numbers above ~500 keV, so subtracting interpolated scattering from an
+    # interpolated total would put the interpolation error of the total (a few % of photo at 662 keV) into it.
+    coh_n, inc_n = scatter(xs)
+    rest_n = (ys - coh_n - inc_n).clamp_min(1e-12)
+    coherent, incoherent = scatter(energy)
+    rest = _loglog_interp(energy, xs, rest_n)
+    total = rest + coherent + incoherent
+    # photoelectric power law above 1 MeV, anchored on the remainder at 600 and 1000 keV (NIST nodes)
     anchor = torch.tensor([600.0, 1000.0], dtype=torch.float64)
-    ra = (_loglog_interp(anchor, xs, ys) - klein_nishina_sigma(anchor) * t.z * N_A / t.weight).clamp_min(1e-9)
+    ra = _loglog_interp(anchor, xs, rest_n)
     slope = float(torch.log(ra[0] / ra[1]) / math.log(1000.0 / 600.0))
     slope = min(max(slope, 1.0), 3.5)
     photo_hi = ra[1] * (energy / 1000.0) ** (-slope)
@@ -144,7 +213,10 @@ def element_partials(symbol: str, energy: torch.Tensor) -> dict[str, torch.Tenso
             # K edge below the tabulated range (Br, Y here): above it all photoabsorption is mostly K-shell;
             # use the hydrogenic-like 0.8 typical of mid-Z elements (Hubbell 1969, NSRDS-NBS 29, Table 5).
             k_share = torch.full_like(energy, 0.8)
-    return {"total": total, "compton": compton, "photo": photo, "pair": pair, "k_share": k_share}
+    return {
+        "total": total, "coherent": coherent, "incoherent": incoherent, "photo": photo, "pair": pair,
+        "k_share": k_share,
+    }
 
 
 def mass_fractions(material: str) -> dict[str, float]:
@@ -160,7 +232,8 @@ def mass_fractions(material: str) -> dict[str, float]:
 class MaterialTable:
     """Linear attenuation (1/cm) of one material on a uniform log-energy grid, plus K-fluorescence data.
 
-    ``mu`` has rows photo, compton, pair; ``kx_prob`` (J, G) is the probability that a photoabsorption at
+    ``mu`` has rows photo, compton (the incoherent cross section), pair - coherent scattering is left out (see the
+    module docstring); ``kx_prob`` (J, G) is the probability that a photoabsorption at
     that energy emits a K x-ray of emitter ``j`` (element choice x K share x fluorescence yield).
     """
 
@@ -168,7 +241,7 @@ class MaterialTable:
     density: float
     log_e0: float
     dlog: float
-    mu: torch.Tensor  # (3, G) photo, compton, pair in 1/cm
+    mu: torch.Tensor  # (3, G) photo, compton (incoherent), pair in 1/cm
     kx_prob: torch.Tensor  # (J, G)
     kx_alpha: torch.Tensor  # (J,) keV
     kx_beta: torch.Tensor  # (J,) keV
@@ -203,7 +276,7 @@ def material_table(material: str, n_grid: int = 1200, e_min: float = 10.0, e_max
     parts = {s: element_partials(s, energy) for s in fr}
     for s, w in fr.items():
         photo += w * parts[s]["photo"]
-        compton += w * parts[s]["compton"]
+        compton += w * parts[s]["incoherent"]
         pair += w * parts[s]["pair"]
     emitters = [s for s in fr if s in K_XRAYS]
     kx = torch.stack(
@@ -312,7 +385,7 @@ def transport(
 
     Photons start at ``pos`` (inside or on the surface) moving along ``direction``; each carries the index of
     its event. Interactions: photoabsorption (with K x-ray emission and transport, hence x-ray escape),
-    Klein-Nishina Compton scattering, pair production (kinetic energy E - 1022 keV deposited, two back-to-back
+    Compton scattering (at the bound-electron incoherent rate, Klein-Nishina angles), pair production (kinetic energy E - 1022 keV deposited, two back-to-back
     511 keV photons transported, hence single/double escape). The loop runs over interaction generations,
     never over photons.
     """

@@ -64,11 +64,17 @@ def enhance(cfg: Any, model: nn.Module, counts: np.ndarray, r662: float, power: 
 
 
 def list_peaks(cfg: Any, enhanced: np.ndarray, measured: np.ndarray, r662: float, power: float) -> list[dict[str, float]]:
-    """Peaks of the enhanced spectrum with energy (keV), FWHM (keV), net area (counts) and significance."""
+    """Peaks of the enhanced spectrum with energy (keV), FWHM (keV) and net area (counts).
+
+    The search is the evaluation's (``metrics.PeakDetection``): a candidate needs a net area of at least
+    ``metrics.detect_threshold`` x sqrt(measured counts within +-1 input FWHM), with the input detector's FWHM
+    law (``r662``, ``power``) - so predict lists the peaks that evaluation would count."""
     edges = channel_edges(cfg.simulate)
     spec = torch.tensor(enhanced, dtype=torch.float32).unsqueeze(0)
     noise = torch.tensor(measured, dtype=torch.float32).unsqueeze(0)
-    peaks, energy = find_peaks(spec, noise, edges, cfg.metrics.detect_threshold)
+    centres = 0.5 * (edges[1:] + edges[:-1])
+    resolution = scint_fwhm(centres, torch.tensor(r662), torch.tensor(power)).unsqueeze(0)
+    peaks, energy = find_peaks(spec, noise, edges, cfg.metrics.detect_threshold, resolution_kev=resolution)
     e = energy[peaks].unsqueeze(0)
     if e.numel() == 0:
         return []

@@ -40,7 +40,9 @@ import torch
 
 from neurotrain.tasks.gamma import library, physics
 
-RESPONSE_VERSION = 4
+#: Bumped when the response construction changes; with physics.PHYSICS_VERSION and the photon data hash it keys
+#: the disk cache, so stale responses are rebuilt, never reused.
+RESPONSE_VERSION = 5
 LU176_BETA_ENDPOINT = 597.3  # keV, Q(1194.1) - 596.8 level (ENSDF)
 LU176_CASCADE = ((306.78, 0.936), (201.83, 0.780), (88.34, 0.145))  # keV, emission per decay (ENSDF)
 HF_Z = 72  # daughter of Lu-176
@@ -110,6 +112,8 @@ def response_key(sim: Any) -> dict[str, Any]:
     d = sim.detector
     return {
         "version": RESPONSE_VERSION,
+        "physics": physics.PHYSICS_VERSION,
+        "photon_data": physics.data_fingerprint(),
         "crystal": d.crystal,
         "radius_cm": d.radius_cm,
         "height_cm": d.height_cm,

@@ -1,0 +1,35 @@
+"""The true-line list of a simulated spectrum holds every line the library can put in it."""
+
+from __future__ import annotations
+
+import torch
+
+from neurotrain.tasks.gamma import library
+from neurotrain.tasks.gamma import simulate as S
+from neurotrain.tasks.gamma.config import GammaConfig, SimulateSection
+
+
+def test_default_max_lines_holds_the_worst_case_of_the_library() -> None:
+    sim = SimulateSection()
+    env = sum(len(library.lines_of(s)) for s in library.ENVIRONMENT)
+    largest = sorted((len(library.lines_of(s)) for s in sim.sources), reverse=True)[: sim.max_sources]
+    worst = env + sum(largest) + sim.max_random_lines  # no merging, every line inside the energy range
+    assert worst <= sim.max_lines, (worst, sim.max_lines)
+
+
+def test_no_line_is_dropped_with_the_full_environment_and_four_sources(gamma_cache, gen: torch.Generator) -> None:
+    cfg = GammaConfig(simulate={
+        "n_channels": 512, "e_min_kev": 20.0, "e_max_kev": 3000.0, "response_photons": 200, "lu176_events": 5000,
+        "cache_dir": str(gamma_cache), "detector": {"crystal": "NaI"}, "line_merge_kev": 0.0,
+    })
+    sources = ["Eu-152", "Ba-133", "Cd-109", "Y-88"]
+    scene = S.Scene(sources=sources, counts=1e6, environment=True, random_lines=0, jitter=False)
+    b = S.simulate_batch(cfg, 2, gen, torch.device("cpu"), scene)
+    expected = {
+        round(line.energy_kev, 3)
+        for s in [*sources, *library.ENVIRONMENT] for line in library.lines_of(s) if 20.0 <= line.energy_kev < 3000.0
+    }
+    for i in range(2):
+        got = {round(e, 3) for e in b["line_energy"][i][b["line_mask"][i]].tolist()}
+        assert len(got) >= len(expected) - 2, (len(got), len(expected))  # exact duplicates across sources merge
+        assert b["line_mask"][i].sum() < cfg.simulate.max_lines  # a free slot: nothing was cut
