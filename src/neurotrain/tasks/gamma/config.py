@@ -97,12 +97,18 @@ class ModelSection(Section):
 
 
 class LossSection(Section):
-    name: Literal["peak_weighted", "adaptive_peak_weighted", "poisson_nll", "mse"] = "peak_weighted"
+    name: Literal["peak_weighted", "counting_peak_weighted", "adaptive_peak_weighted", "poisson_nll", "mse"] = (
+        "peak_weighted"
+    )
     peak_weight: float = Field(5.0, ge=0)
     wavelet_sigma_channels: float = Field(2.0, gt=0)
     peak_threshold: float = Field(0.05, ge=0)
     log_weight: float = Field(0.1, ge=0)
     area_weight: float = Field(0.1, ge=0)
+    #: weight of the Anscombe-domain chi^2 in counts (``counting_peak_weighted``; losses.anscombe_chi2)
+    anscombe_weight: float = Field(1.0, ge=0)
+    #: the counting-noise term: Anscombe-domain chi^2 or Poisson deviance (losses.poisson_deviance)
+    counting_term: Literal["anscombe", "deviance"] = "anscombe"
 
 
 class MetricsSection(Section):

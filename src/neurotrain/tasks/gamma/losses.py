@@ -7,6 +7,11 @@
   count (area) term.
 * :class:`AdaptivePeakWeightedLoss` - the same, with the peak weight following a running ratio of the peak
   to the background error (the worse the peaks are fit relative to the rest, the more they weigh).
+* :class:`CountingPeakWeightedLoss` - the seed loss plus a counting-noise term: squared error in the Anscombe
+  domain 2 sqrt(counts + 3/8) of the spectra rescaled to counts, where every channel's error is measured in
+  units of its own Poisson standard deviation (Anscombe, Biometrika 35 (1948) 246). Dips to zero beside a
+  strong peak, overshoot lobes and a flat floor over an empty high-energy region cost what their
+  significance against counting noise is - the quantity the peak search of the evaluation tests.
 * :class:`PoissonNLLLoss` - negative Poisson log-likelihood of the expected target counts under the
   predicted rates (both rescaled to counts), per count.
 """
@@ -107,6 +112,62 @@ class AdaptivePeakWeightedLoss(PeakWeightedLoss):
         return out
 
 
+#: Anscombe's variance-stabilising offset: 2 sqrt(x + 3/8) of a Poisson variable has variance ~1 for means >~ 1
+ANSCOMBE_OFFSET = 3.0 / 8.0
+
+
+def anscombe(counts: Tensor) -> Tensor:
+    """Anscombe transform 2 sqrt(counts + 3/8) of (expected) counts; finite gradient at zero counts.
+
+    Negative values (a head without a positive link) are read as zero counts, with the gradient of the
+    unclamped value: a clamp would stop the gradient exactly at zero, where a dip beside a peak sits."""
+    zeroed = counts + (counts.detach().clamp_min(0) - counts.detach())
+    return 2.0 * torch.sqrt(zeroed + ANSCOMBE_OFFSET)
+
+
+def anscombe_chi2(pred: Tensor, target: Tensor, scale: Tensor) -> Tensor:
+    """Mean over channels and batch of the squared Anscombe-domain error of (B, 1, N) spectra given in units
+    of ``scale`` (B, 1) counts: ~ (lambda - t)^2 / (t + 3/8) per channel, a chi^2 against the target's own
+    counting noise. Its value grows with the count level of a spectrum as its statistical weight does."""
+    s = scale.reshape(-1, 1, 1).to(pred.dtype)
+    return ((anscombe(pred * s) - anscombe(target * s)) ** 2).mean()
+
+
+def poisson_deviance(pred: Tensor, target: Tensor, scale: Tensor) -> Tensor:
+    """Mean over channels and batch of the Poisson deviance 2[(l + c) - (t + c) + (t + c) log((t + c) / (l + c))]
+    of (B, 1, N) spectra in units of ``scale`` (B, 1) counts, c = 3/8 counts. ~ (l - t)^2 / (t + c) near
+    l = t like :func:`anscombe_chi2`, but its minimiser under an uncertain t is the mean of t (the square-root
+    domain's is below it: areas come out low); the offset keeps the gradient finite at l = 0."""
+    s = scale.reshape(-1, 1, 1).to(pred.dtype)
+    lam = pred * s
+    lam = lam + (lam.detach().clamp_min(0) - lam.detach()) + ANSCOMBE_OFFSET
+    t = (target * s).clamp_min(0) + ANSCOMBE_OFFSET
+    return (2.0 * (lam - t + t * torch.log(t / lam))).mean()
+
+
+class CountingPeakWeightedLoss(PeakWeightedLoss):
+    """:class:`PeakWeightedLoss` + ``anscombe_weight`` x :func:`anscombe_chi2` (module docstring). With
+    ``anscombe_weight`` 0 it is the seed loss."""
+
+    def __init__(self, *args: Any, anscombe_weight: float = 1.0, counting_term: str = "anscombe", **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.anscombe_weight = anscombe_weight
+        self.counting = {"anscombe": anscombe_chi2, "deviance": poisson_deviance}[counting_term]
+
+    def forward(self, pred: Tensor, batch: dict[str, Tensor] | Tensor) -> dict[str, Tensor]:
+        with _no_autocast(pred.device):
+            pred = pred.float()
+            target = (batch["target"] if isinstance(batch, dict) else batch).float()
+            out = self._forward(pred, target)
+            if self.anscombe_weight > 0:
+                if not isinstance(batch, dict) or "scale" not in batch:
+                    raise ValueError("the Anscombe term needs batch['scale'] (counts per normalised unit)")
+                chi2 = self.counting(pred, target, batch["scale"].float())
+                out["loss"] = out["loss"] + self.anscombe_weight * chi2
+                out["anscombe_chi2"] = chi2.detach()
+            return out
+
+
 class PoissonNLLLoss(nn.Module):
     """Poisson NLL of expected target counts t under predicted rates lambda (counts), divided by sum t;
     Stirling constant dropped: (lambda - t log lambda) / sum t."""
@@ -141,6 +202,8 @@ def build_loss(cfg: Any) -> nn.Module:
     )
     if c.name == "peak_weighted":
         return PeakWeightedLoss(**kw)
+    if c.name == "counting_peak_weighted":
+        return CountingPeakWeightedLoss(**kw, anscombe_weight=c.anscombe_weight, counting_term=c.counting_term)
     if c.name == "adaptive_peak_weighted":
         return AdaptivePeakWeightedLoss(**kw)
     if c.name == "poisson_nll":
