@@ -233,7 +233,8 @@ def main(argv: list[str] | None = None) -> int:
                 cfg = DeflareConfig.model_validate({
                     "model": {"f_maps": f_maps, "num_levels": len(f_maps)},
                     "voxel": {"sensor_size": [a.height, a.width]},
-                    "pipeline": {"precision": prec, **pipeline},
+                    "pipeline": pipeline,
+                    "inference": {"precision": prec},
                 })
                 fn = model_fn(model, device, prec)
                 res["end_to_end"][f"{prec} {variant}"] = time_file(cfg, fn, src, dst, device, a.repeats)

@@ -85,8 +85,9 @@ class BatchPlan:
 
 def autocast(device: torch.device | str, precision: str = "fp32") -> Any:
     """A context for inference arithmetic: ``bf16``/``fp16`` autocast on ``device``, or nothing
-    for ``fp32``. On CUDA it also allows TF32 matmuls and convolutions (10-bit mantissa,
-    the Ampere/Hopper default for cuDNN convolutions anyway)."""
+    for ``fp32``. On CUDA it also sets process-wide flags for inference: TF32 matmuls and
+    convolutions (10-bit mantissa, the Ampere/Hopper default for cuDNN convolutions anyway)
+    and cuDNN autotuning (``cudnn.benchmark``; the speeds in README "Measured" use it)."""
     device = torch.device(device)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True

@@ -132,3 +132,14 @@ def test_metric_collection_update_from_batch(tiny_cfg) -> None:
     r = met.compute()
     assert r["recall"] > 0.9 and r["precision"] == pytest.approx(1.0) and r["rmse_lat_nm"] < 1.0
     assert isinstance(met["smlm"], SMLMMetrics) and r["crlb_lat_nm"] > 0
+
+
+def test_compiled_for_inference_wraps_each_unet_once() -> None:
+    from neurotrain.tasks.smlm.infer import compiled_for_inference
+    from neurotrain.tasks.smlm.models import SigmaMUNet
+
+    m = compiled_for_inference(SigmaMUNet(3, 1, 1, 8, 8))
+    first = (m.shared_unet, m.union_unet)
+    assert all(hasattr(u, "_orig_mod") for u in first)
+    m = compiled_for_inference(m)  # evaluate localises several times with one model
+    assert (m.shared_unet, m.union_unet) == first

@@ -98,7 +98,6 @@ class PipelineSection(Section):
     io_queue_depth: int = Field(2, ge=0)  # batches read ahead / written behind in threads; 0: no overlap
     compression: Literal["gzip", "none"] = "gzip"
     compression_level: int = Field(1, ge=0, le=9)
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     decode_seed: int = 0
     max_events_factor: float = Field(20.0, gt=0)
     debug_dir: Path = Path("debug_output")

@@ -179,7 +179,8 @@ def process_file(
             res.segments += len(segs)
             if debug_hook is not None and batch_no < pl.debug_iterations:
                 debug_hook({
-                    "file": in_path, "batch": batch_no, "segment_offset": res.segments - len(segs), "input_voxel": vin, "output_voxel": vout,
+                    "file": in_path, "batch": batch_no, "segment_offset": res.segments - len(segs),
+                    "input_voxel": vin, "output_voxel": vout,
                     "starts": starts, "sensor_size": size, "output_events": ev_np,
                     "input_events": EventChunk.concat([s.events for s in segs]), "fn": fn,
                 })

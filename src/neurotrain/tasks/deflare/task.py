@@ -137,7 +137,7 @@ class DeflareTask(Task):
         if method == "network":
             if model is None:
                 raise ConfigError("config error: a checkpoint is required (or use --baseline for encode -> decode only)")
-            return model_fn(model, device, cfg.pipeline.precision)
+            return model_fn(model, device, cfg.inference.precision)
         if method == "codec":
             return identity_fn
         if method == "ba_filter":
