@@ -109,10 +109,6 @@ class LossSection(Section):
     anscombe_weight: float = Field(1.0, ge=0)
     #: the counting-noise term: Anscombe-domain chi^2 or Poisson deviance (losses.poisson_deviance)
     counting_term: Literal["anscombe", "deviance"] = "anscombe"
-    #: weight and window (keV) of the linear chi^2 of windowed counts (losses.local_area_chi2); 50 keV
-    #: covers the +-50 keV around a strong line where an unconstrained network rings
-    local_area_weight: float = Field(0.0, ge=0)
-    local_area_kev: float = Field(50.0, gt=0)
 
 
 class MetricsSection(Section):

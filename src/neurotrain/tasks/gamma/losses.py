@@ -12,8 +12,6 @@
   units of its own Poisson standard deviation (Anscombe, Biometrika 35 (1948) 246). Dips to zero beside a
   strong peak, overshoot lobes and a flat floor over an empty high-energy region cost what their
   significance against counting noise is - the quantity the peak search of the evaluation tests.
-  Its square-root domain biases areas low under counting noise, so a linear chi^2 of the counts summed over
-  windows of ``local_area_kev`` (``local_area_weight``) keeps the local counts - the net peak areas.
 * :class:`PoissonNLLLoss` - negative Poisson log-likelihood of the expected target counts under the
   predicted rates (both rescaled to counts), per count.
 """
@@ -147,55 +145,26 @@ def poisson_deviance(pred: Tensor, target: Tensor, scale: Tensor) -> Tensor:
     return (2.0 * (lam - t + t * torch.log(t / lam))).mean()
 
 
-def local_area_chi2(pred: Tensor, target: Tensor, scale: Tensor, window: int) -> Tensor:
-    """Mean chi^2 of Gaussian-weighted local counts (FWHM ``window`` channels) of (B, 1, N) spectra in
-    units of ``scale`` (B, 1) counts: (K*lambda - K*t)^2 / Var, with Var = K^2*lambda + 3/8 the Poisson
-    variance of the predicted weighted sum, detached (Pearson's chi^2 as in iteratively reweighted least
-    squares: its gradient is that of the Poisson likelihood of the windowed counts, so its minimiser
-    under counting noise is the mean, unlike the square-root domain's). It keeps the
-    counts around every line (net peak areas) while :func:`anscombe_chi2` suppresses ringing; moving
-    counts by much less than the window costs little."""
-    s = scale.reshape(-1, 1, 1).to(pred.dtype)
-    sigma = window / 2.3548
-    half = max(1, int(math.ceil(3 * sigma)))
-    x = torch.arange(-half, half + 1, device=pred.device, dtype=pred.dtype)
-    k = torch.exp(-0.5 * (x / sigma) ** 2).view(1, 1, -1)
-    lam, t = pred * s, (target * s).clamp_min(0)
-    diff = F.conv1d(lam - t, k, padding=half)
-    var = F.conv1d(lam.detach().clamp_min(0), k * k, padding=half) + ANSCOMBE_OFFSET
-    return (diff**2 / var).mean()
-
-
 class CountingPeakWeightedLoss(PeakWeightedLoss):
-    """:class:`PeakWeightedLoss` + ``anscombe_weight`` x :func:`anscombe_chi2` (module docstring)
-    + ``local_area_weight`` x :func:`local_area_chi2` over ``local_area_window`` channels. With both
-    weights 0 it is the seed loss."""
+    """:class:`PeakWeightedLoss` + ``anscombe_weight`` x :func:`anscombe_chi2` (module docstring). With
+    ``anscombe_weight`` 0 it is the seed loss."""
 
-    def __init__(self, *args: Any, anscombe_weight: float = 1.0, counting_term: str = "anscombe",
-                 local_area_weight: float = 0.0, local_area_window: int = 1, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, anscombe_weight: float = 1.0, counting_term: str = "anscombe", **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.anscombe_weight = anscombe_weight
         self.counting = {"anscombe": anscombe_chi2, "deviance": poisson_deviance}[counting_term]
-        self.local_area_weight = local_area_weight
-        self.local_area_window = max(1, int(local_area_window)) | 1  # odd: the window is centred
 
     def forward(self, pred: Tensor, batch: dict[str, Tensor] | Tensor) -> dict[str, Tensor]:
         with _no_autocast(pred.device):
             pred = pred.float()
             target = (batch["target"] if isinstance(batch, dict) else batch).float()
             out = self._forward(pred, target)
-            if self.anscombe_weight > 0 or self.local_area_weight > 0:
-                if not isinstance(batch, dict) or "scale" not in batch:
-                    raise ValueError("the counting terms need batch['scale'] (counts per normalised unit)")
-                scale = batch["scale"].float()
             if self.anscombe_weight > 0:
-                chi2 = self.counting(pred, target, scale)
+                if not isinstance(batch, dict) or "scale" not in batch:
+                    raise ValueError("the Anscombe term needs batch['scale'] (counts per normalised unit)")
+                chi2 = self.counting(pred, target, batch["scale"].float())
                 out["loss"] = out["loss"] + self.anscombe_weight * chi2
                 out["anscombe_chi2"] = chi2.detach()
-            if self.local_area_weight > 0:
-                la = local_area_chi2(pred, target, scale, self.local_area_window)
-                out["loss"] = out["loss"] + self.local_area_weight * la
-                out["local_area_chi2"] = la.detach()
             return out
 
 
@@ -234,11 +203,7 @@ def build_loss(cfg: Any) -> nn.Module:
     if c.name == "peak_weighted":
         return PeakWeightedLoss(**kw)
     if c.name == "counting_peak_weighted":
-        kev_per_channel = (cfg.simulate.e_max_kev - cfg.simulate.e_min_kev) / cfg.simulate.n_channels
-        return CountingPeakWeightedLoss(
-            **kw, anscombe_weight=c.anscombe_weight, counting_term=c.counting_term,
-            local_area_weight=c.local_area_weight, local_area_window=round(c.local_area_kev / kev_per_channel),
-        )
+        return CountingPeakWeightedLoss(**kw, anscombe_weight=c.anscombe_weight, counting_term=c.counting_term)
     if c.name == "adaptive_peak_weighted":
         return AdaptivePeakWeightedLoss(**kw)
     if c.name == "poisson_nll":
