@@ -10,8 +10,7 @@ dropout, see :class:`NetworkLocaliser`) also ``MC_COLUMNS``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -93,13 +92,8 @@ class NetworkLocaliser(nn.Module):
         return with_psf_widths(localise(out.float(), cfg, threshold=self.threshold, spread=spread), cfg)
 
     def _mc(self, win: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        s, n = self.mc_samples, win.shape[0]
-        u = self.model.union_features(win)  # deterministic: computed once, only the heads are sampled
-        reps = u.expand(s, *u.shape).reshape(s * n, *u.shape[1:])
-        with dropout_sampling(self.model):
-            outs = self.model.heads(reps).float().view(s, n, -1, *win.shape[-2:])
-        std, mean = torch.std_mean(outs, dim=0)
-        return mean, std
+        # the union U-Net is deterministic: computed once, only the heads are sampled
+        return self.model.sample_heads(self.model.union_features(win), self.mc_samples)
 
 
 def check_mc_samples(model: nn.Module, cfg: Any, mc_samples: int) -> int:
@@ -117,20 +111,6 @@ def check_mc_samples(model: nn.Module, cfg: Any, mc_samples: int) -> int:
         raise ConfigError(f"config error: predict.mc_samples={mc_samples}: the network has no dropout "
                           f"(model.dropout={cfg.model.dropout}), MC samples would all be equal")
     return mc_samples
-
-
-@contextmanager
-def dropout_sampling(model: nn.Module) -> Iterator[None]:
-    """Dropout layers of ``model`` in training mode (sampling masks), everything else as it was."""
-    drops = [m for m in model.modules() if isinstance(m, nn.modules.dropout._DropoutNd)]
-    was = [m.training for m in drops]
-    for m in drops:
-        m.train()
-    try:
-        yield
-    finally:
-        for m, w in zip(drops, was, strict=True):
-            m.train(w)
 
 
 def network_fn(model: nn.Module, cfg: Any, threshold: float | None = None, mc_samples: int = 0) -> NetworkLocaliser:

@@ -210,20 +210,34 @@ class SigmaMUNetWithUncertainty(SigmaMUNet):
         super().__init__(*args, dropout=dropout, **kwargs)  # type: ignore[arg-type]
         self.mc_samples = mc_samples
 
+    def sample_heads(self, u: torch.Tensor, n_samples: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and standard deviation of the heads over ``n_samples`` dropout masks, for union
+        U-Net output ``u`` ``[B, C, H, W]``: the copies run as one batch, dropout sampling, the
+        rest of the network in its current mode."""
+        b = u.shape[0]
+        reps = u.expand(n_samples, *u.shape).reshape(n_samples * b, *u.shape[1:])
+        drops = [m for m in self.modules() if isinstance(m, nn.modules.dropout._DropoutNd)]
+        was = [m.training for m in drops]
+        for m in drops:
+            m.train()
+        try:
+            outs = self.heads(reps).float()
+        finally:
+            for m, w in zip(drops, was, strict=True):
+                m.train(w)
+        std, mean = torch.std_mean(outs.view(n_samples, b, *outs.shape[1:]), dim=0)
+        return mean, std
+
     @torch.no_grad()
     def mc_predict(self, x: torch.Tensor, n_samples: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and standard deviation over ``n_samples`` passes with dropout on (the U-Nets run
         once; only the heads are sampled)."""
-        n = n_samples or self.mc_samples
         was = self.training
         self.eval()
-        u = self.union_features(self.frame_features(x))
-        for m in self.modules():
-            if isinstance(m, nn.Dropout2d):
-                m.train()
-        outs = torch.stack([self.heads(u) for _ in range(n)], 0)
-        self.train(was)
-        return outs.mean(0), outs.std(0)
+        try:
+            return self.sample_heads(self.union_features(self.frame_features(x)), n_samples or self.mc_samples)
+        finally:
+            self.train(was)
 
 
 def build_model(cfg: object) -> nn.Module:
