@@ -68,6 +68,8 @@ class SimulateSection(Section):
     line_merge_kev: float = Field(3.0, ge=0)
     response_photons: int = Field(2000, ge=10)
     response_smooth_channels: int = Field(4, ge=0)
+    #: Gaussian sigma (keV) on the response's deposits of no fixed energy (see simulate.smooth_deposits)
+    response_smooth_kev: float = Field(1.0, ge=0)
     response_seed: int = 12345
     lu176_events: int = Field(200_000, ge=1000)
     cache_dir: Path | None = None
