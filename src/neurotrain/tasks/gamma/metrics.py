@@ -315,7 +315,7 @@ class PeakDetection(Metric):
         e = energy.unsqueeze(1)
         explained = ((e >= lo.unsqueeze(2)) & (e <= hi.unsqueeze(2)) & am.unsqueeze(2)).any(1)
         if self.explain_by_target:
-            t_peaks, t_energy = find_peaks(_flat(batch["target"]).float() * scale, counts, self.edges, self.threshold, resolution_kev=res)
+            t_peaks, _ = find_peaks(_flat(batch["target"]).float() * scale, counts, self.edges, self.threshold, resolution_kev=res)
             # a (B, N, N) comparison would not fit at 4096 channels: mark +-tolerance around each target peak
             width = float(self.edges[1] - self.edges[0])
             reach = max(1, int(math.ceil(self.tolerance_kev / width)))

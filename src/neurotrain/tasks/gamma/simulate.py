@@ -6,7 +6,9 @@ Pipeline (batched torch on the training device; units keV, cm, counts):
    (:func:`neurotrain.tasks.gamma.physics.transport`) for one incident energy per channel centre, a
    parallel beam on the front face plus a share ``backscatter_fraction`` that first reaches a slab (Pb or Fe)
    behind the crystal and returns by single scattering (backscatter peak, Pb K x-rays). Stored as the
-   full-energy efficiency per incident energy and the continuum of partial deposits per channel. For LYSO
+   full-energy efficiency per incident energy and the continuum of partial deposits per channel; deposits of
+   no fixed energy are smoothed by a Gaussian of ``response_smooth_kev`` (:func:`smooth_deposits`), escape and
+   x-ray lines are not. For LYSO
    also the intrinsic Lu-176 deposit spectrum: beta continuum (allowed shape with Fermi function, end point
    597 keV to the 596.8 keV level of Hf-176) summed with the transported 306.8 / 201.8 / 88.3 keV cascade
    (emission 93.6 / 78.0 / 14.5 %; the rest converted and absorbed locally). ENSDF via NNDC NuDat 3.
