@@ -135,10 +135,12 @@ class TaskModule(L.LightningModule):
         metrics = self.val_metrics if stage == "val" else self.test_metrics
         if metrics is None:
             return
+        # compute() already reduces the metric states over DDP ranks, so every rank logs the same values;
+        # sync_dist (a mean of equal numbers, once per epoch) only tells Lightning that they are global
         flat = _flatten_metrics(stage, metrics.compute())
         for k, v in flat.items():
             if torch.isfinite(v):
-                self.log(k, v.to(self.device))
+                self.log(k, v.to(self.device), sync_dist=True)
         metrics.reset()
 
     def on_validation_epoch_end(self) -> None:
