@@ -82,6 +82,10 @@ def test_short_training_beats_untrained_then_evaluate_and_predict(tmp_path: Path
     assert (run_dir / "report" / "report.html").is_file()
     levels = res.metrics["levels"]
     assert set(next(iter(levels.values()))) == {"input", "network", "baseline", "target"}
+    assert set(next(iter(res.metrics["paired_area_err_pct"].values()))) == {"network", "baseline", "lines"}
+    refined = task.evaluate(cfg2.model_copy(update={"refine": cfg2.refine.model_copy(update={"iterations": 10})}), trained, run_dir)
+    assert "network_refined" in next(iter(refined.metrics["levels"].values()))
+    assert refined.headline_network == res.headline_network  # the headline stays the raw network's
     assert "peaks_in_180_192_kev" in res.metrics["sets"]["negative_control"]
     assert "unknown_line_shift" in res.metrics["sets"]["unknown_lines"]
     assert "crystal_NaI" in res.metrics["sets"]  # the same model scored on NaI spectra
@@ -101,3 +105,15 @@ def test_short_training_beats_untrained_then_evaluate_and_predict(tmp_path: Path
     with h5py.File(tmp_path / "pred" / "cs137_enhanced.h5") as f:
         assert f["energy_kev"].shape == (512,)
         assert np.isclose(f["enhanced"][...].sum(), f["input"][...].sum(), rtol=1e-6)  # conserve_counts
+
+    # data-consistency refinement in predict: only when asked for, and it keeps the counts
+    from neurotrain.tasks.gamma.predict import enhance
+
+    counts = b["counts"][0].numpy().astype(np.float64)
+    raw = enhance(cfg2, trained, counts, 0.07, 0.5)
+    def with_refine(in_predict: bool):
+        return cfg2.model_copy(update={"refine": cfg2.refine.model_copy(update={"iterations": 10, "in_predict": in_predict})})
+    assert np.allclose(enhance(with_refine(False), trained, counts, 0.07, 0.5), raw)
+    refined_spec = enhance(with_refine(True), trained, counts, 0.07, 0.5)
+    assert not np.allclose(refined_spec, raw, rtol=1e-3)
+    assert refined_spec.sum() == pytest.approx(counts.sum(), rel=1e-6)

@@ -272,3 +272,24 @@ def test_paired_area_error_scores_both_methods_on_the_lines_both_show() -> None:
     # each method over its own found lines, as NetAreaError reports: a is judged on both lines
     metric.update(finds_both.view(1, 1, -1), b)
     assert metric.compute().item() == pytest.approx(35.0, abs=0.7)
+
+
+def test_refine_to_counts_moves_areas_to_the_data_and_keeps_peaks_sharp() -> None:
+    from neurotrain.tasks.gamma.baseline import resolution_matrix
+    from neurotrain.tasks.gamma.postprocess import refine_to_counts
+
+    r662, power = 40.0 / 662.0, 0.0  # input FWHM 40 keV everywhere
+    truth = gauss(300.0, 2.0, 4e4) + gauss(700.0, 2.0, 2e4) + 30.0
+    counts = (truth @ resolution_matrix(EDGES, r662, power).T).unsqueeze(0)  # noiseless measurement
+    # a network that places and sharpens the peaks right but gets their areas wrong
+    guess = (gauss(300.0, 2.0, 2.4e4) + gauss(700.0, 2.0, 3e4) + 30.0).unsqueeze(0)
+    out = refine_to_counts(guess, counts, EDGES, r662, power, 20)[0]
+    b = batch_for([300.0, 700.0], [4e4, 2e4], truth, counts=counts[0])
+    m = M.NetAreaError(EDGES, window_fwhm=0.5, tolerance_kev=3.0, reference="true")
+    before, _, _ = m.line_errors(guess.view(1, 1, -1), b)
+    after, _, _ = m.line_errors(out.view(1, 1, -1), b)
+    assert before.min() > 20.0 and after.max() < 0.5 * before.min()
+    w = M.LineFWHM(EDGES, window_fwhm=0.5, tolerance_kev=3.0)
+    w.update(out.view(1, 1, -1), b)
+    assert w.compute().item() < 3.0  # still 2 keV peaks, not the 40 keV input
+    assert torch.equal(refine_to_counts(guess, counts, EDGES, r662, power, 0), guess)

@@ -35,11 +35,16 @@ def resolution_matrix(edges: Tensor, r662: float, power: float) -> Tensor:
     return a / a.sum(0, keepdim=True).clamp_min(1e-12)
 
 
-def richardson_lucy(y: Tensor, a: Tensor, iterations: int = 200) -> Tensor:
-    """Richardson-Lucy deconvolution of spectra ``y`` (B, N) with response ``a`` (N, N)."""
+def richardson_lucy(y: Tensor, a: Tensor, iterations: int = 200, init: Tensor | None = None) -> Tensor:
+    """Richardson-Lucy deconvolution of spectra ``y`` (B, N) with response ``a`` (N, N), started from ``init``
+    (B, N) or, by default, from a flat spectrum of the same total."""
     y = y.clamp_min(0)
     norm = a.sum(0).clamp_min(1e-12)  # A^T 1
-    x = torch.full_like(y, 1.0) * (y.sum(1, keepdim=True) / y.shape[1]).clamp_min(1e-6)
+    if init is None:
+        x = torch.full_like(y, 1.0) * (y.sum(1, keepdim=True) / y.shape[1]).clamp_min(1e-6)
+    else:
+        # a zero channel would stay zero under the multiplicative update
+        x = init.clamp_min(1e-6 * float(y.mean().clamp_min(1e-6)))
     for _ in range(iterations):  # the iterations are the algorithm; each is a batched matmul
         est = (x @ a.T).clamp_min(1e-12)
         x = x * ((y / est) @ a) / norm

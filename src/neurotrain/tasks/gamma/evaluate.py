@@ -27,7 +27,7 @@ from torch import nn
 from neurotrain.task import EvalResult
 from neurotrain.tasks.gamma import baseline as bl
 from neurotrain.tasks.gamma.metrics import NetAreaError, build_metrics, paired_area_error
-from neurotrain.tasks.gamma.postprocess import find_peaks, measure_lines
+from neurotrain.tasks.gamma.postprocess import find_peaks, measure_lines, refine_to_counts
 from neurotrain.tasks.gamma.simulate import (
     Scene, channel_centers, channel_edges, hpge_coefficients, hpge_fwhm, scint_fwhm, simulate_batch,
 )
@@ -66,9 +66,14 @@ def _scene_batch(cfg: Any, n: int, seed: int, scene: Scene, device: torch.device
 
 def _outputs(cfg: Any, model: nn.Module | None, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     out = {"input": batch["input"][:, 0]}
+    r662, power = (float(v) for v in batch["fwhm_params"][0])
     if model is not None:
         out["network"] = run_network(model, batch)
-    r662, power = (float(v) for v in batch["fwhm_params"][0])
+        if cfg.refine.iterations > 0:
+            scale = batch["scale"].view(-1, 1)
+            edges = channel_edges(cfg.simulate, out["network"].device)
+            refined = refine_to_counts(out["network"] * scale, batch["counts"].float(), edges, r662, power, cfg.refine.iterations)
+            out["network_refined"] = refined / scale
     out["baseline"] = bl.run_baseline(cfg, batch["input"][:, 0], r662, power)
     out["target"] = batch["target"][:, 0]
     return out
@@ -205,7 +210,7 @@ def evaluate(cfg: Any, model: nn.Module | None, run_dir: Path, **options: Any) -
         metrics["levels"][f"{level:.0e}"] = _score(cfg, outs, batch)
         if "network" in outs:
             area = NetAreaError(channel_edges(cfg.simulate), cfg.metrics.window_fwhm, cfg.metrics.tolerance_kev)
-            pair = paired_area_error(area, {k: outs[k] for k in ("network", "baseline")}, batch)
+            pair = paired_area_error(area, {k: v for k, v in outs.items() if k not in ("input", "target")}, batch)
             metrics.setdefault("paired_area_err_pct", {})[f"{level:.0e}"] = {k: _f(v) for k, v in pair.items()}
         for k, v in _fwhm_points(cfg, outs, batch).items():
             fwhm_pts.setdefault(k, []).append(v)
@@ -325,8 +330,9 @@ def _write_report(cfg: Any, out: Path, metrics: dict[str, Any], figures: list[Pa
         md += [f"## {level} counts (random mixtures)", ""] + _table_md(rows, KEYS) + [""]
         pair = metrics.get("paired_area_err_pct", {}).get(level)
         if pair:
-            md += [f"Net-area error over the {pair['lines']:.0f} lines that both network and baseline show: network "
-                   f"{pair['network']} %, baseline {pair['baseline']} %.", ""]
+            methods = [k for k in pair if k != "lines"]
+            md += [f"Net-area error (%) over the {pair['lines']:.0f} lines that {', '.join(methods)} all show: "
+                   + ", ".join(f"{k} {pair[k]}" for k in methods) + ".", ""]
     for name, entry in metrics["sets"].items():
         md += [f"## {name}", ""] + _table_md(entry["metrics"], KEYS) + [""]
         if "peaks_in_180_192_kev" in entry:

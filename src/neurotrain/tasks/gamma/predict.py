@@ -17,7 +17,7 @@ from torch import nn
 
 from neurotrain.errors import ConfigError
 from neurotrain.tasks.gamma import io as gio
-from neurotrain.tasks.gamma.postprocess import find_peaks, line_windows, measure_lines
+from neurotrain.tasks.gamma.postprocess import find_peaks, line_windows, measure_lines, refine_to_counts
 from neurotrain.tasks.gamma.simulate import channel_edges, scint_fwhm
 
 
@@ -48,7 +48,8 @@ def fwhm_law(cfg: Any, options: dict[str, Any]) -> tuple[float, float]:
 
 @torch.no_grad()
 def enhance(cfg: Any, model: nn.Module, counts: np.ndarray, r662: float, power: float, conserve: bool = True) -> np.ndarray:
-    """Enhance one spectrum already on the model grid (counts per channel) -> counts per channel."""
+    """Enhance one spectrum already on the model grid (counts per channel) -> counts per channel, refined
+    against the measured counts when ``refine.in_predict`` is set (:func:`postprocess.refine_to_counts`)."""
     device = next(model.parameters()).device
     n = counts.size
     scale = max(counts.sum() / n, 1e-6)
@@ -57,7 +58,11 @@ def enhance(cfg: Any, model: nn.Module, counts: np.ndarray, r662: float, power: 
     inp = torch.stack([x, torch.log1p(x), axis]).unsqueeze(0)
     cond = torch.tensor([[r662, power]], dtype=torch.float32, device=device)
     model.eval()
-    out = model(inp, cond)[0, 0].double().cpu().numpy() * scale
+    out_t = model(inp, cond)[0].float() * scale
+    if cfg.refine.in_predict and cfg.refine.iterations > 0:
+        meas = torch.tensor(counts, dtype=torch.float32, device=device).unsqueeze(0)
+        out_t = refine_to_counts(out_t, meas, channel_edges(cfg.simulate, device), r662, power, cfg.refine.iterations)
+    out = out_t[0].double().cpu().numpy()
     if conserve and out.sum() > 0:
         out = out * (counts.sum() / out.sum())
     return out
