@@ -236,8 +236,9 @@ def refine_to_counts(spec: Tensor, counts: Tensor, edges: Tensor, r662: float, p
     ``r662``, ``power``), started from ``spec``.
 
     Each step multiplies the spectrum by A^T (y / A x) / A^T 1, a factor that varies only on the scale of the
-    input resolution: the network's peak positions and widths stay, while areas move to what the measured
-    counts support (the network places peaks well, but its areas scatter). 0 iterations returns ``spec``.
+    input resolution: peak areas move to what the measured counts support (the network places peaks well,
+    but its areas scatter), and no structure finer than that scale is added. Where a peak of ``spec`` and the
+    data disagree in position the factor tilts across it and widens it. 0 iterations returns ``spec``.
     """
     if iterations <= 0:
         return spec
