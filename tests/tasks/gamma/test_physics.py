@@ -184,7 +184,7 @@ def test_counts_conserved(lyso_cfg, gen: torch.Generator) -> None:
     fw = torch.full((3, 512), 40.0)
     out = S.broaden(hist, edges, fw)
     assert torch.allclose(out.sum(1), hist.sum(1), rtol=1e-4)
-    # Peaks near the 20 keV lower edge (Cd-109's Ag K x-rays at 22-25 keV when the library has them) and the
+    # Peaks near the 20 keV lower edge (Cd-109's Ag K x-rays at 22-25 keV) and the
     # low-energy continuum spill below it once broadened with the scintillator's ~12 keV FWHM there - a real
     # loss that the HPGe-resolution target does not have. Account for it: the input must equal the target's
     # deposits broadened again with the input law, not the requested total.
