@@ -200,7 +200,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--channels-last", default="0,1", help="also time NHWC weights (1), contiguous (0), or both")
     ap.add_argument("--batch-256", type=int, default=64, help="frames per batch at 256x256 (scaled by area)")
     ap.add_argument("--skip-accuracy", action="store_true")
-    ap.add_argument("--compile", action="store_true", help="also time torch.compile'd U-Nets (bf16, NHWC; inference.compile)")
+    ap.add_argument("--compile", action="store_true", help="also time torch.compile'd U-Nets (NHWC, each non-fp32 precision; inference.compile)")
+    ap.add_argument("--compile-modes", default="default",
+                    help="torch.compile modes to time with --compile, e.g. default,max-autotune-no-cudagraphs")
     ap.add_argument("--profile", action="store_true", help="print the top CUDA kernels of one 256x256 bf16 batch")
     ap.add_argument("--smoke", action="store_true", help="tiny sizes, CPU-friendly")
     a = ap.parse_args(argv)
@@ -225,15 +227,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if a.compile and dev.type == "cuda":
         from neurotrain.tasks.smlm.infer import compiled_for_inference
 
-        compiled = build_model(cfg).to(dev).eval()
-        compiled.load_state_dict(model_2d.state_dict())
-        compiled = compiled_for_inference(compiled)
-        for s in a.sizes.split(","):
-            t0 = time.perf_counter()
-            r = bench_inference(cfg, compiled, int(s), a.frames, dev, a.repeats, "bf16", True, a.batch_256)
-            r["precision"] = "bf16 compiled"
-            r["compile_and_run_s"] = time.perf_counter() - t0
-            result["inference"].append(r)
+        modes = a.compile_modes.split(",")
+        # CUDA-graph modes reuse output memory on every call; predict keeps frame features across calls
+        unsafe = [m for m in modes if m not in ("default", "max-autotune-no-cudagraphs")]
+        if unsafe:
+            raise SystemExit(f"--compile-modes: {unsafe} use CUDA graphs, which the cached frame features cannot survive")
+        for mode in modes:
+            compiled = build_model(cfg).to(dev).eval()
+            compiled.load_state_dict(model_2d.state_dict())
+            compiled = compiled_for_inference(compiled, mode)
+            for s in a.sizes.split(","):
+                for prec in [p for p in precs if p != "fp32"]:
+                    t0 = time.perf_counter()
+                    r = bench_inference(cfg, compiled, int(s), a.frames, dev, a.repeats, prec, True, a.batch_256)
+                    r["precision"] = f"{prec} compiled ({mode})"
+                    r["compile_and_run_s"] = time.perf_counter() - t0
+                    result["inference"].append(r)
     cfg3 = with_updates(cfg, psf={"kind": "astigmatic"})
     acc = {}
     runs = (("2D low", cfg, model_2d), ("2D high", cfg, model_2d))

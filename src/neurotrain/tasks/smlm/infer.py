@@ -129,12 +129,13 @@ def baseline_fn(cfg: Any) -> Callable[[torch.Tensor], dict[str, torch.Tensor]]:
     return fn
 
 
-def compiled_for_inference(model: nn.Module) -> nn.Module:
-    """``model`` with its U-Nets (or, for single-U-Net models, itself) wrapped by ``torch.compile``:
-    predict calls ``frame_features`` / ``from_features``, which run the compiled submodules."""
+def compiled_for_inference(model: nn.Module, mode: str = "default") -> nn.Module:
+    """``model`` with its U-Nets (or, for single-U-Net models, itself) wrapped by ``torch.compile``
+    (``mode`` as torch.compile's; bench/smlm.py times the others): predict calls ``frame_features`` /
+    ``from_features``, which run the compiled submodules."""
     def compiled(m: nn.Module) -> nn.Module:
         # evaluate calls localise_movie several times with one model: wrap it once
-        return m if hasattr(m, "_orig_mod") else torch.compile(m, dynamic=False)  # type: ignore[return-value]
+        return m if hasattr(m, "_orig_mod") else torch.compile(m, dynamic=False, mode=mode)  # type: ignore[return-value]
 
     parts = [n for n in ("shared_unet", "union_unet") if isinstance(getattr(model, n, None), nn.Module)]
     if not parts:
