@@ -67,7 +67,8 @@ def movie(cfg: SMLMConfig, n: int, seed: int, dev: torch.device) -> tuple[torch.
 def bench_inference(cfg: SMLMConfig, model: torch.nn.Module, size: int, n_frames: int, dev: torch.device,
                     repeats: int, precision: str = "fp32", channels_last: bool = False,
                     batch_256: int = 64) -> dict[str, Any]:
-    c = with_updates(cfg, simulate={"frame_size": (size, size)}, inference={"batch_size": None, "precision": precision})
+    c = with_updates(cfg, simulate={"frame_size": (size, size)}, inference={"batch_size": None, "precision": precision,
+                                                                               "compile": False})
     adu, _, _ = movie(c, n_frames, 7, dev)
     model = model.to(dev).eval()
     model = model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)

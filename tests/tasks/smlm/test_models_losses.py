@@ -138,8 +138,14 @@ def test_compiled_for_inference_wraps_each_unet_once() -> None:
     from neurotrain.tasks.smlm.infer import compiled_for_inference
     from neurotrain.tasks.smlm.models import SigmaMUNet
 
-    m = compiled_for_inference(SigmaMUNet(3, 1, 1, 8, 8))
+    plain = SigmaMUNet(3, 1, 1, 8, 8)
+    keys = list(plain.state_dict())
+    m = compiled_for_inference(plain)
     first = (m.shared_unet, m.union_unet)
     assert all(hasattr(u, "_orig_mod") for u in first)
-    m = compiled_for_inference(m)  # evaluate localises several times with one model
-    assert (m.shared_unet, m.union_unet) == first
+    # the caller's model is not changed: its state dict loads into a fresh model (bench/smlm.py does this)
+    assert list(plain.state_dict()) == keys and not hasattr(plain.shared_unet, "_orig_mod")
+    SigmaMUNet(3, 1, 1, 8, 8).load_state_dict(plain.state_dict())
+    assert m.shared_unet._orig_mod.enc[0][0].weight is plain.shared_unet.enc[0][0].weight  # weights shared
+    # evaluate localises several times with one model: the same compiled copy each time
+    assert compiled_for_inference(plain) is m and compiled_for_inference(m) is m

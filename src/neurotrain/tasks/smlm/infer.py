@@ -10,6 +10,8 @@ dropout, see :class:`NetworkLocaliser`) also ``MC_COLUMNS``.
 
 from __future__ import annotations
 
+import copy
+
 from collections.abc import Callable
 from typing import Any
 
@@ -130,19 +132,29 @@ def baseline_fn(cfg: Any) -> Callable[[torch.Tensor], dict[str, torch.Tensor]]:
 
 
 def compiled_for_inference(model: nn.Module, mode: str = "default") -> nn.Module:
-    """``model`` with its U-Nets (or, for single-U-Net models, itself) wrapped by ``torch.compile``
-    (``mode`` as torch.compile's; bench/smlm.py times the others): predict calls ``frame_features`` /
-    ``from_features``, which run the compiled submodules."""
+    """A module sharing ``model``'s weights with its U-Nets (or, for single-U-Net models, itself) wrapped
+    by ``torch.compile`` (``mode`` as torch.compile's; bench/smlm.py times the others): predict calls
+    ``frame_features`` / ``from_features``, which run the compiled submodules. ``model`` itself is left
+    as it was, so its state dict keeps its keys (no ``_orig_mod.``) for saving or loading elsewhere."""
     def compiled(m: nn.Module) -> nn.Module:
-        # evaluate calls localise_movie several times with one model: wrap it once
         return m if hasattr(m, "_orig_mod") else torch.compile(m, dynamic=False, mode=mode)  # type: ignore[return-value]
 
     parts = [n for n in ("shared_unet", "union_unet") if isinstance(getattr(model, n, None), nn.Module)]
     if not parts:
         return compiled(model)
-    for n in parts:
-        setattr(model, n, compiled(getattr(model, n)))
-    return model
+    if all(hasattr(getattr(model, n), "_orig_mod") for n in parts):
+        return model
+    # evaluate localises several times with one model: one compiled copy per mode, kept on the model
+    # outside its state dict (a plain attribute, not a registered submodule)
+    cache: dict[str, nn.Module] = model.__dict__.setdefault("_compiled_copies", {})
+    if mode not in cache:
+        out = copy.copy(model)
+        out._modules = dict(model._modules)
+        out.__dict__["_compiled_copies"] = {}
+        for n in parts:
+            out._modules[n] = compiled(model._modules[n])  # type: ignore[assignment]
+        cache[mode] = out
+    return cache[mode]
 
 
 def localise_movie(frames: Any, cfg: Any, model: nn.Module | None = None, *, threshold: float | None = None,
