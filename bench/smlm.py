@@ -234,6 +234,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if unsafe:
             raise SystemExit(f"--compile-modes: {unsafe} use CUDA graphs, which the cached frame features cannot survive")
         for mode in modes:
+            # every U-Net shares one forward code object: without a reset, sizes x precisions x modes
+            # exceed dynamo's recompile limit and later rows silently run uncompiled
+            torch._dynamo.reset()
             compiled = build_model(cfg).to(dev).eval()
             compiled.load_state_dict(model_2d.state_dict())
             compiled = compiled_for_inference(compiled, mode)
