@@ -94,7 +94,9 @@ def test_short_training_beats_untrained_then_evaluate_and_predict(tmp_path: Path
     # predict on an IEC 1455 file written from a simulated NaI-like spectrum on a different grid
     scene = S.Scene(sources=["Cs-137"], counts=2e5, random_lines=0, environment=False, jitter=False, fwhm_662=0.07, power=0.5)
     b = S.simulate_batch(cfg2, 1, gen, torch.device("cpu"), scene)
-    src = gio.write_iec1455(tmp_path / "cs137.iec", b["counts"][0].numpy(), [20.0, (2000.0 - 20.0) / 512], 100.0, 100.0)
+    # the file holds only the first 384 of the model's 512 channels: it measures 20-1505 keV of 20-2000 keV
+    src = gio.write_iec1455(tmp_path / "cs137.iec", b["counts"][0, :384].numpy(), [20.0, (2000.0 - 20.0) / 512], 100.0, 100.0)
+    hi_kev = 20.0 + 384 * (2000.0 - 20.0) / 512
     out = task.predict(cfg2, trained, [src], tmp_path / "pred", fwhm_662=0.07, power=0.5)
     names = {p.name for p in out}
     assert {"cs137_enhanced.csv", "cs137_enhanced.h5", "cs137_peaks.csv", "cs137_enhanced.png"} <= names
@@ -105,6 +107,11 @@ def test_short_training_beats_untrained_then_evaluate_and_predict(tmp_path: Path
     with h5py.File(tmp_path / "pred" / "cs137_enhanced.h5") as f:
         assert f["energy_kev"].shape == (512,)
         assert np.isclose(f["enhanced"][...].sum(), f["input"][...].sum(), rtol=1e-6)  # conserve_counts
+        # nothing is output or listed above the file's range
+        e, measured = f["energy_kev"][...], f["measured"][...]
+        assert np.array_equal(measured, e <= hi_kev) and (~measured).sum() == 128
+        assert np.all(f["enhanced"][...][~measured] == 0) and f["enhanced"][...][measured].sum() > 0
+        assert np.all(f["peaks_energy_kev"][...] < hi_kev)
 
     # data-consistency refinement in predict: only when asked for, and it keeps the counts
     from neurotrain.tasks.gamma.predict import enhance

@@ -234,6 +234,14 @@ def resample(counts: np.ndarray, edges_src: np.ndarray, edges_dst: np.ndarray) -
     return np.diff(at)
 
 
+def covered_channels(edges_src: np.ndarray, edges_dst: np.ndarray) -> np.ndarray:
+    """Which destination bins (N,) the source spectrum measures: their centres lie inside the source's
+    calibrated range. :func:`resample` leaves the others at zero counts, which means "not measured", not
+    "no counts": predict sets its output there to zero and lists no peak there."""
+    centres = 0.5 * (edges_dst[1:] + edges_dst[:-1])
+    return (centres >= edges_src[0]) & (centres <= edges_src[-1])
+
+
 def write_csv(path: Path, columns: dict[str, np.ndarray], header_comment: str = "") -> Path:
     """Write equal-length columns as CSV (atomically)."""
     from neurotrain.io.atomic import atomic_path

@@ -8,6 +8,7 @@ list or ``"c0,c1[,c2]"``), ``crystal`` (LYSO/NaI/CsI/LaBr3: sets the FWHM law fr
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -47,9 +48,12 @@ def fwhm_law(cfg: Any, options: dict[str, Any]) -> tuple[float, float]:
 
 
 @torch.no_grad()
-def enhance(cfg: Any, model: nn.Module, counts: np.ndarray, r662: float, power: float, conserve: bool = True) -> np.ndarray:
+def enhance(cfg: Any, model: nn.Module, counts: np.ndarray, r662: float, power: float, conserve: bool = True,
+            measured: np.ndarray | None = None) -> np.ndarray:
     """Enhance one spectrum already on the model grid (counts per channel) -> counts per channel, refined
-    against the measured counts when ``refine.in_predict`` is set (:func:`postprocess.refine_to_counts`)."""
+    against the measured counts when ``refine.in_predict`` is set (:func:`postprocess.refine_to_counts`).
+    ``measured`` (N,) bool: the channels the file covers (:func:`io.covered_channels`); the output is zero
+    elsewhere - a network fills an unmeasured range with continuum, and that is no measurement."""
     device = next(model.parameters()).device
     n = counts.size
     scale = max(counts.sum() / n, 1e-6)
@@ -63,13 +67,17 @@ def enhance(cfg: Any, model: nn.Module, counts: np.ndarray, r662: float, power: 
         meas = torch.tensor(counts, dtype=torch.float32, device=device).unsqueeze(0)
         out_t = refine_to_counts(out_t, meas, channel_edges(cfg.simulate, device), r662, power, cfg.refine.iterations)
     out = out_t[0].double().cpu().numpy()
+    if measured is not None:
+        out = np.where(measured, out, 0.0)
     if conserve and out.sum() > 0:
         out = out * (counts.sum() / out.sum())
     return out
 
 
-def list_peaks(cfg: Any, enhanced: np.ndarray, measured: np.ndarray, r662: float, power: float) -> list[dict[str, float]]:
-    """Peaks of the enhanced spectrum with energy (keV), FWHM (keV) and net area (counts).
+def list_peaks(cfg: Any, enhanced: np.ndarray, measured: np.ndarray, r662: float, power: float,
+               covered: np.ndarray | None = None) -> list[dict[str, float]]:
+    """Peaks of the enhanced spectrum with energy (keV), FWHM (keV) and net area (counts), only in the
+    ``covered`` channels (N,) bool when given (:func:`io.covered_channels`).
 
     The search is the evaluation's (``metrics.PeakDetection``): a candidate needs a net area of at least
     ``metrics.detect_threshold`` x sqrt(measured counts within +-1 input FWHM), with the input detector's FWHM
@@ -80,6 +88,8 @@ def list_peaks(cfg: Any, enhanced: np.ndarray, measured: np.ndarray, r662: float
     centres = 0.5 * (edges[1:] + edges[:-1])
     resolution = scint_fwhm(centres, torch.tensor(r662), torch.tensor(power)).unsqueeze(0)
     peaks, energy = find_peaks(spec, noise, edges, cfg.metrics.detect_threshold, resolution_kev=resolution)
+    if covered is not None:
+        peaks = peaks & torch.as_tensor(covered, dtype=torch.bool).unsqueeze(0)
     e = energy[peaks].unsqueeze(0)
     if e.numel() == 0:
         return []
@@ -120,8 +130,9 @@ def predict_files(cfg: Any, model: nn.Module, inputs: list[Path], output: Path |
         path = Path(path)
         spec = gio.read_spectrum(path, calibration)
         counts = gio.resample(spec.counts, spec.edges_kev, edges_dst)
-        enhanced = enhance(cfg, model, counts, r662, power, conserve)
-        peaks = list_peaks(cfg, enhanced, counts, r662, power)
+        covered = gio.covered_channels(spec.edges_kev, edges_dst)
+        enhanced = enhance(cfg, model, counts, r662, power, conserve, covered)
+        peaks = list_peaks(cfg, enhanced, counts, r662, power, covered)
         out_dir = Path(output) if output is not None else path.parent / "enhanced"
         out_dir.mkdir(parents=True, exist_ok=True)
         centers = 0.5 * (edges_dst[1:] + edges_dst[:-1])
@@ -132,10 +143,14 @@ def predict_files(cfg: Any, model: nn.Module, inputs: list[Path], output: Path |
         written.append(gio.write_h5(
             out_dir / f"{path.stem}_enhanced.h5",
             {"energy_kev": centers, "bin_edges_kev": edges_dst, "input": counts, "enhanced": enhanced,
-             "peaks_energy_kev": pk["energy_kev"], "peaks_fwhm_kev": pk["fwhm_kev"], "peaks_net_area": pk["net_area_counts"]},
+             "measured": covered, "peaks_energy_kev": pk["energy_kev"], "peaks_fwhm_kev": pk["fwhm_kev"], "peaks_net_area": pk["net_area_counts"]},
             {"source": str(path), "fwhm_662": r662, "power": power, "livetime": spec.livetime_s or 0.0},
         ))
         if options.get("verbose", True):
+            if not covered.all():
+                lo, hi = float(spec.edges_kev[0]), float(spec.edges_kev[-1])
+                print(f"{path.name}: measured {lo:.0f}-{hi:.0f} keV of the model's {edges_dst[0]:.0f}-{edges_dst[-1]:.0f} keV; "
+                      "the enhanced spectrum is zero outside", file=sys.stderr)
             _print_peaks(path, peaks)
         if plot:
             from neurotrain.tasks.gamma.plots import plot_spectra
