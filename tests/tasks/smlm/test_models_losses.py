@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 import torch
 
@@ -149,3 +151,4 @@ def test_compiled_for_inference_wraps_each_unet_once() -> None:
     assert m.shared_unet._orig_mod.enc[0][0].weight is plain.shared_unet.enc[0][0].weight  # weights shared
     # evaluate localises several times with one model: the same compiled copy each time
     assert compiled_for_inference(plain) is m and compiled_for_inference(m) is m
+    copy.deepcopy(plain)  # nothing compiled hangs on the model itself

@@ -11,7 +11,7 @@ dropout, see :class:`NetworkLocaliser`) also ``MC_COLUMNS``.
 from __future__ import annotations
 
 import copy
-
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -131,6 +131,9 @@ def baseline_fn(cfg: Any) -> Callable[[torch.Tensor], dict[str, torch.Tensor]]:
     return fn
 
 
+_COMPILED_COPIES: weakref.WeakKeyDictionary[nn.Module, dict[str, nn.Module]] = weakref.WeakKeyDictionary()
+
+
 def compiled_for_inference(model: nn.Module, mode: str = "default") -> nn.Module:
     """A module sharing ``model``'s weights with its U-Nets (or, for single-U-Net models, itself) wrapped
     by ``torch.compile`` (``mode`` as torch.compile's; bench/smlm.py times the others): predict calls
@@ -144,13 +147,12 @@ def compiled_for_inference(model: nn.Module, mode: str = "default") -> nn.Module
         return compiled(model)
     if all(hasattr(getattr(model, n), "_orig_mod") for n in parts):
         return model
-    # evaluate localises several times with one model: one compiled copy per mode, kept on the model
-    # outside its state dict (a plain attribute, not a registered submodule)
-    cache: dict[str, nn.Module] = model.__dict__.setdefault("_compiled_copies", {})
+    # evaluate localises several times with one model: one compiled copy per model and mode, held
+    # outside the model (an attribute would travel into deepcopy / pickling of it)
+    cache = _COMPILED_COPIES.setdefault(model, {})
     if mode not in cache:
         out = copy.copy(model)
         out._modules = dict(model._modules)
-        out.__dict__["_compiled_copies"] = {}
         for n in parts:
             out._modules[n] = compiled(model._modules[n])  # type: ignore[assignment]
         cache[mode] = out
