@@ -173,6 +173,8 @@ def test_ddp_on_two_cpu_processes_splits_the_data(toy_cfg_file: Path, tmp_path: 
     run = cfg.run_dir
     metrics = json.loads((run / "metrics.json").read_text())["train"]
     assert metrics["epoch"] == 3 and metrics["global_step"] == 3 * 8 // 2
+    last = load_checkpoint(run / "checkpoints" / "last.ckpt")  # what --resume continues from
+    assert (last["epoch"], last["global_step"]) == (2, 12)
     _, trained = load_model(run / "checkpoints" / "best.ckpt")
     untrained = api.get_task(cfg).build_model(cfg)
     assert _val_loss(cfg, trained) < 0.5 * _val_loss(cfg, untrained)
