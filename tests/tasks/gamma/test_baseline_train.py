@@ -108,9 +108,9 @@ def test_short_training_beats_untrained_then_evaluate_and_predict(tmp_path: Path
         assert f["energy_kev"].shape == (512,)
         assert np.isclose(f["enhanced"][...].sum(), f["input"][...].sum(), rtol=1e-6)  # conserve_counts
         # nothing is output or listed above the file's range
-        e, measured = f["energy_kev"][...], f["measured"][...]
-        assert np.array_equal(measured, e <= hi_kev) and (~measured).sum() == 128
-        assert np.all(f["enhanced"][...][~measured] == 0) and f["enhanced"][...][measured].sum() > 0
+        e, covered = f["energy_kev"][...], f["covered"][...]
+        assert np.array_equal(covered, e <= hi_kev) and (~covered).sum() == 128
+        assert np.all(f["enhanced"][...][~covered] == 0) and f["enhanced"][...][covered].sum() > 0
         assert np.all(f["peaks_energy_kev"][...] < hi_kev)
 
     # data-consistency refinement in predict: only when asked for, and it keeps the counts

@@ -49,10 +49,10 @@ def fwhm_law(cfg: Any, options: dict[str, Any]) -> tuple[float, float]:
 
 @torch.no_grad()
 def enhance(cfg: Any, model: nn.Module, counts: np.ndarray, r662: float, power: float, conserve: bool = True,
-            measured: np.ndarray | None = None) -> np.ndarray:
+            covered: np.ndarray | None = None) -> np.ndarray:
     """Enhance one spectrum already on the model grid (counts per channel) -> counts per channel, refined
     against the measured counts when ``refine.in_predict`` is set (:func:`postprocess.refine_to_counts`).
-    ``measured`` (N,) bool: the channels the file covers (:func:`io.covered_channels`); the output is zero
+    ``covered`` (N,) bool: the channels the file covers (:func:`io.covered_channels`); the output is zero
     elsewhere - a network fills an unmeasured range with continuum, and that is no measurement."""
     device = next(model.parameters()).device
     n = counts.size
@@ -67,8 +67,8 @@ def enhance(cfg: Any, model: nn.Module, counts: np.ndarray, r662: float, power: 
         meas = torch.tensor(counts, dtype=torch.float32, device=device).unsqueeze(0)
         out_t = refine_to_counts(out_t, meas, channel_edges(cfg.simulate, device), r662, power, cfg.refine.iterations)
     out = out_t[0].double().cpu().numpy()
-    if measured is not None:
-        out = np.where(measured, out, 0.0)
+    if covered is not None:
+        out = np.where(covered, out, 0.0)
     if conserve and out.sum() > 0:
         out = out * (counts.sum() / out.sum())
     return out
@@ -143,7 +143,7 @@ def predict_files(cfg: Any, model: nn.Module, inputs: list[Path], output: Path |
         written.append(gio.write_h5(
             out_dir / f"{path.stem}_enhanced.h5",
             {"energy_kev": centers, "bin_edges_kev": edges_dst, "input": counts, "enhanced": enhanced,
-             "measured": covered, "peaks_energy_kev": pk["energy_kev"], "peaks_fwhm_kev": pk["fwhm_kev"], "peaks_net_area": pk["net_area_counts"]},
+             "covered": covered, "peaks_energy_kev": pk["energy_kev"], "peaks_fwhm_kev": pk["fwhm_kev"], "peaks_net_area": pk["net_area_counts"]},
             {"source": str(path), "fwhm_662": r662, "power": power, "livetime": spec.livetime_s or 0.0},
         ))
         if options.get("verbose", True):
