@@ -61,6 +61,19 @@ def test_resume_continues_at_the_right_epoch_and_step(toy_cfg_file: Path) -> Non
         api.train(cfg4)
 
 
+def test_last_checkpoint_follows_every_epoch_even_without_improvement(toy_cfg_file: Path) -> None:
+    """last.ckpt is the last epoch whether or not the monitored metric improved (Lightning 2.6's save_last
+    writes it only with a new best); best.ckpt stays at the best epoch."""
+    # mode=max on a falling loss: only the first epoch is ever "best"
+    cfg = load_config(toy_cfg_file, ["trainer.max_epochs=3", "trainer.checkpoint.mode=max"])
+    run = api.train(cfg)
+    best = load_checkpoint(run / "checkpoints" / "best.ckpt")
+    last = load_checkpoint(run / "checkpoints" / "last.ckpt")
+    assert (best["epoch"], best["global_step"]) == (0, 8)
+    assert (last["epoch"], last["global_step"]) == (2, 24)
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
+
+
 def test_resume_without_checkpoint_fails_clearly(toy_cfg_file: Path) -> None:
     cfg = load_config(toy_cfg_file, ["run.name=fresh"])
     with pytest.raises(CheckpointError, match="nothing to resume"):

@@ -54,7 +54,18 @@ def build_callbacks(cfg: Config, run_dir: Path) -> list[Callback]:
             monitor=t.checkpoint.monitor,
             mode=t.checkpoint.mode,
             save_top_k=1,
-            save_last=True,
+            save_last=False,
+            every_n_epochs=t.checkpoint.every_n_epochs,
+            auto_insert_metric_name=False,
+            enable_version_counter=False,
+        ),
+        # last.ckpt has its own unmonitored callback: since Lightning 2.6, save_last=True writes last.ckpt only
+        # when the monitored metric improves, so --resume would restart from the best epoch, not the last.
+        ModelCheckpoint(
+            dirpath=checkpoint_dir(run_dir),
+            filename="last",
+            monitor=None,
+            save_top_k=1,
             every_n_epochs=t.checkpoint.every_n_epochs,
             auto_insert_metric_name=False,
             enable_version_counter=False,
