@@ -161,12 +161,13 @@ def train(cfg: SMLMConfig, steps: int, dev: torch.device, batch: int) -> tuple[t
     return model.eval(), info
 
 
-def accuracy(cfg: SMLMConfig, model: torch.nn.Module | None, n_frames: int, dev: torch.device, seed: int) -> dict[str, Any]:
+def accuracy(cfg: SMLMConfig, model: torch.nn.Module | None, n_frames: int, dev: torch.device, seed: int,
+             baseline: bool = True) -> dict[str, Any]:
     adu, truth_df, bg = movie(cfg, n_frames, seed, dev)
     truth = truth_with_crlb(cfg, truth_df, bg)
     rows: dict[str, Any] = {"n_emitters": int(len(truth_df))}
     low = min(cfg.postprocess.raw_threshold, cfg.postprocess.threshold)
-    methods: list[tuple[str, Any, float]] = [("baseline", None, -math.inf)]
+    methods: list[tuple[str, Any, float]] = [("baseline", None, -math.inf)] if baseline else []
     if model is not None:
         methods.insert(0, ("network", model, cfg.postprocess.threshold))
     for name, m, th in methods:
@@ -206,9 +207,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     help="torch.compile modes to time with --compile, e.g. default,max-autotune-no-cudagraphs")
     ap.add_argument("--profile", action="store_true", help="print the top CUDA kernels of one 256x256 bf16 batch")
     ap.add_argument("--smoke", action="store_true", help="tiny sizes, CPU-friendly")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="config override, repeatable (e.g. --set model.initial_features=32)")
+    ap.add_argument("--accuracy", choices=("all", "2d"), default="all", help="movies of the accuracy table")
+    ap.add_argument("--no-baseline", action="store_true", help="score only the network in the accuracy table")
     a = ap.parse_args(argv)
     dev = torch.device(a.device)
-    cfg = load_config(a.config, [f"inference.device={dev.type}"])
+    cfg = load_config(a.config, [f"inference.device={dev.type}", *a.set])
     if a.smoke:
         cfg = with_updates(cfg, model={"initial_features": 8, "inter_features": 8, "depth_shared": 1, "depth_union": 1},
                            simulate={"frame_size": (32, 32)})
@@ -250,12 +255,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     cfg3 = with_updates(cfg, psf={"kind": "astigmatic"})
     acc = {}
     runs = (("2D low", cfg, model_2d), ("2D high", cfg, model_2d))
-    if not a.skip_accuracy:
+    if not a.skip_accuracy and a.accuracy == "all":
         model_3d, result["train_3d"] = train(cfg3, a.train_steps, dev, a.batch)
         runs += (("3D low", cfg3, model_3d), ("3D high", cfg3, model_3d))
     for name, c, m in runs if not a.skip_accuracy else ():
         dens = 0.1 if "low" in name else 1.0
-        acc[name] = accuracy(with_updates(c, simulate={"density_per_um2": dens}), m, a.acc_frames, dev, seed=2024)
+        acc[name] = accuracy(with_updates(c, simulate={"density_per_um2": dens}), m, a.acc_frames, dev, seed=2024,
+                             baseline=not a.no_baseline)
         acc[name]["density_per_um2"] = dens
     result["accuracy"] = acc
     print(json.dumps(result, indent=2))

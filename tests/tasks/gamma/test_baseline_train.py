@@ -57,6 +57,8 @@ def test_short_training_beats_untrained_then_evaluate_and_predict(tmp_path: Path
         data={"batch_size": 8, "sim_train_size": 8 * 30, "sim_val_size": 16, "sim_test_size": 16},
         logging={"tensorboard": False, "csv": True, "log_every_n_steps": 5},
     )
+    # 8 spectra, so that the headline (mean FWHM of isolated detectable lines) has lines to measure
+    base["evaluate"] = {**base["evaluate"], "spectra_per_level": 8}
     cfg = validate_config(base, "test")
     run_dir = train(cfg)
     ckpt = run_dir / "checkpoints" / "last.ckpt"

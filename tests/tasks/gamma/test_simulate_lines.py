@@ -33,3 +33,28 @@ def test_no_line_is_dropped_with_the_full_environment_and_four_sources(gamma_cac
         got = {round(e, 3) for e in b["line_energy"][i][b["line_mask"][i]].tolist()}
         assert len(got) >= len(expected) - 2, (len(got), len(expected))  # exact duplicates across sources merge
         assert b["line_mask"][i].sum() < cfg.simulate.max_lines  # a free slot: nothing was cut
+
+
+def test_target_keeps_the_input_calibration_so_no_line_is_moved(gamma_cache, gen: torch.Generator) -> None:
+    """Gain/offset jitter is the user's calibration error: input peak, target peak and the listed line energy
+    all sit at gain * E + offset, never at the library energy the network could otherwise learn to snap to."""
+    cfg = GammaConfig(simulate={
+        "n_channels": 1024, "e_min_kev": 20.0, "e_max_kev": 3000.0, "response_photons": 200, "lu176_events": 5000,
+        "cache_dir": str(gamma_cache), "detector": {"crystal": "NaI"}, "gain_jitter": 0.02, "offset_jitter_kev": 5.0,
+    })
+    scene = S.Scene(sources=["Cs-137"], counts=1e6, environment=False, random_lines=0, jitter=True)
+    b = S.simulate_batch(cfg, 6, gen, torch.device("cpu"), scene)
+    edges = S.channel_edges(cfg.simulate)
+    centres = 0.5 * (edges[1:] + edges[:-1])
+    near = (b["line_energy"] - 661.657).abs() < 30
+    line_e = torch.where(near & b["line_mask"], b["line_energy"], torch.zeros_like(b["line_energy"])).sum(1)
+    width = float(edges[1] - edges[0])
+    shifts = []
+    for i in range(6):
+        wide = (centres - line_e[i]).abs() < 60
+        peak_target = float(centres[torch.argmax(b["target"][i, 0] * wide)])
+        peak_input = float(centres[torch.argmax(b["clean_input"][i] * wide)])
+        assert abs(peak_target - float(line_e[i])) <= width, (i, peak_target, float(line_e[i]))
+        assert abs(peak_input - float(line_e[i])) <= width, (i, peak_input, float(line_e[i]))
+        shifts.append((float(line_e[i]) - 661.657) / width)
+    assert max(abs(s) for s in shifts) > 2.5, shifts  # channels: the jitter really moved the calibration

@@ -19,7 +19,7 @@ Pipeline (batched torch on the training device; units keV, cm, counts):
 3. **Input**: photopeaks as Gaussians at the exact line energies and the continuum broadened with the
    scintillator law FWHM(E) = r * 662 keV * (E / 662 keV)^p (r ~ 10 % for LYSO, randomised 8-12 %,
    p 0.45-0.65; GADRAS/MCNP GEB-like power law), gain and offset jitter, Poisson counts with 1e3-1e7 in total.
-4. **Target**: the *same deposits* with HPGe resolution FWHM(E) = sqrt(a + b E + c E^2) through 0.9 keV at
+4. **Target**: the *same deposits*, with the input's gain and offset, at HPGe resolution FWHM(E) = sqrt(a + b E + c E^2) through 0.9 keV at
    122 keV, 1.3 keV at 662 keV and 1.9 keV at 1332 keV (typical coaxial HPGe; e.g. ORTEC GEM datasheets),
    noiseless (expected counts).
 
@@ -501,7 +501,8 @@ def simulate_batch(
     * ``scale`` (B, 1): counts per unit of the normalised spectra (mean input counts per channel).
     * ``counts`` (B, N): the Poisson input counts; ``clean_input`` (B, N): their expectation.
     * ``line_energy``, ``line_area``, ``line_area_input``, ``line_mask``, ``line_detectable`` (B, L):
-      true lines (keV), expected net photopeak counts in target and input, validity and detectability.
+      true lines at the energies the spectrum's (jittered) calibration shows them (keV), expected net
+      photopeak counts in target and input, validity and detectability.
     * ``lu_fraction``, ``live_time_s`` (B,).
 
     With ``simulate.train_crystals`` set, each training batch (no ``scene``) uses one crystal drawn from it.
@@ -630,11 +631,14 @@ def simulate_batch(
     in_peaks = gaussian_lines(meas_e, peak_area, fwhm_line_in * gain.unsqueeze(1), edges)
     clean_in = (in_cont + in_peaks).clamp_min(0)
 
-    # ---------------- target: same deposits, HPGe resolution, no jitter
+    # ---------------- target: same deposits, HPGe resolution, in the *measured* calibration
+    # The jitter stands for the user's calibration error, which no network can know: a target at the true
+    # energies would teach it to move peaks onto library energies (recall, not enhancement), so the target
+    # keeps the input's gain and offset and the network only sharpens.
     coeffs = hpge_coefficients(sim.hpge_fwhm_anchors)
     fwhm_t = hpge_fwhm(centers, coeffs).unsqueeze(0).expand(b, -1)
-    tg_cont = broaden(deposits, edges, fwhm_t)
-    tg_peaks = gaussian_lines(lines_e, peak_area, hpge_fwhm(lines_e, coeffs), edges)
+    tg_cont = broaden(deposits, edges, fwhm_t, true_edges)
+    tg_peaks = gaussian_lines(meas_e, peak_area, hpge_fwhm(lines_e, coeffs) * gain.unsqueeze(1), edges)
     clean_t = (tg_cont + tg_peaks).clamp_min(0)
 
     counts = torch.poisson(clean_in, generator=gen)
@@ -654,7 +658,8 @@ def simulate_batch(
     bkg = cum.gather(1, hi_idx + 1) - cum.gather(1, lo_idx)
     detectable = (area_in >= sim.detect_sigma * torch.sqrt(bkg + area_in).clamp_min(1.0)) & (area_in >= 10)
     lm = sim.max_lines
-    m_e, m_a, m_d = merge_lines(lines_e, peak_area, detectable, sim.line_merge_kev)
+    # line energies as the measured calibration shows them: where input and target put the peaks
+    m_e, m_a, m_d = merge_lines(meas_e, peak_area, detectable, sim.line_merge_kev)
     order = torch.argsort(m_a, dim=1, descending=True)[:, :lm]
     le = m_e.gather(1, order)
     la = m_a.gather(1, order)
