@@ -19,11 +19,12 @@ def test_predict_lists_only_peaks_with_net_area_against_input_resolution(lyso_cf
     edges = S.channel_edges(lyso_cfg.simulate).double().numpy()
     centres = 0.5 * (edges[1:] + edges[:-1])
     width = float(edges[1] - edges[0])
-    measured = np.full(centres.size, 1000.0)
     # enhanced spectrum: a strong line at 662 keV and a weak narrow bump at 1200 keV. The bump is significant
     # per channel (found from ~280 counts up) but its net area (370 counts) fails the test against the measured
     # counts within +-1 input FWHM (12 % at 662 keV, power 0.6: ~110 keV at 1200 keV; passes from ~480 up).
-    enhanced = measured + _gauss(centres, 661.7, 20000.0, 8.0, width) + _gauss(centres, 1200.0, 370.0, 8.0, width)
+    fwhm_in = 0.12 * 662.0 * (np.array([661.7, 1200.0]) / 662.0) ** 0.6
+    measured = 1000.0 + _gauss(centres, 661.7, 20000.0, fwhm_in[0], width) + _gauss(centres, 1200.0, 370.0, fwhm_in[1], width)
+    enhanced = 1000.0 + _gauss(centres, 661.7, 20000.0, 8.0, width) + _gauss(centres, 1200.0, 370.0, 8.0, width)
     peaks = list_peaks(lyso_cfg, enhanced, measured, 0.12, 0.6)
     energies = [p["energy_kev"] for p in peaks]
     assert any(abs(e - 661.7) < width for e in energies), energies

@@ -117,6 +117,10 @@ class MetricsSection(Section):
     tolerance_kev: float = Field(3.0, gt=0)
     window_fwhm: float = Field(1.5, gt=0)
     detect_threshold: float = Field(4.0, gt=0)
+    #: a found peak within this many input FWHM of a larger one must beat, by 2 ln LR >= detect_threshold^2
+    #: against the measured counts, the same spectrum with its area merged into that peak
+    #: (postprocess.peaks_the_counts_support); null switches the test off
+    merge_reach_fwhm: float | None = Field(1.0, gt=0)
 
 
 class BaselineSection(Section):

@@ -82,7 +82,7 @@ def _outputs(cfg: Any, model: nn.Module | None, batch: dict[str, torch.Tensor]) 
 def _score(cfg: Any, outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> dict[str, dict[str, float]]:
     res: dict[str, dict[str, float]] = {}
     for name, pred in outputs.items():
-        mc = build_metrics(cfg).to(pred.device)
+        mc = build_metrics(cfg, measured_domain=name == "input").to(pred.device)
         mc.update(pred, batch)
         res[name] = {k: _f(v) for k, v in mc.compute().items()}
     return res
@@ -100,7 +100,8 @@ def _peaks_in_window(cfg: Any, outputs: dict[str, torch.Tensor], batch: dict[str
     resolution = scint_fwhm(centres, batch["fwhm_params"][:, :1], batch["fwhm_params"][:, 1:2])
     res = {}
     for name, pred in outputs.items():
-        peaks, energy = find_peaks(pred * scale, batch["counts"], edges, cfg.metrics.detect_threshold, resolution_kev=resolution)
+        peaks, energy = find_peaks(pred * scale, batch["counts"], edges, cfg.metrics.detect_threshold, resolution_kev=resolution,
+                                   measured_domain=name == "input", merge_reach_fwhm=cfg.metrics.merge_reach_fwhm)
         inside = peaks & (energy >= lo) & (energy <= hi)
         res[name] = round(float(inside.sum(1).float().mean()), 3)
     return res

@@ -286,9 +286,12 @@ class PeakDetection(Metric):
 
     def __init__(
         self, edges: Tensor, mode: str = "all", tolerance_kev: float = 3.0, threshold: float = 4.0,
-        crystal: str = "LYSO", slab: str = "Pb", explain_by_target: bool = True, **kw: Any,
+        crystal: str = "LYSO", slab: str = "Pb", explain_by_target: bool = True, measured_domain: bool = False,
+        merge_reach_fwhm: float | None = 1.0, **kw: Any,
     ) -> None:
         super().__init__(**kw)
+        self.measured_domain = measured_domain
+        self.merge_reach_fwhm = merge_reach_fwhm
         self.register_buffer("edges", edges.float().clone(), persistent=False)
         self.mode = mode
         self.explain_by_target = explain_by_target
@@ -307,7 +310,8 @@ class PeakDetection(Metric):
         fp = batch["fwhm_params"]
         res = scint_fwhm(centres.unsqueeze(0), fp[:, :1], fp[:, 1:2])
         counts = _counts(batch)
-        peaks, energy = find_peaks(spec, counts, self.edges, self.threshold, resolution_kev=res)
+        peaks, energy = find_peaks(spec, counts, self.edges, self.threshold, resolution_kev=res,
+                                   measured_domain=self.measured_domain, merge_reach_fwhm=self.merge_reach_fwhm)
         le, lm = batch["line_energy"], batch["line_mask"].bool()
         reach = PEAK_SCALES[-1] * float(self.edges[1] - self.edges[0])
         lo, hi, am = explained_intervals(
@@ -316,7 +320,8 @@ class PeakDetection(Metric):
         e = energy.unsqueeze(1)
         explained = ((e >= lo.unsqueeze(2)) & (e <= hi.unsqueeze(2)) & am.unsqueeze(2)).any(1)
         if self.explain_by_target:
-            t_peaks, _ = find_peaks(_flat(batch["target"]).float() * scale, counts, self.edges, self.threshold, resolution_kev=res)
+            t_peaks, _ = find_peaks(_flat(batch["target"]).float() * scale, counts, self.edges, self.threshold,
+                                    resolution_kev=res, merge_reach_fwhm=self.merge_reach_fwhm)
             # a (B, N, N) comparison would not fit at 4096 channels: mark +-tolerance around each target peak
             width = float(self.edges[1] - self.edges[0])
             reach = max(1, int(math.ceil(self.tolerance_kev / width)))
@@ -369,8 +374,9 @@ class SpectrumError(Metric):
 DOUBLETS = [(356.0129, 383.8485), (1085.837, 1112.076)]
 
 
-def build_metrics(cfg: Any, include_detection: bool = True) -> MetricCollection:
-    """The validation / test metrics of the gamma task."""
+def build_metrics(cfg: Any, include_detection: bool = True, measured_domain: bool = False) -> MetricCollection:
+    """The validation / test metrics of the gamma task; ``measured_domain`` for scoring the measured spectrum
+    itself (its peak search needs no broadening to the input resolution)."""
     edges = channel_edges(cfg.simulate)
     mc = cfg.metrics
     kw = dict(window_fwhm=mc.window_fwhm, tolerance_kev=mc.tolerance_kev)
@@ -384,7 +390,8 @@ def build_metrics(cfg: Any, include_detection: bool = True) -> MetricCollection:
     }
     if include_detection:
         metrics["detection"] = PeakDetection(
-            edges, "all", mc.tolerance_kev, mc.detect_threshold, d.crystal, d.slab_material
+            edges, "all", mc.tolerance_kev, mc.detect_threshold, d.crystal, d.slab_material,
+            measured_domain=measured_domain, merge_reach_fwhm=mc.merge_reach_fwhm,
         )
     return MetricCollection(metrics)
 

@@ -81,13 +81,15 @@ def list_peaks(cfg: Any, enhanced: np.ndarray, measured: np.ndarray, r662: float
 
     The search is the evaluation's (``metrics.PeakDetection``): a candidate needs a net area of at least
     ``metrics.detect_threshold`` x sqrt(measured counts within +-1 input FWHM), with the input detector's FWHM
-    law (``r662``, ``power``) - so predict lists the peaks that evaluation would count."""
+    law (``r662``, ``power``), and the measured counts must prefer it as a peak of its own
+    (``metrics.merge_reach_fwhm``) - so predict lists the peaks that evaluation would count."""
     edges = channel_edges(cfg.simulate)
     spec = torch.tensor(enhanced, dtype=torch.float32).unsqueeze(0)
     noise = torch.tensor(measured, dtype=torch.float32).unsqueeze(0)
     centres = 0.5 * (edges[1:] + edges[:-1])
     resolution = scint_fwhm(centres, torch.tensor(r662), torch.tensor(power)).unsqueeze(0)
-    peaks, energy = find_peaks(spec, noise, edges, cfg.metrics.detect_threshold, resolution_kev=resolution)
+    peaks, energy = find_peaks(spec, noise, edges, cfg.metrics.detect_threshold, resolution_kev=resolution,
+                               merge_reach_fwhm=cfg.metrics.merge_reach_fwhm)
     if covered is not None:
         peaks = peaks & torch.as_tensor(covered, dtype=torch.bool).unsqueeze(0)
     e = energy[peaks].unsqueeze(0)
