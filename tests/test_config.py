@@ -93,3 +93,14 @@ def test_override_syntax_errors() -> None:
         apply_overrides({}, ["novalue"])
     with pytest.raises(ConfigError, match="is a value, not a section"):
         apply_overrides({"seed": 1}, ["seed.x=2"])
+
+
+READY_CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*/*.yaml"))
+
+
+@pytest.mark.parametrize("path", READY_CONFIGS, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_every_ready_config_validates(path: Path) -> None:
+    import neurotrain.tasks  # noqa: F401  (registers the tasks whose schemas validate these files)
+
+    cfg = load_config(path)
+    assert cfg.task == path.parent.name

@@ -93,6 +93,29 @@ def test_unified_loss_warmup_and_terms(tiny_cfg) -> None:
     assert out["loss"].item() == pytest.approx(3.0, rel=0.3)  # each term normalised to ~its weight
 
 
+def test_dynamic_weights_are_held_after_the_first_epoch() -> None:
+    """A term that crosses zero (a negative log-likelihood as the sigmas shrink) must not get an
+    unbounded weight: the normaliser follows the first epoch's magnitudes, then stays."""
+    class Scripted(torch.nn.Module):
+        def __init__(self, values: list[float]) -> None:
+            super().__init__()
+            self.values = iter(values)
+
+        def forward(self, pred: torch.Tensor, batch: dict) -> dict[str, torch.Tensor]:
+            return {"loss": pred.sum() * 0 + next(self.values)}
+
+    nll = [40.0, 20.0, 5.0, 1e-4, -3.0]
+    mse = [1.0, 1.0, 1.0, 1.0, 1.0]
+    loss = UnifiedLoss([("nll", Scripted(nll), 1.0, 0), ("mse", Scripted(mse), 1.0, 0)], steps_per_epoch=2,
+                       dynamic_weighting=True, ema=0.5)
+    pred = torch.zeros(1, requires_grad=True)
+    totals = [loss(pred, {})["loss"].item() for _ in nll]
+    held = loss.running.clone()
+    assert held[0].item() == pytest.approx(0.5 * 40.0 + 0.5 * 20.0)  # EMA over the first epoch only
+    assert totals[3] == pytest.approx(1e-4 / 30.0 + 1.0)  # near zero: a small term, not a huge weight
+    assert totals[4] == pytest.approx(-3.0 / 30.0 + 1.0)
+
+
 def _ji(task, cfg, model, batches) -> float:
     met = task.build_metrics(cfg)
     model.eval()

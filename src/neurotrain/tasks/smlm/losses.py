@@ -98,8 +98,11 @@ class UnifiedLoss(nn.Module):
 
     Each term ``i`` has weight ``w_i``, ramped linearly from 0 over ``warmup_epochs`` (epochs counted
     from training steps and ``steps_per_epoch``). With ``dynamic_weighting`` each term is divided
-    by an exponential moving average of its own magnitude, so every term contributes ~``w_i``
-    whatever its scale (loss balancing). Every term is returned for logging.
+    by an exponential moving average of its own magnitude over the first epoch, then held, so every
+    term contributes ~``w_i`` whatever its scale (loss balancing). Held, because a negative
+    log-likelihood such as :class:`GaussianMMLoss` passes through zero as the predicted sigmas
+    shrink: a normaliser that kept following it would give that term an unbounded weight (on the
+    H200 a 2,000-step SigmaMUNet trained that way detected nothing). Every term is returned for logging.
     """
 
     def __init__(self, terms: list[tuple[str, nn.Module, float, int]], steps_per_epoch: int,
@@ -123,7 +126,7 @@ class UnifiedLoss(nn.Module):
     def forward(self, pred: torch.Tensor, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
         outs = [loss(pred, batch) for loss in self.losses]
         vals = torch.stack([o["loss"] for o in outs])
-        if self.dynamic and self.training:
+        if self.dynamic and self.training and int(self.step) < self.steps_per_epoch:
             with torch.no_grad():
                 mag = vals.detach().abs().clamp(min=1e-8)
                 self.running.copy_(torch.where(self.seen, self.ema * self.running + (1 - self.ema) * mag, mag))
