@@ -243,21 +243,22 @@ def find_peaks(
 def peaks_the_counts_support(
     spec_counts: Tensor, counts: Tensor, edges: Tensor, peaks: Tensor, area: Tensor, resolution_kev: Tensor,
     threshold: float, measured_domain: bool = False, merge_reach_fwhm: float = 1.0, max_candidates: int = 64,
-    chunk: int = 16,
+    side_channels: int = 3, chunk: int = 16,
 ) -> Tensor:
     """Keep the found ``peaks`` (B, N) that the measured ``counts`` (B, N) support as peaks of their own.
 
     A sharpened spectrum can split one measured peak into several, or put ringing beside it; the measured
-    counts cannot tell such structure apart from one peak when it lies well within the input resolution. For
-    each candidate (the ``max_candidates`` of largest wavelet ``area`` (B, N) per spectrum) two forward models of the
-    counts are compared: the spectrum broadened to the input resolution (``resolution_kev`` (B, N), FWHM in
-    keV; no broadening with ``measured_domain``), and the same with the candidate's net area moved into the
-    nearest candidate of larger wavelet area within ``merge_reach_fwhm`` input FWHM - or removed, when there
-    is none. The net area is the candidate's excess over a straight baseline within +-1 input FWHM, narrowed
-    to half the distance to that larger neighbour (so the neighbour's area never moves with it); it moves as
-    a Gaussian of the input FWHM. The candidate is kept when the Poisson likelihood ratio
-    prefers the first model by 2 ln LR >= ``threshold``^2 (Wilks: ``threshold`` sigma for one parameter).
-    The same rule applies to every method's spectrum, so the test compares methods on what the data say.
+    counts cannot tell such structure apart from one peak when it lies well within the input resolution.
+    For each candidate (the ``max_candidates`` of largest wavelet ``area`` (B, N) per spectrum) two forward
+    models of the counts are compared: the spectrum broadened to the input resolution (``resolution_kev``
+    (B, N), FWHM in keV; no broadening with ``measured_domain``), and the same with the candidate's net area
+    moved into the nearest candidate of larger wavelet area within ``merge_reach_fwhm`` input FWHM - or
+    removed, when there is none. The net area is the candidate's excess over a straight baseline through
+    the mean of ``side_channels`` channels beyond each end of a +-1 input FWHM window, narrowed to half the
+    distance to that larger neighbour (so the neighbour's area never moves with it); it moves as a
+    Gaussian of the input FWHM. The candidate is kept when the Poisson likelihood ratio prefers the first
+    model by 2 ln LR >= ``threshold``^2 (Wilks: ``threshold`` sigma for one parameter). The same rule
+    applies to every method's spectrum, so the test compares methods on what the data say.
     """
     b, n = spec_counts.shape
     k = min(max_candidates, n)
@@ -277,10 +278,9 @@ def peaks_the_counts_support(
     larger = (top.unsqueeze(1) > top.unsqueeze(2)) & valid.unsqueeze(1) & (d <= merge_reach_fwhm * fw.unsqueeze(2))
     dmin, partner = torch.where(larger, d, torch.full_like(d, float("inf"))).min(2)
     has = torch.isfinite(dmin)
-    # net area over a straight baseline through the mean of `side` channels beyond each end of the window
     half = torch.ceil(fw / width)
     half = torch.where(has, torch.minimum(half, torch.floor((dmin / width - 1) / 2)), half).clamp_min(1).long()
-    side = 3
+    side = side_channels
     cum = F.pad(torch.cumsum(spec_counts, 1), (1, 0))
     inner = _window_sum(cum, idx - half, idx + half)
     left = _window_sum(cum, idx - half - side, idx - half - 1) / side

@@ -19,9 +19,9 @@ Pipeline (batched torch on the training device; units keV, cm, counts):
 3. **Input**: photopeaks as Gaussians at the exact line energies and the continuum broadened with the
    scintillator law FWHM(E) = r * 662 keV * (E / 662 keV)^p (r ~ 10 % for LYSO, randomised 8-12 %,
    p 0.45-0.65; GADRAS/MCNP GEB-like power law), gain and offset jitter, Poisson counts with 1e3-1e7 in total.
-4. **Target**: the *same deposits*, with the input's gain and offset, at HPGe resolution FWHM(E) = sqrt(a + b E + c E^2) through 0.9 keV at
-   122 keV, 1.3 keV at 662 keV and 1.9 keV at 1332 keV (typical coaxial HPGe; e.g. ORTEC GEM datasheets),
-   noiseless (expected counts).
+4. **Target**: the *same deposits*, with the input's gain and offset, at HPGe resolution
+   FWHM(E) = sqrt(a + b E + c E^2) through 0.9 keV at 122 keV, 1.3 keV at 662 keV and 1.9 keV at 1332 keV
+   (typical coaxial HPGe; e.g. ORTEC GEM datasheets), noiseless (expected counts).
 
 The variable-width Gaussian of step 3/4 is one fixed-width convolution in the coordinate
 u(E) = integral dE / FWHM(E), where every peak has FWHM 1; histograms move between the channel grid and the
