@@ -374,6 +374,45 @@ class SpectrumError(Metric):
 DOUBLETS = [(356.0129, 383.8485), (1085.837, 1112.076)]
 
 
+#: false-peak kinds of :func:`false_peak_kinds`, in the order they are tried
+FALSE_PEAK_KINDS = ("beside_a_line", "at_a_compton_edge", "at_a_lu176_onset", "below_150_kev", "elsewhere")
+
+
+def false_peak_kinds(det: PeakDetection, pred: Tensor, batch: dict[str, Tensor], bin_kev: float = 50.0) -> dict[str, Any]:
+    """Where the false peaks of ``pred`` lie, per spectrum: within half an input FWHM of a detectable true
+    line (a split or misplaced line), of such a line's Compton edge, of a Lu-176 cascade onset (LYSO), below
+    150 keV (x-ray region), or elsewhere; plus ``energies``: [bin start keV, count] of the ``bin_kev`` bins
+    that hold false peaks, most frequent first - a recurring energy across spectra points at structure, not
+    noise."""
+    peaks, energy, explained = det.search(pred, batch)
+    fp = peaks & ~explained
+    b_idx, c_idx = fp.nonzero(as_tuple=True)
+    e = energy[b_idx, c_idx]
+    n_spec = max(1, peaks.shape[0])
+    out: dict[str, Any] = {k: 0.0 for k in FALSE_PEAK_KINDS}
+    out["energies"] = []
+    if e.numel() == 0:
+        return out
+    fp_law = batch["fwhm_params"][b_idx]
+    reach = 0.5 * scint_fwhm(e, fp_law[:, 0], fp_law[:, 1])
+    le = batch["line_energy"][b_idx]
+    lm = batch["line_detectable"][b_idx].bool() & batch["line_mask"][b_idx].bool()
+    far = torch.full_like(le, float("inf"))
+    d_line = torch.where(lm, (le - e.unsqueeze(1)).abs(), far).min(1).values
+    d_edge = torch.where(lm, (compton_edges(le) - e.unsqueeze(1)).abs(), far).min(1).values
+    onsets = torch.tensor(LU176_ONSETS_KEV, device=e.device, dtype=e.dtype)
+    d_lu = (onsets - e.unsqueeze(1)).abs().min(1).values if det.crystal == "LYSO" else torch.full_like(e, float("inf"))
+    kind = torch.full_like(e, len(FALSE_PEAK_KINDS) - 1, dtype=torch.long)
+    for i, hit in reversed(list(enumerate((d_line <= reach, d_edge <= reach, d_lu <= reach, e < 150.0)))):
+        kind = torch.where(hit, torch.full_like(kind, i), kind)
+    counts = torch.bincount(kind, minlength=len(FALSE_PEAK_KINDS)).tolist()
+    out.update({k: round(c / n_spec, 3) for k, c in zip(FALSE_PEAK_KINDS, counts, strict=True)})
+    bins, n = torch.unique(torch.floor(e / bin_kev) * bin_kev, return_counts=True)
+    order = torch.argsort(n, descending=True)
+    out["energies"] = [[float(bins[i]), int(n[i])] for i in order.tolist()]
+    return out
+
+
 def build_metrics(cfg: Any, include_detection: bool = True, measured_domain: bool = False) -> MetricCollection:
     """The validation / test metrics of the gamma task; ``measured_domain`` for scoring the measured spectrum
     itself (its peak search needs no broadening to the input resolution)."""
@@ -389,11 +428,18 @@ def build_metrics(cfg: Any, include_detection: bool = True, measured_domain: boo
         "spectrum_err": SpectrumError(),
     }
     if include_detection:
-        metrics["detection"] = PeakDetection(
-            edges, "all", mc.tolerance_kev, mc.detect_threshold, d.crystal, d.slab_material,
-            measured_domain=measured_domain, merge_reach_fwhm=mc.merge_reach_fwhm,
-        )
+        metrics["detection"] = peak_detection(cfg, measured_domain)
     return MetricCollection(metrics)
+
+
+def peak_detection(cfg: Any, measured_domain: bool = False) -> PeakDetection:
+    """The task's :class:`PeakDetection` from ``cfg.metrics`` and the detector (``measured_domain``: the
+    spectrum scored is the measured one)."""
+    mc, d = cfg.metrics, cfg.simulate.detector
+    return PeakDetection(
+        channel_edges(cfg.simulate), "all", mc.tolerance_kev, mc.detect_threshold, d.crystal, d.slab_material,
+        measured_domain=measured_domain, merge_reach_fwhm=mc.merge_reach_fwhm,
+    )
 
 
 def paired_area_error(metric: NetAreaError, preds: dict[str, Tensor], batch: dict[str, Tensor]) -> dict[str, float]:
