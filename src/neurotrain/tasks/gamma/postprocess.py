@@ -242,15 +242,14 @@ def find_peaks(
 
 def peaks_the_counts_support(
     spec_counts: Tensor, counts: Tensor, edges: Tensor, peaks: Tensor, area: Tensor, resolution_kev: Tensor,
-    threshold: float, measured_domain: bool = False, merge_reach_fwhm: float = 1.0, max_candidates: int = 64,
-    side_channels: int = 3, chunk: int = 16,
+    threshold: float, measured_domain: bool = False, merge_reach_fwhm: float = 1.0, side_channels: int = 3,
+    max_elements: int = 1 << 25,
 ) -> Tensor:
     """Keep the found ``peaks`` (B, N) that the measured ``counts`` (B, N) support as peaks of their own.
 
     A sharpened spectrum can split one measured peak into several, or put ringing beside it; the measured
     counts cannot tell such structure apart from one peak when it lies well within the input resolution.
-    For each candidate (the ``max_candidates`` of largest wavelet ``area`` (B, N) per spectrum) two forward
-    models of the counts are compared: the spectrum broadened to the input resolution (``resolution_kev``
+    For each candidate two forward models of the counts are compared: the spectrum broadened to the input resolution (``resolution_kev``
     (B, N), FWHM in keV; no broadening with ``measured_domain``), and the same with the candidate's net area
     moved into the nearest candidate of larger wavelet area within ``merge_reach_fwhm`` input FWHM - or
     removed, when there is none. The net area is the candidate's excess over a straight baseline through
@@ -258,10 +257,13 @@ def peaks_the_counts_support(
     distance to that larger neighbour (so the neighbour's area never moves with it); it moves as a
     Gaussian of the input FWHM. The candidate is kept when the Poisson likelihood ratio prefers the first
     model by 2 ln LR >= ``threshold``^2 (Wilks: ``threshold`` sigma for one parameter). The same rule
-    applies to every method's spectrum, so the test compares methods on what the data say.
+    applies to every method's spectrum, so the test compares methods on what the data say. ``area`` (B, N),
+    the wavelet area estimate, only ranks the candidates; spectra are taken in groups whose
+    (group, candidates, N) working set stays under ``max_elements``.
     """
     b, n = spec_counts.shape
-    k = min(max_candidates, n)
+    k = max(1, int(peaks.sum(1).max()))
+    chunk = max(1, max_elements // (k * n))
     score = torch.where(peaks, area, torch.full_like(area, float("-inf")))
     top, idx = score.topk(k, dim=1)
     valid = torch.isfinite(top)
@@ -287,7 +289,7 @@ def peaks_the_counts_support(
     right = _window_sum(cum, idx + half + 1, idx + half + side) / side
     net = (inner - (2 * half + 1) * 0.5 * (left + right)).clamp_min(0).masked_fill(~valid, 0.0)
     keep = torch.ones_like(valid)
-    for s in range(0, b, chunk):  # bounds the (chunk, K, N) working set; one step for predict's single spectrum
+    for s in range(0, b, chunk):
         sl = slice(s, s + chunk)
         e_k, v_k, a_k, fw_k = e_all[sl], valid[sl], net[sl], fw[sl]
         sig = (fw_k / FWHM_PER_SIGMA).clamp_min(1e-3).unsqueeze(2)
