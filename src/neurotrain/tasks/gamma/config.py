@@ -153,8 +153,9 @@ class RefineSection(Section):
     """Data-consistency refinement of the network's spectrum (``postprocess.refine_to_counts``): Richardson-Lucy
     iterations against the measured counts, started from the network output instead of a flat spectrum.
     Evaluate reports it as the row ``network_refined`` when ``iterations`` > 0; predict applies it only with
-    ``in_predict`` (on a real CsI spectrum a CPU-trained model gained a false peak at 586 keV from it: the
-    refinement trusts the FWHM law and calibration, which real files get only approximately)."""
+    ``in_predict``, off by default: the refinement trusts the FWHM law and calibration, which real files get
+    only approximately (on a real CsI spectrum an early CPU-trained model gained a false peak at 586 keV from
+    it; the GPU-trained ``train.yaml`` model kept its lines and energies, so that config turns it on)."""
 
     iterations: int = Field(0, ge=0)
     in_predict: bool = False
