@@ -243,7 +243,7 @@ def find_peaks(
 def peaks_the_counts_support(
     spec_counts: Tensor, counts: Tensor, edges: Tensor, peaks: Tensor, area: Tensor, resolution_kev: Tensor,
     threshold: float, measured_domain: bool = False, merge_reach_fwhm: float = 1.0, side_channels: int = 3,
-    max_elements: int = 1 << 25,
+    max_elements: int = 1 << 24,
 ) -> Tensor:
     """Keep the found ``peaks`` (B, N) that the measured ``counts`` (B, N) support as peaks of their own.
 
