@@ -75,6 +75,13 @@ class TaskModule(L.LightningModule):
     def forward(self, batch: dict[str, torch.Tensor]) -> Any:
         return self.task.forward(self._forward_model, batch)
 
+    def on_train_start(self) -> None:
+        # a loss that schedules by epoch learns the real epoch length (per rank, after limit_train_batches)
+        setter = getattr(self.loss_fn, "set_steps_per_epoch", None)
+        n = self.trainer.num_training_batches
+        if callable(setter) and isinstance(n, int) and n > 0:
+            setter(n)
+
     # ------------------------------------------------------------------ data on device
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         if isinstance(batch, dict) and SIM_SEED_KEY in batch:

@@ -271,6 +271,20 @@ def test_every_candidate_is_tested_against_the_counts() -> None:
     assert p.sum() == 0
 
 
+def test_counts_test_near_the_spectrum_ends() -> None:
+    # invented narrow peaks a few channels from either end of a flat measurement are dropped, while a line
+    # really measured there (20 keV FWHM, so its windows run past the end of the spectrum) is kept
+    res = torch.full((1, 1024), 20.0)
+    counts = torch.full((1, 1024), 1000.0)
+    invented = counts[0] + gauss(6.5, 1.0, 3000.0) + gauss(1017.5, 1.0, 3000.0)
+    p, _ = find_peaks(invented.unsqueeze(0), counts, EDGES, 4.0, resolution_kev=res)
+    assert p.sum() == 0
+    measured = (1000.0 + gauss(12.5, 20.0, 2e5) + gauss(1010.5, 20.0, 2e5)).unsqueeze(0)
+    sharp = (1000.0 + gauss(12.5, 1.0, 2e5) + gauss(1010.5, 1.0, 2e5)).unsqueeze(0)
+    p, e = find_peaks(sharp, measured, EDGES, 4.0, resolution_kev=res)
+    assert ((e[p] - 12.5).abs() < 1.5).any() and ((e[p] - 1010.5).abs() < 1.5).any()
+
+
 def test_two_lines_the_counts_resolve_are_both_kept() -> None:
     # the same 80/20 pair 12 keV apart (0.3 FWHM) really present: at 1e6 counts the shape of the measured
     # peak demands the second line (merging it would shift the centroid by 2.4 keV, ~140 sigma)

@@ -114,6 +114,28 @@ def test_dynamic_weights_are_held_after_the_first_epoch() -> None:
     assert held[0].item() == pytest.approx(0.5 * 40.0 + 0.5 * 20.0)  # EMA over the first epoch only
     assert totals[3] == pytest.approx(1e-4 / 30.0 + 1.0)  # near zero: a small term, not a huge weight
     assert totals[4] == pytest.approx(-3.0 / 30.0 + 1.0)
+    # a term that is near zero when the first epoch ends keeps a normaliser of floor x its largest magnitude
+    quick = UnifiedLoss([("nll", Scripted([40.0, 1e-3, 1e-4]), 1.0, 0)], steps_per_epoch=2, dynamic_weighting=True,
+                        ema=0.0, floor=0.1)
+    quick.set_steps_per_epoch(2)
+    [quick(pred, {}) for _ in range(3)]
+    assert quick.running[0].item() == pytest.approx(4.0)
+
+
+def test_engine_tells_the_loss_its_real_epoch_length(tiny_cfg) -> None:
+    from types import SimpleNamespace
+
+    from neurotrain.config import config_to_dict
+    from neurotrain.engine.module import TaskModule
+
+    cfg = SMLMConfig.model_validate({**tiny_cfg.model_dump(), "loss": {
+        "name": "UnifiedLoss", "dynamic_weighting": True, "terms": [{"type": "GaussianMMLoss", "weight": 1.0}]},
+        "data": {"batch_size": 4, "sim_train_size": 400}})
+    module = TaskModule(config_to_dict(cfg))
+    assert module.loss_fn.steps_per_epoch == 100
+    module._trainer = SimpleNamespace(num_training_batches=7)  # e.g. one DDP rank with limit_train_batches
+    module.on_train_start()
+    assert module.loss_fn.steps_per_epoch == 7
 
 
 def _ji(task, cfg, model, batches) -> float:

@@ -31,7 +31,7 @@ from neurotrain.tasks.gamma.metrics import (
 )
 from neurotrain.tasks.gamma.postprocess import find_peaks, measure_lines, refine_to_counts
 from neurotrain.tasks.gamma.simulate import (
-    Scene, channel_centers, channel_edges, hpge_coefficients, hpge_fwhm, scint_fwhm, simulate_batch,
+    Scene, channel_centers, channel_edges, hpge_coefficients, hpge_fwhm, measured_energy, scint_fwhm, simulate_batch,
 )
 
 UNKNOWN_LINES = [157.3, 421.7, 733.9, 1247.3, 1893.6, 2291.2]  # keV, >= 2.5 keV from every library line
@@ -111,8 +111,8 @@ def _peaks_in_window(cfg: Any, outputs: dict[str, torch.Tensor], batch: dict[str
 
 def _line_shift(cfg: Any, outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], energies: list[float]) -> dict[str, dict[str, float | None]]:
     edges = channel_edges(cfg.simulate, batch["input"].device)
-    b = batch["input"].shape[0]
-    le = torch.tensor(energies, device=edges.device).expand(b, -1)
+    # where the spectrum's calibration puts the lines: a method that keeps them there has not moved them
+    le = measured_energy(torch.tensor(energies, device=edges.device), batch)
     fw = scint_fwhm(le, torch.tensor(cfg.evaluate.fwhm_662), torch.tensor(cfg.evaluate.power))
     res: dict[str, dict[str, float | None]] = {}
     scale = batch["scale"].view(-1, 1)
@@ -143,8 +143,7 @@ def _per_line(cfg: Any, outputs: dict[str, torch.Tensor], batch: dict[str, torch
     method shows the line (valid window measurement, net area significant against the measured counts), and
     the share of spectra where it does (``found_fraction``). A line that is not there has no FWHM or area."""
     edges = channel_edges(cfg.simulate, batch["input"].device)
-    b = batch["input"].shape[0]
-    le = torch.tensor(energies, device=edges.device).expand(b, -1)
+    le = measured_energy(torch.tensor(energies, device=edges.device), batch)
     fw = scint_fwhm(le, batch["fwhm_params"][:, :1], batch["fwhm_params"][:, 1:2])
     # ROIs end half-way to the nearest other true line holding > 5 % of the named line's area (a 4 keV-away
     # Pb-214 351.9 keV environment line must not shrink the Ba-133 356 keV ROI to a few channels of noise)
@@ -207,7 +206,8 @@ def evaluate(cfg: Any, model: nn.Module | None, run_dir: Path, **options: Any) -
     fwhm_pts: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
     examples: dict[str, tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]] = {}
     for i, level in enumerate(ev.count_levels):
-        scene = Scene(counts=level, fwhm_662=ev.fwhm_662, power=ev.power)
+        # the configured crystal: a scene without named sources would otherwise draw one from train_crystals
+        scene = Scene(counts=level, fwhm_662=ev.fwhm_662, power=ev.power, crystal=cfg.simulate.detector.crystal)
         batch = _scene_batch(cfg, n, base_seed + i, scene, device)
         outs = _outputs(cfg, model, batch)
         metrics["levels"][f"{level:.0e}"] = _score(cfg, outs, batch)
@@ -328,8 +328,11 @@ def _write_report(cfg: Any, out: Path, metrics: dict[str, Any], figures: list[Pa
         f"recall (tolerance {cfg.metrics.tolerance_kev} keV), false peaks per spectrum (the same rule for every "
         "row: a found peak that is neither a true line or its escape / x-ray / backscatter / Compton-edge feature "
         "nor a peak of the target, so the target row is 0 by construction; a found peak needs a significant net "
-        f"area against the measured counts and, within {cfg.metrics.merge_reach_fwhm} input FWHM of a larger "
-        "peak, a Poisson likelihood ratio that prefers it to the two merged), whole-spectrum relative L1 error.",
+        "area against the measured counts"
+        + (f" and, within {cfg.metrics.merge_reach_fwhm} input FWHM of a larger peak, a Poisson likelihood ratio "
+           "that prefers it to the two merged (not for the input row, which is the measurement itself)"
+           if cfg.metrics.merge_reach_fwhm is not None else "")
+        + "), whole-spectrum relative L1 error.",
         "",
         f"**Headline** — {metrics['headline']['name']}: input {metrics['headline']['input']}, network "
         f"{metrics['headline']['network']}, baseline {metrics['headline']['baseline']}, target {metrics['headline']['target']}.",

@@ -34,7 +34,7 @@ from torchmetrics import Metric, MetricCollection
 
 from neurotrain.tasks.gamma import physics
 from neurotrain.tasks.gamma.postprocess import PEAK_SCALES, find_peaks, line_windows, measure_lines
-from neurotrain.tasks.gamma.simulate import channel_edges, scint_fwhm
+from neurotrain.tasks.gamma.simulate import channel_edges, measured_energy, scint_fwhm, true_energy
 
 
 def _flat(pred: Tensor) -> Tensor:
@@ -179,18 +179,19 @@ class PeakToValley(Metric):
         w = float(self.edges[1] - self.edges[0])
         tol = max(1, int(round(self.tolerance_kev / w)))
         ch = torch.arange(spec.shape[1], device=spec.device)
+        lines, lm = batch["line_energy"], batch["line_mask"].bool()
         for e1, e2 in self.pairs:  # a fixed, short list of named doublets
-            present = (
-                ((batch["line_energy"] - e1).abs() < 0.5) & batch["line_mask"].bool()
-            ).any(1) & (((batch["line_energy"] - e2).abs() < 0.5) & batch["line_mask"].bool()).any(1)
+            # where this spectrum's calibration shows them
+            m = measured_energy(torch.tensor([e1, e2], device=spec.device), batch)
+            present = (((lines - m[:, :1]).abs() < 0.5) & lm).any(1) & (((lines - m[:, 1:]).abs() < 0.5) & lm).any(1)
             if not bool(present.any()):
                 continue
-            c1, c2 = int((e1 - e0) / w), int((e2 - e0) / w)
+            c1, c2 = ((m - e0) / w).long().unbind(1)
+            c1, c2 = c1.unsqueeze(1), c2.unsqueeze(1)
             h1 = torch.where((ch - c1).abs() <= tol, spec, torch.full_like(spec, -1e30)).amax(1)
             h2 = torch.where((ch - c2).abs() <= tol, spec, torch.full_like(spec, -1e30)).amax(1)
             between = (ch > c1 + tol) & (ch < c2 - tol)
-            if not bool(between.any()):
-                between = (ch > c1) & (ch < c2)
+            between = torch.where(between.any(1, keepdim=True), between, (ch > c1) & (ch < c2))
             low = torch.minimum(h1, h2).clamp_min(0)
             valley = torch.where(between, spec, torch.full_like(spec, 1e30)).amin(1)
             # valley floored at 1 % of the lower peak: P/V saturates at 100 for fully separated peaks; no dip
@@ -233,8 +234,11 @@ LU176_ONSETS_KEV = (88.34, 201.83, 306.78, 290.17, 395.12, 508.61, 596.95)
 
 def explained_intervals(
     line_e: Tensor, line_mask: Tensor, line_detectable: Tensor, crystal: str, slab: str, tol_kev: float, step_reach_kev: float,
+    batch: dict[str, Tensor] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Energy intervals (lo, hi, mask), each (B, M) keV, where a found peak is real structure of the spectrum.
+    With ``batch`` (its ``calibration``), the features are computed from the true energies and placed where
+    the spectrum's calibration shows them, like ``line_e``.
 
     * every true line, +-``tol_kev``;
     * point-like secondary features of the *detectable* lines (:func:`secondary_energies`), +-``tol_kev``;
@@ -244,19 +248,24 @@ def explained_intervals(
     b = line_e.shape[0]
     dev = line_e.device
     det = line_detectable & line_mask
-    sec = secondary_energies(line_e, crystal, slab)
+    e_true = true_energy(line_e, batch) if batch is not None else line_e
+
+    def shown(e: Tensor) -> Tensor:
+        return measured_energy(e, batch) if batch is not None else e.expand(b, -1)
+
+    sec = shown(secondary_energies(e_true, crystal, slab))
     n_per_line = sec.shape[1] // line_e.shape[1]
     sec_m = torch.cat([det] * n_per_line, 1)
     if sec.shape[1] > sec_m.shape[1]:
         sec_m = torch.cat([sec_m, torch.ones(b, sec.shape[1] - sec_m.shape[1], dtype=torch.bool, device=dev)], 1)
     points = torch.cat([line_e, sec], 1)
     points_m = torch.cat([line_mask, sec_m], 1)
-    ce = compton_edges(line_e)
+    ce = shown(compton_edges(e_true))
     lo = [points - tol_kev, ce - step_reach_kev - tol_kev]
     hi = [points + tol_kev, ce + tol_kev]
     mask = [points_m, det]
     if crystal == "LYSO":
-        on = torch.tensor(LU176_ONSETS_KEV, device=dev).expand(b, -1)
+        on = shown(torch.tensor(LU176_ONSETS_KEV, device=dev))
         lo.append(on - tol_kev)
         hi.append(on + step_reach_kev + tol_kev)
         mask.append(torch.ones_like(on, dtype=torch.bool))
@@ -315,7 +324,7 @@ class PeakDetection(Metric):
         le, lm = batch["line_energy"], batch["line_mask"].bool()
         reach = PEAK_SCALES[-1] * float(self.edges[1] - self.edges[0])
         lo, hi, am = explained_intervals(
-            le, lm, batch["line_detectable"].bool(), self.crystal, self.slab, self.tolerance_kev, reach
+            le, lm, batch["line_detectable"].bool(), self.crystal, self.slab, self.tolerance_kev, reach, batch
         )
         e = energy.unsqueeze(1)
         explained = ((e >= lo.unsqueeze(2)) & (e <= hi.unsqueeze(2)) & am.unsqueeze(2)).any(1)
@@ -399,8 +408,11 @@ def false_peak_kinds(det: PeakDetection, pred: Tensor, batch: dict[str, Tensor],
     lm = batch["line_detectable"][b_idx].bool() & batch["line_mask"][b_idx].bool()
     far = torch.full_like(le, float("inf"))
     d_line = torch.where(lm, (le - e.unsqueeze(1)).abs(), far).min(1).values
-    d_edge = torch.where(lm, (compton_edges(le) - e.unsqueeze(1)).abs(), far).min(1).values
-    onsets = torch.tensor(LU176_ONSETS_KEV, device=e.device, dtype=e.dtype)
+    cal = batch.get("calibration")
+    gain, offset = (cal[b_idx, :1], cal[b_idx, 1:]) if cal is not None else (1.0, 0.0)
+    edges_shown = compton_edges((le - offset) / gain) * gain + offset
+    d_edge = torch.where(lm, (edges_shown - e.unsqueeze(1)).abs(), far).min(1).values
+    onsets = torch.tensor(LU176_ONSETS_KEV, device=e.device).unsqueeze(0) * gain + offset
     d_lu = (onsets - e.unsqueeze(1)).abs().min(1).values if det.crystal == "LYSO" else torch.full_like(e, float("inf"))
     kind = torch.full_like(e, len(FALSE_PEAK_KINDS) - 1, dtype=torch.long)
     for i, hit in reversed(list(enumerate((d_line <= reach, d_edge <= reach, d_lu <= reach, e < 150.0)))):
@@ -408,7 +420,7 @@ def false_peak_kinds(det: PeakDetection, pred: Tensor, batch: dict[str, Tensor],
     counts = torch.bincount(kind, minlength=len(FALSE_PEAK_KINDS)).tolist()
     out.update({k: round(c / n_spec, 3) for k, c in zip(FALSE_PEAK_KINDS, counts, strict=True)})
     bins, n = torch.unique(torch.floor(e / bin_kev) * bin_kev, return_counts=True)
-    order = torch.argsort(n, descending=True)
+    order = torch.argsort(n, descending=True, stable=True)
     out["energies"] = [[float(bins[i]), int(n[i])] for i in order.tolist()]
     return out
 

@@ -249,21 +249,24 @@ def peaks_the_counts_support(
 
     A sharpened spectrum can split one measured peak into several, or put ringing beside it; the measured
     counts cannot tell such structure apart from one peak when it lies well within the input resolution.
-    For each candidate two forward models of the counts are compared: the spectrum broadened to the input resolution (``resolution_kev``
-    (B, N), FWHM in keV; no broadening with ``measured_domain``), and the same with the candidate's net area
-    moved into the nearest candidate of larger wavelet area within ``merge_reach_fwhm`` input FWHM - or
-    removed, when there is none. The net area is the candidate's excess over a straight baseline through
-    the mean of ``side_channels`` channels beyond each end of a +-1 input FWHM window, narrowed to half the
-    distance to that larger neighbour (so the neighbour's area never moves with it); it moves as a
-    Gaussian of the input FWHM. The candidate is kept when the Poisson likelihood ratio prefers the first
-    model by 2 ln LR >= ``threshold``^2 (Wilks: ``threshold`` sigma for one parameter). The same rule
-    applies to every method's spectrum, so the test compares methods on what the data say. ``area`` (B, N),
-    the wavelet area estimate, only ranks the candidates; spectra are taken in groups whose
-    (group, candidates, N) working set stays under ``max_elements``.
+    For each candidate two forward models of the counts are compared: the spectrum broadened to the input
+    resolution (``resolution_kev`` (B, N), FWHM in keV), and the same with the candidate's net area moved
+    into the nearest candidate of larger wavelet area within ``merge_reach_fwhm`` input FWHM - or removed,
+    when there is none. The net area is the candidate's excess over a straight baseline through the mean of
+    ``side_channels`` channels beyond each end of a +-1 input FWHM window, narrowed to half the distance to
+    that larger neighbour (so the neighbour's area never moves with it); it moves as a Gaussian of the input
+    FWHM. The candidate is kept when the Poisson likelihood ratio prefers the first model by
+    2 ln LR >= ``threshold``^2 (Wilks: ``threshold`` sigma for one parameter). The same rule applies to every
+    enhanced spectrum (network, baseline, target), so the test compares methods on what the data say.
+    ``measured_domain`` (the spectrum is the measurement itself) skips the test: a model equal to the counts
+    leaves it without power. ``area`` (B, N), the wavelet area estimate, only ranks the candidates; spectra
+    are taken in groups whose (group, candidates, N) working set stays under ``max_elements``.
     """
+    if measured_domain or not bool(peaks.any()):
+        return peaks
     b, n = spec_counts.shape
-    k = max(1, int(peaks.sum(1).max()))
-    chunk = max(1, max_elements // (k * n))
+    k = int(peaks.sum(1).max())
+    chunk = max(1, max_elements // (k * max(k, n)))
     score = torch.where(peaks, area, torch.full_like(area, float("-inf")))
     top, idx = score.topk(k, dim=1)
     valid = torch.isfinite(top)
@@ -271,37 +274,58 @@ def peaks_the_counts_support(
         return peaks
     centres = 0.5 * (edges[1:] + edges[:-1])
     width = float(edges[1] - edges[0])
-    x = spec_counts.clamp_min(0)
-    model = (x if measured_domain else broaden(x, edges, resolution_kev)).clamp_min(1e-6)
+    # continue the spectrum beyond both ends by its end values, so that broadening does not lose the
+    # continuum there (a model short of counts near an end would welcome any invented peak)
+    pad = min(n, int(math.ceil(3 * float(resolution_kev.max()) / width)))
+    steps = torch.arange(1, pad + 1, device=edges.device, dtype=edges.dtype) * width
+    edges_ext = torch.cat([edges[0] - steps.flip(0), edges, edges[-1] + steps])
+    model = broaden(
+        F.pad(spec_counts.clamp_min(0).unsqueeze(1), (pad, pad), mode="replicate").squeeze(1), edges_ext,
+        F.pad(resolution_kev.unsqueeze(1), (pad, pad), mode="replicate").squeeze(1),
+    )[:, pad : pad + n].clamp_min(1e-6)
     fw = resolution_kev.gather(1, idx)
-    e_all = centres[idx]
-    # partner: the nearest candidate with a larger wavelet area within merge_reach_fwhm input FWHM
-    d = (e_all.unsqueeze(2) - e_all.unsqueeze(1)).abs()
-    larger = (top.unsqueeze(1) > top.unsqueeze(2)) & valid.unsqueeze(1) & (d <= merge_reach_fwhm * fw.unsqueeze(2))
-    dmin, partner = torch.where(larger, d, torch.full_like(d, float("inf"))).min(2)
-    has = torch.isfinite(dmin)
-    half = torch.ceil(fw / width)
-    half = torch.where(has, torch.minimum(half, torch.floor((dmin / width - 1) / 2)), half).clamp_min(1).long()
-    side = side_channels
-    cum = F.pad(torch.cumsum(spec_counts, 1), (1, 0))
-    inner = _window_sum(cum, idx - half, idx + half)
-    left = _window_sum(cum, idx - half - side, idx - half - 1) / side
-    right = _window_sum(cum, idx + half + 1, idx + half + side) / side
-    net = (inner - (2 * half + 1) * 0.5 * (left + right)).clamp_min(0).masked_fill(~valid, 0.0)
     keep = torch.ones_like(valid)
-    for s in range(0, b, chunk):
+    for s in range(0, b, chunk):  # groups of spectra bound the (group, K, K) and (group, K, N) working sets
         sl = slice(s, s + chunk)
-        e_k, v_k, a_k, fw_k = e_all[sl], valid[sl], net[sl], fw[sl]
+        idx_k, top_k, v_k, fw_k = idx[sl], top[sl], valid[sl], fw[sl]
+        e_k = centres[idx_k]
+        # partner: the nearest candidate with a larger wavelet area within merge_reach_fwhm input FWHM
+        d = (e_k.unsqueeze(2) - e_k.unsqueeze(1)).abs()
+        larger = (top_k.unsqueeze(1) > top_k.unsqueeze(2)) & v_k.unsqueeze(1) & (d <= merge_reach_fwhm * fw_k.unsqueeze(2))
+        dmin, partner = torch.where(larger, d, torch.full_like(d, float("inf"))).min(2)
+        has = torch.isfinite(dmin)
+        a_k = _net_area(spec_counts[sl], idx_k, torch.ceil(fw_k / width), has, torch.round(dmin / width), side_channels)
+        a_k = a_k.masked_fill(~v_k, 0.0)
         sig = (fw_k / FWHM_PER_SIGMA).clamp_min(1e-3).unsqueeze(2)
         cdf = torch.special.ndtr((edges.view(1, 1, -1) - e_k.unsqueeze(2)) / sig)
         shape = cdf[..., 1:] - cdf[..., :-1]  # (c, K, N): unit-area peak at the input resolution
-        moved = shape.gather(1, partner[sl].unsqueeze(2).expand(-1, -1, n)) * has[sl].unsqueeze(2)
+        moved = shape.gather(1, partner.unsqueeze(2).expand(-1, -1, n)) * has.unsqueeze(2)
         m1 = model[sl].unsqueeze(1)
         m0 = (m1 + a_k.unsqueeze(2) * (moved - shape)).clamp_min(1e-6)
         llr = (counts[sl].unsqueeze(1) * torch.log(m1 / m0) - (m1 - m0)).sum(2)
         keep[sl] = (2 * llr >= threshold**2) | ~v_k
     drop = torch.zeros_like(peaks).scatter_(1, idx, valid & ~keep)
     return peaks & ~drop
+
+
+def _net_area(spec: Tensor, idx: Tensor, half: Tensor, has: Tensor, gap: Tensor, side: int) -> Tensor:
+    """Net area (B, K) of the candidates at channels ``idx`` (B, K): the excess over a straight baseline
+    through the mean of up to ``side`` channels beyond each end of +-``half`` channels, the window narrowed
+    to half the ``gap`` (channels) to the larger neighbour where ``has``. Windows are clipped to the
+    spectrum; a side that falls outside it is replaced by the other."""
+    n = spec.shape[1]
+    half = torch.where(has, torch.minimum(half, torch.floor((gap - 1) / 2)), half).clamp_min(1).long()
+    lo, hi = (idx - half).clamp(0, n - 1), (idx + half).clamp(0, n - 1)
+    cum = F.pad(torch.cumsum(spec, 1), (1, 0))
+    inner = _window_sum(cum, lo, hi)
+    l_lo, l_hi = (lo - side).clamp_min(0), lo - 1
+    r_lo, r_hi = hi + 1, (hi + side).clamp_max(n - 1)
+    n_l, n_r = (l_hi - l_lo + 1).clamp_min(0), (r_hi - r_lo + 1).clamp_min(0)
+    left = torch.where(n_l > 0, _window_sum(cum, l_lo, l_hi.clamp_min(0)) / n_l.clamp_min(1), torch.zeros_like(inner))
+    right = torch.where(n_r > 0, _window_sum(cum, r_lo.clamp_max(n - 1), r_hi) / n_r.clamp_min(1), torch.zeros_like(inner))
+    left = torch.where(n_l > 0, left, right)
+    right = torch.where(n_r > 0, right, left)
+    return (inner - (hi - lo + 1) * 0.5 * (left + right)).clamp_min(0)
 
 
 def refine_to_counts(spec: Tensor, counts: Tensor, edges: Tensor, r662: float, power: float, iterations: int) -> Tensor:

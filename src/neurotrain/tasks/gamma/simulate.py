@@ -58,6 +58,21 @@ def channel_edges(sim: Any, device: torch.device | None = None) -> torch.Tensor:
     return torch.linspace(sim.e_min_kev, sim.e_max_kev, sim.n_channels + 1, device=device)
 
 
+def measured_energy(e_true: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Library (true) energies, (M,) or (B, M) keV, where each spectrum's calibration shows them: (B, M).
+    Identity for batches without ``calibration`` (files written before it existed)."""
+    cal = batch.get("calibration")
+    ref = cal if cal is not None else batch["input"]
+    e = e_true.to(ref.device, torch.float32).expand(ref.shape[0], -1) if e_true.dim() == 1 else e_true
+    return e if cal is None else e * cal[:, :1] + cal[:, 1:2]
+
+
+def true_energy(e_meas: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Inverse of :func:`measured_energy` for (B, M) energies."""
+    cal = batch.get("calibration")
+    return e_meas if cal is None else (e_meas - cal[:, 1:2]) / cal[:, :1]
+
+
 def channel_centers(sim: Any, device: torch.device | None = None) -> torch.Tensor:
     e = channel_edges(sim, device)
     return 0.5 * (e[1:] + e[:-1])
@@ -503,7 +518,8 @@ def simulate_batch(
     * ``line_energy``, ``line_area``, ``line_area_input``, ``line_mask``, ``line_detectable`` (B, L):
       true lines at the energies the spectrum's (jittered) calibration shows them (keV), expected net
       photopeak counts in target and input, validity and detectability.
-    * ``lu_fraction``, ``live_time_s`` (B,).
+    * ``lu_fraction``, ``live_time_s`` (B,); ``calibration`` (B, 2): the gain and offset (keV) of the jitter,
+      measured energy = gain x true energy + offset (:func:`measured_energy`).
 
     With ``simulate.train_crystals`` set, each training batch (no ``scene``) uses one crystal drawn from it.
     """
@@ -684,4 +700,5 @@ def simulate_batch(
         "line_detectable": ld & mask,
         "lu_fraction": (lu_rate / total_rate).float(),
         "live_time_s": live.float(),
+        "calibration": torch.stack([gain, offset], 1).float(),
     }

@@ -111,6 +111,8 @@ class LossSection(Section):
     terms: list[LossTerm] = [LossTerm(type="GaussianMMLoss"), LossTerm(type="PPXYZBLoss", weight=0.1)]
     dynamic_weighting: bool = False
     ema: float = Field(0.98, ge=0, lt=1)
+    #: dynamic weighting: a term's normaliser stays >= this share of the largest magnitude it had
+    dynamic_floor: float = Field(0.1, ge=0, le=1)
 
 
 class PostprocessSection(Section):

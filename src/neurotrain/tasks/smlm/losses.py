@@ -102,21 +102,30 @@ class UnifiedLoss(nn.Module):
     term contributes ~``w_i`` whatever its scale (loss balancing). Held, because a negative
     log-likelihood such as :class:`GaussianMMLoss` passes through zero as the predicted sigmas
     shrink: a normaliser that kept following it would give that term an unbounded weight (on the
-    H200 a 2,000-step SigmaMUNet trained that way detected nothing). Every term is returned for logging.
+    H200 a 2,000-step SigmaMUNet trained that way detected nothing). For the same reason the
+    normaliser never drops below ``floor`` x the largest magnitude the term had so far. The engine
+    sets ``steps_per_epoch`` to the trainer's real batches per epoch (:meth:`set_steps_per_epoch`;
+    DDP ranks and ``limit_train_batches`` change it). Every term is returned for logging.
     """
 
     def __init__(self, terms: list[tuple[str, nn.Module, float, int]], steps_per_epoch: int,
-                 dynamic_weighting: bool = False, ema: float = 0.98) -> None:
+                 dynamic_weighting: bool = False, ema: float = 0.98, floor: float = 0.1) -> None:
         super().__init__()
         self.names = [t[0] for t in terms]
         self.losses = nn.ModuleList([t[1] for t in terms])
         self.weights = [t[2] for t in terms]
         self.warmup = [t[3] for t in terms]
         self.steps_per_epoch = max(1, steps_per_epoch)
-        self.dynamic, self.ema = dynamic_weighting, ema
+        self.dynamic, self.ema, self.floor = dynamic_weighting, ema, floor
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
         self.register_buffer("running", torch.ones(len(terms)))
         self.register_buffer("seen", torch.zeros((), dtype=torch.bool))
+        # only needed while the normaliser still moves (first epoch); the floor is then part of `running`
+        self.register_buffer("largest", torch.zeros(len(terms)), persistent=False)
+
+    def set_steps_per_epoch(self, n: int) -> None:
+        """Training batches per epoch, as the trainer counts them (per rank)."""
+        self.steps_per_epoch = max(1, int(n))
 
     def term_weight(self, i: int) -> float:
         epoch = float(self.step) / self.steps_per_epoch
@@ -129,7 +138,9 @@ class UnifiedLoss(nn.Module):
         if self.dynamic and self.training and int(self.step) < self.steps_per_epoch:
             with torch.no_grad():
                 mag = vals.detach().abs().clamp(min=1e-8)
-                self.running.copy_(torch.where(self.seen, self.ema * self.running + (1 - self.ema) * mag, mag))
+                self.largest.copy_(torch.maximum(self.largest, mag))
+                ema = torch.where(self.seen, self.ema * self.running + (1 - self.ema) * mag, mag)
+                self.running.copy_(torch.maximum(ema, self.floor * self.largest))
                 self.seen.fill_(True)
         scale = 1.0 / self.running.clamp(min=1e-8) if self.dynamic else torch.ones_like(vals)
         w = torch.tensor([self.term_weight(i) for i in range(len(outs))], device=vals.device, dtype=vals.dtype)
@@ -163,4 +174,4 @@ def build_loss(cfg: Any) -> nn.Module:
         raise ConfigError("config error: loss.terms: UnifiedLoss needs at least one term (got [])")
     spe = math.ceil(cfg.data.sim_train_size / cfg.data.batch_size)
     return UnifiedLoss([(t.type, one(t.type), t.weight, t.warmup_epochs) for t in lc.terms], spe,
-                       lc.dynamic_weighting, lc.ema)
+                       lc.dynamic_weighting, lc.ema, lc.dynamic_floor)
