@@ -271,3 +271,32 @@ def test_response_smoothing_spares_escape_lines_and_calms_the_continuum(make_sma
         r = row[region]
         return float((r[2:] - 2 * r[1:-1] + r[:-2]).abs().mean() / r.mean())
     assert roughness(b.continuum[i]) < 0.5 * roughness(a.continuum[i])
+
+
+def test_room_return_raises_the_backscatter_region(gamma_cache) -> None:
+    """simulate.room_return_fraction adds the 180-480 keV continuum of once-scattered Cs-137 photons."""
+    from neurotrain.tasks.gamma.config import GammaConfig
+
+    ratios = []
+    for f in (0.0, 0.5):
+        cfg = GammaConfig(simulate={
+            "n_channels": 512, "e_min_kev": 20.0, "e_max_kev": 3000.0, "response_photons": 200, "lu176_events": 5000,
+            "cache_dir": str(gamma_cache), "detector": {"crystal": "NaI"}, "room_return_fraction": (f, f),
+        })
+        b = S.simulate_batch(cfg, 4, torch.Generator().manual_seed(3), torch.device("cpu"),
+                             S.Scene(sources=["Cs-137"], counts=1e6, random_lines=0, environment=False, jitter=False))
+        c = S.channel_centers(cfg.simulate)
+        spec = b["clean_input"].mean(0)
+        ratios.append(float(spec[(c > 150) & (c < 300)].sum() / spec[(c > 600) & (c < 720)].sum()))
+    assert ratios[1] > 1.3 * ratios[0], ratios
+
+
+def test_room_return_spans_the_compton_scatter_range() -> None:
+    """One Compton scatter of a 661.7 keV photon leaves it between 661.7 / (1 + 2 x 661.7 / 511) = 184.3 keV
+    (backscatter) and 661.7 keV, with each line's weight conserved."""
+    edges = torch.linspace(0.0, 1000.0, 1001)
+    inc = S.room_return(torch.tensor([[661.657, 0.0]]), torch.tensor([[2.0, 0.0]]), edges)[0]
+    c = 0.5 * (edges[1:] + edges[:-1])
+    assert float(inc.sum()) == pytest.approx(2.0, rel=1e-5)
+    assert float(inc[c < 183.0].sum()) == 0.0 and float(inc[c > 662.5].sum()) == 0.0
+    assert float(inc[(c > 184) & (c < 250)].sum()) > 0.1 * 2.0  # the backscatter end holds a good share

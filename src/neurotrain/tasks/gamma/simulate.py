@@ -457,6 +457,23 @@ def gaussian_lines(
     return out
 
 
+def room_return(line_e: torch.Tensor, line_w: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
+    """Incident spectrum (B, N) of the photons of lines ``line_e`` (B, L) keV, weights ``line_w`` (B, L), that
+    reach the crystal after one Compton scatter in the surroundings, per photon of each line: the
+    Klein-Nishina energy distribution dsigma/dE' ~ eps + 1/eps - sin^2(theta) (eps = E'/E) over all angles,
+    E' from E / (1 + 2E/511 keV) to E (Evans, "The Atomic Nucleus", 1955, ch. 23), integrated over channels.
+    Room walls, floor and table scatter at every angle; the slab response models only 180-degree returns."""
+    centers = 0.5 * (edges[1:] + edges[:-1])
+    e = line_e.unsqueeze(2)
+    eps = centers.view(1, 1, -1) / e.clamp_min(1e-3)
+    k = e / physics.ME_C2
+    inside = (eps <= 1) & (eps >= 1 / (1 + 2 * k)) & (line_w.unsqueeze(2) > 0)
+    cos_t = 1 - (1 / eps.clamp_min(1e-6) - 1) / k.clamp_min(1e-9)
+    shape = torch.where(inside, eps + 1 / eps.clamp_min(1e-6) - (1 - cos_t**2), torch.zeros_like(eps))
+    shape = shape / shape.sum(2, keepdim=True).clamp_min(1e-12)
+    return torch.einsum("bl,bln->bn", line_w, shape)
+
+
 # --------------------------------------------------------------------------------------------- scenes
 
 
@@ -624,6 +641,12 @@ def simulate_batch(
     lines_w = torch.cat([src_w * k_src, env_w * k_env], 1)  # emitted photons
     peak_area = lines_w * fe_of(lines_e)  # expected full-energy counts
     deposits = continuum_of(lines_e, lines_w)
+    f_lo, f_hi = sim.room_return_fraction
+    if f_hi > 0:
+        # extra photons, scattered once by the surroundings; they add counts beyond the rates above.
+        # A fixed fraction draws nothing, so the random stream of the rest stays as it was.
+        frac = _uniform(f_lo, f_hi, b, gen, device) if f_hi > f_lo else torch.full((b,), f_lo, device=device)
+        deposits = deposits + (frac.unsqueeze(1) * room_return(lines_e, lines_w, edges)) @ resp.full_matrix()
     deposits = deposits + k_env * (env_cont_inc @ resp.full_matrix()).unsqueeze(0)
     if lu_det > 0:
         deposits = deposits + (lu_rate * live / lu_det).unsqueeze(1) * resp.lu176.unsqueeze(0)
