@@ -61,7 +61,7 @@ class SimulateSection(Section):
     #: (simulate.room_return), drawn per spectrum from this range: the broad continuum between the
     #: backscatter energy and the line that real lab spectra show. (0, 0) = off. On the real CsI Ba-133 +
     #: Cs-137 file (realdata SGM102432), 1.0 with a 10 counts/s source brought the 150-1500 keV band ratios
-    #: (real / simulated, normalised at 600-720 keV) to 0.9-1.5, from 1.2-25 with (0, 0) and 300 counts/s
+    #: (real / simulated, normalised at 600-720 keV) to 0.9-1.4, from 2.3-25 with (0, 0) and 300 counts/s
     room_return_fraction: tuple[float, float] = (0.0, 0.0)
     lu176_bq_per_g: float = Field(37.0, ge=0)
     gain_jitter: float = Field(0.003, ge=0)

@@ -457,21 +457,21 @@ def gaussian_lines(
     return out
 
 
-def room_return(line_e: torch.Tensor, line_w: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
-    """Incident spectrum (B, N) of the photons of lines ``line_e`` (B, L) keV, weights ``line_w`` (B, L), that
-    reach the crystal after one Compton scatter in the surroundings, per photon of each line: the
-    Klein-Nishina energy distribution dsigma/dE' ~ eps + 1/eps - sin^2(theta) (eps = E'/E) over all angles,
-    E' from E / (1 + 2E/511 keV) to E (Evans, "The Atomic Nucleus", 1955, ch. 23), integrated over channels.
-    Room walls, floor and table scatter at every angle; the slab response models only 180-degree returns."""
+def room_return(line_e: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
+    """Energy distribution (B, L, N), per photon of each line ``line_e`` (B, L) keV, of the photons that reach
+    the crystal after one Compton scatter in the surroundings: the Klein-Nishina distribution
+    dsigma/dE' ~ eps + 1/eps - sin^2(theta) (eps = E'/E) over all angles, E' from E / (1 + 2E/511 keV) to E
+    (Evans, "The Atomic Nucleus", 1955, ch. 23), integrated over channels; each row sums to 1 (0 for lines
+    below the grid). Room walls, floor and table scatter at every angle; the slab response models only
+    180-degree returns."""
     centers = 0.5 * (edges[1:] + edges[:-1])
     e = line_e.unsqueeze(2)
     eps = centers.view(1, 1, -1) / e.clamp_min(1e-3)
     k = e / physics.ME_C2
-    inside = (eps <= 1) & (eps >= 1 / (1 + 2 * k)) & (line_w.unsqueeze(2) > 0)
+    inside = (eps <= 1) & (eps >= 1 / (1 + 2 * k))
     cos_t = 1 - (1 / eps.clamp_min(1e-6) - 1) / k.clamp_min(1e-9)
     shape = torch.where(inside, eps + 1 / eps.clamp_min(1e-6) - (1 - cos_t**2), torch.zeros_like(eps))
-    shape = shape / shape.sum(2, keepdim=True).clamp_min(1e-12)
-    return torch.einsum("bl,bln->bn", line_w, shape)
+    return shape / shape.sum(2, keepdim=True).clamp_min(1e-12)
 
 
 # --------------------------------------------------------------------------------------------- scenes
@@ -615,10 +615,25 @@ def simulate_batch(
         return dens @ resp.continuum
 
     det_total = resp.full_energy + resp.continuum.sum(1)  # detection probability per incident photon
-    src_det = (src_w * batched_interp(src_e, centers, det_total)).sum(1).clamp_min(1e-12)
+    # photons scattered once by the surroundings (simulate.room_return_fraction): extra continuum, counted
+    # in each line's detection probability so that the rates below still fix the total counts.
+    # A fixed fraction draws nothing, so the random stream of the rest stays as it was.
+    f_lo, f_hi = sim.room_return_fraction
+    room = f_hi > 0
+    if room:
+        frac = (_uniform(f_lo, f_hi, b, gen, device) if f_hi > f_lo else torch.full((b,), f_lo, device=device)).view(b, 1, 1)
+        rr_src, rr_env = frac * room_return(src_e, edges), frac * room_return(env_e, edges)
+
+    def line_det(e: torch.Tensor, w: torch.Tensor, rr: torch.Tensor | None) -> torch.Tensor:
+        d = batched_interp(e, centers, det_total)
+        if rr is not None:
+            d = d + rr @ det_total
+        return (w * d).sum(1).clamp_min(1e-12)
+
+    src_det = line_det(src_e, src_w, rr_src if room else None)
     env_cont_inc = (centers.clamp_min(30.0) ** -1.0) * (centers <= 2614.5)
     env_cont_inc = env_cont_inc / env_cont_inc.sum() * sim.env_continuum_share
-    env_line_det = (env_w * batched_interp(env_e, centers, det_total)).sum(1).clamp_min(1e-12)
+    env_line_det = line_det(env_e, env_w, rr_env if room else None)
     env_cont_det = float((env_cont_inc * det_total).sum())
 
     # ---------------- rates (counts per second) and live time
@@ -641,12 +656,9 @@ def simulate_batch(
     lines_w = torch.cat([src_w * k_src, env_w * k_env], 1)  # emitted photons
     peak_area = lines_w * fe_of(lines_e)  # expected full-energy counts
     deposits = continuum_of(lines_e, lines_w)
-    f_lo, f_hi = sim.room_return_fraction
-    if f_hi > 0:
-        # extra photons, scattered once by the surroundings; they add counts beyond the rates above.
-        # A fixed fraction draws nothing, so the random stream of the rest stays as it was.
-        frac = _uniform(f_lo, f_hi, b, gen, device) if f_hi > f_lo else torch.full((b,), f_lo, device=device)
-        deposits = deposits + (frac.unsqueeze(1) * room_return(lines_e, lines_w, edges)) @ resp.full_matrix()
+    if room:
+        scattered = torch.einsum("bl,bln->bn", src_w * k_src, rr_src) + torch.einsum("bl,bln->bn", env_w * k_env, rr_env)
+        deposits = deposits + scattered @ resp.full_matrix()
     deposits = deposits + k_env * (env_cont_inc @ resp.full_matrix()).unsqueeze(0)
     if lu_det > 0:
         deposits = deposits + (lu_rate * live / lu_det).unsqueeze(1) * resp.lu176.unsqueeze(0)
