@@ -408,11 +408,11 @@ def false_peak_kinds(det: PeakDetection, pred: Tensor, batch: dict[str, Tensor],
     lm = batch["line_detectable"][b_idx].bool() & batch["line_mask"][b_idx].bool()
     far = torch.full_like(le, float("inf"))
     d_line = torch.where(lm, (le - e.unsqueeze(1)).abs(), far).min(1).values
-    cal = batch.get("calibration")
-    gain, offset = (cal[b_idx, :1], cal[b_idx, 1:]) if cal is not None else (1.0, 0.0)
-    edges_shown = compton_edges((le - offset) / gain) * gain + offset
+    # the calibration of each false peak's spectrum
+    sub = {"calibration": batch["calibration"][b_idx]} if "calibration" in batch else {}
+    edges_shown = measured_energy(compton_edges(true_energy(le, sub)), sub)
     d_edge = torch.where(lm, (edges_shown - e.unsqueeze(1)).abs(), far).min(1).values
-    onsets = torch.tensor(LU176_ONSETS_KEV, device=e.device).unsqueeze(0) * gain + offset
+    onsets = measured_energy(torch.tensor(LU176_ONSETS_KEV, device=e.device).expand(e.shape[0], -1), sub)
     d_lu = (onsets - e.unsqueeze(1)).abs().min(1).values if det.crystal == "LYSO" else torch.full_like(e, float("inf"))
     kind = torch.full_like(e, len(FALSE_PEAK_KINDS) - 1, dtype=torch.long)
     for i, hit in reversed(list(enumerate((d_line <= reach, d_edge <= reach, d_lu <= reach, e < 150.0)))):

@@ -252,10 +252,9 @@ def peaks_the_counts_support(
     For each candidate two forward models of the counts are compared: the spectrum broadened to the input
     resolution (``resolution_kev`` (B, N), FWHM in keV), and the same with the candidate's net area moved
     into the nearest candidate of larger wavelet area within ``merge_reach_fwhm`` input FWHM - or removed,
-    when there is none. The net area is the candidate's excess over a straight baseline through the mean of
-    ``side_channels`` channels beyond each end of a +-1 input FWHM window, narrowed to half the distance to
-    that larger neighbour (so the neighbour's area never moves with it); it moves as a Gaussian of the input
-    FWHM. The candidate is kept when the Poisson likelihood ratio prefers the first model by
+    when there is none. The net area is :func:`measure_lines`'s (``side_channels`` per side) over +-1 input
+    FWHM, narrowed to half the distance to that larger neighbour (so the neighbour's area never moves with
+    it); it moves as a Gaussian of the input FWHM. The candidate is kept when the Poisson likelihood ratio prefers the first model by
     2 ln LR >= ``threshold``^2 (Wilks: ``threshold`` sigma for one parameter). The same rule applies to every
     enhanced spectrum (network, baseline, target), so the test compares methods on what the data say.
     ``measured_domain`` (the spectrum is the measurement itself) skips the test: a model equal to the counts
@@ -294,8 +293,11 @@ def peaks_the_counts_support(
         larger = (top_k.unsqueeze(1) > top_k.unsqueeze(2)) & v_k.unsqueeze(1) & (d <= merge_reach_fwhm * fw_k.unsqueeze(2))
         dmin, partner = torch.where(larger, d, torch.full_like(d, float("inf"))).min(2)
         has = torch.isfinite(dmin)
-        a_k = _net_area(spec_counts[sl], idx_k, torch.ceil(fw_k / width), has, torch.round(dmin / width), side_channels)
-        a_k = a_k.masked_fill(~v_k, 0.0)
+        # net area by the window method, the window narrowed to half the gap to the larger neighbour
+        half = torch.ceil(fw_k / width)
+        half = torch.where(has, torch.minimum(half, torch.floor((torch.round(dmin / width) - 1) / 2)), half).clamp_min(1)
+        a_k = measure_lines(spec_counts[sl], edges, e_k, half * width, side_channels=side_channels)["area"]
+        a_k = a_k.clamp_min(0).masked_fill(~v_k, 0.0)
         sig = (fw_k / FWHM_PER_SIGMA).clamp_min(1e-3).unsqueeze(2)
         cdf = torch.special.ndtr((edges.view(1, 1, -1) - e_k.unsqueeze(2)) / sig)
         shape = cdf[..., 1:] - cdf[..., :-1]  # (c, K, N): unit-area peak at the input resolution
@@ -306,26 +308,6 @@ def peaks_the_counts_support(
         keep[sl] = (2 * llr >= threshold**2) | ~v_k
     drop = torch.zeros_like(peaks).scatter_(1, idx, valid & ~keep)
     return peaks & ~drop
-
-
-def _net_area(spec: Tensor, idx: Tensor, half: Tensor, has: Tensor, gap: Tensor, side: int) -> Tensor:
-    """Net area (B, K) of the candidates at channels ``idx`` (B, K): the excess over a straight baseline
-    through the mean of up to ``side`` channels beyond each end of +-``half`` channels, the window narrowed
-    to half the ``gap`` (channels) to the larger neighbour where ``has``. Windows are clipped to the
-    spectrum; a side that falls outside it is replaced by the other."""
-    n = spec.shape[1]
-    half = torch.where(has, torch.minimum(half, torch.floor((gap - 1) / 2)), half).clamp_min(1).long()
-    lo, hi = (idx - half).clamp(0, n - 1), (idx + half).clamp(0, n - 1)
-    cum = F.pad(torch.cumsum(spec, 1), (1, 0))
-    inner = _window_sum(cum, lo, hi)
-    l_lo, l_hi = (lo - side).clamp_min(0), lo - 1
-    r_lo, r_hi = hi + 1, (hi + side).clamp_max(n - 1)
-    n_l, n_r = (l_hi - l_lo + 1).clamp_min(0), (r_hi - r_lo + 1).clamp_min(0)
-    left = torch.where(n_l > 0, _window_sum(cum, l_lo, l_hi.clamp_min(0)) / n_l.clamp_min(1), torch.zeros_like(inner))
-    right = torch.where(n_r > 0, _window_sum(cum, r_lo.clamp_max(n - 1), r_hi) / n_r.clamp_min(1), torch.zeros_like(inner))
-    left = torch.where(n_l > 0, left, right)
-    right = torch.where(n_r > 0, right, left)
-    return (inner - (hi - lo + 1) * 0.5 * (left + right)).clamp_min(0)
 
 
 def refine_to_counts(spec: Tensor, counts: Tensor, edges: Tensor, r662: float, power: float, iterations: int) -> Tensor:

@@ -62,9 +62,10 @@ def measured_energy(e_true: torch.Tensor, batch: dict[str, torch.Tensor]) -> tor
     """Library (true) energies, (M,) or (B, M) keV, where each spectrum's calibration shows them: (B, M).
     Identity for batches without ``calibration`` (files written before it existed)."""
     cal = batch.get("calibration")
-    ref = cal if cal is not None else batch["input"]
-    e = e_true.to(ref.device, torch.float32).expand(ref.shape[0], -1) if e_true.dim() == 1 else e_true
-    return e if cal is None else e * cal[:, :1] + cal[:, 1:2]
+    if e_true.dim() == 1:
+        ref = cal if cal is not None else batch["input"]
+        e_true = e_true.to(ref.device, torch.float32).expand(ref.shape[0], -1)
+    return e_true if cal is None else e_true * cal[:, :1] + cal[:, 1:2]
 
 
 def true_energy(e_meas: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
