@@ -153,6 +153,9 @@ def test_shipped_configs_share_one_loss() -> None:
     folder = Path(__file__).resolve().parents[3] / "configs" / "gamma"
     quick, full = (load_config(folder / n) for n in ("quickstart.yaml", "train.yaml"))
     assert quick.loss == full.loss
+    # and the same backgrounds: source rates and the surroundings' scatter
+    assert quick.simulate.source_rate_cps == full.simulate.source_rate_cps
+    assert quick.simulate.room_return_fraction == full.simulate.room_return_fraction
     assert L.build_loss(full).__class__ is L.build_loss(quick).__class__
 
 

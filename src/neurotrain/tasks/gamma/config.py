@@ -127,6 +127,9 @@ class MetricsSection(Section):
     #: against the measured counts, the same spectrum with its area merged into that peak
     #: (postprocess.peaks_the_counts_support); null switches the test off
     merge_reach_fwhm: float | None = Field(1.0, gt=0)
+    #: a found peak within this many input FWHM of a step (Compton edge: below it; Lu-176 onset: above it) is
+    #: the step's top, not a line (metrics.explained_intervals); 0 = only the peak search's largest scale
+    step_reach_fwhm: float = Field(0.5, ge=0)
 
 
 class BaselineSection(Section):

@@ -326,9 +326,11 @@ def _write_report(cfg: Any, out: Path, metrics: dict[str, Any], figures: list[Pa
         "window measurement on the target, over the lines found) and the share of lines missed (no significant "
         "positive net area), doublet peak-to-valley (saturates at 100, 1 = no dip), peak-search precision / "
         f"recall (tolerance {cfg.metrics.tolerance_kev} keV), false peaks per spectrum (the same rule for every "
-        "row: a found peak that is neither a true line or its escape / x-ray / backscatter / Compton-edge feature "
-        "nor a peak of the target, so the target row is 0 by construction; a found peak needs a significant net "
-        "area against the measured counts"
+        "row: a found peak that is neither a true line or its escape / x-ray / backscatter feature, nor the top of "
+        "a step (below a Compton edge, above a Lu-176 onset"
+        + (f", within {cfg.metrics.step_reach_fwhm} input FWHM" if cfg.metrics.step_reach_fwhm > 0 else "")
+        + "), nor a peak of the target, so the target row is 0 by construction; a found peak needs a significant "
+        "net area against the measured counts"
         + (f" and, within {cfg.metrics.merge_reach_fwhm} input FWHM of a larger peak, a Poisson likelihood ratio "
            "that prefers it to the two merged (not for the input row, which is the measurement itself)"
            if cfg.metrics.merge_reach_fwhm is not None else "")
