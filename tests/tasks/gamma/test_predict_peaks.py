@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from neurotrain.tasks.gamma import simulate as S
@@ -36,3 +37,30 @@ def test_predict_lists_only_peaks_with_net_area_against_input_resolution(lyso_cf
     )
     found = energy[mask].tolist()
     assert any(abs(e - 1200.0) < 3 * width for e in found), found
+
+
+def test_peak_origins_name_escape_backscatter_and_step_tops() -> None:
+    """Found peaks at known features of a larger peak or of the crystal are labelled (LYSO 10 % at 662 keV):
+    184.3 keV is Cs-137's backscatter peak 661.657 / (1 + 2 x 661.657 / 511); 821.5 keV Co-60's 1332.5 keV
+    single escape; 450 keV lies within half an input FWHM (28.1 keV) below Cs-137's Compton edge 477.3 keV;
+    620 keV within half an input FWHM (31.4 keV) above Lu-176's 597 keV onset."""
+    from neurotrain.tasks.gamma.metrics import peak_origins, secondary_names
+
+    e = torch.tensor([661.657, 184.3, 450.0, 620.0, 1000.0, 150.7, 1332.5, 821.5])
+    a = torch.tensor([1e5, 1e3, 2e3, 3e3, 1.5e3, 8e2, 5e4, 7e2])
+    o = peak_origins(e, a, 0.10, 0.5, "LYSO", "Pb", 3.0, 5.8, 0.5)
+    names = secondary_names("LYSO")
+    feat, kind, step, skind = o["feature_of_kev"], o["feature_kind"], o["step_of_kev"], o["step_kind"]
+    assert names[int(kind[1])] == "backscatter" and feat[1] == pytest.approx(661.657)
+    assert names[int(kind[7])] == "single escape" and feat[7] == pytest.approx(1332.5)
+    assert int(skind[2]) == 0 and step[2] == pytest.approx(661.657)  # below Cs-137's Compton edge
+    assert int(skind[3]) == 1 and step[3] == pytest.approx(596.95)  # above the Lu-176 onset
+    # the strongest line, a free-standing peak, and 661.7 - 511 keV (no pair production below 1022 keV)
+    for i in (0, 4, 5):
+        assert int(kind[i]) == -1 and int(skind[i]) == -1 and torch.isnan(feat[i]) and torch.isnan(step[i])
+    # no Lu-176 in NaI; a feature is named only after a larger peak
+    o_nai = peak_origins(e, a, 0.07, 0.5, "NaI", "Pb", 3.0, 5.8, 0.5)
+    assert int(o_nai["step_kind"][3]) == -1
+    big_backscatter = a.clone()
+    big_backscatter[1] = 2e5
+    assert int(peak_origins(e, big_backscatter, 0.10, 0.5, "LYSO", "Pb", 3.0, 5.8, 0.5)["feature_kind"][1]) == -1

@@ -284,6 +284,70 @@ def explained_intervals(
     return torch.cat(lo, 1), torch.cat(hi, 1), torch.cat(mask, 1)
 
 
+def secondary_names(crystal: str) -> list[str]:
+    """Names of the per-line groups of :func:`secondary_energies`, in its column order."""
+    names = ["single escape", "double escape", "backscatter"]
+    formula, _ = physics.MATERIALS[crystal]
+    for s in formula:
+        if s in physics.K_XRAYS:
+            names += [f"{s} Ka escape", f"{s} Kb escape"]
+    return names
+
+
+def peak_origins(
+    energy: Tensor, area: Tensor, r662: float, power: float, crystal: str | None, slab: str, tol_kev: float,
+    step_reach_kev: float, step_reach_fwhm: float,
+) -> dict[str, Tensor]:
+    """Where found peaks (``energy`` (K,) keV, net ``area`` (K,)) lie on a feature of another, larger found
+    peak or of the detector - the evaluation's explained features (:func:`explained_intervals`), for a
+    spectrum with no truth list. Returns (K,) tensors:
+
+    * ``feature_of_kev`` / ``feature_kind``: the larger peak whose single / double escape, 180-degree
+      backscatter or crystal K x-ray escape peak (:func:`secondary_energies`) lies within ``tol_kev``, and the
+      index into :func:`secondary_names` (NaN / -1 where none; the largest such parent);
+    * ``step_of_kev``: the larger peak whose Compton edge this one lies at most ``step_reach_kev`` or
+      ``step_reach_fwhm`` input FWHM (law ``r662``, ``power``) below, or for LYSO the Lu-176 onset
+      (:data:`LU176_ONSETS_KEV`) it lies as far above: the top of a step (NaN where none); ``step_kind`` 0 for
+      a Compton edge, 1 for a Lu-176 onset, -1 for none.
+
+    A peak there may still be a line of its own; the label says that a known feature can explain it."""
+    k = energy.shape[0]
+    nan = torch.full_like(energy, float("nan"))
+    none = torch.full((k,), -1, dtype=torch.long)
+    out = {"feature_of_kev": nan.clone(), "feature_kind": none.clone(), "step_of_kev": nan.clone(), "step_kind": none.clone()}
+    if k == 0 or crystal is None or crystal not in physics.MATERIALS:
+        return out
+    law = (torch.tensor(r662), torch.tensor(power))
+
+    def reach(e: Tensor) -> Tensor:
+        return torch.maximum(torch.full_like(e, float(step_reach_kev)), step_reach_fwhm * scint_fwhm(e.clamp_min(1.0), *law))
+
+    larger = area.unsqueeze(0) > area.unsqueeze(1)  # [i, j]: peak j is larger than peak i
+    n_groups = len(secondary_names(crystal))
+    feats = secondary_energies(energy.unsqueeze(0), crystal, "none")[0, : n_groups * k].view(n_groups, k)
+    hit = ((energy.view(k, 1, 1) - feats.t().unsqueeze(0)).abs() <= tol_kev) & larger.unsqueeze(2)  # [i, j, g]
+    # escape peaks need pair production: a parent above 2 m_e c^2 = 1022 keV
+    hit[:, :, :2] &= (energy > 2 * physics.ME_C2).view(1, k, 1)
+    parent_area = torch.where(hit.any(2), area.unsqueeze(0).expand(k, -1), torch.full((k, k), float("-inf")))
+    best = parent_area.argmax(1)
+    has = hit.any(2).any(1)
+    out["feature_of_kev"] = torch.where(has, energy[best], nan)
+    out["feature_kind"] = torch.where(has, hit[torch.arange(k), best].float().argmax(1), torch.full((k,), -1, dtype=torch.long))
+    ce = compton_edges(energy)
+    below_edge = (energy.unsqueeze(1) >= (ce - reach(ce) - tol_kev).unsqueeze(0)) & (energy.unsqueeze(1) <= (ce + tol_kev).unsqueeze(0)) & larger
+    edge_parent = torch.where(below_edge, area.unsqueeze(0).expand(k, -1), torch.full((k, k), float("-inf"))).argmax(1)
+    step = torch.where(below_edge.any(1), energy[edge_parent], nan)
+    kind = torch.where(below_edge.any(1), 0, none)
+    if crystal == "LYSO":
+        on = torch.tensor(LU176_ONSETS_KEV, dtype=energy.dtype)
+        above = (energy.unsqueeze(1) >= (on - tol_kev).unsqueeze(0)) & (energy.unsqueeze(1) <= (on + reach(on) + tol_kev).unsqueeze(0))
+        lu = (kind < 0) & above.any(1)
+        step = torch.where(lu, on[above.float().argmax(1)], step)
+        kind = torch.where(lu, 1, kind)
+    out["step_of_kev"], out["step_kind"] = step, kind
+    return out
+
+
 class PeakDetection(Metric):
     """Peak search precision / recall against the true lines and false peaks per spectrum.
 

@@ -18,6 +18,7 @@ from torch import nn
 
 from neurotrain.errors import ConfigError
 from neurotrain.tasks.gamma import io as gio
+from neurotrain.tasks.gamma.metrics import PEAK_SCALES, peak_origins, secondary_names
 from neurotrain.tasks.gamma.postprocess import find_peaks, line_windows, measure_lines, refine_to_counts
 from neurotrain.tasks.gamma.simulate import channel_edges, scint_fwhm
 
@@ -75,9 +76,12 @@ def enhance(cfg: Any, model: nn.Module, counts: np.ndarray, r662: float, power: 
 
 
 def list_peaks(cfg: Any, enhanced: np.ndarray, measured: np.ndarray, r662: float, power: float,
-               covered: np.ndarray | None = None) -> list[dict[str, float]]:
+               covered: np.ndarray | None = None, crystal: str | None = None) -> list[dict[str, Any]]:
     """Peaks of the enhanced spectrum with energy (keV), FWHM (keV) and net area (counts), only in the
-    ``covered`` channels (N,) bool when given (:func:`io.covered_channels`).
+    ``covered`` channels (N,) bool when given (:func:`io.covered_channels`). With the ``crystal`` named, each
+    peak also carries ``feature_of_kev`` and ``step_of_kev`` (:func:`metrics.peak_origins`: the larger peak
+    whose escape / backscatter peak it could be, or the Compton edge / Lu-176 onset whose top it could be; NaN
+    where none) and a readable ``note``.
 
     The search is the evaluation's (``metrics.PeakDetection``): a candidate needs a net area of at least
     ``metrics.detect_threshold`` x sqrt(measured counts within +-1 input FWHM), with the input detector's FWHM
@@ -98,12 +102,27 @@ def list_peaks(cfg: Any, enhanced: np.ndarray, measured: np.ndarray, r662: float
     fw = scint_fwhm(e, torch.tensor(r662), torch.tensor(power))
     hw = line_windows(e, torch.ones_like(e, dtype=torch.bool), fw, cfg.metrics.window_fwhm, 2.5 * float(edges[1] - edges[0]))
     m = measure_lines(spec, edges, e, hw, cfg.metrics.tolerance_kev)
-    out = []
-    for i in range(e.shape[1]):
+    mc = cfg.metrics
+    origins = peak_origins(
+        e[0], m["area"][0], r662, power, crystal, cfg.simulate.detector.slab_material, mc.tolerance_kev,
+        PEAK_SCALES[-1] * float(edges[1] - edges[0]), mc.step_reach_fwhm,
+    )
+    names = secondary_names(crystal) if crystal is not None else []
+    out: list[dict[str, Any]] = []
+    for i in range(e.shape[1]):  # a handful of found peaks
+        feat, step, kind = float(origins["feature_of_kev"][i]), float(origins["step_of_kev"][i]), int(origins["feature_kind"][i])
+        note = []
+        if kind >= 0:
+            note.append(f"{names[kind]} of {feat:.1f} keV?")
+        if int(origins["step_kind"][i]) == 0:
+            note.append(f"below the Compton edge of {step:.1f} keV?")
+        elif int(origins["step_kind"][i]) == 1:
+            note.append(f"above the Lu-176 onset at {step:.1f} keV?")
         out.append({
             "energy_kev": round(float(m["centroid"][0, i]) if bool(m["valid"][0, i]) else float(e[0, i]), 3),
             "fwhm_kev": round(float(m["fwhm"][0, i]), 3) if bool(m["valid"][0, i]) else float("nan"),
             "net_area_counts": round(float(m["area"][0, i]), 1),
+            "feature_of_kev": round(feat, 3), "step_of_kev": round(step, 3), "note": "; ".join(note),
         })
     return out
 
@@ -115,8 +134,9 @@ def _print_peaks(path: Path, peaks: list[dict[str, float]]) -> None:
     table = Table(title=f"{path.name}: {len(peaks)} peaks")
     for col in ("energy (keV)", "FWHM (keV)", "net area (counts)"):
         table.add_column(col, justify="right")
+    table.add_column("could be")
     for p in peaks:
-        table.add_row(f"{p['energy_kev']:.2f}", f"{p['fwhm_kev']:.2f}", f"{p['net_area_counts']:.0f}")
+        table.add_row(f"{p['energy_kev']:.2f}", f"{p['fwhm_kev']:.2f}", f"{p['net_area_counts']:.0f}", p.get("note", ""))
     Console(stderr=True).print(table)
 
 
@@ -124,6 +144,7 @@ def predict_files(cfg: Any, model: nn.Module, inputs: list[Path], output: Path |
     """Enhance each input file; returns the written paths."""
     calibration = _parse_calibration(options.get("calibration"))
     r662, power = fwhm_law(cfg, options)
+    crystal = options.get("crystal") or cfg.predict.crystal or cfg.simulate.detector.crystal
     conserve = bool(options.get("conserve_counts", cfg.predict.conserve_counts))
     plot = bool(options.get("plot", cfg.predict.plot))
     edges_dst = channel_edges(cfg.simulate).double().numpy()
@@ -134,18 +155,23 @@ def predict_files(cfg: Any, model: nn.Module, inputs: list[Path], output: Path |
         counts = gio.resample(spec.counts, spec.edges_kev, edges_dst)
         covered = gio.covered_channels(spec.edges_kev, edges_dst)
         enhanced = enhance(cfg, model, counts, r662, power, conserve, covered)
-        peaks = list_peaks(cfg, enhanced, counts, r662, power, covered)
+        peaks = list_peaks(cfg, enhanced, counts, r662, power, covered, crystal)
         out_dir = Path(output) if output is not None else path.parent / "enhanced"
         out_dir.mkdir(parents=True, exist_ok=True)
         centers = 0.5 * (edges_dst[1:] + edges_dst[:-1])
         note = f"neurotrain gamma predict of {path.name}; input FWHM law {r662:.3f} x 662 keV x (E/662)^{power:.2f}"
         written.append(gio.write_csv(out_dir / f"{path.stem}_enhanced.csv", {"energy_kev": centers, "input_counts": counts, "enhanced_counts": enhanced}, note))
-        pk = {k: np.array([p[k] for p in peaks], dtype=np.float64) for k in ("energy_kev", "fwhm_kev", "net_area_counts")}
+        pk = {k: np.array([p[k] for p in peaks], dtype=np.float64)
+              for k in ("energy_kev", "fwhm_kev", "net_area_counts", "feature_of_kev", "step_of_kev")}
+        note += (f"; crystal {crystal}; feature_of_kev / step_of_kev: the larger peak (keV) whose escape or "
+                 "backscatter peak this one could be / the line whose Compton edge, or the Lu-176 onset, this "
+                 "one could be the top of")
         written.append(gio.write_csv(out_dir / f"{path.stem}_peaks.csv", pk, note))
         written.append(gio.write_h5(
             out_dir / f"{path.stem}_enhanced.h5",
             {"energy_kev": centers, "bin_edges_kev": edges_dst, "input": counts, "enhanced": enhanced,
-             "covered": covered, "peaks_energy_kev": pk["energy_kev"], "peaks_fwhm_kev": pk["fwhm_kev"], "peaks_net_area": pk["net_area_counts"]},
+             "covered": covered, "peaks_energy_kev": pk["energy_kev"], "peaks_fwhm_kev": pk["fwhm_kev"], "peaks_net_area": pk["net_area_counts"],
+             "peaks_feature_of_kev": pk["feature_of_kev"], "peaks_step_of_kev": pk["step_of_kev"]},
             {"source": str(path), "fwhm_662": r662, "power": power, "livetime": spec.livetime_s or 0.0},
         ))
         if options.get("verbose", True):
