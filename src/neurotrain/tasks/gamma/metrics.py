@@ -265,6 +265,7 @@ def explained_intervals(
         sec_m = torch.cat([sec_m, torch.ones(b, sec.shape[1] - sec_m.shape[1], dtype=torch.bool, device=dev)], 1)
     points = torch.cat([line_e, sec], 1)
     points_m = torch.cat([line_mask, sec_m], 1)
+
     def reach(e: Tensor) -> Tensor:
         r = torch.full_like(e, float(step_reach_kev))
         if step_reach_fwhm > 0 and batch is not None and "fwhm_params" in batch:
@@ -311,13 +312,14 @@ def peak_origins(
       a Compton edge, 1 for a Lu-176 onset, -1 for none.
 
     A peak there may still be a line of its own; the label says that a known feature can explain it."""
-    k = energy.shape[0]
+    k, dev = energy.shape[0], energy.device
     nan = torch.full_like(energy, float("nan"))
-    none = torch.full((k,), -1, dtype=torch.long)
+    none = torch.full((k,), -1, dtype=torch.long, device=dev)
     out = {"feature_of_kev": nan.clone(), "feature_kind": none.clone(), "step_of_kev": nan.clone(), "step_kind": none.clone()}
     if k == 0 or crystal is None or crystal not in physics.MATERIALS:
         return out
-    law = (torch.tensor(r662), torch.tensor(power))
+    law = (torch.tensor(r662, device=dev), torch.tensor(power, device=dev))
+    no_parent = torch.full((k, k), float("-inf"), device=dev)
 
     def reach(e: Tensor) -> Tensor:
         return torch.maximum(torch.full_like(e, float(step_reach_kev)), step_reach_fwhm * scint_fwhm(e.clamp_min(1.0), *law))
@@ -328,18 +330,18 @@ def peak_origins(
     hit = ((energy.view(k, 1, 1) - feats.t().unsqueeze(0)).abs() <= tol_kev) & larger.unsqueeze(2)  # [i, j, g]
     # escape peaks need pair production: a parent above 2 m_e c^2 = 1022 keV
     hit[:, :, :2] &= (energy > 2 * physics.ME_C2).view(1, k, 1)
-    parent_area = torch.where(hit.any(2), area.unsqueeze(0).expand(k, -1), torch.full((k, k), float("-inf")))
+    parent_area = torch.where(hit.any(2), area.unsqueeze(0).expand(k, -1), no_parent)
     best = parent_area.argmax(1)
     has = hit.any(2).any(1)
     out["feature_of_kev"] = torch.where(has, energy[best], nan)
-    out["feature_kind"] = torch.where(has, hit[torch.arange(k), best].float().argmax(1), torch.full((k,), -1, dtype=torch.long))
+    out["feature_kind"] = torch.where(has, hit[torch.arange(k, device=dev), best].float().argmax(1), none)
     ce = compton_edges(energy)
     below_edge = (energy.unsqueeze(1) >= (ce - reach(ce) - tol_kev).unsqueeze(0)) & (energy.unsqueeze(1) <= (ce + tol_kev).unsqueeze(0)) & larger
-    edge_parent = torch.where(below_edge, area.unsqueeze(0).expand(k, -1), torch.full((k, k), float("-inf"))).argmax(1)
+    edge_parent = torch.where(below_edge, area.unsqueeze(0).expand(k, -1), no_parent).argmax(1)
     step = torch.where(below_edge.any(1), energy[edge_parent], nan)
     kind = torch.where(below_edge.any(1), 0, none)
     if crystal == "LYSO":
-        on = torch.tensor(LU176_ONSETS_KEV, dtype=energy.dtype)
+        on = torch.tensor(LU176_ONSETS_KEV, dtype=energy.dtype, device=dev)
         above = (energy.unsqueeze(1) >= (on - tol_kev).unsqueeze(0)) & (energy.unsqueeze(1) <= (on + reach(on) + tol_kev).unsqueeze(0))
         lu = (kind < 0) & above.any(1)
         step = torch.where(lu, on[above.float().argmax(1)], step)
