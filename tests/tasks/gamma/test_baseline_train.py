@@ -118,6 +118,8 @@ def test_short_training_beats_untrained_then_evaluate_and_predict(tmp_path: Path
         assert np.array_equal(covered, e <= hi_kev) and (~covered).sum() == 128
         assert np.all(f["enhanced"][...][~covered] == 0) and f["enhanced"][...][covered].sum() > 0
         assert np.all(f["peaks_energy_kev"][...] < hi_kev)
+        n_peaks = f["peaks_energy_kev"].shape[0]
+        assert f["peaks_feature_of_kev"].shape == (n_peaks,) and f["peaks_step_of_kev"].shape == (n_peaks,)
 
     # data-consistency refinement in predict: only when asked for, and it keeps the counts
     from neurotrain.tasks.gamma.predict import enhance

@@ -48,7 +48,7 @@ def test_peak_origins_name_escape_backscatter_and_step_tops() -> None:
 
     e = torch.tensor([661.657, 184.3, 450.0, 620.0, 1000.0, 150.7, 1332.5, 821.5])
     a = torch.tensor([1e5, 1e3, 2e3, 3e3, 1.5e3, 8e2, 5e4, 7e2])
-    o = peak_origins(e, a, 0.10, 0.5, "LYSO", "Pb", 3.0, 5.8, 0.5)
+    o = peak_origins(e, a, 0.10, 0.5, "LYSO", 3.0, 5.8, 0.5)
     names = secondary_names("LYSO")
     feat, kind, step, skind = o["feature_of_kev"], o["feature_kind"], o["step_of_kev"], o["step_kind"]
     assert names[int(kind[1])] == "backscatter" and feat[1] == pytest.approx(661.657)
@@ -59,8 +59,12 @@ def test_peak_origins_name_escape_backscatter_and_step_tops() -> None:
     for i in (0, 4, 5):
         assert int(kind[i]) == -1 and int(skind[i]) == -1 and torch.isnan(feat[i]) and torch.isnan(step[i])
     # no Lu-176 in NaI; a feature is named only after a larger peak
-    o_nai = peak_origins(e, a, 0.07, 0.5, "NaI", "Pb", 3.0, 5.8, 0.5)
+    o_nai = peak_origins(e, a, 0.07, 0.5, "NaI", 3.0, 5.8, 0.5)
     assert int(o_nai["step_kind"][3]) == -1
+    # a negative net area (no peak there) is no parent
+    neg = a.clone()
+    neg[0] = -1e5
+    assert int(peak_origins(e, neg, 0.10, 0.5, "LYSO", 3.0, 5.8, 0.5)["feature_kind"][1]) == -1
     big_backscatter = a.clone()
     big_backscatter[1] = 2e5
-    assert int(peak_origins(e, big_backscatter, 0.10, 0.5, "LYSO", "Pb", 3.0, 5.8, 0.5)["feature_kind"][1]) == -1
+    assert int(peak_origins(e, big_backscatter, 0.10, 0.5, "LYSO", 3.0, 5.8, 0.5)["feature_kind"][1]) == -1

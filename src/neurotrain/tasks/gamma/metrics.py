@@ -296,12 +296,13 @@ def secondary_names(crystal: str) -> list[str]:
 
 
 def peak_origins(
-    energy: Tensor, area: Tensor, r662: float, power: float, crystal: str | None, slab: str, tol_kev: float,
+    energy: Tensor, area: Tensor, r662: float, power: float, crystal: str | None, tol_kev: float,
     step_reach_kev: float, step_reach_fwhm: float,
 ) -> dict[str, Tensor]:
     """Where found peaks (``energy`` (K,) keV, net ``area`` (K,)) lie on a feature of another, larger found
-    peak or of the detector - the evaluation's explained features (:func:`explained_intervals`), for a
-    spectrum with no truth list. Returns (K,) tensors:
+    peak or of the crystal - the evaluation's explained features (:func:`explained_intervals`) that a spectrum
+    without a truth list can name: not the shielding's K x-rays, which need no parent. Only peaks with a
+    positive area are parents. Returns (K,) tensors:
 
     * ``feature_of_kev`` / ``feature_kind``: the larger peak whose single / double escape, 180-degree
       backscatter or crystal K x-ray escape peak (:func:`secondary_energies`) lies within ``tol_kev``, and the
@@ -311,7 +312,8 @@ def peak_origins(
       (:data:`LU176_ONSETS_KEV`) it lies as far above: the top of a step (NaN where none); ``step_kind`` 0 for
       a Compton edge, 1 for a Lu-176 onset, -1 for none.
 
-    A peak there may still be a line of its own; the label says that a known feature can explain it."""
+    A peak there may still be a line of its own; the label says that a known feature can explain it (LYSO's
+    onsets cover much of 85-630 keV, so e.g. Na-22's 511 keV line also reads "above the 508.6 keV onset")."""
     k, dev = energy.shape[0], energy.device
     nan = torch.full_like(energy, float("nan"))
     none = torch.full((k,), -1, dtype=torch.long, device=dev)
@@ -324,7 +326,8 @@ def peak_origins(
     def reach(e: Tensor) -> Tensor:
         return torch.maximum(torch.full_like(e, float(step_reach_kev)), step_reach_fwhm * scint_fwhm(e.clamp_min(1.0), *law))
 
-    larger = area.unsqueeze(0) > area.unsqueeze(1)  # [i, j]: peak j is larger than peak i
+    # [i, j]: peak j is larger than peak i and a peak at all
+    larger = (area.unsqueeze(0) > area.unsqueeze(1)) & (area > 0).unsqueeze(0)
     n_groups = len(secondary_names(crystal))
     feats = secondary_energies(energy.unsqueeze(0), crystal, "none")[0, : n_groups * k].view(n_groups, k)
     hit = ((energy.view(k, 1, 1) - feats.t().unsqueeze(0)).abs() <= tol_kev) & larger.unsqueeze(2)  # [i, j, g]

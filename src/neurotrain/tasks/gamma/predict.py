@@ -103,9 +103,11 @@ def list_peaks(cfg: Any, enhanced: np.ndarray, measured: np.ndarray, r662: float
     hw = line_windows(e, torch.ones_like(e, dtype=torch.bool), fw, cfg.metrics.window_fwhm, 2.5 * float(edges[1] - edges[0]))
     m = measure_lines(spec, edges, e, hw, cfg.metrics.tolerance_kev)
     mc = cfg.metrics
+    valid = m["valid"][0]
+    # the energies the list reports, and no area where the window measurement is not valid
     origins = peak_origins(
-        e[0], m["area"][0], r662, power, crystal, cfg.simulate.detector.slab_material, mc.tolerance_kev,
-        PEAK_SCALES[-1] * float(edges[1] - edges[0]), mc.step_reach_fwhm,
+        torch.where(valid, m["centroid"][0], e[0]), torch.where(valid, m["area"][0], float("nan")), r662, power,
+        crystal, mc.tolerance_kev, PEAK_SCALES[-1] * float(edges[1] - edges[0]), mc.step_reach_fwhm,
     )
     names = secondary_names(crystal) if crystal is not None else []
     out: list[dict[str, Any]] = []
@@ -127,7 +129,7 @@ def list_peaks(cfg: Any, enhanced: np.ndarray, measured: np.ndarray, r662: float
     return out
 
 
-def _print_peaks(path: Path, peaks: list[dict[str, float]]) -> None:
+def _print_peaks(path: Path, peaks: list[dict[str, Any]]) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -144,7 +146,8 @@ def predict_files(cfg: Any, model: nn.Module, inputs: list[Path], output: Path |
     """Enhance each input file; returns the written paths."""
     calibration = _parse_calibration(options.get("calibration"))
     r662, power = fwhm_law(cfg, options)
-    crystal = options.get("crystal") or cfg.predict.crystal or cfg.simulate.detector.crystal
+    # peaks are labelled with a crystal's features only when the user names the crystal
+    crystal = options.get("crystal") or cfg.predict.crystal
     conserve = bool(options.get("conserve_counts", cfg.predict.conserve_counts))
     plot = bool(options.get("plot", cfg.predict.plot))
     edges_dst = channel_edges(cfg.simulate).double().numpy()
@@ -163,9 +166,10 @@ def predict_files(cfg: Any, model: nn.Module, inputs: list[Path], output: Path |
         written.append(gio.write_csv(out_dir / f"{path.stem}_enhanced.csv", {"energy_kev": centers, "input_counts": counts, "enhanced_counts": enhanced}, note))
         pk = {k: np.array([p[k] for p in peaks], dtype=np.float64)
               for k in ("energy_kev", "fwhm_kev", "net_area_counts", "feature_of_kev", "step_of_kev")}
-        note += (f"; crystal {crystal}; feature_of_kev / step_of_kev: the larger peak (keV) whose escape or "
-                 "backscatter peak this one could be / the line whose Compton edge, or the Lu-176 onset, this "
-                 "one could be the top of")
+        if crystal is not None:
+            note += (f"; crystal {crystal}; feature_of_kev / step_of_kev: the larger peak (keV) whose escape or "
+                     "backscatter peak this one could be / the line whose Compton edge, or the Lu-176 onset, this "
+                     "one could be the top of")
         written.append(gio.write_csv(out_dir / f"{path.stem}_peaks.csv", pk, note))
         written.append(gio.write_h5(
             out_dir / f"{path.stem}_enhanced.h5",
