@@ -232,6 +232,15 @@ def compton_edges(line_e: Tensor) -> Tensor:
 LU176_ONSETS_KEV = (88.34, 201.83, 306.78, 290.17, 395.12, 508.61, 596.95)
 
 
+def step_reach(e: Tensor, step_reach_kev: float, step_reach_fwhm: float, r662: Tensor, power: Tensor) -> Tensor:
+    """How far (keV) from a step at ``e`` a peak search finds the step's top: at least ``step_reach_kev``,
+    and ``step_reach_fwhm`` x the input detector's FWHM there (law ``r662``, ``power``) when that is larger."""
+    floor = torch.full_like(e, float(step_reach_kev))
+    if step_reach_fwhm <= 0:
+        return floor
+    return torch.maximum(floor, step_reach_fwhm * scint_fwhm(e.clamp_min(1.0), r662, power))
+
+
 def explained_intervals(
     line_e: Tensor, line_mask: Tensor, line_detectable: Tensor, crystal: str, slab: str, tol_kev: float, step_reach_kev: float,
     batch: dict[str, Tensor] | None = None, step_reach_fwhm: float = 0.0,
@@ -266,12 +275,12 @@ def explained_intervals(
     points = torch.cat([line_e, sec], 1)
     points_m = torch.cat([line_mask, sec_m], 1)
 
+    law = batch["fwhm_params"] if batch is not None and "fwhm_params" in batch else None
+
     def reach(e: Tensor) -> Tensor:
-        r = torch.full_like(e, float(step_reach_kev))
-        if step_reach_fwhm > 0 and batch is not None and "fwhm_params" in batch:
-            fp = batch["fwhm_params"]
-            r = torch.maximum(r, step_reach_fwhm * scint_fwhm(e.clamp_min(1.0), fp[:, :1], fp[:, 1:2]))
-        return r
+        if law is None:
+            return torch.full_like(e, float(step_reach_kev))
+        return step_reach(e, step_reach_kev, step_reach_fwhm, law[:, :1], law[:, 1:2])
 
     ce = shown(compton_edges(e_true))
     lo = [points - tol_kev, ce - reach(ce) - tol_kev]
@@ -324,7 +333,7 @@ def peak_origins(
     no_parent = torch.full((k, k), float("-inf"), device=dev)
 
     def reach(e: Tensor) -> Tensor:
-        return torch.maximum(torch.full_like(e, float(step_reach_kev)), step_reach_fwhm * scint_fwhm(e.clamp_min(1.0), *law))
+        return step_reach(e, step_reach_kev, step_reach_fwhm, *law)
 
     # [i, j]: peak j is larger than peak i and a peak at all
     larger = (area.unsqueeze(0) > area.unsqueeze(1)) & (area > 0).unsqueeze(0)
