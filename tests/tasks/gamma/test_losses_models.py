@@ -97,3 +97,19 @@ def test_channel_count_must_fit_depth() -> None:
     cfg = GammaConfig(simulate={"n_channels": 100}, model={"depth": 3})
     with pytest.raises(ConfigError, match="n_channels"):
         models.build_model(cfg)
+
+
+def test_max_channels_caps_the_deep_stages_only() -> None:
+    def build(cap: int | None) -> torch.nn.Module:
+        m = {"name": "ImprovedSpectralResNet1D", "base_channels": 8, "depth": 4, "max_channels": cap}
+        return models.build_model(GammaConfig(simulate={"n_channels": 256}, model=m))
+
+    full, capped = build(None), build(32)
+    conv_out = lambda m: [c.out_channels for c in m.modules() if isinstance(c, torch.nn.Conv1d)]  # noqa: E731
+    assert max(conv_out(full)) == 128 and max(conv_out(capped)) == 32
+    # the shallow stages, which see the spectrum at full resolution, keep their widths
+    assert capped.stem[0].out_channels == full.stem[0].out_channels == 8
+    n_params = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert n_params(capped) < n_params(full) / 4
+    y = capped(torch.rand(2, 3, 256), torch.tensor([[0.1, 0.5], [0.07, 0.5]]))
+    assert y.shape == (2, 1, 256) and torch.all(y >= 0)

@@ -96,6 +96,9 @@ class ModelSection(Section):
     name: Literal["SpectralResNet1D", "ImprovedSpectralResNet1D"] = "ImprovedSpectralResNet1D"
     base_channels: int = Field(32, ge=4)
     depth: int = Field(4, ge=1, le=8)
+    #: cap on a stage's width (None: base_channels * 2**depth at the bottom). The bottom stages hold most of
+    #: the compute (a stage's cost grows as 2**i at fixed kernel), yet see the spectrum only coarsely.
+    max_channels: int | None = Field(None, ge=4)
     blocks_per_level: int = Field(1, ge=1)
     bottleneck_blocks: int = Field(2, ge=0)
     kernel_size: int = Field(7, ge=3)

@@ -3,7 +3,8 @@
 Both networks map (B, C_in, N) normalised input spectra to (B, 1, N) enhanced spectra (same normalisation,
 non-negative through softplus):
 
-* encoder: stem convolution, then ``depth`` strided (x1/2) residual stages doubling the width;
+* encoder: stem convolution, then ``depth`` strided (x1/2) residual stages doubling the width (up to
+  ``max_channels``);
 * bottleneck: ``bottleneck_blocks`` residual blocks, FiLM-conditioned on the input detector's FWHM law
   (r662, power) when ``condition`` is set - one model serves LYSO, NaI and CsI spectra;
 * decoder: ConvTranspose1d up-sampling (kernel ``up_kernel``, 4 = overlapping) with *additive* skip
@@ -56,6 +57,7 @@ class SpectralResNet1D(nn.Module):
         condition: bool = True,
         cond_dim: int = 2,
         up_kernel: int = 2,
+        max_channels: int | None = None,
     ) -> None:
         super().__init__()
         se = se_reduction if self.use_se else None
@@ -66,7 +68,7 @@ class SpectralResNet1D(nn.Module):
             nn.BatchNorm1d(base_channels),
             nn.ReLU(inplace=True),
         )
-        widths = [base_channels * 2**i for i in range(depth + 1)]
+        widths = [min(base_channels * 2**i, max_channels or base_channels * 2**depth) for i in range(depth + 1)]
         self.down = nn.ModuleList()
         for i in range(depth):
             stage = [ResidualBlock(widths[i], widths[i + 1], 1, kernel_size, 2, se)]
@@ -137,5 +139,5 @@ def build_model(cfg: object) -> nn.Module:
     return cls(
         in_channels=3, base_channels=m.base_channels, depth=m.depth, blocks_per_level=m.blocks_per_level,
         bottleneck_blocks=m.bottleneck_blocks, kernel_size=m.kernel_size, se_reduction=m.se_reduction,
-        condition=m.condition, up_kernel=m.up_kernel,
+        condition=m.condition, up_kernel=m.up_kernel, max_channels=m.max_channels,
     )
