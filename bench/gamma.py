@@ -1,7 +1,8 @@
 """gamma benchmark: inference spectra/s (fp32 and bf16) for 4096-channel spectra at batch 1024, simulator
 spectra/s, training steps/s, peak GPU memory; the Richardson-Lucy baseline's spectra/s at the same size.
 
-Sizes follow ``configs/gamma/train.yaml`` (ImprovedSpectralResNet1D, base 32, depth 5, 4096 channels).
+Sizes follow ``configs/gamma/train.yaml`` (ImprovedSpectralResNet1D, base 32, depth 5, widths capped at 256,
+4096 channels, training batch 128).
 
     python bench/gamma.py --out bench/results/gamma.json            # CUDA when available
     python bench/gamma.py --channels 512 --batch 16 --base 8 --depth 3 --repeats 1 --photons 200   # CPU smoke run
@@ -61,10 +62,11 @@ def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--channels", type=int, default=4096)
     ap.add_argument("--batch", type=int, default=1024, help="inference batch")
-    ap.add_argument("--train-batch", type=int, default=64)
+    ap.add_argument("--train-batch", type=int, default=128)
     ap.add_argument("--sim-batch", type=int, default=256)
     ap.add_argument("--base", type=int, default=32)
     ap.add_argument("--depth", type=int, default=5)
+    ap.add_argument("--max-channels", type=int, default=256, help="cap on a stage's width (0: none)")
     ap.add_argument("--photons", type=int, default=4000, help="Monte Carlo photons per incident energy")
     ap.add_argument("--rl-iterations", type=int, default=200)
     ap.add_argument("--rl-batch", type=int, default=256)
@@ -76,7 +78,7 @@ def main(argv: list[str]) -> int:
     cache = Path(tempfile.mkdtemp(prefix="gamma-bench-"))
     cfg = GammaConfig(
         simulate={"n_channels": args.channels, "response_photons": args.photons, "cache_dir": str(cache)},
-        model={"base_channels": args.base, "depth": args.depth},
+        model={"base_channels": args.base, "depth": args.depth, "max_channels": args.max_channels or None},
         baseline={"iterations": args.rl_iterations},
     )
     res: dict = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",

@@ -88,6 +88,10 @@ def test_short_training_beats_untrained_then_evaluate_and_predict(tmp_path: Path
     refined = task.evaluate(cfg2.model_copy(update={"refine": cfg2.refine.model_copy(update={"iterations": 10})}), trained, run_dir)
     assert "network_refined" in next(iter(refined.metrics["levels"].values()))
     assert refined.headline_network == res.headline_network  # the headline stays the raw network's
+    trade = next(iter(refined.metrics["detection_tradeoff"].values()))
+    assert set(trade["curves"]) == {"network", "network_refined", "baseline"}
+    assert trade["baseline_recall"] == next(iter(refined.metrics["levels"].values()))["baseline"]["det_recall"]
+    assert "Peak search at equal recall" in (run_dir / "report" / "report.md").read_text()
     assert "peaks_in_180_192_kev" in res.metrics["sets"]["negative_control"]
     assert "unknown_line_shift" in res.metrics["sets"]["unknown_lines"]
     assert "crystal_NaI" in res.metrics["sets"]  # the same model scored on NaI spectra

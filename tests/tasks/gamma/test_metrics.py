@@ -395,3 +395,46 @@ def test_refine_to_counts_moves_areas_to_the_data_and_keeps_peaks_sharp() -> Non
     w.update(out.view(1, 1, -1), b)
     assert w.compute().item() < 3.0  # still 2 keV peaks, not the 40 keV input
     assert torch.equal(refine_to_counts(guess, counts, EDGES, r662, power, 0), guess)
+
+
+def test_false_rate_at_recall_reads_the_curve_between_thresholds() -> None:
+    curve = {"threshold": [3.0, 5.0, 8.0], "recall": [0.8, 0.6, 0.4], "false_rate": [1.0, 0.5, 0.1]}
+    assert M.false_rate_at_recall(curve, 0.5) == (pytest.approx(0.3), "=")
+    assert M.false_rate_at_recall(curve, 0.6) == (pytest.approx(0.5), "=")
+    # a recall the method never reaches has no value; one below its lowest is bounded by that point
+    assert M.false_rate_at_recall(curve, 0.9) == (None, ">")
+    assert M.false_rate_at_recall(curve, 0.2) == (pytest.approx(0.1), "<=")
+
+
+def test_detection_tradeoff_recall_falls_with_threshold_and_explanations_stay_fixed(lyso_cfg) -> None:
+    from neurotrain.tasks.gamma.simulate import Scene, simulate_batch
+
+    g = torch.Generator()
+    g.manual_seed(11)
+    b = simulate_batch(lyso_cfg, 8, g, torch.device("cpu"), Scene(counts=1e5, fwhm_662=0.1, power=0.5))
+    curve = M.detection_tradeoff(lyso_cfg, b["target"], b, [40.0, 4.0, 20.0, 4.0])
+    assert curve["threshold"] == [4.0, 20.0, 40.0]
+    assert curve["recall"][0] > curve["recall"][-1]
+    assert all(a >= b_ for a, b_ in zip(curve["recall"], curve["recall"][1:]))
+    # the target's own peaks at the default threshold explain its peaks at every higher one
+    assert curve["false_rate"] == [0.0, 0.0, 0.0] and curve["false_rate_err"] == [0.0, 0.0, 0.0]
+    # an invented line with counts behind it: a false peak at low thresholds, its error sqrt(n) / spectra
+    from neurotrain.tasks.gamma.simulate import channel_centers
+
+    e = channel_centers(lyso_cfg.simulate)
+    bump = 4000.0 * torch.exp(-0.5 * ((e - 1700.0) / 30.0) ** 2)
+    b2 = dict(b, counts=b["counts"].float() + bump)
+    pred = b["target"] + bump.view(1, 1, -1) / b["scale"].view(-1, 1, 1)
+    c2 = M.detection_tradeoff(lyso_cfg, pred, b2, [4.0])
+    n_fp = round(c2["false_rate"][0] * 8)
+    assert n_fp >= 1
+    assert c2["false_rate_err"][0] == pytest.approx(math.sqrt(n_fp) / 8, abs=1e-3)
+
+
+def test_detection_tradeoff_figure_is_written(tmp_path) -> None:
+    from neurotrain.tasks.gamma import plots
+
+    curve = {"threshold": [3.0, 5.0], "recall": [0.6, 0.4], "false_rate": [0.5, 0.2], "false_rate_err": [0.1, 0.05], "precision": [0.8, 0.9]}
+    trade = {"1e+04": {"curves": {"network": curve, "baseline": curve}, "baseline_recall": 0.4}}
+    path = plots.plot_detection_tradeoff(tmp_path / "t.png", trade)
+    assert path.is_file() and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -27,7 +27,8 @@ from torch import nn
 from neurotrain.task import EvalResult
 from neurotrain.tasks.gamma import baseline as bl
 from neurotrain.tasks.gamma.metrics import (
-    FALSE_PEAK_KINDS, NetAreaError, build_metrics, false_peak_kinds, paired_area_error, peak_detection,
+    FALSE_PEAK_KINDS, NetAreaError, build_metrics, detection_tradeoff, false_peak_kinds, false_rate_at_recall,
+    paired_area_error, peak_detection,
 )
 from neurotrain.tasks.gamma.postprocess import find_peaks, measure_lines, refine_to_counts
 from neurotrain.tasks.gamma.simulate import (
@@ -93,6 +94,22 @@ def _score(cfg: Any, outputs: dict[str, torch.Tensor], batch: dict[str, torch.Te
 def _f(v: Any) -> float | None:
     x = float(v)
     return None if not math.isfinite(x) else round(x, 4)
+
+
+TRADEOFF_METHODS = ("network", "network_refined", "baseline")
+
+
+def _tradeoff(cfg: Any, outs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], scores: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Operating curves of the peak search for the network(s) and the baseline, and each one's false peaks per
+    spectrum at the recall that the baseline reaches at ``metrics.detect_threshold``."""
+    curves = {m: detection_tradeoff(cfg, outs[m], batch, cfg.evaluate.detect_thresholds) for m in TRADEOFF_METHODS if m in outs}
+    ref = scores["baseline"].get("det_recall")
+    at: dict[str, Any] = {}
+    if ref is not None:
+        for m, c in curves.items():
+            value, rel = false_rate_at_recall(c, ref)
+            at[m] = {"false_rate": None if value is None else round(value, 4), "relation": rel}
+    return {"curves": curves, "baseline_recall": ref, "false_rate_at_baseline_recall": at}
 
 
 def _peaks_in_window(cfg: Any, outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], lo: float, hi: float) -> dict[str, float]:
@@ -219,6 +236,8 @@ def evaluate(cfg: Any, model: nn.Module | None, run_dir: Path, **options: Any) -
             area = NetAreaError(channel_edges(cfg.simulate), cfg.metrics.window_fwhm, cfg.metrics.tolerance_kev)
             pair = paired_area_error(area, {k: v for k, v in outs.items() if k not in ("input", "target")}, batch)
             metrics.setdefault("paired_area_err_pct", {})[f"{level:.0e}"] = {k: _f(v) for k, v in pair.items()}
+        if ev.detect_thresholds:
+            metrics.setdefault("detection_tradeoff", {})[f"{level:.0e}"] = _tradeoff(cfg, outs, batch, metrics["levels"][f"{level:.0e}"])
         for k, v in _fwhm_points(cfg, outs, batch).items():
             fwhm_pts.setdefault(k, []).append(v)
         examples[f"mixture_{level:.0e}"] = (batch, outs)
@@ -298,6 +317,8 @@ def _figures(cfg: Any, out: Path, examples: dict[str, Any], fwhm_pts: dict[str, 
         "channel width": (e, np.full_like(e, (cfg.simulate.e_max_kev - cfg.simulate.e_min_kev) / cfg.simulate.n_channels)),
     }
     paths.append(plots.plot_fwhm_curves(out / "fwhm_vs_energy.png", pts, laws))
+    if metrics.get("detection_tradeoff"):
+        paths.append(plots.plot_detection_tradeoff(out / "detection_tradeoff.png", metrics["detection_tradeoff"]))
     paths.append(plots.plot_level_bars(out / "count_levels.png", metrics["levels"], ["fwhm_kev", "area_err_pct", "det_false_rate", "det_recall"]))
     return paths
 
@@ -310,6 +331,32 @@ def _table_md(rows: dict[str, dict[str, float | None]], keys: list[str]) -> list
 
 
 KEYS = ["fwhm_kev", "centroid_err_kev", "area_err_pct", "area_miss_rate", "peak_to_valley", "det_precision", "det_recall", "det_false_rate", "spectrum_err"]
+
+
+def _tradeoff_md(tradeoff: dict[str, Any], default: float) -> list[str]:
+    md = ["## Peak search at equal recall", "",
+          "A method that finds more true lines may also find more false ones. Each row sweeps the detection "
+          "threshold (sigma); cells give recall / false peaks per spectrum (± Poisson standard error). The last "
+          f"column reads each curve at the recall the baseline reaches at the default threshold ({default:g} sigma), "
+          "linear between thresholds (≤: the curve's highest threshold already finds more lines, so the value is an "
+          "upper bound; —: the method never reaches that recall).", ""]
+    for level, t in tradeoff.items():
+        curves = t["curves"]
+        if not curves:
+            continue
+        ths = next(iter(curves.values()))["threshold"]
+        md += [f"**{level} counts** (baseline recall {t['baseline_recall']})", "",
+               "| method | " + " | ".join(f"{x:g} sigma" for x in ths) + " | false / spectrum at the baseline's recall |",
+               "| --- |" + " --- |" * (len(ths) + 1)]
+        for m, c in curves.items():
+            cells = [f"{r:.2f} / {f:.2f} ± {e:.2f}" for r, f, e in zip(c["recall"], c["false_rate"], c["false_rate_err"], strict=True)]
+            at = t["false_rate_at_baseline_recall"].get(m, {})
+            v = at.get("false_rate")
+            rel = at.get("relation", "")
+            cells.append("—" if v is None else (f"≤ {v:.2f}" if rel == "<=" else f"{v:.2f}"))
+            md.append(f"| {m} | " + " | ".join(cells) + " |")
+        md.append("")
+    return md
 
 
 def _write_report(cfg: Any, out: Path, metrics: dict[str, Any], figures: list[Path], write_html: bool) -> Path:
@@ -358,6 +405,8 @@ def _write_report(cfg: Any, out: Path, metrics: dict[str, Any], figures: list[Pa
                 top = ", ".join(f"{b:g}: {c}" for b, c in v["energies"][:5])
                 md.append(f"| {m} | " + " | ".join(f"{v[k]:.2f}" for k in FALSE_PEAK_KINDS) + f" | {top} |")
             md.append("")
+    if metrics.get("detection_tradeoff"):
+        md += _tradeoff_md(metrics["detection_tradeoff"], cfg.metrics.detect_threshold)
     for name, entry in metrics["sets"].items():
         md += [f"## {name}", ""] + _table_md(entry["metrics"], KEYS) + [""]
         if "peaks_in_180_192_kev" in entry:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -376,7 +377,9 @@ class PeakDetection(Metric):
     Lu-176 background adds, to each partial cascade sum, Lu K x-ray escapes (88.3 - 53.7 = 34.6 keV,
     88.3 - 61.3 = 27.1 keV, ...) and Compton edges of the cascade gammas, and the target carries the response's
     Monte Carlo noise; without it the target itself showed 1-6 "false" peaks per LYSO spectrum at 1e6 counts
-    (train.yaml at 16,000 photons per response row, four seeds of 64 spectra).
+    (train.yaml at 16,000 photons per response row, four seeds of 64 spectra). ``target_threshold`` (default:
+    ``threshold``) is the target search's threshold, so that a sweep of ``threshold`` keeps what counts as
+    explained fixed.
     ``mode`` picks what :meth:`compute` returns: ``"precision"``, ``"recall"``, ``"false_rate"`` or ``"all"``
     (a dict ``det_precision`` / ``det_recall`` / ``det_false_rate``, flattened by ``MetricCollection``).
     """
@@ -386,9 +389,11 @@ class PeakDetection(Metric):
     def __init__(
         self, edges: Tensor, mode: str = "all", tolerance_kev: float = 3.0, threshold: float = 4.0,
         crystal: str = "LYSO", slab: str = "Pb", explain_by_target: bool = True, measured_domain: bool = False,
-        merge_reach_fwhm: float | None = 1.0, step_reach_fwhm: float = 0.0, **kw: Any,
+        merge_reach_fwhm: float | None = 1.0, step_reach_fwhm: float = 0.0, target_threshold: float | None = None,
+        **kw: Any,
     ) -> None:
         super().__init__(**kw)
+        self.target_threshold = threshold if target_threshold is None else target_threshold
         self.step_reach_fwhm = step_reach_fwhm
         self.measured_domain = measured_domain
         self.merge_reach_fwhm = merge_reach_fwhm
@@ -421,7 +426,7 @@ class PeakDetection(Metric):
         e = energy.unsqueeze(1)
         explained = ((e >= lo.unsqueeze(2)) & (e <= hi.unsqueeze(2)) & am.unsqueeze(2)).any(1)
         if self.explain_by_target:
-            t_peaks, _ = find_peaks(_flat(batch["target"]).float() * scale, counts, self.edges, self.threshold,
+            t_peaks, _ = find_peaks(_flat(batch["target"]).float() * scale, counts, self.edges, self.target_threshold,
                                     resolution_kev=res, merge_reach_fwhm=self.merge_reach_fwhm)
             # a (B, N, N) comparison would not fit at 4096 channels: mark +-tolerance around each target peak
             width = float(self.edges[1] - self.edges[0])
@@ -477,6 +482,46 @@ DOUBLETS = [(356.0129, 383.8485), (1085.837, 1112.076)]
 
 #: false-peak kinds of :func:`false_peak_kinds`, in the order they are tried
 FALSE_PEAK_KINDS = ("beside_a_line", "at_a_compton_edge", "at_a_lu176_onset", "below_150_kev", "elsewhere")
+
+
+def detection_tradeoff(cfg: Any, pred: Tensor, batch: dict[str, Tensor], thresholds: list[float]) -> dict[str, list[float]]:
+    """The peak search's operating curve on ``pred``: for each detection threshold (sigma), the recall of the
+    detectable true lines, the false peaks per spectrum with its Poisson standard error (sqrt(false peaks) /
+    spectra) and the precision. What counts as explained stays that of ``cfg.metrics.detect_threshold`` (the
+    target's peaks at that threshold), so only the method's search moves along the curve."""
+    mc, d = cfg.metrics, cfg.simulate.detector
+    curve: dict[str, list[float]] = {"threshold": [], "recall": [], "false_rate": [], "false_rate_err": [], "precision": []}
+    for t in sorted(set(float(x) for x in thresholds)):
+        det = PeakDetection(
+            channel_edges(cfg.simulate, pred.device), "all", mc.tolerance_kev, t, d.crystal, d.slab_material,
+            merge_reach_fwhm=mc.merge_reach_fwhm, step_reach_fwhm=mc.step_reach_fwhm, target_threshold=mc.detect_threshold,
+        ).to(pred.device)
+        det.update(pred, batch)
+        out = det.compute()
+        n_spec = max(1.0, float(det.spectra))
+        curve["threshold"].append(t)
+        curve["recall"].append(round(float(out["det_recall"]), 4))
+        curve["false_rate"].append(round(float(out["det_false_rate"]), 4))
+        curve["false_rate_err"].append(round(math.sqrt(float(det.fp)) / n_spec, 4))
+        curve["precision"].append(round(float(out["det_precision"]), 4))
+    return curve
+
+
+def false_rate_at_recall(curve: dict[str, list[float]], recall: float) -> tuple[float | None, str]:
+    """False peaks per spectrum of ``curve`` (:func:`detection_tradeoff`) at ``recall``, linear between the
+    curve's points; ``("value", "=")`` inside its recall range. Above the range's top there is no value
+    (``None``, ">": the method never finds that many lines); below its bottom the value at the curve's lowest
+    recall is an upper bound (``"<="``), as raising the threshold further only removes peaks."""
+    r = np.asarray(curve["recall"], dtype=float)
+    f = np.asarray(curve["false_rate"], dtype=float)
+    if r.size == 0 or recall > r.max() + 1e-9:
+        return None, ">"
+    if recall < r.min() - 1e-9:
+        return float(f[np.argmin(r)]), "<="
+    order = np.lexsort((f, r))
+    r, f = r[order], f[order]
+    first = np.concatenate([[True], r[1:] > r[:-1]])  # of equal recalls, the fewest false peaks
+    return float(np.interp(recall, r[first], f[first])), "="
 
 
 def false_peak_kinds(det: PeakDetection, pred: Tensor, batch: dict[str, Tensor], bin_kev: float = 50.0) -> dict[str, Any]:

@@ -89,3 +89,28 @@ def plot_level_bars(path: Path, table: dict[str, dict[str, dict[str, float]]], k
         fig.savefig(tmp, dpi=110)
     plt.close(fig)
     return path
+
+
+def plot_detection_tradeoff(path: Path, tradeoff: dict[str, dict[str, Any]]) -> Path:
+    """One panel per count level: false peaks per spectrum (with Poisson error bars) against recall, one curve
+    per method across the detection thresholds; a dotted line marks the baseline's recall at the default one."""
+    plt = _plt()
+    levels = list(tradeoff)
+    fig, axes = plt.subplots(1, len(levels), figsize=(4.2 * len(levels), 3.6), squeeze=False)
+    for ax, level in zip(axes[0], levels):
+        for m, c in tradeoff[level]["curves"].items():
+            ax.errorbar(c["recall"], c["false_rate"], yerr=c["false_rate_err"], marker="o", ms=3, capsize=2, label=m)
+            for r, f, t in zip(c["recall"], c["false_rate"], c["threshold"]):
+                ax.annotate(f"{t:g}", (r, f), fontsize=6, xytext=(2, 2), textcoords="offset points")
+        ref = tradeoff[level].get("baseline_recall")
+        if ref is not None:
+            ax.axvline(ref, color="grey", ls=":", lw=1)
+        ax.set_title(f"{level} counts")
+        ax.set_xlabel("recall of detectable lines")
+        ax.set_ylabel("false peaks per spectrum")
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    return path
