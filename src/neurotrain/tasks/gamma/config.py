@@ -149,7 +149,7 @@ class EvaluateSection(Section):
     spectra_per_level: int = Field(32, ge=1)
     #: detection thresholds (sigma) of the peak-search operating curve per count level, to compare methods that
     #: find different numbers of lines at equal recall (metrics.detection_tradeoff); empty: no curve
-    detect_thresholds: list[float] = Field(default_factory=lambda: [3.0, 4.0, 5.0, 6.0, 8.0, 10.0])
+    detect_thresholds: list[float] = Field(default_factory=lambda: [3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 15.0, 20.0])
     fwhm_662: float = Field(0.10, gt=0)
     power: float = Field(0.5, gt=0)
     figures: bool = True
