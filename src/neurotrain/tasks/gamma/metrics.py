@@ -509,7 +509,7 @@ def detection_tradeoff(cfg: Any, pred: Tensor, batch: dict[str, Tensor], thresho
 
 def false_rate_at_recall(curve: dict[str, list[float]], recall: float) -> tuple[float | None, str]:
     """False peaks per spectrum of ``curve`` (:func:`detection_tradeoff`) at ``recall``, linear between the
-    curve's points; ``("value", "=")`` inside its recall range. Above the range's top there is no value
+    curve's points, with "=" inside its recall range. Above the range's top there is no value
     (``None``, ">": the method never finds that many lines); below its bottom the value at the curve's lowest
     recall is an upper bound (``"<="``), as raising the threshold further only removes peaks."""
     r = np.asarray(curve["recall"], dtype=float)
