@@ -110,8 +110,8 @@ def test_short_training_beats_untrained_then_evaluate_and_predict(tmp_path: Path
     assert enhanced.counts.size == 512
     peaks_csv = tmp_path / "pred" / "cs137_peaks.csv"
     header, *rows = [line for line in peaks_csv.read_text().splitlines() if not line.startswith("#")]
-    assert header.split(",") == ["energy_kev", "fwhm_kev", "net_area_counts", "feature_of_kev", "step_of_kev"]
-    assert all(len([float(v) for v in r.split(",")]) == 5 for r in rows)  # numbers only, nan where no label
+    assert header.split(",") == ["energy_kev", "fwhm_kev", "net_area_counts", "significance_sigma", "feature_of_kev", "step_of_kev"]
+    assert all(len([float(v) for v in r.split(",")]) == 6 for r in rows)  # numbers only, nan where no label
     import h5py
 
     with h5py.File(tmp_path / "pred" / "cs137_enhanced.h5") as f:

@@ -30,6 +30,11 @@ def test_predict_lists_only_peaks_with_net_area_against_input_resolution(lyso_cf
     energies = [p["energy_kev"] for p in peaks]
     assert any(abs(e - 661.7) < width for e in energies), energies
     assert not any(abs(e - 1200.0) < 3 * width for e in energies), energies
+    # significance: net area over sqrt(measured counts within +-1 input FWHM), by hand ~20000 / sqrt(61,000)
+    line = next(p for p in peaks if abs(p["energy_kev"] - 661.7) < width)
+    beneath = measured[np.abs(centres - 661.7) <= fwhm_in[0] + width].sum()
+    assert line["significance_sigma"] == pytest.approx(line["net_area_counts"] / np.sqrt(beneath), rel=0.05)
+    assert 60 < line["significance_sigma"] < 100
     # without the resolution rule the bump would be listed: the rule is what removes it
     mask, energy = find_peaks(
         torch.tensor(enhanced, dtype=torch.float32).unsqueeze(0), torch.tensor(measured, dtype=torch.float32).unsqueeze(0),

@@ -19,7 +19,7 @@ from torch import nn
 from neurotrain.errors import ConfigError
 from neurotrain.tasks.gamma import io as gio
 from neurotrain.tasks.gamma.metrics import PEAK_SCALES, peak_origins, secondary_names
-from neurotrain.tasks.gamma.postprocess import find_peaks, line_windows, measure_lines, refine_to_counts
+from neurotrain.tasks.gamma.postprocess import find_peaks, line_windows, measure_lines, refine_to_counts, resolution_counts
 from neurotrain.tasks.gamma.simulate import channel_edges, scint_fwhm
 
 
@@ -77,8 +77,10 @@ def enhance(cfg: Any, model: nn.Module, counts: np.ndarray, r662: float, power: 
 
 def list_peaks(cfg: Any, enhanced: np.ndarray, measured: np.ndarray, r662: float, power: float,
                covered: np.ndarray | None = None, crystal: str | None = None) -> list[dict[str, Any]]:
-    """Peaks of the enhanced spectrum with energy (keV), FWHM (keV) and net area (counts), only in the
-    ``covered`` channels (N,) bool when given (:func:`io.covered_channels`). With the ``crystal`` named, each
+    """Peaks of the enhanced spectrum with energy (keV), FWHM (keV), net area (counts) and its significance
+    (``significance_sigma``: net area / sqrt(measured counts within +-1 input FWHM), a Currie-type ratio against
+    the counts the peak is built from), only in the ``covered`` channels (N,) bool when given
+    (:func:`io.covered_channels`). With the ``crystal`` named, each
     peak also carries ``feature_of_kev`` and ``step_of_kev`` (:func:`metrics.peak_origins`: the larger peak
     whose escape / backscatter peak it could be, or the Compton edge / Lu-176 onset whose top it could be; NaN
     where none) and a readable ``note``.
@@ -102,6 +104,8 @@ def list_peaks(cfg: Any, enhanced: np.ndarray, measured: np.ndarray, r662: float
     fw = scint_fwhm(e, torch.tensor(r662), torch.tensor(power))
     hw = line_windows(e, torch.ones_like(e, dtype=torch.bool), fw, cfg.metrics.window_fwhm, 2.5 * float(edges[1] - edges[0]))
     m = measure_lines(spec, edges, e, hw, cfg.metrics.tolerance_kev)
+    beneath = resolution_counts(noise, edges, resolution)[peaks]
+    significance = m["area"][0] / beneath.clamp_min(1.0).sqrt()
     mc = cfg.metrics
     valid = m["valid"][0]
     # the energies the list reports, and no area where the window measurement is not valid
@@ -124,6 +128,7 @@ def list_peaks(cfg: Any, enhanced: np.ndarray, measured: np.ndarray, r662: float
             "energy_kev": round(float(m["centroid"][0, i]) if bool(m["valid"][0, i]) else float(e[0, i]), 3),
             "fwhm_kev": round(float(m["fwhm"][0, i]), 3) if bool(m["valid"][0, i]) else float("nan"),
             "net_area_counts": round(float(m["area"][0, i]), 1),
+            "significance_sigma": round(float(significance[i]), 1),
             "feature_of_kev": round(feat, 3), "step_of_kev": round(step, 3), "note": "; ".join(note),
         })
     return out
@@ -134,11 +139,11 @@ def _print_peaks(path: Path, peaks: list[dict[str, Any]]) -> None:
     from rich.table import Table
 
     table = Table(title=f"{path.name}: {len(peaks)} peaks")
-    for col in ("energy (keV)", "FWHM (keV)", "net area (counts)"):
+    for col in ("energy (keV)", "FWHM (keV)", "net area (counts)", "sigma"):
         table.add_column(col, justify="right")
     table.add_column("could be")
     for p in peaks:
-        table.add_row(f"{p['energy_kev']:.2f}", f"{p['fwhm_kev']:.2f}", f"{p['net_area_counts']:.0f}", p.get("note", ""))
+        table.add_row(f"{p['energy_kev']:.2f}", f"{p['fwhm_kev']:.2f}", f"{p['net_area_counts']:.0f}", f"{p['significance_sigma']:.1f}", p.get("note", ""))
     Console(stderr=True).print(table)
 
 
@@ -165,16 +170,20 @@ def predict_files(cfg: Any, model: nn.Module, inputs: list[Path], output: Path |
         note = f"neurotrain gamma predict of {path.name}; input FWHM law {r662:.3f} x 662 keV x (E/662)^{power:.2f}"
         written.append(gio.write_csv(out_dir / f"{path.stem}_enhanced.csv", {"energy_kev": centers, "input_counts": counts, "enhanced_counts": enhanced}, note))
         pk = {k: np.array([p[k] for p in peaks], dtype=np.float64)
-              for k in ("energy_kev", "fwhm_kev", "net_area_counts", "feature_of_kev", "step_of_kev")}
+              for k in ("energy_kev", "fwhm_kev", "net_area_counts", "significance_sigma", "feature_of_kev", "step_of_kev")}
         if crystal is not None:
             note += (f"; crystal {crystal}; feature_of_kev / step_of_kev: the larger peak (keV) whose escape or "
                      "backscatter peak this one could be / the line whose Compton edge, or the Lu-176 onset, this "
                      "one could be the top of")
-        written.append(gio.write_csv(out_dir / f"{path.stem}_peaks.csv", pk, note))
+        written.append(gio.write_csv(
+            out_dir / f"{path.stem}_peaks.csv", pk,
+            note + "; significance_sigma: net area / sqrt(measured counts within +-1 input FWHM)",
+        ))
         written.append(gio.write_h5(
             out_dir / f"{path.stem}_enhanced.h5",
             {"energy_kev": centers, "bin_edges_kev": edges_dst, "input": counts, "enhanced": enhanced,
              "covered": covered, "peaks_energy_kev": pk["energy_kev"], "peaks_fwhm_kev": pk["fwhm_kev"], "peaks_net_area": pk["net_area_counts"],
+             "peaks_significance_sigma": pk["significance_sigma"],
              "peaks_feature_of_kev": pk["feature_of_kev"], "peaks_step_of_kev": pk["step_of_kev"]},
             {"source": str(path), "fwhm_662": r662, "power": power, "livetime": spec.livetime_s or 0.0},
         ))
