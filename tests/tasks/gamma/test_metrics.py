@@ -438,3 +438,20 @@ def test_detection_tradeoff_figure_is_written(tmp_path) -> None:
     trade = {"1e+04": {"curves": {"network": curve, "baseline": curve}, "baseline_recall": 0.4}}
     path = plots.plot_detection_tradeoff(tmp_path / "t.png", trade)
     assert path.is_file() and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_broad_bump_sharpened_into_a_line_fails_the_line_versus_continuum_test() -> None:
+    fwhm_in = 30.0
+    res = torch.full((1, CENTERS.numel()), fwhm_in)
+    continuum = 1000.0 - 0.5 * CENTERS
+    # the counts: a real line at 600 keV seen at the input resolution, and at 300 keV a bump twice as wide,
+    # which no single line makes; the "enhanced" spectrum turns both into narrow lines
+    measured = continuum + gauss(300.0, 2 * fwhm_in, 6000.0) + gauss(600.0, fwhm_in, 6000.0)
+    enhanced = continuum + gauss(300.0, 3.0, 6000.0) + gauss(600.0, 3.0, 6000.0)
+    args = (enhanced.unsqueeze(0), measured.unsqueeze(0), EDGES, 4.0)
+    p, e = find_peaks(*args, resolution_kev=res)
+    # against its area removed, the 300 keV peak looks needed: without it the model falls short of the counts
+    assert ((e[p] - 300.0).abs() < 1.5).any() and ((e[p] - 600.0).abs() < 1.5).any()
+    p, e = find_peaks(*args, resolution_kev=res, continuum_width_fwhm=3.0)
+    assert not ((e[p] - 300.0).abs() < 1.5).any(), e[p]
+    assert ((e[p] - 600.0).abs() < 1.5).any(), e[p]  # the real line beats its area spread wide

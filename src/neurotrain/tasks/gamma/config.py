@@ -130,6 +130,10 @@ class MetricsSection(Section):
     #: against the measured counts, the same spectrum with its area merged into that peak
     #: (postprocess.peaks_the_counts_support); null switches the test off
     merge_reach_fwhm: float | None = Field(1.0, gt=0)
+    #: with a value, an isolated found peak must beat, by the same likelihood ratio, the same spectrum with its
+    #: area spread as a smooth bump this many times its input FWHM wide (a line, not continuum shape); null:
+    #: against its area removed (postprocess.peaks_the_counts_support)
+    continuum_width_fwhm: float | None = Field(None, gt=1)
     #: a found peak within this many input FWHM of a step (Compton edge: below it; Lu-176 onset: above it) is
     #: the step's top, not a line (metrics.explained_intervals); 0 = only the peak search's largest scale
     step_reach_fwhm: float = Field(0.5, ge=0)

@@ -124,7 +124,8 @@ def _peaks_in_window(
     res = {}
     for name, pred in outputs.items():
         peaks, energy = find_peaks(pred * scale, batch["counts"], edges, cfg.metrics.detect_threshold, resolution_kev=resolution,
-                                   measured_domain=name == "input", merge_reach_fwhm=cfg.metrics.merge_reach_fwhm)
+                                   measured_domain=name == "input", merge_reach_fwhm=cfg.metrics.merge_reach_fwhm,
+                                   continuum_width_fwhm=cfg.metrics.continuum_width_fwhm)
         n_inside = (peaks & (energy >= lo) & (energy <= hi)).sum(1)
         res[name] = round(float((n_inside >= 2).float().mean() if split else n_inside.float().mean()), 3)
     return res

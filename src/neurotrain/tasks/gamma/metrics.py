@@ -390,13 +390,14 @@ class PeakDetection(Metric):
         self, edges: Tensor, mode: str = "all", tolerance_kev: float = 3.0, threshold: float = 4.0,
         crystal: str = "LYSO", slab: str = "Pb", explain_by_target: bool = True, measured_domain: bool = False,
         merge_reach_fwhm: float | None = 1.0, step_reach_fwhm: float = 0.0, target_threshold: float | None = None,
-        **kw: Any,
+        continuum_width_fwhm: float | None = None, **kw: Any,
     ) -> None:
         super().__init__(**kw)
         self.target_threshold = threshold if target_threshold is None else target_threshold
         self.step_reach_fwhm = step_reach_fwhm
         self.measured_domain = measured_domain
         self.merge_reach_fwhm = merge_reach_fwhm
+        self.continuum_width_fwhm = continuum_width_fwhm
         self.register_buffer("edges", edges.float().clone(), persistent=False)
         self.mode = mode
         self.explain_by_target = explain_by_target
@@ -416,7 +417,8 @@ class PeakDetection(Metric):
         res = scint_fwhm(centres.unsqueeze(0), fp[:, :1], fp[:, 1:2])
         counts = _counts(batch)
         peaks, energy = find_peaks(spec, counts, self.edges, self.threshold, resolution_kev=res,
-                                   measured_domain=self.measured_domain, merge_reach_fwhm=self.merge_reach_fwhm)
+                                   measured_domain=self.measured_domain, merge_reach_fwhm=self.merge_reach_fwhm,
+                                   continuum_width_fwhm=self.continuum_width_fwhm)
         le, lm = batch["line_energy"], batch["line_mask"].bool()
         reach = PEAK_SCALES[-1] * float(self.edges[1] - self.edges[0])
         lo, hi, am = explained_intervals(
@@ -427,7 +429,8 @@ class PeakDetection(Metric):
         explained = ((e >= lo.unsqueeze(2)) & (e <= hi.unsqueeze(2)) & am.unsqueeze(2)).any(1)
         if self.explain_by_target:
             t_peaks, _ = find_peaks(_flat(batch["target"]).float() * scale, counts, self.edges, self.target_threshold,
-                                    resolution_kev=res, merge_reach_fwhm=self.merge_reach_fwhm)
+                                    resolution_kev=res, merge_reach_fwhm=self.merge_reach_fwhm,
+                                    continuum_width_fwhm=self.continuum_width_fwhm)
             # a (B, N, N) comparison would not fit at 4096 channels: mark +-tolerance around each target peak
             width = float(self.edges[1] - self.edges[0])
             reach = max(1, int(math.ceil(self.tolerance_kev / width)))
@@ -495,6 +498,7 @@ def detection_tradeoff(cfg: Any, pred: Tensor, batch: dict[str, Tensor], thresho
         det = PeakDetection(
             channel_edges(cfg.simulate, pred.device), "all", mc.tolerance_kev, t, d.crystal, d.slab_material,
             merge_reach_fwhm=mc.merge_reach_fwhm, step_reach_fwhm=mc.step_reach_fwhm, target_threshold=mc.detect_threshold,
+            continuum_width_fwhm=mc.continuum_width_fwhm,
         ).to(pred.device)
         det.update(pred, batch)
         out = det.compute()
@@ -588,6 +592,7 @@ def peak_detection(cfg: Any, measured_domain: bool = False) -> PeakDetection:
     return PeakDetection(
         channel_edges(cfg.simulate), "all", mc.tolerance_kev, mc.detect_threshold, d.crystal, d.slab_material,
         measured_domain=measured_domain, merge_reach_fwhm=mc.merge_reach_fwhm, step_reach_fwhm=mc.step_reach_fwhm,
+        continuum_width_fwhm=mc.continuum_width_fwhm,
     )
 
 

@@ -203,6 +203,7 @@ def resolution_counts(noise_counts: Tensor, edges: Tensor, resolution_kev: Tenso
 def find_peaks(
     spec_counts: Tensor, noise_counts: Tensor, edges: Tensor, threshold: float = 4.0, min_sep: int = 3,
     resolution_kev: Tensor | None = None, measured_domain: bool = False, merge_reach_fwhm: float | None = 1.0,
+    continuum_width_fwhm: float | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Peak search. Returns (mask (B, N) of peak channels, energies (B, N) keV at those channels, sub-channel
     refined by a 3-point parabola on the spectrum).
@@ -216,7 +217,7 @@ def find_peaks(
     counts: wiggles of the continuum, steps (Compton edges, Lu-176 beta onsets) and ringing beside strong
     peaks, none of which carries a significant net area. Then, unless ``merge_reach_fwhm`` is None, each
     survivor must pass :func:`peaks_the_counts_support` (``measured_domain``: ``spec_counts`` is itself at the
-    input resolution, e.g. the measured spectrum)."""
+    input resolution, e.g. the measured spectrum; ``continuum_width_fwhm``: its null for isolated peaks)."""
     sig, area = significance_map(spec_counts, noise_counts, min_sep=min_sep, return_area=True)
     mx = F.max_pool1d(sig.unsqueeze(1), 2 * min_sep + 1, stride=1, padding=min_sep).squeeze(1)
     is_peak = (sig >= mx) & (sig > threshold)
@@ -229,7 +230,7 @@ def find_peaks(
         if merge_reach_fwhm is not None:
             is_peak = peaks_the_counts_support(
                 spec_counts, noise_counts, edges, is_peak, area, resolution_kev, threshold, measured_domain,
-                merge_reach_fwhm,
+                merge_reach_fwhm, continuum_width_fwhm=continuum_width_fwhm,
             )
     w = float(edges[1] - edges[0])
     y0 = F.pad(spec_counts, (1, 1), mode="replicate")
@@ -243,7 +244,7 @@ def find_peaks(
 def peaks_the_counts_support(
     spec_counts: Tensor, counts: Tensor, edges: Tensor, peaks: Tensor, area: Tensor, resolution_kev: Tensor,
     threshold: float, measured_domain: bool = False, merge_reach_fwhm: float = 1.0, side_channels: int = 3,
-    max_elements: int = 1 << 24,
+    max_elements: int = 1 << 24, continuum_width_fwhm: float | None = None,
 ) -> Tensor:
     """Keep the found ``peaks`` (B, N) that the measured ``counts`` (B, N) support as peaks of their own.
 
@@ -251,8 +252,11 @@ def peaks_the_counts_support(
     counts cannot tell such structure apart from one peak when it lies well within the input resolution.
     For each candidate two forward models of the counts are compared: the spectrum broadened to the input
     resolution (``resolution_kev`` (B, N), FWHM in keV), and the same with the candidate's net area moved
-    into the nearest candidate of larger wavelet area within ``merge_reach_fwhm`` input FWHM - or removed,
-    when there is none. The net area is :func:`measure_lines`'s (``side_channels`` per side) over +-1 input
+    into the nearest candidate of larger wavelet area within ``merge_reach_fwhm`` input FWHM - or, when there
+    is none, removed, or with ``continuum_width_fwhm`` spread as a Gaussian that many input FWHM wide (the
+    counts there are continuum shape, not a line: a network that gathers a smooth continuum into a narrow
+    peak leaves its own continuum short, and against mere removal that shortfall would vouch for the peak).
+    The net area is :func:`measure_lines`'s (``side_channels`` per side) over +-1 input
     FWHM, narrowed to half the distance to that larger neighbour (so the neighbour's area never moves with
     it); it moves as a Gaussian of the input FWHM. The candidate is kept when the Poisson likelihood ratio prefers the first model by
     2 ln LR >= ``threshold``^2 (Wilks: ``threshold`` sigma for one parameter). The same rule applies to every
@@ -301,7 +305,12 @@ def peaks_the_counts_support(
         sig = (fw_k / FWHM_PER_SIGMA).clamp_min(1e-3).unsqueeze(2)
         cdf = torch.special.ndtr((edges.view(1, 1, -1) - e_k.unsqueeze(2)) / sig)
         shape = cdf[..., 1:] - cdf[..., :-1]  # (c, K, N): unit-area peak at the input resolution
-        moved = shape.gather(1, partner.unsqueeze(2).expand(-1, -1, n)) * has.unsqueeze(2)
+        if continuum_width_fwhm is None:
+            elsewhere = torch.zeros_like(shape)
+        else:
+            wide = torch.special.ndtr((edges.view(1, 1, -1) - e_k.unsqueeze(2)) / (sig * continuum_width_fwhm))
+            elsewhere = wide[..., 1:] - wide[..., :-1]
+        moved = torch.where(has.unsqueeze(2), shape.gather(1, partner.unsqueeze(2).expand(-1, -1, n)), elsewhere)
         m1 = model[sl].unsqueeze(1)
         m0 = (m1 + a_k.unsqueeze(2) * (moved - shape)).clamp_min(1e-6)
         llr = (counts[sl].unsqueeze(1) * torch.log(m1 / m0) - (m1 - m0)).sum(2)

@@ -95,7 +95,7 @@ def list_peaks(cfg: Any, enhanced: np.ndarray, measured: np.ndarray, r662: float
     centres = 0.5 * (edges[1:] + edges[:-1])
     resolution = scint_fwhm(centres, torch.tensor(r662), torch.tensor(power)).unsqueeze(0)
     peaks, energy = find_peaks(spec, noise, edges, cfg.metrics.detect_threshold, resolution_kev=resolution,
-                               merge_reach_fwhm=cfg.metrics.merge_reach_fwhm)
+                               merge_reach_fwhm=cfg.metrics.merge_reach_fwhm, continuum_width_fwhm=cfg.metrics.continuum_width_fwhm)
     if covered is not None:
         peaks = peaks & torch.as_tensor(covered, dtype=torch.bool).unsqueeze(0)
     e = energy[peaks].unsqueeze(0)
