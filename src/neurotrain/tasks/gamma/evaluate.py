@@ -30,7 +30,7 @@ from neurotrain.tasks.gamma.metrics import (
     FALSE_PEAK_KINDS, NetAreaError, build_metrics, detection_tradeoff, false_peak_kinds, false_rate_at_recall,
     paired_area_error, peak_detection,
 )
-from neurotrain.tasks.gamma.postprocess import find_peaks, measure_lines, refine_to_counts
+from neurotrain.tasks.gamma.postprocess import measure_lines, refine_to_counts
 from neurotrain.tasks.gamma.simulate import (
     Scene, channel_centers, channel_edges, hpge_coefficients, hpge_fwhm, measured_energy, scint_fwhm, simulate_batch,
 )
@@ -113,22 +113,17 @@ def _tradeoff(cfg: Any, outs: dict[str, torch.Tensor], batch: dict[str, torch.Te
 
 
 def _peaks_in_window(
-    cfg: Any, outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], lo: float, hi: float, split: bool = False,
-) -> dict[str, float]:
-    """Per method, found peaks in ``lo``-``hi`` keV per spectrum, or with ``split`` the share of spectra with two
-    or more there."""
-    edges = channel_edges(cfg.simulate, batch["input"].device)
-    scale = batch["scale"].view(-1, 1)
-    centres = channel_centers(cfg.simulate, edges.device).unsqueeze(0)
-    resolution = scint_fwhm(centres, batch["fwhm_params"][:, :1], batch["fwhm_params"][:, 1:2])
-    res = {}
+    cfg: Any, outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], lo: float, hi: float,
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Per method, found peaks in ``lo``-``hi`` keV per spectrum, and the share of spectra with two or more
+    there."""
+    mean, split = {}, {}
     for name, pred in outputs.items():
-        peaks, energy = find_peaks(pred * scale, batch["counts"], edges, cfg.metrics.detect_threshold, resolution_kev=resolution,
-                                   measured_domain=name == "input", merge_reach_fwhm=cfg.metrics.merge_reach_fwhm,
-                                   continuum_width_fwhm=cfg.metrics.continuum_width_fwhm)
+        peaks, energy = peak_detection(cfg, measured_domain=name == "input").to(pred.device).find(pred, batch)
         n_inside = (peaks & (energy >= lo) & (energy <= hi)).sum(1)
-        res[name] = round(float((n_inside >= 2).float().mean() if split else n_inside.float().mean()), 3)
-    return res
+        mean[name] = round(float(n_inside.float().mean()), 3)
+        split[name] = round(float((n_inside >= 2).float().mean()), 3)
+    return mean, split
 
 
 def _line_shift(cfg: Any, outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], energies: list[float]) -> dict[str, dict[str, float | None]]:
@@ -264,8 +259,7 @@ def evaluate(cfg: Any, model: nn.Module | None, run_dir: Path, **options: Any) -
         outs = _outputs(cfg, model, batch)
         entry: dict[str, Any] = {"metrics": _score(cfg, outs, batch)}
         if name == "negative_control":
-            entry["peaks_in_180_192_kev"] = _peaks_in_window(cfg, outs, batch, *NEGATIVE_WINDOW)
-            entry["split_share_180_192_kev"] = _peaks_in_window(cfg, outs, batch, *NEGATIVE_WINDOW, split=True)
+            entry["peaks_in_180_192_kev"], entry["split_share_180_192_kev"] = _peaks_in_window(cfg, outs, batch, *NEGATIVE_WINDOW)
         if name == "unknown_lines":
             entry["unknown_line_shift"] = _line_shift(cfg, outs, batch, UNKNOWN_LINES)
         if name in PER_LINE:

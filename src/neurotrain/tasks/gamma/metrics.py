@@ -377,9 +377,7 @@ class PeakDetection(Metric):
     Lu-176 background adds, to each partial cascade sum, Lu K x-ray escapes (88.3 - 53.7 = 34.6 keV,
     88.3 - 61.3 = 27.1 keV, ...) and Compton edges of the cascade gammas, and the target carries the response's
     Monte Carlo noise; without it the target itself showed 1-6 "false" peaks per LYSO spectrum at 1e6 counts
-    (train.yaml at 16,000 photons per response row, four seeds of 64 spectra). ``target_threshold`` (default:
-    ``threshold``) is the target search's threshold, so that a sweep of ``threshold`` keeps what counts as
-    explained fixed.
+    (train.yaml at 16,000 photons per response row, four seeds of 64 spectra).
     ``mode`` picks what :meth:`compute` returns: ``"precision"``, ``"recall"``, ``"false_rate"`` or ``"all"``
     (a dict ``det_precision`` / ``det_recall`` / ``det_false_rate``, flattened by ``MetricCollection``).
     """
@@ -389,11 +387,10 @@ class PeakDetection(Metric):
     def __init__(
         self, edges: Tensor, mode: str = "all", tolerance_kev: float = 3.0, threshold: float = 4.0,
         crystal: str = "LYSO", slab: str = "Pb", explain_by_target: bool = True, measured_domain: bool = False,
-        merge_reach_fwhm: float | None = 1.0, step_reach_fwhm: float = 0.0, target_threshold: float | None = None,
-        continuum_width_fwhm: float | None = None, **kw: Any,
+        merge_reach_fwhm: float | None = 1.0, step_reach_fwhm: float = 0.0, continuum_width_fwhm: float | None = None,
+        **kw: Any,
     ) -> None:
         super().__init__(**kw)
-        self.target_threshold = threshold if target_threshold is None else target_threshold
         self.step_reach_fwhm = step_reach_fwhm
         self.measured_domain = measured_domain
         self.merge_reach_fwhm = merge_reach_fwhm
@@ -407,18 +404,21 @@ class PeakDetection(Metric):
         for name in ("tp", "fp", "found", "true", "spectra"):
             self.add_state(name, default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
 
-    def search(self, pred: Tensor, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
-        """(peaks, energy, explained), each (B, N): found peak channels, their energies (keV), and whether
-        each lies in an explained interval."""
-        scale = batch["scale"].view(-1, 1)
-        spec = _flat(pred).float() * scale
+    def _resolution(self, batch: dict[str, Tensor]) -> Tensor:
         centres = 0.5 * (self.edges[1:] + self.edges[:-1])
         fp = batch["fwhm_params"]
-        res = scint_fwhm(centres.unsqueeze(0), fp[:, :1], fp[:, 1:2])
-        counts = _counts(batch)
-        peaks, energy = find_peaks(spec, counts, self.edges, self.threshold, resolution_kev=res,
-                                   measured_domain=self.measured_domain, merge_reach_fwhm=self.merge_reach_fwhm,
-                                   continuum_width_fwhm=self.continuum_width_fwhm)
+        return scint_fwhm(centres.unsqueeze(0), fp[:, :1], fp[:, 1:2])
+
+    def find(self, pred: Tensor, batch: dict[str, Tensor], threshold: float | None = None) -> tuple[Tensor, Tensor]:
+        """(peaks, energy), each (B, N): the search's peak channels at ``threshold`` (default: the metric's) and
+        every channel's sub-channel energy (keV), which does not depend on the threshold."""
+        spec = _flat(pred).float() * batch["scale"].view(-1, 1)
+        return find_peaks(spec, _counts(batch), self.edges, self.threshold if threshold is None else threshold,
+                          resolution_kev=self._resolution(batch), measured_domain=self.measured_domain,
+                          merge_reach_fwhm=self.merge_reach_fwhm, continuum_width_fwhm=self.continuum_width_fwhm)
+
+    def explained(self, energy: Tensor, batch: dict[str, Tensor]) -> Tensor:
+        """(B, N): whether a peak at each channel's ``energy`` would lie in an explained interval."""
         le, lm = batch["line_energy"], batch["line_mask"].bool()
         reach = PEAK_SCALES[-1] * float(self.edges[1] - self.edges[0])
         lo, hi, am = explained_intervals(
@@ -428,18 +428,25 @@ class PeakDetection(Metric):
         e = energy.unsqueeze(1)
         explained = ((e >= lo.unsqueeze(2)) & (e <= hi.unsqueeze(2)) & am.unsqueeze(2)).any(1)
         if self.explain_by_target:
-            t_peaks, _ = find_peaks(_flat(batch["target"]).float() * scale, counts, self.edges, self.target_threshold,
-                                    resolution_kev=res, merge_reach_fwhm=self.merge_reach_fwhm,
-                                    continuum_width_fwhm=self.continuum_width_fwhm)
+            t_peaks, _ = find_peaks(_flat(batch["target"]).float() * batch["scale"].view(-1, 1), _counts(batch),
+                                    self.edges, self.threshold, resolution_kev=self._resolution(batch),
+                                    merge_reach_fwhm=self.merge_reach_fwhm, continuum_width_fwhm=self.continuum_width_fwhm)
             # a (B, N, N) comparison would not fit at 4096 channels: mark +-tolerance around each target peak
             width = float(self.edges[1] - self.edges[0])
             reach = max(1, int(math.ceil(self.tolerance_kev / width)))
             near = F.max_pool1d(t_peaks.float().unsqueeze(1), 2 * reach + 1, stride=1, padding=reach)[:, 0] > 0
             explained = explained | near
-        return peaks, energy, explained
+        return explained
 
-    def update(self, pred: Tensor, batch: dict[str, Tensor]) -> None:
-        peaks, energy, explained = self.search(pred, batch)
+    def search(self, pred: Tensor, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+        """(peaks, energy, explained), each (B, N): found peak channels, their energies (keV), and whether
+        each lies in an explained interval."""
+        peaks, energy = self.find(pred, batch)
+        return peaks, energy, self.explained(energy, batch)
+
+    def update(self, pred: Tensor, batch: dict[str, Tensor], search: tuple[Tensor, Tensor, Tensor] | None = None) -> None:
+        """Count one batch; ``search``: its :meth:`search` result when already at hand."""
+        peaks, energy, explained = search if search is not None else self.search(pred, batch)
         le, lm = batch["line_energy"], batch["line_mask"].bool()
         det = batch["line_detectable"].bool() & lm
         hit_line = ((energy.unsqueeze(1) - le.unsqueeze(2)).abs() <= self.tolerance_kev) & peaks.unsqueeze(1)
@@ -492,15 +499,15 @@ def detection_tradeoff(cfg: Any, pred: Tensor, batch: dict[str, Tensor], thresho
     detectable true lines, the false peaks per spectrum with its Poisson standard error (sqrt(false peaks) /
     spectra) and the precision. What counts as explained stays that of ``cfg.metrics.detect_threshold`` (the
     target's peaks at that threshold), so only the method's search moves along the curve."""
-    mc, d = cfg.metrics, cfg.simulate.detector
+    det = peak_detection(cfg).to(pred.device)
     curve: dict[str, list[float]] = {"threshold": [], "recall": [], "false_rate": [], "false_rate_err": [], "precision": []}
+    explained = None
     for t in sorted(set(float(x) for x in thresholds)):
-        det = PeakDetection(
-            channel_edges(cfg.simulate, pred.device), "all", mc.tolerance_kev, t, d.crystal, d.slab_material,
-            merge_reach_fwhm=mc.merge_reach_fwhm, step_reach_fwhm=mc.step_reach_fwhm, target_threshold=mc.detect_threshold,
-            continuum_width_fwhm=mc.continuum_width_fwhm,
-        ).to(pred.device)
-        det.update(pred, batch)
+        peaks, energy = det.find(pred, batch, t)
+        if explained is None:  # channel energies, and so what is explained, are the same at every threshold
+            explained = det.explained(energy, batch)
+        det.reset()
+        det.update(pred, batch, search=(peaks, energy, explained))
         out = det.compute()
         n_spec = max(1.0, float(det.spectra))
         curve["threshold"].append(t)
@@ -572,7 +579,6 @@ def build_metrics(cfg: Any, include_detection: bool = True, measured_domain: boo
     edges = channel_edges(cfg.simulate)
     mc = cfg.metrics
     kw = dict(window_fwhm=mc.window_fwhm, tolerance_kev=mc.tolerance_kev)
-    d = cfg.simulate.detector
     metrics: dict[str, Metric] = {
         "fwhm_kev": LineFWHM(edges, **kw),
         "centroid_err_kev": CentroidError(edges, **kw),
