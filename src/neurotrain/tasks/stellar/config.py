@@ -1,0 +1,265 @@
+"""Config schema of the ``stellar`` task: every default of reading, preprocessing, the synthetic
+spectrum generator, the network, the loss, the baselines, evaluation and prediction.
+
+Wavelengths are in Angstrom (vacuum, as LAMOST delivers them), Teff in K, log g in dex (cgs),
+abundances in dex. Label names follow the seed's catalogue columns (``TEFF``, ``LOGG``, ``FE_H``,
+``C_FE``, ``MG_FE``, ...).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from neurotrain.config import Config, Section
+
+#: every label the synthetic generator responds to, in the order the generator's label vector uses
+GENERATOR_LABELS: tuple[str, ...] = ("TEFF", "LOGG", "FE_H", "C_FE", "MG_FE", "CA_FE", "NA_FE", "TI_FE")
+
+#: physical units of each label, for tables and axes
+LABEL_UNITS: dict[str, str] = {"TEFF": "K", "LOGG": "dex", "FE_H": "dex"}
+
+
+class LabelsSection(Section):
+    """Which labels the network predicts, and their per-label normalisation.
+
+    ``mean``/``std`` empty: taken from the training data (a prepared HDF5 file's attributes) or, when
+    training on the generator, from the generator's label prior (``simulate.label_ranges``).
+    """
+
+    names: list[str] = Field(default_factory=lambda: ["TEFF", "LOGG", "FE_H", "C_FE", "MG_FE", "CA_FE", "NA_FE"])
+    mean: list[float] = Field(default_factory=list)
+    std: list[float] = Field(default_factory=list)
+
+    @field_validator("names")
+    @classmethod
+    def _upper_unique(cls, v: list[str]) -> list[str]:
+        v = [s.strip().upper() for s in v]
+        if not v:
+            raise ValueError("at least one label is needed")
+        if len(set(v)) != len(v):
+            raise ValueError(f"labels repeat (got {v})")
+        return v
+
+
+class ReadSection(Section):
+    """Reading spectra and catalogues (``io.py``)."""
+
+    #: use the header redshift ``Z`` to move to the rest frame; a file without ``Z`` is then an error
+    require_z: bool = True
+    #: LAMOST ``ANDMASK`` bits that mark a pixel bad (0 = any set bit). LAMOST DR bit meanings: 1 bad CCD
+    #: pixel, 2 bad profile, 4 no sky, 8 bright sky, 16 bad centre, 32 nodata, ...
+    andmask_bits: int = Field(0, ge=0)
+    #: catalogue column that holds the spectrum's id (file stem or OBSID); the seed's ``spec`` column
+    id_column: str = "spec"
+    #: file-name patterns searched inside an input folder
+    patterns: list[str] = Field(default_factory=lambda: ["*.fits", "*.fits.gz", "*.fit", "*.csv", "*.h5", "*.hdf5"])
+
+
+class PreprocessSection(Section):
+    """The seed's preprocessing pipeline (``preprocess.py``), each step a switch.
+
+    The common grid is log-linear (LAMOST's own sampling, d log10 lambda = 1e-4, i.e. 69 km/s per pixel) in
+    the rest frame. The default 3900-8800 A avoids the blue end below 3900 A where LAMOST S/N collapses and
+    the telluric/fringing residuals above 8800 A that the seed lists as known problems.
+    """
+
+    mask_bad_pixels: bool = True
+    #: pixels with |flux - running median| > clip_sigma * sigma are treated as bad (cosmics, sky residuals)
+    clip_sigma: float = Field(6.0, gt=0)
+    denoise: bool = False
+    #: Gaussian denoising kernel width in pixels (sigma); small compared with the LSF (~2.5 px FWHM at R 1800)
+    denoise_sigma_px: float = Field(0.7, gt=0)
+    rest_frame: bool = True
+    grid_min_aa: float = Field(3900.0, gt=0)
+    grid_max_aa: float = Field(8800.0, gt=0)
+    grid_step_log10: float = Field(1e-4, gt=0)
+    continuum: bool = True
+    #: blue/red arm boundary (LAMOST's dichroic at about 5900 A); each arm gets its own continuum
+    arm_split_aa: float = Field(5800.0, gt=0)
+    #: Chebyshev polynomial degree of the continuum per arm
+    continuum_degree: int = Field(5, ge=0, le=15)
+    continuum_iterations: int = Field(6, ge=1)
+    #: asymmetric clipping: absorption lines lie below the continuum, so low points are clipped harder
+    clip_low_sigma: float = Field(1.5, gt=0)
+    clip_high_sigma: float = Field(3.0, gt=0)
+    #: final normalisation: clip normalised flux to this range (absorption cannot go below 0; emission spikes)
+    final_clip: tuple[float, float] = (0.0, 2.0)
+    #: spectra with median S/N per pixel below this are dropped (the seed: S/N < 3 cannot be processed)
+    min_snr: float = Field(3.0, ge=0)
+    #: spectra with fewer good pixels than this fraction of the grid are dropped
+    min_good_fraction: float = Field(0.5, gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _grid_order(self) -> "PreprocessSection":
+        if self.grid_max_aa <= self.grid_min_aa:
+            raise ValueError(f"grid_max_aa must exceed grid_min_aa (got {self.grid_min_aa}, {self.grid_max_aa})")
+        return self
+
+
+class SimulateSection(Section):
+    """The synthetic LAMOST-like spectrum generator (``simulate.py``) or a Payne-format emulator."""
+
+    generator: Literal["lines", "payne"] = "lines"
+    #: ``.npz`` of a Payne / DD-Payne emulator (``w_array_*``, ``b_array_*``, ``x_min``, ``x_max``, ``wavelength``)
+    emulator_path: Path | None = None
+    #: order of the emulator's input labels, when it is given
+    emulator_labels: list[str] = Field(default_factory=lambda: ["TEFF", "LOGG", "FE_H"])
+    #: resolving power lambda / FWHM of the line-spread function
+    resolution: float = Field(1800.0, gt=0)
+    #: observed-frame pixel grid: LAMOST's log10 lambda = coeff0 + coeff1 * i, 3909 pixels (3700-9099 A)
+    coeff0: float = 3.5682
+    coeff1: float = 1e-4
+    n_pixels: int = Field(3909, ge=16)
+    #: uniform prior on each generator label (TEFF K, LOGG dex, abundances dex); giants and dwarfs follow
+    #: from the (TEFF, LOGG) box cut by ``giant_branch``
+    label_ranges: dict[str, tuple[float, float]] = Field(
+        default_factory=lambda: {
+            "TEFF": (3800.0, 7000.0),
+            "LOGG": (0.8, 5.0),
+            "FE_H": (-2.0, 0.5),
+            "C_FE": (-0.5, 0.5),
+            "MG_FE": (-0.3, 0.6),
+            "CA_FE": (-0.3, 0.6),
+            "NA_FE": (-0.5, 0.5),
+            "TI_FE": (-0.3, 0.5),
+        }
+    )
+    #: draw (TEFF, LOGG) near a main sequence and a red-giant branch rather than from the full box
+    physical_hr: bool = True
+    #: g-band-like S/N per pixel drawn log-uniform from this range for training
+    snr_range: tuple[float, float] = (5.0, 150.0)
+    #: radial velocity range (km/s); the header-like ``z`` of each spectrum is v / c
+    rv_range_kms: tuple[float, float] = (-300.0, 300.0)
+    #: relative error of the flux calibration: a smooth multiplicative response drawn per spectrum
+    response_error: float = Field(0.15, ge=0)
+    #: fraction of pixels hit by cosmic rays / bad columns (masked in ``mask``, ivar 0)
+    bad_pixel_fraction: float = Field(0.002, ge=0, le=0.5)
+    #: add sky-subtraction residuals in the red (above 6800 A, telluric bands)
+    sky_residuals: bool = True
+
+    @field_validator("label_ranges")
+    @classmethod
+    def _ranges_ordered(cls, v: dict[str, tuple[float, float]]) -> dict[str, tuple[float, float]]:
+        for k, (lo, hi) in v.items():
+            if hi < lo:
+                raise ValueError(f"{k}: low end above high end (got {lo}, {hi})")
+        return {k.upper(): r for k, r in v.items()}
+
+
+class ModelSection(Section):
+    """``SpectralResCNN``: input conv, three residual groups, fully connected head (the seed's network)."""
+
+    name: Literal["SpectralResCNN"] = "SpectralResCNN"
+    #: channels fed to the network: normalised flux, and its normalised inverse error
+    in_channels: Literal[1, 2] = 2
+    base_channels: int = Field(32, ge=4)
+    blocks_per_group: int = Field(2, ge=1)
+    kernel_size: int = Field(7, ge=3)
+    #: stride of the first conv and of each group's first block (downsampling along wavelength)
+    downsample: int = Field(2, ge=1)
+    hidden: int = Field(256, ge=8)
+    dropout: float = Field(0.1, ge=0, lt=1)
+    #: predict a variance per label (Gaussian negative log-likelihood); off = mean only (MSE)
+    heteroscedastic: bool = True
+
+
+class LossSection(Section):
+    name: Literal["gaussian_nll", "mse"] = "gaussian_nll"
+    #: floor on the predicted standard deviation in normalised label units, to keep the NLL finite
+    min_sigma: float = Field(1e-3, gt=0)
+
+
+class UncertaintySection(Section):
+    """Predictive uncertainty: the heteroscedastic head's sigma, plus MC dropout and/or a deep ensemble."""
+
+    mc_samples: int = Field(0, ge=0)
+    #: checkpoints of an ensemble (each trained with another seed); empty: the one model
+    ensemble: list[Path] = Field(default_factory=list)
+
+
+class CatalogSection(Section):
+    """Reference catalogues (labels for training/val/test) and prediction catalogues (only preprocessed)."""
+
+    reference: list[Path] = Field(default_factory=list)
+    prediction: list[Path] = Field(default_factory=list)
+    #: folder(s) the spectra of the catalogues are looked up in
+    spectra_dirs: list[Path] = Field(default_factory=list)
+    #: where prepared (preprocessed) HDF5 data go
+    prepared_dir: Path = Path("processed_data")
+    #: train / val / test fractions of the reference set (the seed's 7:1:2) and the split seed
+    splits: tuple[float, float, float] = (0.7, 0.1, 0.2)
+    split_seed: int = 42
+    #: spectra read and preprocessed per chunk; the prepared file is committed after each chunk (resumable)
+    chunk_size: int = Field(2048, ge=1)
+    #: parallel file readers (threads)
+    read_workers: int = Field(4, ge=1)
+
+
+class BaselineSection(Section):
+    methods: list[Literal["xgboost", "lightgbm", "cannon"]] = Field(
+        default_factory=lambda: ["xgboost", "lightgbm", "cannon"]
+    )
+    #: boosted trees: the usual tuning of their users (depth, rate, rounds with early stopping on val)
+    n_estimators: int = Field(600, ge=1)
+    max_depth: int = Field(6, ge=1)
+    learning_rate: float = Field(0.05, gt=0)
+    early_stopping_rounds: int = Field(30, ge=1)
+    #: the trees see the spectrum binned by this many pixels (their users' usual feature reduction)
+    bin_pixels: int = Field(4, ge=1)
+    #: The Cannon: ridge on the quadratic coefficients (0 = plain least squares)
+    cannon_regularization: float = Field(0.0, ge=0)
+    n_jobs: int = Field(2, ge=1)
+
+
+class EvaluateSection(Section):
+    """Held-out synthetic evaluation: ``spectra_per_snr`` at each S/N, seeds disjoint from training."""
+
+    snr_bins: list[float] = Field(default_factory=lambda: [10.0, 20.0, 50.0, 100.0])
+    spectra_per_snr: int = Field(2000, ge=8)
+    #: training set drawn for the baselines (they cannot learn on the fly)
+    baseline_train_size: int = Field(20000, ge=16)
+    #: spectra per S/N used for the CRLB (one Jacobian each)
+    crlb_spectra: int = Field(200, ge=1)
+    #: log g below this is a giant in the dwarf/giant breakdown
+    giant_logg: float = 3.5
+    #: seed offset of the held-out set: it shares no seed with training batches
+    seed_offset: int = 1_000_000_007
+    figures: bool = True
+
+
+class AnalyzeSection(Section):
+    """``neurotrain analyze``: feature importance by wavelength and residual analysis."""
+
+    method: Literal["integrated_gradients", "occlusion"] = "integrated_gradients"
+    n_spectra: int = Field(256, ge=1)
+    ig_steps: int = Field(32, ge=2)
+    occlusion_width_aa: float = Field(20.0, gt=0)
+    top_regions: int = Field(8, ge=1)
+
+
+class PredictSection(Section):
+    """``neurotrain predict``: a folder or list of spectra -> a labels table."""
+
+    batch_size: int = Field(1024, ge=1)
+    #: also write the preprocessed spectra (HDF5) next to the labels
+    save_spectra: bool = False
+    plot: bool = True
+
+
+class StellarConfig(Config):
+    task: str = "stellar"
+    labels: LabelsSection = LabelsSection()
+    read: ReadSection = ReadSection()
+    preprocess: PreprocessSection = PreprocessSection()
+    simulate: SimulateSection = SimulateSection()
+    model: ModelSection = ModelSection()
+    loss: LossSection = LossSection()
+    uncertainty: UncertaintySection = UncertaintySection()
+    catalog: CatalogSection = CatalogSection()
+    baseline: BaselineSection = BaselineSection()
+    evaluate: EvaluateSection = EvaluateSection()
+    analyze: AnalyzeSection = AnalyzeSection()
+    predict: PredictSection = PredictSection()
