@@ -102,13 +102,65 @@ def train(
     resume: bool = typer.Option(False, "--resume", help="Continue from checkpoints/last.ckpt of this run."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run of the same name."),
     debug: bool = typer.Option(False, "--debug", help="Write the task's debug figures for the first steps."),
+    elements: Optional[list[str]] = typer.Option(
+        None, "--elements", help="Train one model per label, element by element (stellar: C_FE,MG_FE or repeat the flag); "
+        "each run is named <run.name>_<LABEL>.",
+    ),
 ) -> None:
     """Train a model; writes runs/<task>/<name>/ (config, checkpoints, logs, metrics.json)."""
     from neurotrain.engine import api
 
     cfg = _load(config, overrides)
-    run_dir = api.train(cfg, resume=resume, overwrite=overwrite, debug=debug)
-    out.print(f"run: {run_dir}")
+    labels = split_names(elements)
+    if not labels:
+        run_dir = api.train(cfg, resume=resume, overwrite=overwrite, debug=debug)
+        out.print(f"run: {run_dir}")
+        return
+    if "labels" not in type(cfg).model_fields:
+        raise ConfigError(f"config error in {config}: --elements: task {cfg.task!r} has no labels section")
+    for label in labels:
+        one = _load(config, list(overrides or []) + [f"labels.names=[{label}]", f"run.name={cfg.run.name}_{label}"])
+        run_dir = api.train(one, resume=resume, overwrite=overwrite, debug=debug)
+        out.print(f"run {label}: {run_dir}")
+
+
+def split_names(items: list[str] | None) -> list[str]:
+    """``["C_FE,MG_FE", "CA_FE"]`` -> ``["C_FE", "MG_FE", "CA_FE"]`` (commas or spaces separate)."""
+    names: list[str] = []
+    for item in items or []:
+        names += [n for n in item.replace(",", " ").split() if n]
+    return names
+
+
+@app.command()
+@handle_errors
+def prepare(
+    config: Path = typer.Argument(..., help="YAML or TOML config file (its catalog section names the inputs)."),
+    overrides: Optional[list[str]] = typer.Argument(None, help="a.b.c=value overrides."),
+) -> None:
+    """Read and preprocess the field's files into training-ready HDF5 (resumable: rerun to continue)."""
+    from neurotrain.engine import api
+
+    cfg = _load(config, overrides)
+    summary = api.prepare(cfg)
+    _print_metrics({k: v for k, v in summary.items() if isinstance(v, (int, float))}, f"prepare {cfg.task}")
+
+
+@app.command()
+@handle_errors
+def analyze(
+    config: Path = typer.Argument(..., help="YAML or TOML config file."),
+    overrides: Optional[list[str]] = typer.Argument(None, help="a.b.c=value overrides."),
+    ckpt: Optional[Path] = typer.Option(None, "--ckpt", help="Checkpoint (default: the run's best.ckpt)."),
+    opt: Optional[list[str]] = typer.Option(None, "--opt", help="Task option key=value (repeatable)."),
+) -> None:
+    """Feature importance and residual analysis of a trained model; writes <run>/analysis/."""
+    from neurotrain.engine import api
+
+    cfg = _load(config, overrides)
+    summary = api.analyze(cfg, ckpt, **_parse_options(opt))
+    out.print(f"analysis: {cfg.run_dir / 'analysis'}")
+    _print_metrics({k: v for k, v in summary.items() if isinstance(v, (int, float))}, f"analyze {cfg.task}")
 
 
 @app.command()

@@ -114,6 +114,16 @@ class Task:
     def evaluate(self, cfg: Config, model: nn.Module | None, run_dir: Path, **options: Any) -> EvalResult:
         raise NotAvailableError(f"evaluate is not available for task {self.name!r}")
 
+    def prepare(self, cfg: Config, **options: Any) -> dict[str, Any]:
+        """Read the field's files named by the config and write them, preprocessed, where training reads
+        them (``neurotrain prepare``); returns a summary (counts, skips and why)."""
+        raise NotAvailableError(f"prepare is not available for task {self.name!r}")
+
+    def analyze(self, cfg: Config, model: nn.Module, run_dir: Path, **options: Any) -> dict[str, Any]:
+        """What the model looks at and where it errs (``neurotrain analyze``): figures and tables under
+        ``run_dir``; returns a summary."""
+        raise NotAvailableError(f"analyze is not available for task {self.name!r}")
+
     def search_space(self, trial: optuna.Trial) -> dict[str, Any]:
         """Overrides (``"optim.lr": value``) for one Optuna trial."""
         raise NotAvailableError(f"tune is not available for task {self.name!r}")

@@ -189,3 +189,20 @@ def predict(ckpt: Path, inputs: list[Path], output: Path | None, overrides: list
     """Run a trained network on field files; needs only the checkpoint."""
     cfg, model = load_model(ckpt, overrides)
     return get_task(cfg).predict(cfg, model, list(inputs), output, **options)
+
+
+def prepare(cfg: Config, **options: Any) -> dict[str, Any]:
+    """The task's data preparation (field files -> training-ready HDF5)."""
+    return get_task(cfg).prepare(cfg, **options)
+
+
+def analyze(cfg: Config, ckpt: Path | None = None, **options: Any) -> dict[str, Any]:
+    """Feature importance and residual analysis of a trained checkpoint; writes under the run's ``analysis/``."""
+    task = get_task(cfg)
+    ckpt = Path(ckpt) if ckpt is not None else default_checkpoint(cfg)
+    _, model = load_model(ckpt)
+    out_dir = cfg.run_dir / "analysis"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary = task.analyze(cfg, model, out_dir, **options)
+    update_metrics_json(cfg.run_dir, "analyze", summary)
+    return summary

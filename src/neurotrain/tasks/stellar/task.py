@@ -1,0 +1,220 @@
+"""The ``stellar`` task: stellar labels and abundances from LAMOST low-resolution spectra.
+
+Registration: wires the schema (``config.py``), the generator (``simulate.py``), the preprocessing
+pipeline (``preprocess.py``), the network (``models.py``), loss, metrics, baselines, evaluation,
+analysis and prediction of the sibling modules to the engine (see ``neurotrain.task.Task``).
+
+Training data come either from the generator on the training device (default; every batch is drawn,
+observed through a LAMOST-like instrument, and preprocessed by the same pipeline that real files go
+through) or from a prepared HDF5 file (``neurotrain prepare``: catalogue labels x FITS spectra), whose
+``split`` column holds the seed's 7:1:2 train/val/test split.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from neurotrain.config import Config
+from neurotrain.errors import ConfigError, DataError
+from neurotrain.registry import TASKS
+from neurotrain.task import EvalResult, Task
+from neurotrain.tasks.stellar.config import GENERATOR_LABELS, StellarConfig
+
+H5_KEYS = ("input", "target", "target_mask", "snr")
+
+
+def _cfg(cfg: Any) -> StellarConfig:
+    if not isinstance(cfg, StellarConfig):
+        raise ConfigError(f"config error: task: expected a stellar config (got {type(cfg).__name__})")
+    return cfg
+
+
+def generator_label_index(cfg: StellarConfig) -> list[int]:
+    """Positions of ``labels.names`` in the generator's label vector (``GENERATOR_LABELS``)."""
+    missing = [n for n in cfg.labels.names if n not in GENERATOR_LABELS]
+    if missing:
+        raise ConfigError(
+            f"config error: labels.names: the generator knows {list(GENERATOR_LABELS)} (got {missing}); "
+            "train labels it lacks from a prepared catalogue (data.path)"
+        )
+    return [GENERATOR_LABELS.index(n) for n in cfg.labels.names]
+
+
+def prepared_label_stats(path: Path, names: list[str]) -> tuple[list[float], list[float]] | None:
+    """Per-label mean and std stored by ``prepare`` in a prepared HDF5 file, in ``names`` order."""
+    import h5py
+
+    if not Path(path).is_file():
+        return None
+    with h5py.File(path, "r") as f:
+        if "label_mean" not in f.attrs or "label_names" not in f.attrs:
+            return None
+        stored = [s.decode() if isinstance(s, bytes) else str(s) for s in np.atleast_1d(f.attrs["label_names"])]
+        mean = np.asarray(f.attrs["label_mean"], dtype=float)
+        std = np.asarray(f.attrs["label_std"], dtype=float)
+    missing = [n for n in names if n not in stored]
+    if missing:
+        raise DataError(f"{path}: label_names: expected the configured labels {names} (missing {missing})")
+    idx = [stored.index(n) for n in names]
+    return [float(mean[i]) for i in idx], [float(std[i]) for i in idx]
+
+
+def label_stats(cfg: StellarConfig) -> tuple[list[float], list[float]]:
+    """Per-label normalisation (physical units): the config's, else the prepared file's, else the generator
+    prior's (uniform range: centre and width / sqrt(12))."""
+    names = cfg.labels.names
+    if cfg.labels.mean and cfg.labels.std:
+        if len(cfg.labels.mean) != len(names) or len(cfg.labels.std) != len(names):
+            raise ConfigError(
+                f"config error: labels.mean/std: expected {len(names)} values each (got "
+                f"{len(cfg.labels.mean)}, {len(cfg.labels.std)})"
+            )
+        return list(cfg.labels.mean), list(cfg.labels.std)
+    if cfg.data.path is not None:
+        stats = prepared_label_stats(cfg.data.path, names)
+        if stats is not None:
+            return stats
+    ranges = cfg.simulate.label_ranges
+    missing = [n for n in names if n not in ranges]
+    if missing:
+        raise ConfigError(f"config error: labels: no mean/std and no simulate.label_ranges for {missing}")
+    mean = [0.5 * (ranges[n][0] + ranges[n][1]) for n in names]
+    std = [max((ranges[n][1] - ranges[n][0]) / 12**0.5, 1e-6) for n in names]
+    return mean, std
+
+
+def draw_snr(n: int, snr_range: tuple[float, float], generator: torch.Generator, device: torch.device) -> torch.Tensor:
+    """S/N per pixel drawn log-uniform in ``snr_range``."""
+    lo, hi = (float(np.log(snr_range[0])), float(np.log(snr_range[1])))
+    u = torch.rand(n, generator=generator, device=device, dtype=torch.float64)
+    return torch.exp(lo + (hi - lo) * u)
+
+
+def simulate_spectra(
+    cfg: StellarConfig, labels: torch.Tensor, snr: torch.Tensor, generator: torch.Generator
+) -> dict[str, torch.Tensor]:
+    """Generator labels (B, 8) and S/N (B,) -> a batch in the engine's layout, observed and preprocessed
+    exactly as a real LAMOST file would be."""
+    from neurotrain.tasks.stellar.preprocess import network_input, preprocess_batch
+    from neurotrain.tasks.stellar.simulate import simulate_raw
+
+    raw = simulate_raw(labels, snr, cfg.simulate, generator, labels.device)
+    pre = preprocess_batch(raw, cfg.preprocess)
+    x = network_input(pre, cfg.model.in_channels)
+    idx = generator_label_index(cfg)
+    target = labels[:, idx].float()
+    keep = pre["keep"].to(torch.bool)
+    mask = keep[:, None].expand_as(target).clone()
+    return {"input": x, "target": target, "target_mask": mask, "snr": pre["snr"].float(), "labels_all": labels.float()}
+
+
+class StellarTask(Task):
+    """Stellar labels (Teff, log g, [Fe/H], [X/Fe]) with uncertainties from LAMOST low-resolution spectra."""
+
+    name = "stellar"
+    config_cls = StellarConfig
+
+    def build_model(self, cfg: Config) -> nn.Module:
+        from neurotrain.tasks.stellar.models import build_model
+
+        c = _cfg(cfg)
+        mean, std = label_stats(c)
+        return build_model(c, label_mean=mean, label_std=std)
+
+    def build_loss(self, cfg: Config) -> nn.Module:
+        from neurotrain.tasks.stellar.losses import build_loss
+
+        return build_loss(_cfg(cfg))
+
+    def build_metrics(self, cfg: Config) -> Any:
+        from neurotrain.tasks.stellar.metrics import build_metrics
+
+        return build_metrics(_cfg(cfg))
+
+    def forward(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> Any:
+        return model(batch["input"])
+
+    def update_metrics(self, metrics: Any, pred: Any, batch: dict[str, torch.Tensor]) -> None:
+        from neurotrain.tasks.stellar.metrics import update_collection
+
+        update_collection(metrics, pred, batch)
+
+    def simulate_batch(
+        self, cfg: Config, batch_size: int, generator: torch.Generator, device: torch.device
+    ) -> dict[str, torch.Tensor]:
+        from neurotrain.tasks.stellar.simulate import sample_labels
+
+        c = _cfg(cfg)
+        labels = sample_labels(batch_size, c.simulate, generator, device)
+        snr = draw_snr(batch_size, c.simulate.snr_range, generator, device)
+        batch = simulate_spectra(c, labels, snr, generator)
+        batch.pop("labels_all")
+        return batch
+
+    def h5_keys(self, cfg: Config) -> dict[str, str]:
+        return {k: k for k in H5_KEYS}
+
+    def datasets(self, cfg: Config) -> dict[str, Any] | None:
+        """A prepared file (``neurotrain prepare``) is split by its own ``split`` column (the seed's 7:1:2,
+        decided by spectrum id); a plain HDF5 of simulated batches falls back to the engine's fractions."""
+        import h5py
+
+        from neurotrain.io.hdf5 import H5Dataset
+
+        c = _cfg(cfg)
+        path = c.data.path
+        if path is None:
+            return None
+        if not Path(path).is_file():
+            raise DataError(f"{path}: data.path: file not found (run `neurotrain prepare` or `neurotrain simulate stellar`)")
+        with h5py.File(path, "r") as f:
+            if "split" not in f:
+                return None
+            split = np.asarray(f["split"][:])
+        keys = self.h5_keys(cfg)
+        return {name: H5Dataset(path, keys, indices=np.flatnonzero(split == i)) for i, name in enumerate(("train", "val", "test"))}
+
+    # ------------------------------------------------------------------ commands
+    def prepare(self, cfg: Config, **options: Any) -> dict[str, Any]:
+        """The seed's ``preprocessdata.py``: catalogues x FITS folders -> prepared HDF5 (resumable)."""
+        from neurotrain.tasks.stellar.prepare import prepare
+
+        return prepare(_cfg(cfg), **options)
+
+    def predict(self, cfg: Config, model: nn.Module, inputs: list[Path], output: Path | None, **options: Any) -> list[Path]:
+        from neurotrain.tasks.stellar.predict import predict_files
+
+        return predict_files(_cfg(cfg), model, inputs, output, **options)
+
+    def evaluate(self, cfg: Config, model: nn.Module | None, run_dir: Path, **options: Any) -> EvalResult:
+        from neurotrain.tasks.stellar.evaluate import evaluate
+
+        return evaluate(_cfg(cfg), model, run_dir, **options)
+
+    def analyze(self, cfg: Config, model: nn.Module, run_dir: Path, **options: Any) -> dict[str, Any]:
+        from neurotrain.tasks.stellar.analysis import analyze
+
+        return analyze(_cfg(cfg), model, run_dir, **options)
+
+    def search_space(self, trial: Any) -> dict[str, Any]:
+        return {
+            "optim.lr": trial.suggest_float("optim.lr", 1e-4, 3e-3, log=True),
+            "model.base_channels": trial.suggest_categorical("model.base_channels", [16, 32, 48]),
+            "model.dropout": trial.suggest_float("model.dropout", 0.0, 0.3),
+            "model.blocks_per_group": trial.suggest_int("model.blocks_per_group", 1, 3),
+        }
+
+    def example_input(self, cfg: Config) -> tuple[torch.Tensor, ...]:
+        from neurotrain.tasks.stellar.preprocess import rest_grid
+
+        c = _cfg(cfg)
+        m = int(rest_grid(c.preprocess).numel())
+        return (torch.rand(1, c.model.in_channels, m),)
+
+
+TASKS.register("stellar")(StellarTask())
