@@ -1,0 +1,228 @@
+"""``SpectralResCNN``: the seed's residual convolutional network for stellar labels, and its builder.
+
+Layout (the seed's "input conv, three residual groups, fully connected head"):
+
+* input convolution (``kernel_size``, stride ``downsample``) + batch norm + ReLU on the (B, C, M) input
+  (C = 1: continuum-normalised flux; C = 2: flux and its normalised inverse error, see
+  ``preprocess.network_input``);
+* three residual groups of ``blocks_per_group`` 1D residual blocks (He et al. 2016, ``nn.blocks``), widths
+  ``base_channels`` x (1, 2, 4), each group's first block strided by ``downsample``;
+* pooling to ``pool_size`` wavelength segments (``pool_size`` 1 = global average pooling). A spectrum's
+  information is in *where* a line is as much as in its shape, and global pooling throws the position away;
+  a few segments keep coarse position (which part of the spectrum) at the cost of
+  ``4 base_channels x pool_size x hidden`` head weights;
+* fully connected head with dropout (the layers MC dropout samples): ``hidden`` units, then ``2L`` outputs
+  (normalised means, then log variances: the heteroscedastic head) or ``L`` (means only).
+
+Labels are learned in normalised units, ``(label - label_mean) / label_std`` per label; the buffers
+``label_mean`` / ``label_std`` (physical units: K, dex) travel with the checkpoint and
+:meth:`SpectralResCNN.to_physical` converts the output back. The forward pass has no data-dependent control
+flow, so it exports to ONNX.
+
+Size at the defaults (``base_channels`` 16, two blocks per group, kernel 7, ``pool_size`` 16, ``hidden``
+256, 7 labels): about 0.40 M parameters, the size of the issue's reference net (0.43 M).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from neurotrain.errors import ConfigError
+from neurotrain.nn.blocks import ResidualBlock
+
+if TYPE_CHECKING:
+    from neurotrain.tasks.stellar.config import StellarConfig
+
+#: the log variance is clamped to this range before exp(): sigma stays within [e^-10, e^10] label std,
+#: far outside anything a trained head predicts, so the clamp only guards against inf/NaN
+LOGVAR_CLAMP = (-20.0, 20.0)
+
+#: std of a uniform distribution on [a, b] is (b - a) / sqrt(12)
+_UNIFORM_STD = 1.0 / math.sqrt(12.0)
+
+
+class SegmentPool(nn.Module):
+    """Average over ``segments`` equal wavelength segments: (B, C, N) -> (B, C, segments).
+
+    Like ``AdaptiveAvgPool1d`` but exportable by both ONNX exporters for any N: the map is zero-padded on the
+    right to ``segments x ceil(N / segments)`` and averaged in blocks (the last segment's few padded zeros
+    are a fixed scale the head learns around). ``segments`` 1 is global average pooling.
+    """
+
+    def __init__(self, segments: int) -> None:
+        super().__init__()
+        self.segments = int(segments)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, c, n = x.shape
+        # ceil(n / segments) with non-negative operands only: ONNX's Div truncates towards zero, so the
+        # -(-n // s) idiom would round the wrong way in a traced graph
+        k = (n + self.segments - 1) // self.segments
+        x = nn.functional.pad(x, (0, k * self.segments - n))
+        return x.reshape(b, c, self.segments, k).mean(-1)
+
+
+class SpectralResCNN(nn.Module):
+    """Residual 1D CNN: (B, C, M) spectra -> (B, 2L) [normalised means, log variances] or (B, L).
+
+    Args:
+        in_channels: input channels (1 flux, 2 flux + inverse error).
+        n_labels: number of labels L.
+        base_channels: width of the input conv and the first group; the groups are x1, x2, x4.
+        blocks_per_group: residual blocks per group.
+        kernel_size: odd convolution kernel (pixels; at LAMOST's 69 km/s per pixel, 7 px spans ~480 km/s,
+            about 3 resolution elements at R 1800).
+        downsample: stride of the input conv and of each group's first block.
+        hidden: units of the fully connected layer.
+        dropout: dropout before and after the hidden layer (MC dropout uses these).
+        heteroscedastic: also predict a log variance per label.
+        label_mean, label_std: per-label normalisation in physical units (defaults 0 and 1).
+        pool_size: wavelength segments kept by the pooling (1 = global average pooling).
+        se_reduction: squeeze-and-excitation ratio in the residual blocks (``None`` = off).
+        min_sigma: floor of the predicted sigma in normalised units (added in quadrature, as the loss does).
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 2,
+        n_labels: int = 7,
+        base_channels: int = 16,
+        blocks_per_group: int = 2,
+        kernel_size: int = 7,
+        downsample: int = 2,
+        hidden: int = 256,
+        dropout: float = 0.1,
+        heteroscedastic: bool = True,
+        label_mean: Sequence[float] | Tensor | None = None,
+        label_std: Sequence[float] | Tensor | None = None,
+        pool_size: int = 16,
+        se_reduction: int | None = None,
+        min_sigma: float = 1e-3,
+    ) -> None:
+        super().__init__()
+        if kernel_size % 2 == 0:
+            raise ConfigError(f"model.kernel_size: expected an odd number (got {kernel_size})")
+        self.n_labels = int(n_labels)
+        self.heteroscedastic = bool(heteroscedastic)
+        self.min_sigma = float(min_sigma)
+        mean = torch.zeros(n_labels) if label_mean is None else torch.as_tensor(label_mean, dtype=torch.float32)
+        std = torch.ones(n_labels) if label_std is None else torch.as_tensor(label_std, dtype=torch.float32)
+        if mean.shape != (n_labels,) or std.shape != (n_labels,):
+            raise ConfigError(
+                f"labels.mean/std: expected {n_labels} values each (got {tuple(mean.shape)}, {tuple(std.shape)})"
+            )
+        if not bool(torch.all(std > 0)):
+            raise ConfigError(f"labels.std: expected positive values (got {std.tolist()})")
+        self.register_buffer("label_mean", mean.clone())
+        self.register_buffer("label_std", std.clone())
+
+        self.stem = nn.Sequential(
+            nn.Conv1d(in_channels, base_channels, kernel_size, stride=downsample, padding=kernel_size // 2, bias=False),
+            nn.BatchNorm1d(base_channels),
+            nn.ReLU(inplace=True),
+        )
+        widths = [base_channels, 2 * base_channels, 4 * base_channels]
+        groups: list[nn.Module] = []
+        cin = base_channels
+        for w in widths:
+            blocks = [ResidualBlock(cin, w, 1, kernel_size, downsample, se_reduction)]
+            blocks += [ResidualBlock(w, w, 1, kernel_size, 1, se_reduction) for _ in range(blocks_per_group - 1)]
+            groups.append(nn.Sequential(*blocks))
+            cin = w
+        self.groups = nn.Sequential(*groups)
+        self.pool = SegmentPool(pool_size)
+        n_out = 2 * n_labels if heteroscedastic else n_labels
+        self.head = nn.Sequential(
+            nn.Flatten(1),
+            nn.Dropout(dropout),
+            nn.Linear(cin * pool_size, hidden),
+            nn.ReLU(inplace=True),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, n_out),
+        )
+        # start at the prior: mean = label_mean, sigma = label_std (log variance 0); gradients still reach
+        # the zeroed layer through its non-zero input
+        nn.init.zeros_(self.head[-1].weight)
+        nn.init.zeros_(self.head[-1].bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, C, M) network input -> (B, 2L) normalised means then log variances, or (B, L)."""
+        return self.head(self.pool(self.groups(self.stem(x))))
+
+    def to_physical(self, out: Tensor) -> tuple[Tensor, Tensor]:
+        """Network output -> (mean (B, L), sigma (B, L)) in physical units (K, dex).
+
+        sigma = sqrt(exp(log_var) + min_sigma^2) x label_std (the loss's floor); the log variance is clamped
+        to :data:`LOGVAR_CLAMP` first, so the result is finite for any finite output. A mean-only model
+        returns sigma 0 (no aleatoric uncertainty predicted).
+        """
+        L = self.n_labels
+        mean = out[:, :L].float() * self.label_std + self.label_mean
+        if out.shape[1] >= 2 * L:
+            logvar = out[:, L : 2 * L].float().clamp(*LOGVAR_CLAMP)
+            sigma = torch.sqrt(torch.exp(logvar) + self.min_sigma**2) * self.label_std
+        else:
+            sigma = torch.zeros_like(mean)
+        return mean, sigma
+
+
+def label_stats(cfg: StellarConfig) -> tuple[list[float], list[float]]:
+    """Per-label normalisation (mean, std) in physical units for ``cfg.labels.names``.
+
+    ``cfg.labels.mean``/``std`` when given; else the generator's uniform prior ``simulate.label_ranges``
+    [a, b]: mean (a + b) / 2, std (b - a) / sqrt(12) (a zero-width range gets std 1).
+    """
+    names = cfg.labels.names
+    if cfg.labels.mean or cfg.labels.std:
+        if len(cfg.labels.mean) != len(names) or len(cfg.labels.std) != len(names):
+            raise ConfigError(
+                f"labels.mean/std: expected {len(names)} values each, one per label in labels.names "
+                f"(got {len(cfg.labels.mean)}, {len(cfg.labels.std)})"
+            )
+        return [float(v) for v in cfg.labels.mean], [float(v) for v in cfg.labels.std]
+    ranges = cfg.simulate.label_ranges
+    missing = [n for n in names if n not in ranges]
+    if missing:
+        raise ConfigError(
+            f"labels.names: {', '.join(missing)} has no simulate.label_ranges entry and labels.mean/std are empty "
+            f"(expected stats for every label)"
+        )
+    mean = [0.5 * (ranges[n][0] + ranges[n][1]) for n in names]
+    std = [(ranges[n][1] - ranges[n][0]) * _UNIFORM_STD or 1.0 for n in names]
+    return mean, std
+
+
+def build_model(
+    cfg: StellarConfig, label_mean: Sequence[float] | None = None, label_std: Sequence[float] | None = None
+) -> SpectralResCNN:
+    """The network of ``cfg.model`` for ``cfg.labels.names``; label stats default to :func:`label_stats`."""
+    m = cfg.model
+    if label_mean is None or label_std is None:
+        dm, ds = label_stats(cfg)
+        label_mean = dm if label_mean is None else label_mean
+        label_std = ds if label_std is None else label_std
+    return SpectralResCNN(
+        in_channels=m.in_channels,
+        n_labels=len(cfg.labels.names),
+        base_channels=m.base_channels,
+        blocks_per_group=m.blocks_per_group,
+        kernel_size=m.kernel_size,
+        downsample=m.downsample,
+        hidden=m.hidden,
+        dropout=m.dropout,
+        heteroscedastic=m.heteroscedastic,
+        label_mean=label_mean,
+        label_std=label_std,
+        pool_size=m.pool_size,
+        se_reduction=m.se_reduction,
+        min_sigma=cfg.loss.min_sigma,
+    )
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
