@@ -155,7 +155,8 @@ class ModelSection(Section):
     name: Literal["SpectralResCNN"] = "SpectralResCNN"
     #: channels fed to the network: normalised flux, and its normalised inverse error
     in_channels: Literal[1, 2] = 2
-    base_channels: int = Field(32, ge=4)
+    #: width of the input conv and the first residual group; the three groups are x1, x2, x4
+    base_channels: int = Field(16, ge=4)
     blocks_per_group: int = Field(2, ge=1)
     kernel_size: int = Field(7, ge=3)
     #: stride of the first conv and of each group's first block (downsampling along wavelength)
@@ -164,12 +165,22 @@ class ModelSection(Section):
     dropout: float = Field(0.1, ge=0, lt=1)
     #: predict a variance per label (Gaussian negative log-likelihood); off = mean only (MSE)
     heteroscedastic: bool = True
+    #: wavelength segments kept by the pooling before the head (1 = global average pooling); a few segments
+    #: keep where along the spectrum a feature sits
+    pool_size: int = Field(16, ge=1)
+    #: squeeze-and-excitation ratio inside the residual blocks (null = off)
+    se_reduction: int | None = Field(None, ge=1)
 
 
 class LossSection(Section):
     name: Literal["gaussian_nll", "mse"] = "gaussian_nll"
     #: floor on the predicted standard deviation in normalised label units, to keep the NLL finite
+    #: (added in quadrature: var = exp(log_var) + min_sigma^2, smooth, so the gradient never vanishes)
     min_sigma: float = Field(1e-3, gt=0)
+    #: beta-NLL exponent (Seitzer et al. 2022, ICLR): each label's NLL is weighted by its detached variance
+    #: ** beta; 0 = plain NLL, 0.5 their recommendation (the mean is not starved where sigma is large),
+    #: 1 = MSE-like gradients for the mean. The variance's optimum is unchanged for any beta.
+    beta: float = Field(0.5, ge=0, le=1)
 
 
 class UncertaintySection(Section):
