@@ -219,3 +219,19 @@ def test_cuda_probe_respects_cap() -> None:
     with torch.inference_mode():
         ref = model(x[:8].cuda()).cpu()
     torch.testing.assert_close(out[:8], ref, atol=1e-3, rtol=1e-3)  # cuDNN may pick TF32 algorithms per batch size
+
+
+def test_optimise_for_inference_matches_the_model_and_leaves_it_alone() -> None:
+    from neurotrain.engine.inference import optimise_for_inference
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv1d(2, 8, 5, padding=2), nn.BatchNorm1d(8), nn.ReLU(), nn.Conv1d(8, 3, 1))
+    model.train()
+    x = torch.randn(4, 2, 50)
+    fast = optimise_for_inference(model, x, "bf16", compile=False)  # bf16 only applies on CUDA
+    model.eval()
+    with torch.no_grad():
+        ref = model(x)
+    assert torch.equal(fast(x), ref)
+    assert all(p.requires_grad for p in model.parameters())
+    assert fast(x[:1]).shape == (1, 3, 50)
