@@ -85,3 +85,51 @@ def test_onnx_export_matches_torch(tmp_path) -> None:
     assert (tmp_path / "m.onnx").is_file()
     assert report.max_abs_error is not None and report.max_abs_error < 1e-4
     assert report.max_abs_error_other_batch is not None and report.max_abs_error_other_batch < 1e-4
+
+
+class _Const(torch.nn.Module):
+    """A 'network' predicting a fixed normalised mean and log variance for every spectrum."""
+
+    def __init__(self, mu: float, logvar: float) -> None:
+        super().__init__()
+        self.out = torch.tensor([mu, logvar])
+
+    def forward(self, x):
+        return self.out.expand(x.shape[0], 2)
+
+    def to_physical(self, out):
+        return out[:, :1] * 10.0 + 100.0, torch.exp(0.5 * out[:, 1:]) * 10.0
+
+
+def test_predict_labels_total_variance_of_an_ensemble() -> None:
+    from neurotrain.tasks.stellar.postprocess import predict_labels
+
+    x = torch.zeros(5, 1, 8)
+    res = predict_labels(_Const(-1.0, 0.0), x, ensemble=[_Const(1.0, 0.0)], batch_size=2)
+    # member means 90 and 110 (sigma 10 each): mean 100, aleatoric 10, epistemic 10, total 10 sqrt 2
+    torch.testing.assert_close(res["mean"], torch.full((5, 1), 100.0))
+    torch.testing.assert_close(res["sigma_aleatoric"], torch.full((5, 1), 10.0))
+    torch.testing.assert_close(res["sigma_epistemic"], torch.full((5, 1), 10.0))
+    torch.testing.assert_close(res["sigma"], torch.full((5, 1), 10.0 * math.sqrt(2.0)))
+
+
+def test_predict_labels_mc_dropout_restores_modes() -> None:
+    from neurotrain.tasks.stellar.postprocess import predict_labels
+
+    torch.manual_seed(0)
+    m = SpectralResCNN(n_labels=2, base_channels=8, hidden=32, pool_size=4, dropout=0.3,
+                       label_mean=[5000.0, 0.0], label_std=[500.0, 0.3])
+    torch.nn.init.normal_(m.head[-1].weight, std=0.3)
+    m.train()
+    bn = m.stem[1]
+    running = bn.running_mean.clone()
+    x = torch.randn(6, 2, 256)
+    det = predict_labels(m, x)
+    assert torch.all(det["sigma_epistemic"] == 0)
+    mc = predict_labels(m, x, mc_samples=16, batch_size=32)
+    assert torch.all(mc["sigma_epistemic"] > 0)
+    assert torch.all(mc["sigma"] >= mc["sigma_aleatoric"])
+    torch.testing.assert_close(bn.running_mean, running)  # batch norm never ran in training mode
+    assert m.training and m.head[1].training  # modes restored
+    m.eval()
+    torch.testing.assert_close(det["mean"], m.to_physical(m(x))[0])
