@@ -92,6 +92,16 @@ class Task:
         ``data.path`` split by ``data.splits``, or on-the-fly simulation."""
         return None
 
+    def loader_options(self, cfg: Config, split: str, dataset: Dataset) -> dict[str, Any]:
+        """Extra ``DataLoader`` arguments for the task's own datasets (``collate_fn``, ``sampler``); a
+        ``sampler`` replaces the engine's shuffling."""
+        return {}
+
+    def on_batch(self, cfg: Config, batch: Any, training: bool) -> Any:
+        """A batch just moved to the training device (after on-the-fly simulation): the place for on-device
+        augmentation of the training batches. Returns the batch to use."""
+        return batch
+
     def h5_keys(self, cfg: Config) -> dict[str, str]:
         """Map batch keys -> HDF5 dataset names when training from a file."""
         return {"input": "input", "target": "target"}

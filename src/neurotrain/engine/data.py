@@ -100,6 +100,9 @@ class TaskDataModule(L.LightningDataModule):
         ds = self.sets[split]
         whole_batches = isinstance(ds, SimulatedBatches)
         workers = d.num_workers
+        extra = {} if whole_batches else dict(self.task.loader_options(self.cfg, split, ds))
+        if extra.get("sampler") is not None:
+            shuffle = False  # the task's sampler decides the order
         return DataLoader(
             ds,
             batch_size=None if whole_batches else d.batch_size,
@@ -108,6 +111,7 @@ class TaskDataModule(L.LightningDataModule):
             pin_memory=d.pin_memory,
             persistent_workers=d.persistent_workers and workers > 0,
             drop_last=False,
+            **extra,
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -94,7 +94,8 @@ class TaskModule(L.LightningModule):
             gen.manual_seed(seed)
             with torch.no_grad():
                 batch = self.task.simulate_batch(self.cfg, size, gen, self.device)
-        return batch
+        training = self._trainer is not None and self._trainer.training
+        return self.task.on_batch(self.cfg, batch, training)
 
     @staticmethod
     def _batch_size(batch: Any) -> int:
