@@ -1,0 +1,13 @@
+"""The ``vision`` task: segmentation, classification and detection of plain images (2D PNG/TIFF/JPEG, 3D NIfTI).
+
+Rooms beyond the common ones (task.py, config.py, models.py, losses.py, metrics.py, baseline.py,
+postprocess.py, predict.py, evaluate.py, plots.py):
+
+* ``data_config.py``: config sections of datasets, samplers and augmentation;
+* ``datasets.py``: image/mask folders, image folders, CSV, COCO JSON, hybrid mixes, ``detection_collate``;
+* ``layouts.py``: named local layouts (DRIVE, CHASE_DB1, STARE, ISIC, BTCV, BraTS, MNIST, CIFAR);
+* ``samplers.py``: weighted, class-balanced and priority samplers;
+* ``augment.py``: batch augmentations on the device (image and target together);
+* ``synthetic.py``: the demo's synthetic shape sets;
+* ``explain.py``: Grad-CAM and integrated-gradients maps for classifiers (captum).
+"""
