@@ -56,6 +56,11 @@ class ReadSection(Section):
     id_column: str = "spec"
     #: file-name patterns searched inside an input folder
     patterns: list[str] = Field(default_factory=lambda: ["*.fits", "*.fits.gz", "*.fit", "*.csv", "*.h5", "*.hdf5"])
+    #: read the two plain LAMOST layouts with a NumPy FITS parser (``fits_fast.py``, ~20x faster per file than
+    #: astropy); anything it does not recognise falls back to astropy, so results are the same either way
+    fast_fits: bool = True
+    #: search input folders recursively
+    recursive: bool = True
 
 
 class PreprocessSection(Section):
@@ -69,6 +74,11 @@ class PreprocessSection(Section):
     mask_bad_pixels: bool = True
     #: pixels with |flux - running median| > clip_sigma * sigma are treated as bad (cosmics, sky residuals)
     clip_sigma: float = Field(6.0, gt=0)
+    #: running-median window (pixels, odd) the spike test compares against; wider than a line core (~2.5 px FWHM)
+    clip_window_px: int = Field(9, ge=3)
+    #: the spike test's noise floor as a fraction of the local median, so that real structure between deep
+    #: lines of a high-S/N spectrum is not mistaken for a cosmic ray (only positive spikes are clipped)
+    clip_rel_floor: float = Field(0.2, ge=0)
     denoise: bool = False
     #: Gaussian denoising kernel width in pixels (sigma); small compared with the LSF (~2.5 px FWHM at R 1800)
     denoise_sigma_px: float = Field(0.7, gt=0)
@@ -85,12 +95,23 @@ class PreprocessSection(Section):
     #: asymmetric clipping: absorption lines lie below the continuum, so low points are clipped harder
     clip_low_sigma: float = Field(1.5, gt=0)
     clip_high_sigma: float = Field(3.0, gt=0)
+    #: floor of the relative residual scatter the clipping uses (a noiseless spectrum would have none)
+    continuum_min_scatter: float = Field(1e-3, gt=0)
+    #: Tikhonov term of the continuum's normal equations, relative to their mean diagonal (keeps an arm
+    #: with almost no good pixels solvable; far below any real signal)
+    continuum_ridge: float = Field(1e-9, ge=0)
+    #: an output pixel whose bin is covered by bad/absent input pixels for more than this fraction gets ivar 0
+    max_bad_overlap: float = Field(0.25, ge=0, lt=1)
     #: final normalisation: clip normalised flux to this range (absorption cannot go below 0; emission spikes)
     final_clip: tuple[float, float] = (0.0, 2.0)
     #: spectra with median S/N per pixel below this are dropped (the seed: S/N < 3 cannot be processed)
     min_snr: float = Field(3.0, ge=0)
     #: spectra with fewer good pixels than this fraction of the grid are dropped
     min_good_fraction: float = Field(0.5, gt=0, le=1)
+    #: channel 1 of the network input is sqrt(ivar) of the normalised flux divided by this (S/N 100 -> 1.0),
+    #: capped at ``inv_sigma_max`` so one over-confident pixel cannot dominate
+    inv_sigma_scale: float = Field(100.0, gt=0)
+    inv_sigma_max: float = Field(5.0, gt=0)
 
     @model_validator(mode="after")
     def _grid_order(self) -> "PreprocessSection":
