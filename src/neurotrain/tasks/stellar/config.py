@@ -241,8 +241,24 @@ class BaselineSection(Section):
     early_stopping_rounds: int = Field(30, ge=1)
     #: the trees see the spectrum binned by this many pixels (their users' usual feature reduction)
     bin_pixels: int = Field(4, ge=1)
+    #: LightGBM leaves per tree (its users keep it below 2**max_depth); both: row / feature subsampling
+    num_leaves: int = Field(31, ge=2)
+    subsample: float = Field(0.8, gt=0, le=1)
+    colsample: float = Field(0.8, gt=0, le=1)
+    #: share of the baseline training set held out for early stopping
+    val_fraction: float = Field(0.1, gt=0, lt=1)
+    #: where XGBoost builds its trees ("auto": the GPU when there is one); LightGBM runs on the CPU
+    tree_device: Literal["auto", "cpu", "cuda"] = "auto"
     #: The Cannon: ridge on the quadratic coefficients (0 = plain least squares)
     cannon_regularization: float = Field(0.0, ge=0)
+    #: The Cannon's training: coefficient fit <-> per-pixel scatter s^2 rounds (Ness et al. 2015 iterate)
+    cannon_iterations: int = Field(2, ge=1)
+    #: The Cannon's test step: Levenberg-Marquardt from the linear-model solution, the training mean and
+    #: this many training-set label vectors; the best chi^2 wins
+    cannon_starts: int = Field(2, ge=0)
+    cannon_max_steps: int = Field(40, ge=1)
+    #: spectra per batch of The Cannon's test step
+    cannon_batch: int = Field(1024, ge=1)
     n_jobs: int = Field(2, ge=1)
 
 
