@@ -1,0 +1,366 @@
+"""Vision datasets: image/mask folders, image folders, CSV labels, COCO JSON, NIfTI volumes, mixes.
+
+Every dataset returns the sample dicts described in :mod:`.dataset_base` (``image``,
+``mask`` | ``label`` | ``boxes``+``labels``, ``path``, ``index``). ``build_dataset(spec,
+split)`` builds any registered dataset by name (``neurotrain.registry.DATASETS``);
+``build_training_dataset`` honours a ``HybridSection`` and a ``PatchSection``.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from neurotrain.errors import DataError
+from neurotrain.registry import DATASETS
+from neurotrain.tasks.vision.coco import CocoDetection
+from neurotrain.tasks.vision.data_config import DatasetSpec, HybridSection, PatchSection
+from neurotrain.tasks.vision.dataset_base import (
+    IMAGE_SUFFIXES,
+    VisionDataset,
+    image_header,
+    list_files,
+    read_image,
+    read_mask,
+    require_dir,
+    resize_pair,
+    split_folder,
+    split_indices,
+)
+from neurotrain.tasks.vision.volumes import NiftiSegmentation
+
+__all__ = [
+    "CocoDetection",
+    "CsvClassification",
+    "HybridDataset",
+    "ImageFolderClassification",
+    "NiftiSegmentation",
+    "SegmentationFolder",
+    "build_dataset",
+    "build_training_dataset",
+    "detection_collate",
+]
+
+
+class SegmentationFolder(VisionDataset):
+    """Pairs of image and mask files.
+
+    Either ``pairs`` is given (named layouts build it), or ``spec.root`` holds
+    ``<image_dir>/<stem><image_suffix>`` and ``<mask_dir>/<stem><mask_suffix>`` (in
+    ``root/<split>/`` when that folder exists, otherwise split by ``spec.split_fractions``).
+    Up front it checks that each image has its mask and that their header sizes agree.
+    """
+
+    kind = "segmentation"
+
+    def __init__(self, spec: DatasetSpec, split: str = "train", pairs: Sequence[tuple[Path, Path]] | None = None,
+                 presplit: bool = False) -> None:
+        super().__init__(spec, split)
+        if pairs is None:
+            root = require_dir(Path(spec.root or "."), "dataset root")
+            base = split_folder(root, split)
+            presplit = base is not None
+            base = base or root
+            img_dir = base / (spec.image_dir or "images")
+            msk_dir = base / (spec.mask_dir or "masks")
+            isuf, msuf = spec.image_suffix or ".png", spec.mask_suffix or ".png"
+            images = list_files(img_dir, isuf)
+            pairs = [(p, msk_dir / (p.name[: len(p.name) - len(isuf)] + msuf)) for p in images]
+        pairs = list(pairs)
+        if not pairs:
+            raise DataError(f"{spec.root}: image/mask pairs: expected at least one (got none)")
+        if not presplit:
+            pairs = [pairs[k] for k in split_indices(len(pairs), spec.split_fractions, spec.split_seed, split)]
+        self.pairs = self._validate(pairs)
+        self.class_names = [f"class{k}" for k in range(spec.n_classes)]
+
+    def _validate(self, pairs: list[tuple[Path, Path]]) -> list[tuple[Path, Path]]:
+        good = []
+        for img, msk in pairs:
+            try:
+                if not msk.is_file():
+                    raise DataError(f"{img}: mask: expected {msk} (got no file)")
+                hi, wi, _ = image_header(img)
+                hm, wm, _ = image_header(msk)
+                if (hi, wi) != (hm, wm):
+                    raise DataError(f"{msk}: mask shape: expected {hi}x{wi} like its image {img.name} (got {hm}x{wm})")
+                if self.spec.validate_files == "full":
+                    self._load_pair(img, msk)
+            except DataError as exc:
+                if self.spec.on_bad_file == "error":
+                    raise
+                self.skip(img, str(exc))
+                continue
+            good.append((img, msk))
+        if not good:
+            raise DataError(f"{self.spec.root}: image/mask pairs: expected at least one good pair (got {len(pairs)} bad)")
+        return good
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def item_path(self, i: int) -> str:
+        return str(self.pairs[i][0])
+
+    def _load_pair(self, img: Path, msk: Path) -> tuple[torch.Tensor, torch.Tensor]:
+        image = read_image(img, self.spec.channels, self.spec.convert_gray)
+        mask = read_mask(msk, self.spec.n_classes, self.spec.label_map)
+        if tuple(mask.shape) != tuple(image.shape[-2:]):
+            raise DataError(f"{msk}: mask shape: expected {tuple(image.shape[-2:])} like its image (got {tuple(mask.shape)})")
+        return image, mask
+
+    def load(self, i: int) -> dict[str, Any]:
+        image, mask = self._load_pair(*self.pairs[i])
+        image, mask = resize_pair(image, mask, self.spec.size)
+        return {"image": image, "mask": mask, "path": str(self.pairs[i][0])}
+
+    def sample_labels(self) -> torch.Tensor:
+        """Foreground presence (0/1) per sample, from the masks only."""
+        out = []
+        for _, msk in self.pairs:
+            try:
+                out.append(int(bool((read_mask(msk, self.spec.n_classes, self.spec.label_map) > 0).any())))
+            except DataError:
+                out.append(0)
+        return torch.tensor(out, dtype=torch.int64)
+
+
+class _ClassificationBase(VisionDataset):
+    """A list of (image path, class index) with lazily decoded images."""
+
+    kind = "classification"
+    items: list[tuple[Path, int]]
+
+    def _finish(self, items: list[tuple[Path, int]], presplit: bool) -> None:
+        if not presplit:  # stratified: every class is split by the same fractions
+            labels = np.asarray([c for _, c in items])
+            keep: list[int] = []
+            for c in np.unique(labels):
+                idx = np.flatnonzero(labels == c)
+                keep += idx[split_indices(len(idx), self.spec.split_fractions, self.spec.split_seed + int(c), self.split)].tolist()
+            items = [items[k] for k in sorted(keep)]
+        if not items:
+            raise DataError(f"{self.spec.root}: {self.split} split: expected at least one image (got none)")
+        good = []
+        for p, c in items:
+            try:
+                if self.spec.validate_files == "full":
+                    read_image(p, self.spec.channels, self.spec.convert_gray)
+                else:
+                    image_header(p)
+            except DataError as exc:
+                if self.spec.on_bad_file == "error":
+                    raise
+                self.skip(p, str(exc))
+                continue
+            good.append((p, c))
+        if not good:
+            raise DataError(f"{self.spec.root}: images: expected at least one readable image (got {len(items)} bad)")
+        self.items = good
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def item_path(self, i: int) -> str:
+        return str(self.items[i][0])
+
+    def load(self, i: int) -> dict[str, Any]:
+        path, label = self.items[i]
+        image, _ = resize_pair(read_image(path, self.spec.channels, self.spec.convert_gray), None, self.spec.size)
+        return {"image": image, "label": torch.tensor(label, dtype=torch.int64), "path": str(path)}
+
+    def sample_labels(self) -> torch.Tensor:
+        return torch.tensor([c for _, c in self.items], dtype=torch.int64)
+
+
+class ImageFolderClassification(_ClassificationBase):
+    """``root/<class>/*.png|jpg|tif...`` (or ``root/<split>/<class>/...``); classes in sorted order."""
+
+    def __init__(self, spec: DatasetSpec, split: str = "train") -> None:
+        super().__init__(spec, split)
+        root = require_dir(Path(spec.root or "."), "dataset root")
+        base = split_folder(root, split)
+        presplit = base is not None
+        base = base or root
+        found = sorted(d.name for d in base.iterdir() if d.is_dir() and not d.name.startswith("."))
+        names = spec.class_names or found
+        if not names:
+            raise DataError(f"{base}: class folders: expected one sub-folder per class (got none)")
+        missing = sorted(set(names) - set(found))
+        if missing:
+            raise DataError(f"{base}: class folders: expected {missing} (got {found})")
+        self.class_names = list(names)
+        suffixes = (spec.image_suffix,) if spec.image_suffix else IMAGE_SUFFIXES
+        items = [(p, k) for k, name in enumerate(names) for p in list_files(base / name, suffixes)]
+        self._finish(items, presplit)
+
+
+class CsvClassification(_ClassificationBase):
+    """A CSV with ``path_column`` (relative to the CSV's folder) and ``label_column`` (class index or name)."""
+
+    def __init__(self, spec: DatasetSpec, split: str = "train") -> None:
+        super().__init__(spec, split)
+        root = require_dir(Path(spec.root or "."), "dataset root")
+        base = split_folder(root, split)
+        presplit = base is not None and (base / spec.csv_file).is_file()
+        table = (base if presplit else root) / spec.csv_file
+        if not table.is_file():
+            raise DataError(f"{table}: CSV file: expected a file with columns {spec.path_column},{spec.label_column} (got no file)")
+        with table.open(newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            cols = reader.fieldnames or []
+            for col in (spec.path_column, spec.label_column):
+                if col not in cols:
+                    raise DataError(f"{table}: columns: expected a column {col!r} (got {cols})")
+            rows = [(r[spec.path_column], (r[spec.label_column] or "").strip()) for r in reader]
+        if not rows:
+            raise DataError(f"{table}: rows: expected at least one (path, label) row (got none)")
+        raw = [lab for _, lab in rows]
+        if spec.class_names:
+            names = list(spec.class_names)
+        elif all(lab.lstrip("-").isdigit() for lab in raw):
+            names = [str(k) for k in range(spec.n_classes)]
+        else:
+            names = sorted(set(raw))
+        index = {n: k for k, n in enumerate(names)}
+        items = []
+        for line, (p, lab) in enumerate(rows, start=2):
+            k = index.get(lab)
+            if k is None and lab.lstrip("-").isdigit() and not spec.class_names:
+                k = int(lab)
+            if k is None or not 0 <= k < max(len(names), 1):
+                raise DataError(f"{table}: line {line}: label: expected one of {names[:10]} (got {lab!r})")
+            items.append((table.parent / p, k))
+        self.class_names = names
+        self._finish(items, presplit)
+
+
+class HybridDataset(torch.utils.data.Dataset):
+    """Several datasets mixed by ``ratios`` in epochs of ``epoch_length`` samples.
+
+    Per epoch, dataset k contributes ``round(ratio_k * epoch_length)`` samples (largest
+    remainders make the counts sum to ``epoch_length``), drawn without replacement from a
+    fresh permutation (cycled when it needs more than it has), then all are shuffled together.
+    Call ``set_epoch(e)`` for a new draw. Samples carry ``source`` (the dataset's position).
+    """
+
+    def __init__(self, datasets: Sequence[torch.utils.data.Dataset], ratios: Sequence[float] | None = None,
+                 epoch_length: int | None = None, seed: int = 0) -> None:
+        if not datasets:
+            raise DataError("hybrid: datasets: expected at least one dataset (got none)")
+        kinds = {getattr(d, "kind", None) for d in datasets}
+        if len(kinds) > 1:
+            raise DataError(f"hybrid: datasets: expected one kind of target (got {sorted(map(str, kinds))})")
+        self.kind = kinds.pop()
+        self.datasets = list(datasets)
+        r = np.asarray(ratios if ratios is not None else [1.0] * len(datasets), dtype=np.float64)
+        if len(r) != len(self.datasets) or (r < 0).any() or r.sum() <= 0:
+            raise DataError(f"hybrid: ratios: expected {len(self.datasets)} values >= 0 with a positive sum (got {r.tolist()})")
+        self.ratios = r / r.sum()
+        self.epoch_length = int(epoch_length or sum(len(d) for d in self.datasets))
+        self.seed = seed
+        self.class_names = getattr(self.datasets[0], "class_names", [])
+        self.set_epoch(0)
+
+    def counts(self) -> np.ndarray:
+        exact = self.ratios * self.epoch_length
+        c = np.floor(exact).astype(int)
+        for k in np.argsort(-(exact - c))[: self.epoch_length - c.sum()]:
+            c[k] += 1
+        return c
+
+    def set_epoch(self, epoch: int) -> None:
+        rng = np.random.default_rng([self.seed, epoch])
+        src, idx = [], []
+        for k, (d, n) in enumerate(zip(self.datasets, self.counts(), strict=True)):
+            reps = -(-n // len(d)) if n else 0
+            draw = np.concatenate([rng.permutation(len(d)) for _ in range(reps)])[:n] if n else np.zeros(0, int)
+            src.append(np.full(n, k))
+            idx.append(draw)
+        order = rng.permutation(self.epoch_length)
+        self._src = np.concatenate(src)[order]
+        self._idx = np.concatenate(idx)[order]
+
+    def __len__(self) -> int:
+        return self.epoch_length
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        k = int(self._src[i])
+        sample = dict(self.datasets[k][int(self._idx[i])])
+        sample["source"] = k
+        return sample
+
+    @property
+    def skipped(self) -> list[tuple[str, str]]:
+        return [s for d in self.datasets for s in getattr(d, "skipped", [])]
+
+    def sample_labels(self) -> torch.Tensor:
+        per = [d.sample_labels() for d in self.datasets]  # type: ignore[attr-defined]
+        return torch.stack([per[int(k)][int(j)] for k, j in zip(self._src, self._idx, strict=True)])
+
+
+def detection_collate(batch: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Detection samples -> one dict of lists (images may differ in size; K differs per image)."""
+    keys = batch[0].keys()
+    return {k: [s[k] for s in batch] for k in keys}
+
+
+# --------------------------------------------------------------------------- registry
+
+
+@DATASETS.register("seg_folder")
+def _seg_folder(spec: DatasetSpec, split: str) -> SegmentationFolder:
+    return SegmentationFolder(spec, split)
+
+
+@DATASETS.register("class_folder")
+def _class_folder(spec: DatasetSpec, split: str) -> ImageFolderClassification:
+    return ImageFolderClassification(spec, split)
+
+
+@DATASETS.register("class_csv")
+def _class_csv(spec: DatasetSpec, split: str) -> CsvClassification:
+    return CsvClassification(spec, split)
+
+
+@DATASETS.register("coco")
+def _coco(spec: DatasetSpec, split: str) -> CocoDetection:
+    return CocoDetection(spec, split)
+
+
+@DATASETS.register("nifti_folder")
+def _nifti_folder(spec: DatasetSpec, split: str, patch: PatchSection | None = None) -> NiftiSegmentation:
+    return NiftiSegmentation(spec, split, patch=patch)
+
+
+def build_dataset(spec: DatasetSpec, split: str, patch: PatchSection | None = None) -> torch.utils.data.Dataset:
+    """Build the registered dataset ``spec.name`` for ``split`` ('train' | 'val' | 'test').
+
+    ``patch`` only matters to 3D datasets (random patches in the train split).
+    """
+    from neurotrain.tasks.vision import layouts, synthetic  # noqa: F401  (register the named layouts)
+
+    if split not in ("train", "val", "test"):
+        raise DataError(f"{spec.root}: split: expected train, val or test (got {split!r})")
+    factory = DATASETS.get(spec.name)
+    if spec.name in ("nifti_folder", "btcv", "brats"):
+        return factory(spec, split, patch=patch)
+    return factory(spec, split)
+
+
+def build_training_dataset(source: DatasetSpec, hybrid: HybridSection, split: str,
+                           patch: PatchSection | None = None) -> torch.utils.data.Dataset:
+    """``source``, or when ``hybrid.datasets`` is non-empty their mix (ratios from ``hybrid.ratios``
+    or each spec's ``weight``); val/test splits of a mix are the plain concatenation."""
+    if not hybrid.datasets:
+        return build_dataset(source, split, patch)
+    parts = [build_dataset(s, split, patch) for s in hybrid.datasets]
+    ratios = hybrid.ratios or [s.weight for s in hybrid.datasets]
+    if split != "train":
+        return HybridDataset(parts, [len(p) for p in parts], None, hybrid.seed)
+    return HybridDataset(parts, ratios, hybrid.epoch_length, hybrid.seed)
