@@ -1,0 +1,295 @@
+"""Synthetic LAMOST-like low-resolution spectra: labels -> normalised model -> raw observed spectra.
+
+Everything is batched torch on the generator's device, reproducible from the ``torch.Generator``.
+Units: wavelength Angstrom in vacuum, Teff K, log g dex (cgs), abundances dex; labels in
+``config.GENERATOR_LABELS`` order (TEFF, LOGG, FE_H, C_FE, MG_FE, CA_FE, NA_FE, TI_FE).
+
+* ``sample_labels``: a Kiel-diagram prior. Dwarfs on a main sequence log g = 4.7 -> 4.2 from 3800 K to 7000 K
+  (plus subgiants at log g 3.5-4.1, 5000-6500 K); giants on a red-giant branch log g 0.8 -> 3.5 from 3800 K to
+  5300 K, 150 K hotter per dex lower [Fe/H] (metal-poor giant branches are bluer), and a red clump at
+  4650 K / log g 2.45; Gaussian scatter about both. Abundances uniform in their ranges, optionally with the
+  thick-disc/halo alpha plateau ([Mg,Ca,Ti/Fe] ~ +0.2..0.4 below [Fe/H] ~ -1).
+* ``normalised_model``: the continuum-normalised absorption spectrum at resolving power R (``synth.py``
+  documents its physics: Saha-Boltzmann line strengths, curve of growth, LSF-convolved Voigt-like profiles,
+  CH and TiO bands, a fixed forest of ~2400 weak Fe/Ti/Ca/Mg lines; and its limits).
+* ``continuum_sed``: a Planck curve at Teff with a Balmer jump (up to 0.5 dex at ~9500 K, ~0.1 dex for the
+  Sun) below 3646 A; no line blanketing of the continuum.
+* ``simulate_raw``: on LAMOST's observed grid (log10 lambda = coeff0 + coeff1 i, 3909 px, 3700-9099 A):
+  radial velocity uniform in ``rv_range_kms`` -> z = sqrt((1+b)/(1-b)) - 1; SED x model x flux-calibration
+  error (a smooth Legendre curve per spectrum of rms ``response_error`` in log, plus a small different offset
+  and tilt per arm, blue/red split at ``arm_split_aa``); telluric O2 A/B and H2O bands scaled by airmass
+  and water vapour; noise: photon noise through a LAMOST-like throughput (falling below 4000 A and above
+  8800 A, a dip at the dichroic crossover ~5850 A; after Cui et al. 2012, RAA 12, 1197) plus a sky/read
+  background, scaled so the median S/N per pixel over ``snr_band_aa`` (g band) equals the asked S/N;
+  ivar = 1/sigma^2; bad pixels (cosmic spikes or dead pixels, mask True, ivar 0); sky-line residuals
+  above ``sky_residual_min_aa`` that ivar does not account for (as in real sky subtraction).
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+from typing import Callable
+
+import numpy as np
+import torch
+
+from neurotrain.errors import ConfigError
+from neurotrain.tasks.stellar import synth
+from neurotrain.tasks.stellar.config import GENERATOR_LABELS, SimulateSection
+from neurotrain.tasks.stellar.lines import FEATURES
+
+#: Kiel-diagram sequences (see module docstring): main sequence log g at (3800 K, 7000 K); subgiant box;
+#: giant branch (Teff, log g) end points; RGB Teff shift per dex [Fe/H]; red clump centre and log g width
+MS_LOGG, MS_TEFF = (4.7, 4.2), (3800.0, 7000.0)
+SUBGIANT_TEFF, SUBGIANT_LOGG = (5000.0, 6500.0), (3.5, 4.1)
+RGB_TEFF, RGB_LOGG, RGB_FEH_SHIFT = (3800.0, 5300.0), (0.8, 3.5), -150.0
+CLUMP_TEFF, CLUMP_LOGG, CLUMP_LOGG_SD = 4650.0, 2.45, 0.08
+ALPHA_LABELS, ALPHA_PLATEAU = ("MG_FE", "CA_FE", "TI_FE"), (0.2, 0.4)
+#: second radiation constant hc/k (A K); Balmer limit (A); Balmer-jump peak (dex), its Teff and width (K)
+HC_K_AA = 1.438_777e8
+BALMER_LIMIT_AA, BALMER_JUMP_DEX, BALMER_JUMP_TEFF, BALMER_JUMP_WIDTH = 3646.0, 0.5, 9500.0, 3000.0
+#: throughput shape: blue and red cut-on/off (A) and their widths, dichroic dip centre/width (A) and depth
+THROUGHPUT_BLUE, THROUGHPUT_RED, DICHROIC = (3850.0, 100.0), (9000.0, 150.0), (5850.0, 50.0, 0.5)
+#: telluric band optical depths at airmass 1 (O2) and 1 x typical water vapour (H2O), LSF-smoothed
+TELLURIC_TAU = {"O2 B band": 0.35, "O2 A band": 1.2, "H2O 7250": 0.06}
+AIRMASS_RANGE, PWV_RANGE = (1.0, 2.0), (0.3, 2.0)
+#: sky-line residuals: fixed line list (count, seed), relative intensities log-uniform over 1 dex
+SKY_LINES_N, SKY_SEED, SKY_MAX_AA = 80, 7_700_777, 9300.0
+#: bad pixels: spike height in units of sigma (uniform), half are spikes and half dead (zero) pixels
+SPIKE_SIGMA = (10.0, 100.0)
+
+
+def _ranges(cfg: SimulateSection) -> torch.Tensor:
+    missing = [k for k in GENERATOR_LABELS if k not in cfg.label_ranges]
+    if missing:
+        raise ConfigError(f"simulate.label_ranges: expected every generator label (missing {', '.join(missing)})")
+    return torch.tensor([cfg.label_ranges[k] for k in GENERATOR_LABELS], dtype=torch.float64)
+
+
+def _uniform(n: int, lo: float, hi: float, g: torch.Generator, device: torch.device) -> torch.Tensor:
+    return lo + (hi - lo) * torch.rand(n, generator=g, device=device, dtype=torch.float64)
+
+
+def sample_labels(n: int, cfg: SimulateSection, generator: torch.Generator, device: torch.device | str) -> torch.Tensor:
+    """(n, 8) float32 physical labels in ``GENERATOR_LABELS`` order, inside ``cfg.label_ranges``."""
+    device = torch.device(device)
+    rng = _ranges(cfg).to(device)
+    u = lambda lo, hi: _uniform(n, float(lo), float(hi), generator, device)  # noqa: E731
+    lab = torch.stack([u(lo, hi) for lo, hi in rng], 1)
+    i_t, i_g, i_fe = (GENERATOR_LABELS.index(k) for k in ("TEFF", "LOGG", "FE_H"))
+    feh = lab[:, i_fe]
+    if cfg.physical_hr:
+        gauss = lambda s: s * torch.randn(n, generator=generator, device=device, dtype=torch.float64)  # noqa: E731
+        pick = torch.rand(n, 2, generator=generator, device=device, dtype=torch.float64)
+        giant = pick[:, 0] < cfg.giant_fraction
+        clump = giant & (pick[:, 1] < cfg.red_clump_fraction)
+        sub = ~giant & (pick[:, 1] < cfg.subgiant_fraction)
+        t_ms = u(max(rng[i_t, 0], MS_TEFF[0]), min(rng[i_t, 1], MS_TEFF[1]))
+        frac = ((t_ms - MS_TEFF[0]) / (MS_TEFF[1] - MS_TEFF[0])).clamp(0, 1)
+        g_ms = MS_LOGG[0] + (MS_LOGG[1] - MS_LOGG[0]) * frac + gauss(cfg.hr_scatter_logg)
+        t_sub, g_sub = u(*SUBGIANT_TEFF), u(*SUBGIANT_LOGG)
+        g_rgb = u(*RGB_LOGG)
+        t_rgb = (RGB_TEFF[0] + (g_rgb - RGB_LOGG[0]) / (RGB_LOGG[1] - RGB_LOGG[0]) * (RGB_TEFF[1] - RGB_TEFF[0])
+                 + RGB_FEH_SHIFT * feh + gauss(cfg.hr_scatter_teff))
+        g_rgb = g_rgb + gauss(cfg.hr_scatter_logg)
+        t_rc = CLUMP_TEFF + RGB_FEH_SHIFT * feh + gauss(cfg.hr_scatter_teff)
+        g_rc = CLUMP_LOGG + gauss(CLUMP_LOGG_SD)
+        lab[:, i_t] = torch.where(clump, t_rc, torch.where(giant, t_rgb, torch.where(sub, t_sub, t_ms)))
+        lab[:, i_g] = torch.where(clump, g_rc, torch.where(giant, g_rgb, torch.where(sub, g_sub, g_ms)))
+    if cfg.alpha_trend > 0:
+        w = cfg.alpha_trend * (-feh).clamp(0, 1)
+        for name in ALPHA_LABELS:
+            j = GENERATOR_LABELS.index(name)
+            lab[:, j] = (1 - w) * lab[:, j] + w * u(*ALPHA_PLATEAU)
+    return torch.minimum(torch.maximum(lab, rng[:, 0]), rng[:, 1]).float()
+
+
+def sample_snr(n: int, cfg: SimulateSection, generator: torch.Generator, device: torch.device | str) -> torch.Tensor:
+    """(n,) S/N per pixel drawn log-uniform from ``cfg.snr_range``."""
+    lo, hi = (math.log(v) for v in cfg.snr_range)
+    return torch.exp(lo + (hi - lo) * torch.rand(n, generator=generator, device=torch.device(device)))
+
+
+def observed_grid(cfg: SimulateSection, device: torch.device | str = "cpu") -> torch.Tensor:
+    """LAMOST's observed vacuum wavelength grid (N,) float64: 10 ** (coeff0 + coeff1 * i)."""
+    i = torch.arange(cfg.n_pixels, dtype=torch.float64, device=torch.device(device))
+    return torch.pow(10.0, cfg.coeff0 + cfg.coeff1 * i)
+
+
+def normalised_model(labels: torch.Tensor, wave_rest: torch.Tensor, cfg: SimulateSection) -> torch.Tensor:
+    """Continuum-normalised flux (B, M) at rest vacuum wavelengths ``wave_rest`` (M,), resolving power
+    ``cfg.resolution``; differentiable in ``labels`` (B, 8), in their dtype."""
+    wave = torch.as_tensor(wave_rest, device=labels.device)
+    return torch.exp(-synth.absorption(labels, wave, cfg.resolution))
+
+
+def continuum_sed(labels: torch.Tensor, wave: torch.Tensor) -> torch.Tensor:
+    """Planck-like continuum (B, M) at Teff = labels[:, 0], wavelengths ``wave`` (M,) or (B, M) in A,
+    normalised to 1 at 5500 A, with a Balmer jump below 3646 A (see module docstring)."""
+    teff = labels[:, :1].double()
+    w = torch.as_tensor(wave, device=labels.device).double()
+    w = w.unsqueeze(0) if w.dim() == 1 else w
+    planck = lambda lam: lam**-5 / torch.expm1(HC_K_AA / (lam * teff))  # noqa: E731
+    sed = planck(w) / planck(torch.full_like(teff, 5500.0))
+    jump = BALMER_JUMP_DEX * torch.exp(-(((teff - BALMER_JUMP_TEFF) / BALMER_JUMP_WIDTH) ** 2))
+    sed = sed * torch.pow(10.0, -jump * torch.sigmoid((BALMER_LIMIT_AA - w) / 20.0))
+    return sed.to(labels.dtype)
+
+
+def throughput(wave: torch.Tensor) -> torch.Tensor:
+    """Relative LAMOST-like system throughput (same shape as ``wave``), peak ~1 (see module docstring)."""
+    (b0, bw), (r0, rw), (d0, dw, dd) = THROUGHPUT_BLUE, THROUGHPUT_RED, DICHROIC
+    return (torch.sigmoid((wave - b0) / bw) * torch.sigmoid((r0 - wave) / rw)
+            * (1.0 - dd * torch.exp(-0.5 * ((wave - d0) / dw) ** 2)))
+
+
+def noise_sigma(signal: torch.Tensor, wave: torch.Tensor, snr: torch.Tensor, cfg: SimulateSection) -> torch.Tensor:
+    """Per-pixel noise sigma (B, N) of flux ``signal`` (B, N) at observed wavelengths ``wave`` (N,): photon
+    noise through ``throughput`` plus a background of ``sky_background`` x the median band counts, scaled so
+    that the median of signal / sigma over ``snr_band_aa`` equals ``snr`` (B,)."""
+    thr = throughput(wave).to(signal.dtype)
+    counts = signal.clamp(min=0) * thr
+    band = (wave >= cfg.snr_band_aa[0]) & (wave <= cfg.snr_band_aa[1])
+    if not bool(band.any()):
+        raise ConfigError(f"simulate.snr_band_aa: expected a band inside the grid (got {cfg.snr_band_aa})")
+    bkg = cfg.sky_background * counts[:, band].median(1, keepdim=True).values.clamp(min=1e-30)
+    var_rel = counts + bkg  # variance in units of 1/kappa (kappa: counts per flux unit)
+    sn_rel = (signal * thr / var_rel.sqrt())[:, band].median(1, keepdim=True).values
+    root_kappa = snr.to(signal.dtype).unsqueeze(1) / sn_rel.clamp(min=1e-30)
+    return var_rel.sqrt() / (root_kappa * thr.clamp(min=1e-6))
+
+
+def _legendre(x: torch.Tensor, degree: int) -> torch.Tensor:
+    """Legendre polynomials P_0..P_degree at x: (degree + 1, *x.shape)."""
+    p = [torch.ones_like(x), x]
+    for k in range(1, degree):
+        p.append(((2 * k + 1) * x * p[k] - k * p[k - 1]) / (k + 1))
+    return torch.stack(p[: degree + 1])
+
+
+def _response(wave: torch.Tensor, b: int, cfg: SimulateSection, g: torch.Generator) -> torch.Tensor:
+    """Multiplicative flux-calibration error (B, N): exp of a smooth curve over the whole range plus a
+    different offset and tilt per arm (a jump at ``arm_split_aa``)."""
+    dev, deg = wave.device, cfg.response_degree
+    x = 2 * (wave - wave[0]) / (wave[-1] - wave[0]) - 1
+    coef = torch.randn(b, deg + 1, generator=g, device=dev, dtype=torch.float64) * cfg.response_error / math.sqrt(deg + 1)
+    log_r = coef @ _legendre(x, deg)
+    red = wave >= cfg.arm_split_aa
+    for arm, sel in ((0, ~red), (1, red)):
+        if not bool(sel.any()):
+            continue
+        w = wave[sel]
+        xa = 2 * (w - w[0]) / (w[-1] - w[0]).clamp(min=1e-9) - 1
+        ca = torch.randn(b, 2, generator=g, device=dev, dtype=torch.float64) * cfg.response_jump
+        log_r[:, sel] += ca[:, :1] + ca[:, 1:] * xa
+    return torch.exp(log_r)
+
+
+def _window(wave: torch.Tensor, centre: float, width: float, edge: torch.Tensor) -> torch.Tensor:
+    return torch.sigmoid((wave - centre + width / 2) / edge) * torch.sigmoid((centre + width / 2 - wave) / edge)
+
+
+def _tellurics(wave: torch.Tensor, b: int, cfg: SimulateSection, g: torch.Generator) -> torch.Tensor:
+    """Telluric transmission (B, N) in the observed frame, O2 ~ airmass, H2O ~ airmass x water vapour."""
+    dev = wave.device
+    airmass = _uniform(b, *AIRMASS_RANGE, g, dev)[:, None]
+    pwv = _uniform(b, *PWV_RANGE, g, dev)[:, None]
+    edge = synth.lsf_sigma(wave, cfg.resolution)
+    tau = torch.zeros(b, wave.shape[0], dtype=torch.float64, device=dev)
+    for f in FEATURES:
+        if f.kind == "telluric":
+            scale = airmass * (pwv if f.name.startswith("H2O") else 1.0)
+            tau = tau + TELLURIC_TAU[f.name] * scale * _window(wave, f.vacuum_aa, f.width_aa, edge)
+    return torch.exp(-tau)
+
+
+@lru_cache(maxsize=4)
+def _sky_lines(lo: float, hi: float) -> tuple[np.ndarray, np.ndarray]:
+    """Fixed sky-line wavelengths (A) and relative intensities, drawn once from ``SKY_SEED``."""
+    rng = np.random.default_rng(SKY_SEED)
+    return np.sort(rng.uniform(lo, hi, SKY_LINES_N)), 10.0 ** rng.uniform(-1.0, 0.0, SKY_LINES_N)
+
+
+def _interp_log_grid(model: torch.Tensor, log0: float, step: float, wave_rest: torch.Tensor) -> torch.Tensor:
+    """Linear interpolation of ``model`` (B, Mf), sampled at log10 lambda = log0 + step j, at ``wave_rest`` (B, N)."""
+    pos = ((torch.log10(wave_rest) - log0) / step).clamp(0, model.shape[1] - 1 - 1e-6)
+    j = pos.floor().long()
+    f = (pos - j).to(model.dtype)
+    return torch.gather(model, 1, j) * (1 - f) + torch.gather(model, 1, j + 1) * f
+
+
+def simulate_raw(labels: torch.Tensor, snr: torch.Tensor, cfg: SimulateSection, generator: torch.Generator,
+                 device: torch.device | str) -> dict[str, torch.Tensor]:
+    """Raw observed-frame batch of the stellar contract for physical ``labels`` (B, 8) at S/N ``snr`` (B,):
+    ``wave`` (B, N) float64, ``flux``/``ivar`` (B, N) float32, ``mask`` (B, N) bool (True = bad), ``z`` (B,)
+    float64, plus ``rv_kms`` (B,) float64 (the drawn radial velocity)."""
+    dev = torch.device(device)
+    labels = labels.to(dev, torch.float32)
+    snr = snr.to(dev, torch.float64)
+    b, g = labels.shape[0], generator
+    wave = observed_grid(cfg, dev)
+    rv = _uniform(b, *cfg.rv_range_kms, g, dev)
+    beta = rv / synth.C_KMS
+    z = torch.sqrt((1 + beta) / (1 - beta)) - 1
+    wave_rest = wave[None, :] / (1 + z[:, None])  # (B, N)
+    # normalised model on one fine log-lambda rest grid covering every shift, then interpolated per spectrum
+    step = cfg.coeff1 / cfg.oversample
+    log0 = math.log10(float(wave_rest.min())) - 4 * step
+    n_fine = int(math.ceil((math.log10(float(wave_rest.max())) - log0) / step)) + 5
+    fine = torch.pow(10.0, log0 + step * torch.arange(n_fine, device=dev, dtype=torch.float64))
+    model = _interp_log_grid(normalised_model(labels, fine, cfg), log0, step, wave_rest).double()
+    scale = torch.exp(_uniform(b, *(math.log(v) for v in cfg.flux_scale_range), g, dev))[:, None]
+    signal = scale * continuum_sed(labels.double(), wave_rest) * model * _response(wave, b, cfg, g)
+    if cfg.tellurics:
+        signal = signal * _tellurics(wave, b, cfg, g)
+    sigma = noise_sigma(signal, wave, snr, cfg)
+    flux = signal + sigma * torch.randn(signal.shape, generator=g, device=dev, dtype=torch.float64)
+    if cfg.sky_residuals and cfg.sky_residual_sigma > 0 and cfg.sky_residual_min_aa < float(wave[-1]):
+        lam, inten = _sky_lines(cfg.sky_residual_min_aa, SKY_MAX_AA)
+        lam_t = torch.as_tensor(lam, device=dev)
+        basis = torch.exp(-0.5 * ((wave[None, :] - lam_t[:, None]) / synth.lsf_sigma(lam_t, cfg.resolution)[:, None]) ** 2)
+        amp = torch.randn(b, lam.size, generator=g, device=dev, dtype=torch.float64)
+        amp = amp * torch.as_tensor(inten, device=dev) * cfg.sky_residual_sigma
+        flux = flux + (amp @ basis) * sigma
+    ivar = 1.0 / sigma**2
+    bad = torch.rand(signal.shape, generator=g, device=dev) < cfg.bad_pixel_fraction
+    spike = torch.rand(signal.shape, generator=g, device=dev) < 0.5
+    jump = SPIKE_SIGMA[0] + (SPIKE_SIGMA[1] - SPIKE_SIGMA[0]) * torch.rand(signal.shape, generator=g, device=dev,
+                                                                           dtype=torch.float64)
+    flux = torch.where(bad, torch.where(spike, flux + jump * sigma, torch.zeros_like(flux)), flux)
+    ivar = torch.where(bad, torch.zeros_like(ivar), ivar)
+    return {"wave": wave.expand(b, -1).clone(), "flux": flux.float(), "ivar": ivar.float(), "mask": bad,
+            "z": z, "rv_kms": rv}
+
+
+class FluxFn:
+    """A labels -> normalised-flux callable on a fixed rest grid (what the CRLB differentiates).
+
+    ``label_names``: the order of the label vector it takes; ``wave``: the rest grid (M,)."""
+
+    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], label_names: tuple[str, ...],
+                 wave: torch.Tensor) -> None:
+        self.fn, self.label_names, self.wave = fn, tuple(label_names), wave
+
+    def __call__(self, labels: torch.Tensor) -> torch.Tensor:
+        return self.fn(labels)
+
+
+def generator_flux_fn(cfg: SimulateSection, wave_rest: torch.Tensor) -> FluxFn:
+    """The generator as labels (B, P) -> normalised flux (B, M) on ``wave_rest`` (M,): the line model
+    (P = 8, ``GENERATOR_LABELS``) or, with ``cfg.generator == "payne"``, the Payne emulator of
+    ``cfg.emulator_path`` resampled onto the grid (P = len(``cfg.emulator_labels``))."""
+    wave = torch.as_tensor(wave_rest, dtype=torch.float64)
+    if cfg.generator == "payne":
+        from neurotrain.tasks.stellar.emulator import PayneEmulator
+
+        if cfg.emulator_path is None:
+            raise ConfigError("simulate.emulator_path: expected a Payne .npz when generator is 'payne' (got None)")
+        emu = PayneEmulator.from_npz(cfg.emulator_path)
+        if emu.n_labels != len(cfg.emulator_labels):
+            raise ConfigError(f"simulate.emulator_labels: expected {emu.n_labels} names for {cfg.emulator_path} "
+                              f"(got {len(cfg.emulator_labels)})")
+        res = emu.resample(wave)
+        return FluxFn(lambda lab: res.to(lab.device)(lab), tuple(cfg.emulator_labels), wave)
+    return FluxFn(lambda lab: normalised_model(lab, wave.to(lab.device), cfg), GENERATOR_LABELS, wave)

@@ -1,0 +1,383 @@
+"""Line physics of the synthetic generator: line strengths from the labels, the curve of growth, the line
+profiles at LAMOST resolution, and the continuum-normalised absorption spectrum (used by ``simulate.py``).
+
+Model (all torch, batch-first, differentiable in the labels; numbers and their sources):
+
+* **Line opacity vs the labels.** Each line's line-centre optical depth ``tau0`` is calibrated on the Sun
+  (Teff 5777 K, log g 4.44, microturbulence 1.04 km/s) so that the curve of growth returns the solar
+  equivalent width of the Rowland table (Moore, Minnaert & Houtgast 1966; e.g. Ca II K 20 A, Mg b 5184 1.58 A,
+  Na D2 0.75 A, Ca II 8542 3.66 A, H alpha 4.0 A). Away from the Sun ``log10 tau0`` moves with the abundance
+  ``[X/H] = [Fe/H] + [X/Fe]`` and with theta = 5040/Teff through Saha-Boltzmann over the H- continuum
+  (Gray 2005, "The Observation and Analysis of Stellar Photospheres", ch. 13), with kappa(H-) ~
+  P_e theta^2.5 10^(0.754 theta) and an electron pressure log P_e = 1.3 + 4 (theta_sun - theta) +
+  (log g - 4.44)/3 + 0.5 [Fe/H] (P_e ~ g^(1/3) in cool photospheres):
+  neutral lines of mostly ionised metals (Fe I, Mg I, Ca I, Na I, K I, Ti I): d log tau / d theta =
+  chi_ion - chi_exc - 0.754, no gravity term (P_e cancels); lines of the majority ion (Fe II, Ca II, Sr II,
+  Ba II): d log tau / d theta = 4 - chi_exc - 0.754 and tau ~ 1/P_e, so they grow at low gravity
+  (ionisation balance: Fe II / Fe I is a gravity indicator). Balmer lines use an effective slope of -3.5 dex
+  per unit theta (the observed ~3x growth of H alpha / H beta equivalent width from 4500 K to 6000 K and
+  ~8 A at 7000 K) times the neutral hydrogen fraction from Saha's equation, which puts their maximum near
+  9000-10000 K (A0-A2 stars). Molecules: CH (G band) ~ [C/H], +1.5 dex per unit theta (optical depth 0.3 in the Sun); TiO ~ [Ti/H],
+  +8 dex per unit theta and ~ g^(1/3) (molecule formation favoured by pressure), calibrated to band optical
+  depths 0.45-0.9 in a 3800 K dwarf (M0 V) so that the bands vanish above ~4500 K.
+* **Curve of growth.** W / dlambda_D = sqrt(F_D(tau0)^2 + W_L^2 (1 - (F_D / (sqrt(pi) tau0))^2)) with the
+  Doppler part F_D = integral of 1 - exp(-tau0 exp(-x^2)) dx (Gauss-Legendre quadrature) and the
+  damping part W_L = 2 sqrt(sqrt(pi) a tau0) (Rodgers & Williams 1974 interpolation): linear for weak lines,
+  flat (~ sqrt(ln tau0)) when saturated, ~ sqrt(N) once damping wings dominate. Doppler width from thermal
+  speed sqrt(2kT/m) and microturbulence xi = 2.478 - 0.325 log g km/s (APOGEE, Holtzman et al. 2015).
+  The Voigt damping parameter a grows with gravity as a ~ g^0.4 for van der Waals broadening of metal
+  lines (pressure-sensitive wings of Mg b, Na D, Ca I 4227, Na I 8183/8195 ~ g^0.6), a ~ P_e for the
+  Stark-broadened Balmer lines, and a ~ g^0.2 for the Ca II triplet, which with the larger microturbulence
+  of giants makes the triplet weaken with gravity (Diaz, Terlevich & Terlevich 1989).
+* **Profiles at resolution R.** The line-spread function is a Gaussian of FWHM lambda/R. A line of
+  equivalent width W absorbs W [(1-eta) Gauss(sigma_LSF^2 + W_D^2/12) + eta pseudo-Voigt(sigma_LSF,
+  gamma = W_L/4)] where eta is the damping share of W (the saturated core as a box of width W_D, the wings as
+  a Lorentzian matched to 1 - exp(-c/x^2) far out; pseudo-Voigt of Ida, Ando & Toraya 2000). Bands: CH as a
+  smooth 30 A box, TiO as a sharp head degrading redward (e-folding = the band width). Hundreds of weak
+  lines ("forest": Fe I 62 %, Fe II 12 %, Ti I 12 %, Ca I 8 %, Mg I 6 %) at fixed pseudo-random
+  wavelengths (density ~ lambda^-3, drawn once from ``FOREST_SEED``) each get a curve-of-growth W and an
+  LSF-wide Gaussian: one (B, L) @ (L, M) product. Transmissions multiply: flux = exp(-sum of absorptions).
+
+Limits: no radiative transfer or model atmospheres (one-layer Schuster-Schwarzschild-like lines), no
+line-blanketing of the continuum, no chromospheric emission, no rotation, Lorentzian rather than Stark
+(lambda^-5/2) Balmer wings, molecules only CH and TiO (no CN, MgH, C2, VO), blends combine as exp(-sum)
+which underestimates the EW of overlapping saturated lines, forest wavelengths are not real line lists.
+It is a label -> spectrum map with the right signs, sizes and non-linearities, not a synthesis code.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+import torch
+
+from neurotrain.tasks.stellar.config import GENERATOR_LABELS
+from neurotrain.tasks.stellar.lines import air_to_vacuum
+
+C_KMS = 299_792.458
+TEFF_SUN, LOGG_SUN = 5777.0, 4.44
+THETA_SUN = 5040.0 / TEFF_SUN
+#: thermal speed sqrt(2 k T / (A m_u)) = VTH_COEF sqrt(T / A) km/s
+VTH_COEF = 0.128_95
+#: H- binding energy (eV): the continuum opacity kappa(H-) ~ P_e theta^2.5 10^(0.754 theta)
+H_MINUS_EV = 0.754
+#: electron-pressure model (see module docstring), log10 dyn cm^-2
+LOG_PE_SUN, PE_THETA_SLOPE, PE_LOGG_SLOPE, PE_FEH_SLOPE = 1.3, 4.0, 1.0 / 3.0, 0.5
+#: microturbulence (km/s) = XI0 + XI_LOGG * log g, floored (Holtzman et al. 2015)
+XI0, XI_LOGG, XI_MIN = 2.478, -0.325, 0.5
+FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
+#: Gauss-Legendre nodes of the Doppler curve of growth on x in [0, COG_XMAX] (covers tau0 up to ~1e12)
+COG_NODES, COG_XMAX = 24, 6.5  # 0.6 % worst-case error against 200 nodes, monotone in tau0
+LOG_TAU_CLAMP = (-8.0, 12.0)
+#: most quadrature elements evaluated at once (memory cap of the curve of growth)
+COG_CHUNK = 1 << 26
+#: the weak-line forest: fixed count, seed and rest range (vacuum A)
+FOREST_SEED, FOREST_N, FOREST_RANGE = 20_240_517, 2400, (3600.0, 9400.0)
+#: the Saha-Boltzmann temperature slopes of metal lines are tempered by this factor (the line-forming layer's
+#: temperature varies less than Teff); it matches Mg b and Fe 5270 growing ~2-3x from the Sun to a K5 dwarf
+#: (Lick indices, Worthey et al. 1994, ApJS 94, 687)
+THETA_TEMPER = 0.7
+BALMER_T_SLOPE = -3.5
+
+
+@dataclass(frozen=True)
+class LineStrength:
+    """Strength parameters of one feature (names match ``lines.FEATURES`` where they exist).
+
+    ``species``: ``neutral`` (minority neutral of an ionised metal), ``ion`` (majority ion), ``hydrogen``,
+    ``CH`` or ``TiO`` (bands). ``ew_sun_aa``: solar equivalent width (lines) or band optical depth at the
+    reference star (bands: the Sun for CH, a 3800 K / log g 4.7 dwarf for TiO). ``log_a``: log10 Voigt damping
+    parameter in the Sun; ``damp_logg``: d log a / d log g."""
+
+    name: str
+    air_aa: float
+    element: str
+    species: str
+    chi_exc: float = 0.0
+    chi_ion: float = 0.0
+    ew_sun_aa: float = 0.1
+    log_a: float = -1.8
+    damp_logg: float = 0.4
+    mass_amu: float = 55.85
+    width_aa: float = 0.0
+
+
+_H, _FE, _MG, _CA, _NA = 1.008, 55.85, 24.31, 40.08, 22.99
+LINE_TABLE: tuple[LineStrength, ...] = (
+    LineStrength("Ca II K", 3933.66, "CA", "ion", 0.0, 0, 20.0, -2.0, 0.4, _CA),
+    LineStrength("Ca II H", 3968.47, "CA", "ion", 0.0, 0, 15.0, -2.0, 0.4, _CA),
+    LineStrength("H theta", 3797.90, "H", "hydrogen", 10.2, 13.6, 2.0, -2.0, 1 / 3, _H),
+    LineStrength("H eta", 3835.38, "H", "hydrogen", 10.2, 13.6, 2.2, -2.0, 1 / 3, _H),
+    LineStrength("H zeta", 3889.05, "H", "hydrogen", 10.2, 13.6, 2.5, -2.0, 1 / 3, _H),
+    LineStrength("H epsilon", 3970.07, "H", "hydrogen", 10.2, 13.6, 2.8, -2.0, 1 / 3, _H),
+    LineStrength("Fe I 4046", 4045.81, "FE", "neutral", 1.485, 7.90, 0.80, -1.7, 0.4, _FE),
+    LineStrength("Sr II 4077", 4077.71, "FE", "ion", 0.0, 0, 0.43, -2.0, 0.4, 87.62),
+    LineStrength("H delta", 4101.73, "H", "hydrogen", 10.2, 13.6, 3.0, -2.0, 1 / 3, _H),
+    LineStrength("Ca I 4227", 4226.73, "CA", "neutral", 0.0, 6.11, 1.48, -1.5, 0.6, _CA),
+    LineStrength("CH G band", 4304.0, "C", "CH", 0, 0, 0.30, width_aa=30.0),
+    LineStrength("H gamma", 4340.46, "H", "hydrogen", 10.2, 13.6, 3.0, -2.0, 1 / 3, _H),
+    LineStrength("Fe I 4384", 4383.55, "FE", "neutral", 1.485, 7.90, 1.00, -1.7, 0.4, _FE),
+    LineStrength("Ba II 4554", 4554.03, "FE", "ion", 0.0, 0, 0.16, -2.0, 0.4, 137.3),
+    LineStrength("H beta", 4861.33, "H", "hydrogen", 10.2, 13.6, 3.7, -2.0, 1 / 3, _H),
+    LineStrength("Fe II 4924", 4923.93, "FE", "ion", 2.89, 0, 0.17, -2.0, 0.4, _FE),
+    LineStrength("TiO 4955", 4954.6, "TI", "TiO", 0, 0, 0.45, width_aa=80.0),
+    LineStrength("Fe II 5018", 5018.44, "FE", "ion", 2.89, 0, 0.20, -2.0, 0.4, _FE),
+    LineStrength("Mg b 5167", 5167.32, "MG", "neutral", 2.71, 7.65, 0.94, -1.5, 0.4, _MG),
+    LineStrength("Mg b 5173", 5172.68, "MG", "neutral", 2.71, 7.65, 1.26, -1.5, 0.4, _MG),
+    LineStrength("Mg b 5184", 5183.60, "MG", "neutral", 2.72, 7.65, 1.58, -1.5, 0.4, _MG),
+    LineStrength("Fe I 5270", 5269.54, "FE", "neutral", 0.86, 7.90, 0.48, -1.7, 0.4, _FE),
+    LineStrength("Fe I 5328", 5328.04, "FE", "neutral", 0.92, 7.90, 0.38, -1.7, 0.4, _FE),
+    LineStrength("Fe I 5406", 5405.77, "FE", "neutral", 0.99, 7.90, 0.34, -1.7, 0.4, _FE),
+    LineStrength("TiO 5448", 5448.0, "TI", "TiO", 0, 0, 0.50, width_aa=100.0),
+    LineStrength("Mg I 5528", 5528.40, "MG", "neutral", 4.35, 7.65, 0.29, -1.5, 0.4, _MG),
+    LineStrength("Na D2", 5889.95, "NA", "neutral", 0.0, 5.14, 0.75, -1.7, 0.6, _NA),
+    LineStrength("Na D1", 5895.92, "NA", "neutral", 0.0, 5.14, 0.56, -1.7, 0.6, _NA),
+    LineStrength("TiO 6159", 6158.0, "TI", "TiO", 0, 0, 0.60, width_aa=100.0),
+    LineStrength("Ca I 6162", 6162.17, "CA", "neutral", 1.90, 6.11, 0.22, -1.7, 0.6, _CA),
+    LineStrength("Fe I 6495", 6494.98, "FE", "neutral", 2.40, 7.90, 0.16, -1.7, 0.4, _FE),
+    LineStrength("H alpha", 6562.79, "H", "hydrogen", 10.2, 13.6, 4.0, -2.0, 1 / 3, _H),
+    LineStrength("TiO 7054", 7054.0, "TI", "TiO", 0, 0, 0.90, width_aa=120.0),
+    LineStrength("K I 7699", 7698.96, "FE", "neutral", 0.0, 4.34, 0.18, -1.7, 0.6, 39.10),
+    LineStrength("Na I 8183", 8183.26, "NA", "neutral", 2.10, 5.14, 0.23, -1.7, 0.6, _NA),
+    LineStrength("Na I 8195", 8194.82, "NA", "neutral", 2.10, 5.14, 0.30, -1.7, 0.6, _NA),
+    LineStrength("Ca II 8498", 8498.02, "CA", "ion", 1.69, 0, 1.46, -2.0, 0.2, _CA),
+    LineStrength("Ca II 8542", 8542.09, "CA", "ion", 1.69, 0, 3.66, -2.0, 0.2, _CA),
+    LineStrength("Ca II 8662", 8662.14, "CA", "ion", 1.69, 0, 2.60, -2.0, 0.2, _CA),
+)
+#: band-specific constants: d log tau / d theta, d log tau / d log g, reference (Teff, log g) of ``ew_sun_aa``
+BAND_PARAMS: dict[str, tuple[float, float, float, float]] = {
+    "CH": (1.5, 0.0, TEFF_SUN, LOGG_SUN),
+    "TiO": (8.0, 1.0 / 3.0, 3800.0, 4.7),
+}
+#: [X/Fe] label of each element (metals without their own label follow [Fe/H])
+ELEMENT_LABEL = {"C": "C_FE", "MG": "MG_FE", "CA": "CA_FE", "NA": "NA_FE", "TI": "TI_FE"}
+#: forest species: element, species, chi_ion (eV), fraction, chi_exc range (eV), log tau_sun range, mass
+FOREST_SPECIES = (
+    ("FE", "neutral", 7.90, 0.62, (0.0, 5.0), (-1.0, 1.7), _FE),
+    ("FE", "ion", 16.2, 0.12, (2.5, 4.0), (-1.0, 0.9), _FE),
+    ("TI", "neutral", 6.83, 0.12, (0.0, 2.2), (-1.2, 1.2), 47.87),
+    ("CA", "neutral", 6.11, 0.08, (1.5, 3.0), (-1.2, 0.9), _CA),
+    ("MG", "neutral", 7.65, 0.06, (4.0, 6.0), (-1.2, 0.9), _MG),
+)
+
+
+def label_index(name: str) -> int:
+    return GENERATOR_LABELS.index(name)
+
+
+def microturbulence(logg: torch.Tensor) -> torch.Tensor:
+    """Microturbulent velocity (km/s) from log g (Holtzman et al. 2015, APOGEE DR12)."""
+    return (XI0 + XI_LOGG * logg).clamp(min=XI_MIN)
+
+
+def log_pe(theta: torch.Tensor, logg: torch.Tensor, feh: torch.Tensor) -> torch.Tensor:
+    """log10 electron pressure (dyn cm^-2) of the line-forming layer, the simple scaling of the docstring."""
+    return LOG_PE_SUN + PE_THETA_SLOPE * (THETA_SUN - theta) + PE_LOGG_SLOPE * (logg - LOGG_SUN) + PE_FEH_SLOPE * feh
+
+
+def log_neutral_h(teff: torch.Tensor, pe_log: torch.Tensor) -> torch.Tensor:
+    """log10 of the neutral hydrogen fraction from Saha's equation: log(N+/N0) = 2.5 log T - 13.6 theta
+    - 0.1762 - log P_e (partition functions U+ = 1, U0 = 2)."""
+    ratio = 2.5 * torch.log10(teff) - 13.6 * 5040.0 / teff - 0.1762 - pe_log
+    return -torch.nn.functional.softplus(ratio * math.log(10.0)) / math.log(10.0)
+
+
+@lru_cache(maxsize=1)
+def _gauss_legendre() -> tuple[np.ndarray, np.ndarray]:
+    x, w = np.polynomial.legendre.leggauss(COG_NODES)
+    return (x + 1) * COG_XMAX / 2, w * COG_XMAX / 2
+
+
+def curve_of_growth(log_tau: torch.Tensor, log_a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Equivalent width in Doppler units and its parts, for line-centre optical depth 10^log_tau and Voigt
+    damping 10^log_a (any matching shapes). Returns (W, W_D, eta) with W, W_D in units of dlambda_D and
+    eta the damping share of W (0..1). Large inputs are processed in chunks of the last axis (memory)."""
+    log_tau, log_a = torch.broadcast_tensors(log_tau, log_a)
+    per = max(1, COG_CHUNK // max(1, log_tau[..., :1].numel() * COG_NODES))
+    if log_tau.dim() > 0 and log_tau.shape[-1] > per:
+        parts = [curve_of_growth(t, a) for t, a in zip(log_tau.split(per, -1), log_a.split(per, -1))]
+        return tuple(torch.cat(p, -1) for p in zip(*parts))  # type: ignore[return-value]
+    xn, wn = _gauss_legendre()
+    xq = torch.as_tensor(xn, dtype=log_tau.dtype, device=log_tau.device)
+    wq = torch.as_tensor(wn, dtype=log_tau.dtype, device=log_tau.device)
+    tau = torch.pow(10.0, log_tau.clamp(*LOG_TAU_CLAMP))
+    profile = torch.exp(-xq * xq)
+    w_d = 2.0 * (-torch.expm1(-tau.unsqueeze(-1) * profile) * wq).sum(-1)
+    ratio = (w_d / (math.sqrt(math.pi) * tau)).clamp(max=1.0)
+    w_l2 = 4.0 * math.sqrt(math.pi) * torch.pow(10.0, log_a) * tau * (1.0 - ratio * ratio)
+    w2 = w_d * w_d + w_l2
+    return w2.sqrt(), w_d, w_l2 / w2
+
+
+def _line_log_tau(species: list[str], chi_exc: torch.Tensor, chi_ion: torch.Tensor, theta: torch.Tensor,
+                  logg: torch.Tensor, feh: torch.Tensor, teff: torch.Tensor) -> torch.Tensor:
+    """log10 tau0 relative to the Sun, without the abundance term: (B, L) from per-line (L,) constants."""
+    dth = theta - THETA_SUN
+    pe_rel = log_pe(theta, logg, feh) - LOG_PE_SUN
+    neutral = THETA_TEMPER * (chi_ion - chi_exc - H_MINUS_EV) * dth
+    ion = (THETA_TEMPER * ((PE_THETA_SLOPE - chi_exc - H_MINUS_EV) * dth - 2.5 * torch.log10(theta / THETA_SUN))
+           - PE_LOGG_SLOPE * (logg - LOGG_SUN) - PE_FEH_SLOPE * feh)
+    h_sun = log_neutral_h(torch.as_tensor(TEFF_SUN, dtype=theta.dtype),
+                          torch.as_tensor(LOG_PE_SUN, dtype=theta.dtype))
+    hydrogen = (BALMER_T_SLOPE * dth + log_neutral_h(teff, log_pe(theta, logg, feh)) - h_sun
+                - (pe_rel - PE_THETA_SLOPE * (THETA_SUN - theta)))
+    kind = torch.tensor([{"neutral": 0, "ion": 1, "hydrogen": 2}[s] for s in species], device=theta.device)
+    return torch.where(kind == 0, neutral, torch.where(kind == 1, ion, hydrogen))
+
+
+def _abundance(labels: torch.Tensor, elements: list[str]) -> torch.Tensor:
+    """[X/H] (B, L) of each line's element; hydrogen 0, metals without their own label follow [Fe/H]."""
+    feh = labels[:, label_index("FE_H"), None]
+    cols = [ELEMENT_LABEL.get(e) for e in elements]
+    idx = torch.tensor([label_index(c) if c else 0 for c in cols], device=labels.device)
+    has = torch.tensor([c is not None for c in cols], device=labels.device)
+    xfe = torch.where(has, labels[:, idx], torch.zeros_like(labels[:, idx]))
+    is_h = torch.tensor([e == "H" for e in elements], device=labels.device)
+    return torch.where(is_h, torch.zeros_like(xfe), feh + xfe)
+
+
+@dataclass(frozen=True)
+class _Lines:
+    """Per-line constants as numpy arrays (float64), with the solar log tau0 calibrated."""
+
+    names: tuple[str, ...]
+    vac: np.ndarray
+    elements: list[str]
+    species: list[str]
+    chi_exc: np.ndarray
+    chi_ion: np.ndarray
+    mass: np.ndarray
+    log_a: np.ndarray
+    damp_logg: np.ndarray
+    log_tau_sun: np.ndarray
+
+
+def _doppler_kms(teff: torch.Tensor, logg: torch.Tensor, mass: torch.Tensor) -> torch.Tensor:
+    return torch.sqrt(VTH_COEF**2 * teff / mass + microturbulence(logg) ** 2)
+
+
+def _calibrate(vac: np.ndarray, ew: np.ndarray, mass: np.ndarray, log_a: np.ndarray) -> np.ndarray:
+    """Solar log tau0 whose curve-of-growth EW equals ``ew`` (bisection, vectorised over lines)."""
+    t = torch.float64
+    dl = torch.as_tensor(vac, dtype=t) * _doppler_kms(torch.tensor(TEFF_SUN, dtype=t), torch.tensor(LOGG_SUN, dtype=t),
+                                                      torch.as_tensor(mass, dtype=t)) / C_KMS
+    target = torch.as_tensor(ew, dtype=t) / dl
+    lo = torch.full_like(target, LOG_TAU_CLAMP[0])
+    hi = torch.full_like(target, LOG_TAU_CLAMP[1])
+    la = torch.as_tensor(log_a, dtype=t)
+    for _ in range(60):  # bisection: 60 halvings of a 20-dex bracket
+        mid = (lo + hi) / 2
+        below = curve_of_growth(mid, la)[0] < target
+        lo, hi = torch.where(below, mid, lo), torch.where(below, hi, mid)
+    return ((lo + hi) / 2).numpy()
+
+
+@lru_cache(maxsize=1)
+def named_lines() -> _Lines:
+    """The atomic lines of ``LINE_TABLE`` (bands excluded), calibrated on the Sun."""
+    rows = [r for r in LINE_TABLE if r.species in ("neutral", "ion", "hydrogen")]
+    vac = air_to_vacuum(np.array([r.air_aa for r in rows]))
+    mass = np.array([r.mass_amu for r in rows])
+    log_a = np.array([r.log_a for r in rows])
+    return _Lines(tuple(r.name for r in rows), vac, [r.element for r in rows], [r.species for r in rows],
+                  np.array([r.chi_exc for r in rows]), np.array([r.chi_ion for r in rows]), mass, log_a,
+                  np.array([r.damp_logg for r in rows]),
+                  _calibrate(vac, np.array([r.ew_sun_aa for r in rows]), mass, log_a))
+
+
+@lru_cache(maxsize=1)
+def forest_lines() -> _Lines:
+    """The weak-line forest: FOREST_N lines at fixed pseudo-random vacuum wavelengths (seed FOREST_SEED)."""
+    rng = np.random.default_rng(FOREST_SEED)
+    frac = np.array([s[3] for s in FOREST_SPECIES])
+    kind = rng.choice(len(FOREST_SPECIES), size=FOREST_N, p=frac / frac.sum())
+    lo, hi = FOREST_RANGE
+    vac = np.sort(rng.uniform(hi**-2, lo**-2, FOREST_N) ** -0.5)  # density ~ lambda^-3: crowded in the blue
+    pick = [FOREST_SPECIES[k] for k in kind]
+    chi = np.array([rng.uniform(*p[4]) for p in pick])
+    log_tau = np.array([rng.uniform(*p[5]) for p in pick])
+    return _Lines(tuple(f"{p[0]} {'II' if p[1] == 'ion' else 'I'} {v:.1f}" for p, v in zip(pick, vac)), vac,
+                  [p[0] for p in pick], [p[1] for p in pick], chi, np.array([p[2] for p in pick]),
+                  np.array([p[6] for p in pick]), np.full(FOREST_N, -1.8), np.full(FOREST_N, 0.4), log_tau)
+
+
+def line_widths(lines: _Lines, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Equivalent width (A), its Doppler part (A), damping share and Lorentz HWHM (A) of each line: (B, L)."""
+    d = dict(dtype=labels.dtype, device=labels.device)
+    teff, logg, feh = labels[:, 0:1], labels[:, 1:2], labels[:, 2:3]
+    theta = 5040.0 / teff
+    chi_exc, chi_ion = torch.as_tensor(lines.chi_exc, **d), torch.as_tensor(lines.chi_ion, **d)
+    log_tau = (torch.as_tensor(lines.log_tau_sun, **d) + _abundance(labels, lines.elements)
+               + _line_log_tau(lines.species, chi_exc, chi_ion, theta, logg, feh, teff))
+    is_h = torch.tensor([s == "hydrogen" for s in lines.species], device=labels.device)
+    damp = torch.as_tensor(lines.damp_logg, **d) * (logg - LOGG_SUN)
+    damp = damp + torch.where(is_h, PE_FEH_SLOPE * feh, torch.zeros_like(damp))  # Stark ~ n_e
+    log_a = torch.as_tensor(lines.log_a, **d) + damp
+    dl = torch.as_tensor(lines.vac, **d) * _doppler_kms(teff, logg, torch.as_tensor(lines.mass, **d)) / C_KMS
+    w, w_d, eta = curve_of_growth(log_tau, log_a)
+    w_l = (w * w - w_d * w_d).clamp(min=0).sqrt()
+    return {"ew": w * dl, "ew_doppler": w_d * dl, "eta": eta, "gamma": w_l * dl / 4.0}
+
+
+def lsf_sigma(wave: torch.Tensor, resolution: float) -> torch.Tensor:
+    """Gaussian LSF sigma (A) at wavelength ``wave`` for resolving power R (FWHM = lambda / R)."""
+    return wave / (resolution * FWHM_PER_SIGMA)
+
+
+def _gauss(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    return torch.exp(-0.5 * (x / sigma) ** 2) / (sigma * math.sqrt(2 * math.pi))
+
+
+def _pseudo_voigt(x: torch.Tensor, sigma: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
+    """Unit-area pseudo-Voigt of Gaussian sigma and Lorentzian HWHM gamma (Ida, Ando & Toraya 2000)."""
+    fg, fl = FWHM_PER_SIGMA * sigma, 2.0 * gamma
+    f = (fg**5 + 2.69269 * fg**4 * fl + 2.42843 * fg**3 * fl**2 + 4.47163 * fg**2 * fl**3
+         + 0.07842 * fg * fl**4 + fl**5) ** 0.2
+    r = fl / f
+    eta = (1.36603 * r - 0.47719 * r * r + 0.11116 * r**3).clamp(0.0, 1.0)
+    hw = f / 2
+    return eta * hw / (math.pi * (x * x + hw * hw)) + (1 - eta) * _gauss(x, f / FWHM_PER_SIGMA)
+
+
+def _band_log_tau(row: LineStrength, labels: torch.Tensor) -> torch.Tensor:
+    t_slope, g_slope, t_ref, g_ref = BAND_PARAMS[row.species]
+    teff, logg = labels[:, 0], labels[:, 1]
+    xh = labels[:, label_index("FE_H")] + labels[:, label_index(ELEMENT_LABEL[row.element])]
+    return math.log10(row.ew_sun_aa) + xh + t_slope * (5040.0 / teff - 5040.0 / t_ref) + g_slope * (logg - g_ref)
+
+
+def absorption(labels: torch.Tensor, wave: torch.Tensor, resolution: float) -> torch.Tensor:
+    """Total absorption A (B, M) at rest vacuum wavelengths ``wave`` (M,): normalised flux = exp(-A)."""
+    wave = wave.to(labels.dtype)
+    sig = lsf_sigma(wave, resolution)
+    total = torch.zeros(labels.shape[0], wave.shape[0], dtype=labels.dtype, device=labels.device)
+    named = named_lines()
+    par = line_widths(named, labels)
+    for i, lam0 in enumerate(named.vac):  # ~40 named lines; each a (B, M) profile
+        x = wave - float(lam0)
+        s_lsf = float(lam0) / (resolution * FWHM_PER_SIGMA)
+        ew, eta = par["ew"][:, i : i + 1], par["eta"][:, i : i + 1]
+        s_core = torch.sqrt(s_lsf**2 + par["ew_doppler"][:, i : i + 1] ** 2 / 12.0)
+        gamma = par["gamma"][:, i : i + 1].clamp(min=1e-6)
+        total = total + ew * ((1 - eta) * _gauss(x, s_core) + eta * _pseudo_voigt(x, torch.full_like(gamma, s_lsf),
+                                                                                  gamma))
+    for row in LINE_TABLE:  # molecular bands: optical depth times a smooth window
+        if row.species not in BAND_PARAMS:
+            continue
+        c = float(air_to_vacuum(np.asarray(row.air_aa)))
+        tau = torch.pow(10.0, _band_log_tau(row, labels)).unsqueeze(1)
+        edge = sig
+        if row.species == "TiO":  # sharp head, degrading redward
+            win = torch.sigmoid((wave - c) / edge) * torch.exp(-(wave - c).clamp(min=0) / row.width_aa)
+        else:
+            h = row.width_aa / 2
+            win = torch.sigmoid((wave - c + h) / edge) * torch.sigmoid((c + h - wave) / edge)
+        total = total + tau * win
+    forest = forest_lines()
+    fpar = line_widths(forest, labels)
+    lam = torch.as_tensor(forest.vac, dtype=labels.dtype, device=labels.device)
+    basis = _gauss(wave[None, :] - lam[:, None], lsf_sigma(lam, resolution)[:, None])  # (L, M)
+    return total + fpar["ew"] @ basis
