@@ -160,6 +160,35 @@ class SimulateSection(Section):
     bad_pixel_fraction: float = Field(0.002, ge=0, le=0.5)
     #: add sky-subtraction residuals in the red (above 6800 A, telluric bands)
     sky_residuals: bool = True
+    #: sky-line residual amplitude in units of the local noise sigma (unaccounted for in ivar), and where they start
+    sky_residual_sigma: float = Field(3.0, ge=0)
+    sky_residual_min_aa: float = Field(6800.0, gt=0)
+    #: telluric O2 A/B and H2O absorption in the observed frame (LAMOST LRS spectra are not telluric-corrected)
+    tellurics: bool = True
+    #: label prior shape with ``physical_hr``: fraction of giants (RGB + red clump), of red clump among giants,
+    #: of subgiants among dwarfs, and the scatter about the sequences (log g dex, Teff K)
+    giant_fraction: float = Field(0.45, ge=0, le=1)
+    red_clump_fraction: float = Field(0.3, ge=0, le=1)
+    subgiant_fraction: float = Field(0.1, ge=0, le=1)
+    hr_scatter_logg: float = Field(0.12, ge=0)
+    hr_scatter_teff: float = Field(80.0, ge=0)
+    #: strength 0..1 of the thick-disc/halo alpha enhancement ([Mg,Ca,Ti/Fe] -> ~+0.3 below [Fe/H] = -1);
+    #: 0 keeps the abundances independent and uniform
+    alpha_trend: float = Field(0.0, ge=0, le=1)
+    #: the normalised model is computed on a rest grid this many times finer than the observed grid, then
+    #: interpolated onto each spectrum's Doppler-shifted rest wavelengths
+    oversample: int = Field(2, ge=1, le=8)
+    #: blue/red arm boundary of the flux-calibration response (LAMOST's dichroic crossover)
+    arm_split_aa: float = Field(5800.0, gt=0)
+    #: Legendre degree of each arm's smooth response curve, and the rms jump between the arms (relative)
+    response_degree: int = Field(3, ge=0, le=10)
+    response_jump: float = Field(0.03, ge=0)
+    #: sky + read-noise background variance, relative to the median source counts in the S/N band
+    sky_background: float = Field(0.3, ge=0)
+    #: observed-frame band whose median S/N per pixel equals the asked S/N (the g band)
+    snr_band_aa: tuple[float, float] = (4000.0, 5500.0)
+    #: overall flux level (arbitrary LAMOST-like units) drawn log-uniform from this range
+    flux_scale_range: tuple[float, float] = (50.0, 5000.0)
 
     @field_validator("label_ranges")
     @classmethod
