@@ -302,6 +302,11 @@ def build_metrics(
     return label_metrics(cfg.labels.names, label_mean, label_std, cfg.loss.min_sigma, crlb=False)
 
 
+def update_collection(metrics: MetricCollection, pred: Tensor | dict[str, Tensor], batch: dict[str, Tensor]) -> None:
+    """The engine's hook: every metric of the collection takes the network output and the whole batch."""
+    metrics.update(pred, batch)
+
+
 def to_floats(values: dict[str, Tensor]) -> dict[str, dict[str, float | None]]:
     """``{"stat/LABEL": tensor}`` -> ``{stat: {LABEL: float or None}}`` (None for NaN / inf), for JSON."""
     out: dict[str, dict[str, float | None]] = {}

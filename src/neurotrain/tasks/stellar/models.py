@@ -173,8 +173,10 @@ class SpectralResCNN(nn.Module):
 def label_stats(cfg: StellarConfig) -> tuple[list[float], list[float]]:
     """Per-label normalisation (mean, std) in physical units for ``cfg.labels.names``.
 
-    ``cfg.labels.mean``/``std`` when given; else the generator's uniform prior ``simulate.label_ranges``
-    [a, b]: mean (a + b) / 2, std (b - a) / sqrt(12) (a zero-width range gets std 1).
+    ``cfg.labels.mean``/``std`` when given; else those a prepared HDF5 file at ``data.path`` stores (its
+    ``label_mean``/``label_std`` attributes); else the generator's uniform prior ``simulate.label_ranges``
+    [a, b]: mean (a + b) / 2, std (b - a) / sqrt(12) (a zero-width range gets std 1). Model, loss and
+    metrics all take their normalisation from here, so they agree.
     """
     names = cfg.labels.names
     if cfg.labels.mean or cfg.labels.std:
@@ -184,6 +186,12 @@ def label_stats(cfg: StellarConfig) -> tuple[list[float], list[float]]:
                 f"(got {len(cfg.labels.mean)}, {len(cfg.labels.std)})"
             )
         return [float(v) for v in cfg.labels.mean], [float(v) for v in cfg.labels.std]
+    if cfg.data.path is not None:
+        from neurotrain.tasks.stellar.task import prepared_label_stats
+
+        stats = prepared_label_stats(cfg.data.path, names)
+        if stats is not None:
+            return stats
     ranges = cfg.simulate.label_ranges
     missing = [n for n in names if n not in ranges]
     if missing:
