@@ -257,6 +257,8 @@ class CatalogSection(Section):
     chunk_size: int = Field(2048, ge=1)
     #: parallel file readers (threads)
     read_workers: int = Field(4, ge=1)
+    #: write the stage / S/N / drop figures into ``<prepared_dir>/plots``
+    figures: bool = True
 
 
 class BaselineSection(Section):

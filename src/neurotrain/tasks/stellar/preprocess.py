@@ -153,10 +153,10 @@ def _chebyshev(x: torch.Tensor, degree: int) -> torch.Tensor:
     return torch.stack(out[: degree + 1], -1)
 
 
-def _arms(grid: torch.Tensor, split_aa: float) -> list[torch.Tensor]:
-    """Boolean (M,) masks of the blue and red arm (an arm without grid pixels is left out)."""
-    blue = grid < split_aa
-    return [a for a in (blue, ~blue) if bool(a.any())]
+def _arms(grid: torch.Tensor, split_aa: float) -> list[slice]:
+    """Pixel ranges of the blue and red arm on the increasing grid (an empty arm is left out)."""
+    nb = int((grid < split_aa).sum())
+    return [a for a in (slice(0, nb), slice(nb, grid.shape[0])) if a.stop > a.start]
 
 
 def fit_continuum(grid: torch.Tensor, flux: torch.Tensor, ivar: torch.Tensor,
@@ -180,10 +180,10 @@ def fit_continuum(grid: torch.Tensor, flux: torch.Tensor, ivar: torch.Tensor,
     cont = torch.zeros_like(flux)
     for _ in range(cfg.continuum_iterations):
         w = w0 * keep
-        a_mat = torch.einsum("mi,bm,mj->bij", basis, w, basis)
+        a_mat = (basis.T.unsqueeze(0) * w.unsqueeze(1)) @ basis  # (B,P,P) normal matrices
         diag = a_mat.diagonal(dim1=-2, dim2=-1).mean(-1).clamp_min(1e-30)
         a_mat = a_mat + (cfg.continuum_ridge * diag)[:, None, None] * eye
-        rhs = torch.einsum("mi,bm->bi", basis, w * flux)
+        rhs = (w * flux) @ basis
         coef = torch.linalg.solve(a_mat, rhs.unsqueeze(-1)).squeeze(-1)
         cont = coef @ basis.T
         r = flux / torch.where(cont > 0, cont, torch.full_like(cont, float("nan"))) - 1.0
