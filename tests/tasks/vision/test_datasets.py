@@ -268,3 +268,17 @@ def test_nifti_label_shape_mismatch(tmp_path: Path) -> None:
     _volume_case(tmp_path, "c0", label_shape=(12, 10, 7))
     with pytest.raises(DataError, match=r"labelsTr/c0\.nii\.gz: label shape: expected \(12, 10, 8\)"):
         build_dataset(DatasetSpec(name="nifti_folder", root=tmp_path, split_fractions=(1, 0, 0)), "train")
+
+
+def test_worker_processes_and_hybrid_epoch_reaches_members(tmp_path: Path) -> None:
+    for k in range(2):
+        _volume_case(tmp_path / "v", f"c{k}")
+    vol = build_dataset(DatasetSpec(name="nifti_folder", root=tmp_path / "v", split_fractions=(1, 0, 0)), "train",
+                        PatchSection(size=(4, 4, 4), samples_per_volume=2, foreground_ratio=0.0))
+    hy = HybridDataset([vol], epoch_length=4)
+    first = vol[0]["image"]
+    assert torch.equal(first, vol[0]["image"])  # same epoch, same patch
+    hy.set_epoch(1)
+    assert vol.epoch == 1 and not torch.equal(first, vol[0]["image"])  # the mix passes the epoch on: new patches
+    batches = list(DataLoader(vol, batch_size=2, num_workers=2))  # the dataset pickles into workers
+    assert sum(len(b["index"]) for b in batches) == 4

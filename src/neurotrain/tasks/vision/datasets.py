@@ -275,6 +275,10 @@ class HybridDataset(torch.utils.data.Dataset):
         return c
 
     def set_epoch(self, epoch: int) -> None:
+        """New draw for ``epoch``; passed on to member datasets that draw per epoch (3D patches)."""
+        for d in getattr(self, "datasets", []):
+            if hasattr(d, "set_epoch"):
+                d.set_epoch(epoch)
         rng = np.random.default_rng([self.seed, epoch])
         src, idx = [], []
         for k, (d, n) in enumerate(zip(self.datasets, self.counts(), strict=True)):
