@@ -1,0 +1,156 @@
+"""The ``vision`` task: segmentation, classification and detection of images from one config file.
+
+Registration: wires the schema (``config.py``), datasets (``datasets.py``), samplers, on-device augmentation,
+networks, losses, metrics, the Otsu + watershed baseline, prediction and the report to the engine
+(see ``neurotrain.task.Task``). Batches are the datasets' sample dicts (``image``, ``mask`` | ``label`` |
+``boxes`` + ``labels``, ``path``, ``index``), stacked by the default collate or, for detection, kept as lists.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from neurotrain.config import Config
+from neurotrain.errors import NotAvailableError
+from neurotrain.registry import TASKS
+from neurotrain.task import EvalResult, Task
+from neurotrain.tasks.vision.config import VisionConfig
+
+CHANNELS_LAST_ATTR = "_neurotrain_channels_last"
+
+
+class VisionTask(Task):
+    """Images (2D, or 3D volumes) -> masks, labels or boxes."""
+
+    name = "vision"
+    config_cls = VisionConfig
+
+    def __init__(self) -> None:
+        self._augmenters: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------ building blocks
+    def build_model(self, cfg: Config) -> nn.Module:
+        from neurotrain.tasks.vision.models import create_model
+
+        c: VisionConfig = cfg  # type: ignore[assignment]
+        m = c.model
+        net = create_model(m.name, in_channels=c.in_channels, num_classes=c.num_classes, spatial_dims=c.spatial_dims,
+                           kwargs=m.kwargs, pretrained_path=m.pretrained_path, pretrained_strict=m.pretrained_strict)
+        if m.channels_last and c.spatial_dims == 2 and c.task_kind != "detection":
+            net = net.to(memory_format=torch.channels_last)
+            setattr(net, CHANNELS_LAST_ATTR, True)
+        return net
+
+    def build_loss(self, cfg: Config) -> nn.Module:
+        from neurotrain.tasks.vision.losses import build_loss
+
+        c: VisionConfig = cfg  # type: ignore[assignment]
+        return build_loss(c.task_kind, c.loss, c.num_classes)
+
+    def build_metrics(self, cfg: Config) -> Any:
+        from neurotrain.tasks.vision.metrics import build_metrics
+
+        c: VisionConfig = cfg  # type: ignore[assignment]
+        return build_metrics(c.task_kind, c.num_classes, c.metric_names, top_k=c.metrics.top_k,
+                             nsd_tolerance=c.metrics.nsd_tolerance_px, iou_thresholds=c.metrics.iou_thresholds)
+
+    def forward(self, model: nn.Module, batch: dict[str, Any]) -> Any:
+        images = batch["image"]
+        if isinstance(images, (list, tuple)):  # detection: torchvision takes lists (and targets when training)
+            if model.training:
+                targets = [{"boxes": b, "labels": lab} for b, lab in zip(batch["boxes"], batch["labels"])]
+                return model(list(images), targets)
+            return model(list(images))
+        if getattr(model, CHANNELS_LAST_ATTR, False):
+            images = images.contiguous(memory_format=torch.channels_last)
+        return model(images)
+
+    def update_metrics(self, metrics: Any, pred: Any, batch: dict[str, Any]) -> None:
+        from neurotrain.tasks.vision.metrics import update_metrics
+
+        kind = "detection" if isinstance(batch["image"], (list, tuple)) else (
+            "classification" if "label" in batch else "segmentation")
+        update_metrics(kind, metrics, pred, batch)
+
+    # ------------------------------------------------------------------ data
+    def datasets(self, cfg: Config) -> dict[str, Any]:
+        from neurotrain.tasks.vision.datasets import build_training_dataset
+
+        c: VisionConfig = cfg  # type: ignore[assignment]
+        return {s: build_training_dataset(c.data_source, c.hybrid, s, c.patch) for s in ("train", "val", "test")}
+
+    def loader_options(self, cfg: Config, split: str, dataset: Any) -> dict[str, Any]:
+        c: VisionConfig = cfg  # type: ignore[assignment]
+        opts: dict[str, Any] = {}
+        if c.task_kind == "detection":
+            from neurotrain.tasks.vision.datasets import detection_collate
+
+            opts["collate_fn"] = detection_collate
+        if split == "train" and c.sampler.kind != "none":
+            from neurotrain.tasks.vision.samplers import build_sampler
+
+            opts["sampler"] = build_sampler(c.sampler, dataset)
+        return opts
+
+    def on_batch(self, cfg: Config, batch: Any, training: bool) -> Any:
+        c: VisionConfig = cfg  # type: ignore[assignment]
+        if not training or not c.augment.enabled:
+            return batch
+        key = c.augment.model_dump_json() + c.task_kind
+        aug = self._augmenters.get(key)
+        if aug is None:
+            from neurotrain.tasks.vision.augment import build_augment
+
+            aug = self._augmenters[key] = build_augment(c.augment, c.task_kind)
+        return aug(batch)
+
+    # ------------------------------------------------------------------ commands
+    def test(self, cfg: Config, model: nn.Module | None, **options: Any) -> dict[str, Any] | None:
+        from neurotrain.tasks.vision.evaluate import run_test
+
+        return run_test(cfg, model, **options)  # type: ignore[arg-type]
+
+    def evaluate(self, cfg: Config, model: nn.Module | None, run_dir: Path, **options: Any) -> EvalResult:
+        from neurotrain.tasks.vision.evaluate import evaluate
+
+        return evaluate(cfg, model, run_dir, **options)  # type: ignore[arg-type]
+
+    def predict(self, cfg: Config, model: nn.Module, inputs: list[Path], output: Path | None, **options: Any) -> list[Path]:
+        from neurotrain.tasks.vision.predict import predict_files
+
+        return predict_files(cfg, model, inputs, output, **options)  # type: ignore[arg-type]
+
+    def search_space(self, trial: Any) -> dict[str, Any]:
+        return {
+            "optim.lr": trial.suggest_float("optim.lr", 1e-4, 1e-2, log=True),
+            "optim.weight_decay": trial.suggest_float("optim.weight_decay", 1e-6, 1e-2, log=True),
+            "loss.name": trial.suggest_categorical("loss.name", ["ce", "dice_ce", "dice_focal"]),
+        }
+
+    def example_input(self, cfg: Config) -> tuple[torch.Tensor, ...]:
+        c: VisionConfig = cfg  # type: ignore[assignment]
+        if c.task_kind == "detection":
+            raise NotAvailableError("export is not available for vision detection (torchvision detectors take lists)")
+        return (torch.rand(1, c.in_channels, *example_size(c)),)
+
+
+def example_size(cfg: VisionConfig) -> tuple[int, ...]:
+    """A spatial size the network accepts: the configured resize, the synthetic set's side, the 3D patch, or
+    64 px (every registered 2D network down-samples at most 32x)."""
+    src = cfg.primary_source
+    if cfg.spatial_dims == 3:
+        return tuple(cfg.patch.size)
+    if src.size is not None:
+        return tuple(src.size)
+    if src.name == "synthetic_shapes":
+        return (src.synthetic.size, src.synthetic.size)
+    if src.name == "stardist_nuclei":
+        return (src.tile, src.tile)
+    return (64, 64)
+
+
+TASKS.register("vision")(VisionTask())
