@@ -282,3 +282,15 @@ def test_worker_processes_and_hybrid_epoch_reaches_members(tmp_path: Path) -> No
     assert vol.epoch == 1 and not torch.equal(first, vol[0]["image"])  # the mix passes the epoch on: new patches
     batches = list(DataLoader(vol, batch_size=2, num_workers=2))  # the dataset pickles into workers
     assert sum(len(b["index"]) for b in batches) == 4
+
+
+def test_coco_polygons_become_instance_masks(tmp_path: Path) -> None:
+    root = _coco(tmp_path, [[2, 3, 10, 5]], [3])
+    doc = json.loads((root / "annotations.json").read_text())
+    doc["annotations"][0]["segmentation"] = [[2, 3, 12, 3, 12, 8, 2, 8]]  # the box as a polygon
+    (root / "annotations.json").write_text(json.dumps(doc))
+    s = CocoDetection(DatasetSpec(name="coco", root=root, split_fractions=(1, 0, 0), size=(40, 60)), "train")[0]
+    assert s["masks"].shape == (1, 40, 60) and s["masks"].dtype == torch.uint8
+    assert torch.allclose(s["boxes"], torch.tensor([[4.0, 6.0, 24.0, 16.0]]))  # scaled by 2 with the image
+    ys, xs = s["masks"][0].nonzero().unbind(1)
+    assert 5 <= int(ys.min()) <= 7 and 15 <= int(ys.max()) <= 17 and 3 <= int(xs.min()) <= 5 and 23 <= int(xs.max()) <= 25

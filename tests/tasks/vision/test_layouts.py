@@ -66,11 +66,14 @@ def test_isic(tmp_path: Path) -> None:
             img, msk = disc_pair(8, i)
             write_image(tmp_path / f"ISIC2018_Task1-2_{part}_Input" / f"ISIC_{i:07d}.jpg", img)
             write_image(tmp_path / f"ISIC2018_Task1_{part}_GroundTruth" / f"ISIC_{i:07d}_segmentation.png", msk)
-    tr, va = build_dataset(spec("isic", tmp_path), "train"), build_dataset(spec("isic", tmp_path), "val")
+    no_test = spec("isic", tmp_path, split_fractions=(0.9, 0.1, 0.0))
+    tr, va = build_dataset(no_test, "train"), build_dataset(no_test, "val")
     assert len(tr) == 4 and len(va) == 2  # the official folders, not a cut
     assert va[0]["path"].endswith("ISIC_0000010.jpg")
-    te = build_dataset(spec("isic", tmp_path, split_fractions=(0.5, 0.25, 0.25)), "test")  # no Test folder: cut
-    assert len(te) == 1
+    s = spec("isic", tmp_path, split_fractions=(0.5, 0.25, 0.25))
+    te, tr = build_dataset(s, "test"), build_dataset(s, "train")  # no Test folder: cut from training, without a leak
+    assert len(te) == 1 and len(tr) == 3
+    assert not {p for p, _ in te.pairs} & {p for p, _ in tr.pairs}
 
 
 def test_btcv(tmp_path: Path) -> None:

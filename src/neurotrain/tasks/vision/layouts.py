@@ -13,8 +13,8 @@ stare       ``stare-images/im0001.ppm`` + ``labels-ah/im0001.ah.ppm`` (Hoover's 
             both in ``root``; split by ``split_fractions``.
 isic        ISIC 2018 task 1: ``ISIC2018_Task1-2_Training_Input/ISIC_0000000.jpg`` +
             ``ISIC2018_Task1_Training_GroundTruth/ISIC_0000000_segmentation.png``; the
-            ``Validation`` and ``Test`` folders of the same pattern when present, otherwise
-            val/test are cut from training.
+            ``Validation`` and ``Test`` folders of the same pattern when present; a split
+            without its folder is cut from training (and then left out of train).
 btcv        ``imagesTr/img0001.nii.gz`` + ``labelsTr/label0001.nii.gz`` (or the raw
             ``Training/img`` + ``Training/label``); 14 classes (background + 13 organs).
 brats       ``<case>/<case>_{t1,t1ce,t2,flair}.nii.gz`` + ``<case>/<case>_seg.nii.gz``
@@ -144,15 +144,23 @@ def _isic(spec: DatasetSpec, split: str) -> SegmentationFolder:
     """ISIC 2018 task 1 lesion boundary segmentation (Codella et al. 2019): RGB JPEG, 0/255 masks."""
     spec = with_defaults(spec, n_classes=2, channels=3)
     root = _root(spec)
-    part = {"train": "Training", "val": "Validation", "test": "Test"}[split]
-    own = root / f"ISIC2018_Task1-2_{part}_Input"
-    if own.is_dir():
-        images = list_files(own, ".jpg")
-        pairs = _pairs_by_name(images, root / f"ISIC2018_Task1_{part}_GroundTruth", lambda p: p.stem + "_segmentation.png")
-        return SegmentationFolder(spec, split, pairs=pairs, presplit=True)
-    images = list_files(root / "ISIC2018_Task1-2_Training_Input", ".jpg")
-    pairs = _pairs_by_name(images, root / "ISIC2018_Task1_Training_GroundTruth", lambda p: p.stem + "_segmentation.png")
-    return SegmentationFolder(spec, split, pairs=pairs)
+    parts = {"train": "Training", "val": "Validation", "test": "Test"}
+
+    def pairs_of(part: str) -> list[tuple[Path, Path]]:
+        images = list_files(root / f"ISIC2018_Task1-2_{part}_Input", ".jpg")
+        return _pairs_by_name(images, root / f"ISIC2018_Task1_{part}_GroundTruth", lambda p: p.stem + "_segmentation.png")
+
+    official = {sp: (root / f"ISIC2018_Task1-2_{part}_Input").is_dir() for sp, part in parts.items()}
+    if split != "train" and official[split]:
+        return SegmentationFolder(spec, split, pairs=pairs_of(parts[split]), presplit=True)
+    # splits without their own folder are cut from training; the share of those with one stays in train
+    fr = list(spec.split_fractions)
+    for k, sp in ((1, "val"), (2, "test")):
+        if official[sp]:
+            fr[0], fr[k] = fr[0] + fr[k], 0.0
+    train = pairs_of(parts["train"])
+    keep = split_indices(len(train), fr, spec.split_seed, split)
+    return SegmentationFolder(spec, split, pairs=[train[k] for k in keep], presplit=True)
 
 
 # --------------------------------------------------------------------------- 3D volumes
