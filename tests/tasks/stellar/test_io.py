@@ -169,3 +169,24 @@ def test_write_labels(tmp_path):
         assert [x.decode() for x in f["id"][()]] == ["a", "b"]
         np.testing.assert_array_equal(f["TEFF"][()], [5000.0, 6000.0])
     assert not list(tmp_path.glob(".*tmp*"))
+
+
+def test_process_reading_equals_threads(new_fits, old_fits, tmp_path):
+    paths = [new_fits(f"p{i}.fits", seed=i) for i in range(3)] + [old_fits("o.fits")]
+    (tmp_path / "bad.fits").write_text("junk")
+    paths.append(tmp_path / "bad.fits")
+    a, sa = io.read_many(paths, ReadSection(), workers=2)
+    b, sb = io.read_many(paths, ReadSection(processes=True), workers=2)
+    assert [s.id for s in a] == [s.id for s in b] == ["p0", "p1", "p2", "o"]
+    assert [p for p, _ in sa] == [p for p, _ in sb] == [tmp_path / "bad.fits"]
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x.flux, y.flux)
+
+
+def test_fast_header_values():
+    from neurotrain.tasks.stellar.fits_fast import _value
+
+    assert _value("'O''Brien '  / a comment") == "O'Brien"
+    assert _value("'LAMOST J0912+27'") == "LAMOST J0912+27"
+    assert _value("   -5.617D-05 / z") == pytest.approx(-5.617e-05)
+    assert _value("12 / n") == 12 and _value("T") is True and _value("F") is False

@@ -61,6 +61,9 @@ class ReadSection(Section):
     fast_fits: bool = True
     #: search input folders recursively
     recursive: bool = True
+    #: read with worker processes instead of threads (``catalog.read_workers`` of them): parsing FITS headers
+    #: holds Python's GIL, so threads stop scaling at ~1-2 cores; processes scale with the machine
+    processes: bool = False
 
 
 class PreprocessSection(Section):

@@ -37,17 +37,19 @@ def _value(raw: str) -> Any:
     raw = raw.strip()
     if raw.startswith("'"):
         # a quoted string; '' inside is an escaped quote; trailing blanks are not significant
-        out, i = [], 1
-        while i < len(raw):
-            if raw[i] == "'":
-                if i + 1 < len(raw) and raw[i + 1] == "'":
-                    out.append("'")
-                    i += 2
-                    continue
+        parts, i = [], 1
+        while True:
+            j = raw.find("'", i)
+            if j < 0:  # unterminated: take the rest
+                parts.append(raw[i:])
                 break
-            out.append(raw[i])
-            i += 1
-        return "".join(out).rstrip()
+            if raw[j + 1 : j + 2] == "'":
+                parts.append(raw[i : j + 1])
+                i = j + 2
+                continue
+            parts.append(raw[i:j])
+            break
+        return "".join(parts).rstrip()
     raw = raw.split("/", 1)[0].strip()
     if raw == "T":
         return True
@@ -65,8 +67,16 @@ def _value(raw: str) -> Any:
         raise Unsupported(f"card value {raw!r}") from None
 
 
-def parse_header(buf: memoryview | bytes, start: int) -> tuple[dict[str, Any], int]:
-    """Cards from ``start`` up to ``END`` -> (dict, offset of the data after the header's blocks)."""
+#: keywords that describe the data layout: always parsed
+_STRUCTURAL = ("SIMPLE", "BITPIX", "NAXIS", "XTENSION", "PCOUNT", "GCOUNT", "TFIELDS", "TFORM", "TTYPE",
+               "TSCAL", "TZERO", "BSCALE", "BZERO", "EXTNAME")
+
+
+def parse_header(buf: memoryview | bytes, start: int,
+                 wanted: frozenset[str] | set[str] | None = None) -> tuple[dict[str, Any], int]:
+    """Cards from ``start`` up to ``END`` -> (dict, offset of the data after the header's blocks).
+    With ``wanted``, only those keywords and the structural ones are parsed (most of the time of a
+    read goes into the ~120 other cards of a LAMOST header)."""
     out: dict[str, Any] = {}
     pos = start
     n = len(buf)
@@ -80,7 +90,7 @@ def parse_header(buf: memoryview | bytes, start: int) -> tuple[dict[str, Any], i
             key = card[:8].rstrip()
             if key == "END":
                 return out, pos
-            if card[8:10] == "= " and key:
+            if card[8:10] == "= " and key and (wanted is None or key in wanted or key.startswith(_STRUCTURAL)):
                 out[key] = _value(card[10:])
 
 
@@ -98,8 +108,10 @@ def _padded(n: int) -> int:
     return -(-n // BLOCK) * BLOCK
 
 
-def read_raw(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray], str]:
-    """Primary header, named float64/float32 arrays and the layout (``"table"``/``"image"``).
+def read_raw(path: Path, wanted: frozenset[str] | set[str] | None = None
+             ) -> tuple[dict[str, Any], dict[str, np.ndarray], str]:
+    """Primary header (only ``wanted`` keywords besides the structural ones, all when None), named
+    arrays and the layout (``"table"``/``"image"``).
 
     Raises ``Unsupported`` (use astropy), ``EOFError`` (truncated) or ``OSError``.
     """
@@ -109,7 +121,7 @@ def read_raw(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray], str]:
     if not data.startswith(b"SIMPLE  ="):
         raise Unsupported("no SIMPLE card")
     buf = memoryview(data)
-    h0, pos = parse_header(buf, 0)
+    h0, pos = parse_header(buf, 0, wanted)
     n0 = _data_bytes(h0)
     if n0:
         if int(h0.get("NAXIS", 0)) != 2 or h0.get("BSCALE", 1) != 1 or h0.get("BZERO", 0) != 0:
@@ -124,7 +136,7 @@ def read_raw(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray], str]:
         return h0, {"image": img}, "image"
     # newer layout: the first BINTABLE extension
     while pos < len(data):
-        h, dpos = parse_header(buf, pos)
+        h, dpos = parse_header(buf, pos, frozenset())
         nbytes = _data_bytes(h)
         if h.get("XTENSION") == "BINTABLE":
             if dpos + nbytes > len(data):

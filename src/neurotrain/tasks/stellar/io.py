@@ -20,9 +20,10 @@ dataset ``z``.
 
 from __future__ import annotations
 
+import atexit
 import zlib
 from collections.abc import Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,8 @@ META_KEYS: tuple[str, ...] = (
     "OBSID", "DESIG", "RA", "DEC", "CLASS", "SUBCLASS", "Z", "Z_ERR", "SNRU", "SNRG", "SNRR", "SNRI", "SNRZ",
     "MJD", "FIBERID", "OBJTYPE", "FILENAME",
 )
+#: header keywords the readers use: META_KEYS and the wavelength solution
+_HEADER_KEYS = frozenset(META_KEYS) | {"COEFF0", "COEFF1", "CRVAL1", "CD1_1"}
 #: LAMOST writes Z = -9999 when the redshift failed; anything at or below this is "no redshift"
 Z_INVALID_BELOW = -0.99
 _SUFFIXES = (".fits.gz", ".fit.gz", ".fits", ".fit", ".csv", ".hdf5", ".h5")
@@ -146,7 +149,7 @@ def _read_fits_astropy(path: Path) -> tuple[Any, tuple]:
 def _read_fits(path: Path, fast: bool) -> tuple[Any, tuple]:
     if fast:
         try:
-            h0, arrays, layout = fits_fast.read_raw(path)
+            h0, arrays, layout = fits_fast.read_raw(path, _HEADER_KEYS)
         except fits_fast.Unsupported:
             return _read_fits_astropy(path)
         except (EOFError, OSError, ValueError, KeyError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
@@ -277,13 +280,29 @@ def _try_read(path: Path, cfg: ReadSection) -> Spectrum | str:
         return f"{path}: unexpected {type(exc).__name__}: {_one_line(exc)}"
 
 
+_POOLS: dict[int, ProcessPoolExecutor] = {}
+
+
+def _process_pool(workers: int) -> ProcessPoolExecutor:
+    """One long-lived pool per worker count (starting processes costs more than reading a chunk)."""
+    pool = _POOLS.get(workers)
+    if pool is None:
+        pool = _POOLS[workers] = ProcessPoolExecutor(max_workers=workers)
+        atexit.register(pool.shutdown, wait=False, cancel_futures=True)
+    return pool
+
+
 def read_many(paths: Sequence[str | Path], cfg: ReadSection | None = None,
               workers: int = 4) -> tuple[list[Spectrum], list[tuple[Path, str]]]:
-    """Read many files with ``workers`` threads. Returns the good spectra (input order) and
+    """Read many files with ``workers`` threads (or processes, ``cfg.processes``: header parsing holds
+    the GIL, so only processes scale with cores). Returns the good spectra (input order) and
     ``(path, one-line reason)`` for every file that could not be used."""
     cfg = cfg or ReadSection()
     paths = [Path(p) for p in paths]
-    if workers > 1 and len(paths) > 1:
+    if cfg.processes and workers > 1 and len(paths) > 1:
+        chunk = max(1, len(paths) // (4 * workers))
+        results = list(_process_pool(workers).map(_try_read, paths, [cfg] * len(paths), chunksize=chunk))
+    elif workers > 1 and len(paths) > 1:
         with ThreadPoolExecutor(max_workers=workers) as ex:
             results = list(ex.map(lambda p: _try_read(p, cfg), paths))
     else:
