@@ -303,13 +303,17 @@ class EvaluateSection(Section):
     spectra_per_snr: int = Field(2000, ge=8)
     #: training set drawn for the baselines (they cannot learn on the fly)
     baseline_train_size: int = Field(20000, ge=16)
-    #: spectra per S/N used for the CRLB (one Jacobian each)
-    crlb_spectra: int = Field(200, ge=1)
+    #: spectra per S/N used for the CRLB (one Jacobian each; 0 = no CRLB)
+    crlb_spectra: int = Field(200, ge=0)
     #: log g below this is a giant in the dwarf/giant breakdown
     giant_logg: float = 3.5
     #: seed offset of the held-out set: it shares no seed with training batches
     seed_offset: int = 1_000_000_007
     figures: bool = True
+    #: spectra simulated and preprocessed per call (memory cap of the held-out and baseline sets)
+    sim_chunk: int = Field(512, ge=1)
+    #: points drawn per panel in the scatter figures (a random subset beyond that)
+    max_points: int = Field(3000, ge=10)
 
 
 class AnalyzeSection(Section):
