@@ -176,11 +176,14 @@ def fit_continuum(grid: torch.Tensor, flux: torch.Tensor, ivar: torch.Tensor,
         basis[a, k * p:(k + 1) * p] = _chebyshev(x, cfg.continuum_degree)
     w0 = torch.where(ivar > 0, ivar, torch.zeros_like(ivar))
     keep = w0 > 0
-    eye = torch.eye(basis.shape[1], dtype=dtype, device=flux.device)
+    q = basis.shape[1]
+    eye = torch.eye(q, dtype=dtype, device=flux.device)
+    # normal matrices of all spectra as one GEMM: A_b = sum_m w_bm T_m T_m^T = w @ (M, q*q)
+    outer = (basis.unsqueeze(2) * basis.unsqueeze(1)).reshape(grid.shape[0], q * q)
     cont = torch.zeros_like(flux)
     for _ in range(cfg.continuum_iterations):
         w = w0 * keep
-        a_mat = (basis.T.unsqueeze(0) * w.unsqueeze(1)) @ basis  # (B,P,P) normal matrices
+        a_mat = (w @ outer).view(-1, q, q)
         diag = a_mat.diagonal(dim1=-2, dim2=-1).mean(-1).clamp_min(1e-30)
         a_mat = a_mat + (cfg.continuum_ridge * diag)[:, None, None] * eye
         rhs = (w * flux) @ basis
