@@ -47,12 +47,21 @@ def test_network_batches_split_on_out_of_memory(tmp_path):
     src = _file(tmp_path / "in.h5", n=5_000)
     cfg = small_cfg(tmp_path, pipeline={"batch_segments": 4})
     r = process_file(src, tmp_path / "o.h5", model_fn(Picky(), "cpu"), cfg)
-    assert r.events_out == 0 and 4 in calls and calls.count(1) == 5
+    assert 4 in calls and calls.count(1) == 5
+    # a network that outputs nothing drops every event (mask mode), except in pixels where every
+    # cell of the segment cancels to 0 in the input: they carry no evidence and are kept
+    ev = read_events(src)
+    seg, b = ev.t // 20_000, (ev.t % 20_000) * 8 // 20_000
+    cell = np.zeros((5, 8, 24, 32))
+    np.add.at(cell, (seg, b, ev.y, ev.x), ev.p)
+    silent = ~np.any(cell != 0, axis=1)  # (segment, y, x)
+    assert r.events_out == int(silent[seg, ev.y, ev.x].sum())
 
 
 def test_diverged_network_is_refused_not_written(tmp_path):
     src = _file(tmp_path / "in.h5", n=2_000)
-    cfg = small_cfg(tmp_path, pipeline={"max_events_factor": 2.0})
+    # the seed's decoder (postprocess.mode=decode) would have to invent events: refused
+    cfg = small_cfg(tmp_path, pipeline={"max_events_factor": 2.0}, postprocess={"mode": "decode"})
     out = tmp_path / "o.h5"
     from neurotrain.errors import DataError
 

@@ -104,6 +104,25 @@ class PipelineSection(Section):
     debug_iterations: int = Field(2, ge=1)
 
 
+class PostprocessSection(Section):
+    """How the network's voxel output becomes output events.
+
+    ``mode="mask"`` (default): every original event is kept or dropped whole - it looks up
+    the flare-free fraction ``clamp(out / in, 0, 1)`` of its own voxel cell(s) and is kept
+    when that is ``>= keep_threshold``; the output is a subset of the input, in order, with
+    the original t, x, y, p and dtypes. ``mode="decode"``: the seed's decoder (cell values
+    rounded to counts, timestamps drawn uniformly in the 2.5 ms bin).
+
+    ``keep_threshold`` default: 0.5, the middle of the plateau of per-event F1 against the
+    threshold on the quickstart validation set (``neurotrain evaluate`` reports the tuned
+    value as ``network.keep_threshold``; see ``tests/tasks/deflare/test_exact_output.py``).
+    """
+
+    mode: Literal["mask", "decode"] = "mask"
+    keep_threshold: float = Field(0.5, ge=0, le=1)
+    min_cell_abs: float = Field(1e-6, gt=0)  # |input| at or below this: the cell's events cancel, keep them
+
+
 class BaselineSection(Section):
     """Classical filters (voxel-space versions, 2.5 ms bins)."""
 
@@ -128,6 +147,7 @@ class DeflareConfig(Config):
     loss: LossSection = LossSection()
     paths: PathsSection = PathsSection()
     pipeline: PipelineSection = PipelineSection()
+    postprocess: PostprocessSection = PostprocessSection()
     baseline: BaselineSection = BaselineSection()
     evaluate: EvaluateSection = EvaluateSection()
 

@@ -99,6 +99,9 @@ def inspect_events(path: str | Path) -> EventFileInfo:
             d = g[k]
             if d.ndim != 1:
                 raise DataError(f"{path}: events/{k}: expected a 1-D dataset (got shape {d.shape})")
+            if not (np.issubdtype(d.dtype, np.integer) or (k == "p" and d.dtype == np.bool_)):
+                want = "an integer dtype (µs)" if k == "t" else ("an integer or bool dtype" if k == "p" else "an integer dtype (pixels)")
+                raise DataError(f"{path}: events/{k}: expected {want} (got {d.dtype})")
             lengths[k] = d.shape[0]
             dtypes[k] = d.dtype
         if len(set(lengths.values())) != 1:
@@ -136,12 +139,13 @@ class EventChunk:
     x: np.ndarray
     y: np.ndarray
     p: np.ndarray
+    praw: np.ndarray | None = None  # the polarity exactly as stored in the file (exact-output path)
 
     def __len__(self) -> int:
         return int(self.t.shape[0])
 
     def slice(self, a: int, b: int) -> EventChunk:
-        return EventChunk(self.t[a:b], self.x[a:b], self.y[a:b], self.p[a:b])
+        return EventChunk(self.t[a:b], self.x[a:b], self.y[a:b], self.p[a:b], None if self.praw is None else self.praw[a:b])
 
     @staticmethod
     def concat(chunks: list[EventChunk]) -> EventChunk:
@@ -149,7 +153,10 @@ class EventChunk:
             return EventChunk.empty()
         if len(chunks) == 1:
             return chunks[0]
-        return EventChunk(*(np.concatenate([getattr(c, k) for c in chunks]) for k in EVENT_KEYS))
+        praw = None
+        if all(c.praw is not None for c in chunks):
+            praw = np.concatenate([c.praw for c in chunks])  # type: ignore[misc]
+        return EventChunk(*(np.concatenate([getattr(c, k) for c in chunks]) for k in EVENT_KEYS), praw=praw)
 
     @staticmethod
     def empty() -> EventChunk:
@@ -194,7 +201,12 @@ def iter_chunks(
                     ) from None
             t = arrs["t"].astype(np.int64, copy=False)
             if t.size and ((last_t is not None and t[0] < last_t) or np.any(t[1:] < t[:-1])):
-                raise DataError(f"{path}: events/t: expected non-decreasing timestamps (found a decrease near index {a})")
+                raise DataError(
+                    f"{path}: events/t: expected non-decreasing timestamps (found a decrease near index {a}; "
+                    "sort the file by t first, e.g. with neurotrain.tasks.deflare.io.sort_events_file)"
+                )
+            if t.size and last_t is None and t[0] < 0:
+                raise DataError(f"{path}: events/t: expected timestamps >= 0 µs (got {int(t[0])} at index {a})")
             x = arrs["x"].astype(np.int32, copy=False)
             y = arrs["y"].astype(np.int32, copy=False)
             if sensor_size is not None and t.size:
@@ -205,7 +217,7 @@ def iter_chunks(
                     raise DataError(f"{path}: events/y: expected 0 <= y < {h} (sensor height), got range [{y.min()}, {y.max()}]")
             if t.size:
                 last_t = int(t[-1])
-            yield EventChunk(t, x, y, polarity_to_sign(arrs["p"]))
+            yield EventChunk(t, x, y, polarity_to_sign(arrs["p"]), arrs["p"])
 
 
 def read_events(path: str | Path, sensor_size: tuple[int, int] | None = None) -> EventChunk:
@@ -285,8 +297,10 @@ class EventWriter:
         chunk_rows: int = 1 << 16,
         attrs: dict[str, Any] | None = None,
         shuffle: bool = True,
+        extra_columns: dict[str, Any] | None = None,
     ) -> None:
         self.path = Path(path)
+        self.extra = {k: np.dtype(v) for k, v in (extra_columns or {}).items()}
         self.layout = like.layout if like else "seed"
         self.dtypes = dict(like.dtypes) if like else dict(SEED_DTYPES)
         self.neg_value = like.neg_value if like else 0
@@ -301,7 +315,9 @@ class EventWriter:
         self.shuffle = shuffle
         self.n = 0
         self._written = 0
-        self._pending: dict[str, list[np.ndarray]] = {k: [] for k in EVENT_KEYS}
+        self.columns = EVENT_KEYS + tuple(self.extra)
+        self.dtypes.update(self.extra)
+        self._pending: dict[str, list[np.ndarray]] = {k: [] for k in self.columns}
         self._pending_n = 0
         self._next_ms = 0
         self._stack: ExitStack | None = None
@@ -314,7 +330,7 @@ class EventWriter:
         tmp = self._stack.enter_context(atomic_path(self.path))
         self._file = self._stack.enter_context(h5py.File(tmp, "w"))
         g = self._file.create_group("events")
-        for k in EVENT_KEYS:
+        for k in self.columns:
             g.create_dataset(
                 k, shape=(0,), maxshape=(None,), dtype=self.dtypes[k], chunks=(self.chunk_rows,),
                 compression=self.compression, compression_opts=self.compression_opts,
@@ -327,15 +343,16 @@ class EventWriter:
             self._file.attrs[k] = v
         return self
 
-    def append(self, t: Any, x: Any, y: Any, p: Any) -> None:
-        """Append time-ordered events; ``t`` in µs on the file's axis, ``p`` the sign (+1/-1)."""
+    def append(self, t: Any, x: Any, y: Any, p: Any, raw_p: bool = False, extra: dict[str, Any] | None = None) -> None:
+        """Append time-ordered events; ``t`` in µs on the file's axis, ``p`` the sign (+1/-1),
+        or (``raw_p=True``) the polarity values exactly as the input file stored them."""
         assert self._file is not None, "EventWriter used outside its with-block"
         arrs = [a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a) for a in (t, x, y, p)]
         t_np, x_np, y_np, p_np = arrs
         m = t_np.shape[0]
         if m == 0:
             return
-        stored_p = np.where(p_np > 0, np.int8(1), np.int8(self.neg_value))
+        stored_p = p_np if raw_p else np.where(p_np > 0, np.int8(1), np.int8(self.neg_value))
         if self.layout == "dsec":
             last_ms = int(t_np[-1]) // 1000
             if last_ms >= self._next_ms:
@@ -345,7 +362,13 @@ class EventWriter:
                 d.resize((d.shape[0] + idx.size,))
                 d[-idx.size :] = idx.astype(np.uint64)
                 self._next_ms = last_ms + 1
-        for k, a in zip(EVENT_KEYS, (t_np, x_np, y_np, stored_p)):
+        cols = dict(zip(EVENT_KEYS, (t_np, x_np, y_np, stored_p)))
+        for k in self.extra:
+            if extra is None or k not in extra:
+                raise ValueError(f"EventWriter.append: column {k!r} missing from extra")
+            a = extra[k]
+            cols[k] = a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
+        for k, a in cols.items():
             self._pending[k].append(a.astype(self.dtypes[k], copy=False))
         self._pending_n += m
         self.n += m
@@ -359,7 +382,7 @@ class EventWriter:
         if n == 0:
             return
         g = self._file["events"]
-        for k in EVENT_KEYS:
+        for k in self.columns:
             buf = np.concatenate(self._pending[k]) if len(self._pending[k]) > 1 else self._pending[k][0]
             d = g[k]
             d.resize((self._written + n,))
@@ -394,3 +417,31 @@ def list_h5(directory: str | Path) -> list[Path]:
     if not d.is_dir():
         raise DataError(f"{d}: expected a directory of .h5 event files (not found)")
     return sorted(p for p in d.iterdir() if p.suffix.lower() in (".h5", ".hdf5") and not p.name.startswith("."))
+
+
+def read_column(path: str | Path, name: str) -> np.ndarray | None:
+    """A whole extra per-event column (e.g. the simulator's ``events/label``), or ``None``."""
+    with _open(Path(path)) as f:
+        if "events" not in f or name not in f["events"]:
+            return None
+        return np.asarray(f["events"][name][:])
+
+
+def sort_events_file(src: str | Path, dst: str | Path) -> Path:
+    """The documented repair for a file whose timestamps are out of order: a stable sort by
+    ``t`` of the whole file (it must fit in memory), written atomically to ``dst`` in the
+    same layout and dtypes, with a warning that says how many events moved."""
+    import warnings
+
+    src = Path(src)
+    info = inspect_events(src)
+    with _open(src) as f:
+        g = f["events"]
+        cols = {k: np.asarray(g[k][:]) for k in EVENT_KEYS}
+    order = np.argsort(cols["t"], kind="stable")
+    moved = int(np.count_nonzero(order != np.arange(order.size)))
+    if moved:
+        warnings.warn(f"{src}: events/t: {moved} of {order.size} events out of time order; sorted by t (stable)", stacklevel=2)
+    with EventWriter(dst, like=info) as w:
+        w.append(*(cols[k][order] for k in EVENT_KEYS), raw_p=True)
+    return Path(dst)

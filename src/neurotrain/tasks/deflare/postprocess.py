@@ -1,5 +1,16 @@
 """File in, file out: events -> 20 ms segments -> voxels -> (network | filter) -> events.
 
+Two ways back from voxels to events (``postprocess.mode``):
+
+* ``mask`` (default): the exact output. Each original event looks up the network's output
+  in its own voxel cell (gather by the encoder's own index, :func:`voxel.event_cells`) and
+  is kept when the cell's flare-free fraction ``clamp(out / in, 0, 1)`` reaches
+  ``postprocess.keep_threshold``. The output is a subset of the input, in input order, with
+  the original t, x, y and stored polarity values in the input's dtypes; an identity
+  network keeps every event.
+* ``decode``: the seed's decoder (counts per cell, timestamps drawn uniformly in the bin);
+  microsecond timing is lost and ON/OFF pairs in a cell cancel.
+
 The pipeline streams: events are read in chunks (``pipeline.chunk_events``), regrouped
 into segments on the absolute grid ``k * segment_duration_us``, and
 ``pipeline.batch_segments`` segments at a time are encoded in one ``index_add_`` on the
@@ -36,7 +47,7 @@ from neurotrain.tasks.deflare.io import (
     iter_chunks,
     iter_segments,
 )
-from neurotrain.tasks.deflare.voxel import active_bins_mask, events_to_voxel, voxel_to_events
+from neurotrain.tasks.deflare.voxel import active_bins_mask, event_cells, events_to_voxel, keep_fraction, voxel_to_events
 
 VoxelFn = Callable[[torch.Tensor], torch.Tensor]
 DebugHook = Callable[[dict[str, Any]], None]
@@ -69,9 +80,13 @@ def _batched(segments: Iterator[Segment], n: int) -> Iterator[list[Segment]]:
 
 
 def encode_segments(
-    segs: list[Segment], cfg: Any, size: tuple[int, int], device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(S, 1, B, H, W) voxels of a list of segments (one ``index_add_``) and their starts (S,)."""
+    segs: list[Segment], cfg: Any, size: tuple[int, int], device: torch.device, return_cells: bool = False
+) -> tuple[torch.Tensor, ...]:
+    """(S, 1, B, H, W) voxels of a list of segments (one ``index_add_``) and their starts (S,).
+
+    With ``return_cells`` also the events' cells ``(idx0, idx1, w1)`` of
+    :func:`voxel.event_cells`, in the order of the segments' events, for the per-event lookup.
+    """
     D = cfg.voxel.segment_duration_us
     # one host->device copy per segment and the concatenation on the device: no host-side copy
     parts = [s.events.to_torch(device) for s in segs]
@@ -83,7 +98,13 @@ def encode_segments(
         tt["t"], tt["x"], tt["y"], tt["p"], num_bins=cfg.voxel.num_bins, sensor_size=size, duration_us=D,
         t_start=starts, segment=seg_t, num_segments=len(segs), method=cfg.voxel.method,
     )
-    return vox.unsqueeze(1), starts
+    if not return_cells:
+        return vox.unsqueeze(1), starts
+    idx0, idx1, w1, _ = event_cells(
+        tt["t"], tt["x"], tt["y"], num_bins=cfg.voxel.num_bins, sensor_size=size, duration_us=D,
+        t_start=starts, segment=seg_t, method=cfg.voxel.method,
+    )
+    return vox.unsqueeze(1), starts, idx0, idx1, w1
 
 
 def iter_file_voxels(
@@ -125,6 +146,7 @@ def process_file(
     size = resolve_sensor_size(info, cfg)
     D, B = cfg.voxel.segment_duration_us, cfg.voxel.num_bins
     pl = cfg.pipeline
+    mask_mode = getattr(getattr(cfg, "postprocess", None), "mode", "mask") == "mask"
     gen = torch.Generator(device=device)
     gen.manual_seed(int(pl.decode_seed))
     res = FileResult(in_path, Path(out_path) if out_path is not None else None)
@@ -138,7 +160,7 @@ def process_file(
         )
         writer.__enter__()
         w = writer
-        sink = BackgroundSink(lambda e: w.append(e["t"], e["x"], e["y"], e["p"]), pl.io_queue_depth)
+        sink = BackgroundSink(lambda e: w.append(e["t"], e["x"], e["y"], e["p"], raw_p=bool(e.get("raw", False))), pl.io_queue_depth)
     batches = prefetch(_batched(iter_segments(iter_chunks(in_path, pl.chunk_events, size, info), D),
                                 pl.batch_segments), pl.io_queue_depth)
     try:
@@ -150,7 +172,8 @@ def process_file(
             if segs is None:
                 break
             t0 = time.perf_counter()
-            vin, starts = encode_segments(segs, cfg, size, device)
+            enc = encode_segments(segs, cfg, size, device, return_cells=mask_mode)
+            vin, starts = enc[0], enc[1]
             _sync(device)
             t1 = time.perf_counter()
             secs["encode"] += t1 - t0
@@ -159,16 +182,19 @@ def process_file(
             _sync(device)
             t2 = time.perf_counter()
             secs["network"] += t2 - t1
-            keep = active_bins_mask(starts, B, D, info.t_first, info.t_last)
-            vout = vout * keep[:, None, :, None, None]
             n_in = sum(len(s.events) for s in segs)
-            ev = voxel_to_events(
-                vout[:, 0], duration_us=D, t_start=starts, generator=gen,
-                max_events=int(pl.max_events_factor * max(n_in, 1000)), t_min=info.t_first, t_max=info.t_last,
-            )
-            keys = ("t", "x", "y", "p", "segment") if debug_hook is not None else ("t", "x", "y", "p")
-            small = {"x": torch.int32, "y": torch.int32, "segment": torch.int32}
-            ev_np = {k: (ev[k].to(small[k]) if k in small else ev[k]).cpu().numpy() for k in keys}
+            if mask_mode:
+                ev_np = select_events(segs, vin, vout, enc[2], enc[3], enc[4], cfg, with_segment=debug_hook is not None)
+            else:
+                keep = active_bins_mask(starts, B, D, info.t_first, info.t_last)
+                vout = vout * keep[:, None, :, None, None]
+                ev = voxel_to_events(
+                    vout[:, 0], duration_us=D, t_start=starts, generator=gen,
+                    max_events=int(pl.max_events_factor * max(n_in, 1000)), t_min=info.t_first, t_max=info.t_last,
+                )
+                keys = ("t", "x", "y", "p", "segment") if debug_hook is not None else ("t", "x", "y", "p")
+                small = {"x": torch.int32, "y": torch.int32, "segment": torch.int32}
+                ev_np = {k: (ev[k].to(small[k]) if k in small else ev[k]).cpu().numpy() for k in keys}
             t3 = time.perf_counter()
             secs["decode"] += t3 - t2
             if sink is not None:
@@ -207,6 +233,39 @@ def process_file(
         secs["write"] += time.perf_counter() - t0
     res.seconds = secs
     return res
+
+
+def select_events(
+    segs: list[Segment],
+    vin: torch.Tensor,
+    vout: torch.Tensor,
+    idx0: torch.Tensor,
+    idx1: torch.Tensor,
+    w1: torch.Tensor,
+    cfg: Any,
+    with_segment: bool = False,
+) -> dict[str, Any]:
+    """The kept original events of a batch of segments (``postprocess.mode="mask"``).
+
+    Returns NumPy columns ``t``, ``x``, ``y`` and ``p`` (the stored polarity values when the
+    reader kept them, with ``raw=True``, else the sign) of the events whose flare-free
+    fraction (:func:`voxel.keep_fraction`) is ``>= postprocess.keep_threshold``, in input
+    order; ``segment`` (batch-local index) too when ``with_segment``.
+    """
+    pp = cfg.postprocess
+    frac = keep_fraction(vin, vout, idx0, idx1, w1, pp.min_cell_abs)
+    keep = (frac >= pp.keep_threshold).cpu().numpy()
+    ev = EventChunk.concat([s.events for s in segs])
+    out: dict[str, Any] = {"t": ev.t[keep], "x": ev.x[keep], "y": ev.y[keep]}
+    if ev.praw is not None:
+        out["p"], out["raw"] = ev.praw[keep], True
+    else:
+        out["p"] = ev.p[keep]
+    if with_segment:
+        seg = np.repeat(np.arange(len(segs), dtype=np.int32), [len(s.events) for s in segs])
+        out["segment"] = seg[keep]
+        out["p_sign"] = ev.p[keep]
+    return out
 
 
 def model_fn(model: torch.nn.Module, device: torch.device | str, precision: str = "fp32") -> VoxelFn:

@@ -168,7 +168,7 @@ class DeflareTask(Task):
             ev_in_d = {"t": ev_in.t[m], "x": ev_in.x[m], "y": ev_in.y[m], "p": ev_in.p[m]}
             ev_out = info["output_events"]
             mo = ev_out["segment"] == 0
-            ev_out_d = {k: ev_out[k][mo] for k in ("t", "x", "y", "p")}
+            ev_out_d = {k: ev_out["p_sign" if (k == "p" and "p_sign" in ev_out) else k][mo] for k in ("t", "x", "y", "p")}
             write_debug_folder(
                 cfg.pipeline.debug_dir / f"{prefix}_iter_{written[0]:03d}",
                 input_voxel=vin[0, 0].cpu(), output_voxel=vout[0, 0].cpu(), duration_us=D,

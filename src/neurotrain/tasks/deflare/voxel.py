@@ -11,6 +11,9 @@ per bin (seed: "统一20ms/8bins时间分辨率").
   of Zhu et al. 2019 ("Unsupervised event-based learning of optical flow, depth, and
   egomotion", CVPR), where an event at normalised time ``t* = (B-1) r / D`` adds
   ``p * max(0, 1 - |k - t*|)`` to bins ``k = floor(t*)`` and ``floor(t*) + 1``.
+* :func:`event_cells` / :func:`keep_fraction` - the exact-output path: each original event
+  looks up the network's output in the cell(s) it was encoded into (gather by index) and
+  is kept or dropped as a whole, its own t, x, y, p untouched.
 * :func:`voxel_to_events` - the seed's decoding: a cell's value is rounded to an integer
   ``v``; ``|v|`` events of polarity ``sign(v)`` are drawn with integer timestamps uniform in
   the cell's bin (seeded generator). For integer voxels ``encode(decode(v)) == v`` exactly.
@@ -43,6 +46,97 @@ def bin_lower_edges(num_bins: int, duration_us: int, device: torch.device | str 
     ``ceil(k D / B)``."""
     k = torch.arange(num_bins + 1, device=device, dtype=torch.int64)
     return -((-k * duration_us) // num_bins)
+
+
+def event_cells(
+    t: torch.Tensor,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    num_bins: int,
+    sensor_size: tuple[int, int],
+    duration_us: int,
+    t_start: int | torch.Tensor = 0,
+    segment: torch.Tensor | None = None,
+    method: VoxelMethod = "count",
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The voxel cells each event went into: the one index arithmetic of the encoder.
+
+    Returns ``(idx0, idx1, w1, valid)``: flat indices into the ``(S, B, H, W)`` (or
+    ``(B, H, W)``) grid of the two time bins the event touches, the weight ``w1`` of the
+    second (the first has ``1 - w1``) and whether the event lies inside its segment. With
+    ``method="count"`` both indices are the event's own bin and ``w1 = 0``; with
+    ``"bilinear"`` they are ``floor(t*)`` and ``floor(t*) + 1`` (Zhu et al. 2019).
+    """
+    if method not in ("count", "bilinear"):
+        raise ValueError(f"events_to_voxel: method must be 'count' or 'bilinear' (got {method!r})")
+    h, w = sensor_size
+    device = t.device
+    t = _as_long(t)
+    starts = torch.as_tensor(t_start, device=device, dtype=torch.int64)
+    if segment is not None:
+        segment = _as_long(segment)
+        rel = t - (starts[segment] if starts.ndim else starts)
+    else:
+        rel = t - starts
+    valid = (rel >= 0) & (rel < duration_us)
+    base = _as_long(y) * w + _as_long(x)
+    if segment is not None:
+        base = base + segment * (num_bins * h * w)
+    if method == "count":
+        b0 = ((rel * num_bins) // duration_us).clamp(0, num_bins - 1)
+        idx0 = base + b0 * (h * w)
+        return idx0, idx0, torch.zeros(t.shape, dtype=torch.float32, device=device), valid
+    ts = rel.to(torch.float64) * (num_bins - 1) / duration_us
+    b0 = ts.floor()
+    w1 = (ts - b0).to(torch.float32)
+    b0 = b0.long().clamp(0, num_bins - 1)
+    b1 = (b0 + 1).clamp(max=num_bins - 1)
+    return base + b0 * (h * w), base + b1 * (h * w), w1, valid
+
+
+def keep_fraction(
+    vin: torch.Tensor,
+    vout: torch.Tensor,
+    idx0: torch.Tensor,
+    idx1: torch.Tensor,
+    w1: torch.Tensor,
+    min_abs: float = 1e-6,
+) -> torch.Tensor:
+    """Per-event flare-free fraction, looked up in the event's own cells (gather by index).
+
+    ``vin``/``vout``: input and output voxels ``(S, [1,] B, H, W)``; ``idx0, idx1, w1`` from
+    :func:`event_cells` on the same grid. A cell's flare-free fraction is
+    ``clamp(out / in, 0, 1)``: the share of the cell's signed input value that the network
+    keeps (the voxel is one signed channel, so an event's polarity enters through the sign
+    of its cell). A cell whose ON and OFF events cancel (``|in| <= min_abs``) carries no
+    value of its own; it takes its pixel's fraction over the segment,
+    ``clamp(sum_b sign(in_b) out_b / sum_b |in_b|, 0, 1)`` (1 when every cell of the pixel
+    cancels). With the bilinear grid an event's fraction is ``(1 - w1) f[idx0] + w1 f[idx1]``,
+    the weights the encoder spread it with. The identity network gives exactly 1 for every
+    event.
+    """
+    h, w = vin.shape[-2:]
+    nb = vin.shape[-3]
+    a = vin.reshape(-1, nb, h * w).float()
+    o = vout.reshape(-1, nb, h * w).float()
+    sa = torch.sign(a)
+    den = a.abs().sum(1)  # (S, H*W)
+    pix = torch.where(den > min_abs, ((sa * o).sum(1) / den.clamp_min(min_abs)).clamp(0.0, 1.0), torch.ones_like(den)).reshape(-1)
+    a, o = a.reshape(-1), o.reshape(-1)
+
+    def cell(idx: torch.Tensor) -> torch.Tensor:
+        ai, oi = a[idx], o[idx]
+        ok = ai.abs() > min_abs
+        ratio = (oi / torch.where(ok, ai, torch.ones_like(ai))).clamp(0.0, 1.0)
+        pidx = (idx // (nb * h * w)) * (h * w) + idx % (h * w)
+        return torch.where(ok, ratio, pix[pidx])
+
+    f0 = cell(idx0)
+    if idx1 is idx0:
+        return f0
+    w1 = w1.float()
+    return torch.where(w1 > 0, (1 - w1) * f0 + w1 * cell(idx1), f0)
 
 
 def events_to_voxel(
@@ -86,35 +180,20 @@ def events_to_voxel(
     s_count = 1 if segment is None else int(num_segments if num_segments is not None else 0)
     if segment is not None and s_count < 1:
         raise ValueError("events_to_voxel: num_segments is required with segment")
-    t = _as_long(t)
-    starts = torch.as_tensor(t_start, device=device, dtype=torch.int64)
-    if segment is not None:
-        segment = _as_long(segment)
-        rel = t - (starts[segment] if starts.ndim else starts)
-    else:
-        rel = t - starts
-    valid = (rel >= 0) & (rel < duration_us)
-    base = _as_long(y) * w + _as_long(x)
-    if segment is not None:
-        base = base + segment * (num_bins * h * w)
+    idx0, idx1, w1, valid = event_cells(
+        t, x, y, num_bins=num_bins, sensor_size=sensor_size, duration_us=duration_us, t_start=t_start,
+        segment=segment, method=method,
+    )
     vals = p.to(dtype)
     out = torch.zeros(s_count * num_bins * h * w, dtype=dtype, device=device)
     if method == "count":
-        b = (rel * num_bins) // duration_us
-        idx = base + b.clamp(0, num_bins - 1) * (h * w)
-        out.index_add_(0, idx[valid], vals[valid])
-    elif method == "bilinear":
-        ts = rel.to(torch.float64) * (num_bins - 1) / duration_us
-        b0 = ts.floor()
-        w1 = (ts - b0).to(dtype)
-        b0 = b0.long().clamp(0, num_bins - 1)
-        b1 = (b0 + 1).clamp(max=num_bins - 1)
-        idx = torch.cat([base + b0 * (h * w), base + b1 * (h * w)])
-        wts = torch.cat([vals * (1 - w1), vals * w1])
-        m = torch.cat([valid, valid & (b1 != b0)])
-        out.index_add_(0, idx[m], wts[m])
+        out.index_add_(0, idx0[valid], vals[valid])
     else:
-        raise ValueError(f"events_to_voxel: method must be 'count' or 'bilinear' (got {method!r})")
+        w1 = w1.to(dtype)
+        idx = torch.cat([idx0, idx1])
+        wts = torch.cat([vals * (1 - w1), vals * w1])
+        m = torch.cat([valid, valid & (idx1 != idx0)])
+        out.index_add_(0, idx[m], wts[m])
     shape = (num_bins, h, w) if segment is None else (s_count, num_bins, h, w)
     return out.view(shape)
 
