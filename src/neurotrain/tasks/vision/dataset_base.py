@@ -163,12 +163,19 @@ def read_mask(path: Path, n_classes: int, label_map: dict[int, int] | None = Non
     return values_to_classes(np.asarray(arr), n_classes, label_map, path)
 
 
+def _present_values(arr: np.ndarray) -> np.ndarray:
+    """Sorted distinct values; a histogram for 8/16-bit masks (several times faster than np.unique)."""
+    if arr.dtype in (np.uint8, np.uint16, np.bool_):
+        return np.flatnonzero(np.bincount(arr.ravel().astype(np.intp, copy=False), minlength=2)).astype(np.int64)
+    return np.unique(arr).astype(np.int64)
+
+
 def values_to_classes(arr: np.ndarray, n_classes: int, label_map: dict[int, int] | None, path: Path) -> torch.Tensor:
     """Stored mask values -> int64 class indices (label_map, then 0/255 -> 0/1 for 2 classes)."""
     if np.issubdtype(arr.dtype, np.floating):
         if not np.all(arr == np.round(arr)):
             raise DataError(f"{path}: mask values: expected integer class indices (got non-integer floats)")
-    values = np.unique(arr).astype(np.int64)
+    values = _present_values(arr)
     out = arr.astype(np.int64)
     if label_map:
         unknown = sorted(set(values.tolist()) - set(label_map))
@@ -180,7 +187,7 @@ def values_to_classes(arr: np.ndarray, n_classes: int, label_map: dict[int, int]
         values = np.unique(out)
     elif n_classes == 2 and set(values.tolist()) <= {0, 255} and 255 in values:
         out = (out == 255).astype(np.int64)
-        values = np.unique(out)
+        values = np.asarray([0, 1]) if 0 in values else np.asarray([1])
     bad = values[(values < 0) | (values >= n_classes)]
     if bad.size:
         raise DataError(f"{path}: mask values: expected class indices 0..{n_classes - 1} (got {bad[:10].tolist()})")
