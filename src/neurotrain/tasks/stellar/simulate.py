@@ -219,6 +219,16 @@ def _interp_log_grid(model: torch.Tensor, log0: float, step: float, wave_rest: t
     return torch.gather(model, 1, j) * (1 - f) + torch.gather(model, 1, j + 1) * f
 
 
+def _fine_grid(cfg: SimulateSection) -> tuple[float, float, int]:
+    """(log10 lambda_0, step, size) of the oversampled rest grid covering the observed grid at every z of
+    ``rv_range_kms`` (fixed per config, so its forest basis is built once)."""
+    step = cfg.coeff1 / cfg.oversample
+    z = [math.sqrt((1 + v / synth.C_KMS) / (1 - v / synth.C_KMS)) - 1 for v in cfg.rv_range_kms]
+    lo = cfg.coeff0 - math.log10(1 + max(z)) - 4 * step
+    hi = cfg.coeff0 + cfg.coeff1 * (cfg.n_pixels - 1) - math.log10(1 + min(z)) + 4 * step
+    return lo, step, int(math.ceil((hi - lo) / step)) + 1
+
+
 def simulate_raw(labels: torch.Tensor, snr: torch.Tensor, cfg: SimulateSection, generator: torch.Generator,
                  device: torch.device | str) -> dict[str, torch.Tensor]:
     """Raw observed-frame batch of the stellar contract for physical ``labels`` (B, 8) at S/N ``snr`` (B,):
@@ -233,10 +243,8 @@ def simulate_raw(labels: torch.Tensor, snr: torch.Tensor, cfg: SimulateSection, 
     beta = rv / synth.C_KMS
     z = torch.sqrt((1 + beta) / (1 - beta)) - 1
     wave_rest = wave[None, :] / (1 + z[:, None])  # (B, N)
-    # normalised model on one fine log-lambda rest grid covering every shift, then interpolated per spectrum
-    step = cfg.coeff1 / cfg.oversample
-    log0 = math.log10(float(wave_rest.min())) - 4 * step
-    n_fine = int(math.ceil((math.log10(float(wave_rest.max())) - log0) / step)) + 5
+    # normalised model on one fine log-lambda rest grid covering every allowed shift, then interpolated per spectrum
+    log0, step, n_fine = _fine_grid(cfg)
     fine = torch.pow(10.0, log0 + step * torch.arange(n_fine, device=dev, dtype=torch.float64))
     model = _interp_log_grid(normalised_model(labels, fine, cfg), log0, step, wave_rest).double()
     scale = torch.exp(_uniform(b, *(math.log(v) for v in cfg.flux_scale_range), g, dev))[:, None]

@@ -376,8 +376,23 @@ def absorption(labels: torch.Tensor, wave: torch.Tensor, resolution: float) -> t
             h = row.width_aa / 2
             win = torch.sigmoid((wave - c + h) / edge) * torch.sigmoid((c + h - wave) / edge)
         total = total + tau * win
-    forest = forest_lines()
-    fpar = line_widths(forest, labels)
-    lam = torch.as_tensor(forest.vac, dtype=labels.dtype, device=labels.device)
-    basis = _gauss(wave[None, :] - lam[:, None], lsf_sigma(lam, resolution)[:, None])  # (L, M)
-    return total + fpar["ew"] @ basis
+    fpar = line_widths(forest_lines(), labels)
+    return total + fpar["ew"] @ forest_basis(wave, resolution)
+
+
+_BASIS_CACHE: dict[tuple, torch.Tensor] = {}
+
+
+def forest_basis(wave: torch.Tensor, resolution: float) -> torch.Tensor:
+    """Unit-area LSF Gaussians (L, M) of the forest lines on ``wave`` (M,); the last few grids are cached
+    (the training loop reuses one grid)."""
+    key = (wave.shape[0], float(wave[0]), float(wave[-1]), float(wave[wave.shape[0] // 2]), resolution,
+           wave.device, wave.dtype)
+    basis = _BASIS_CACHE.get(key)
+    if basis is None:
+        lam = torch.as_tensor(forest_lines().vac, dtype=wave.dtype, device=wave.device)
+        basis = _gauss(wave[None, :] - lam[:, None], lsf_sigma(lam, resolution)[:, None])
+        if len(_BASIS_CACHE) >= 4:
+            _BASIS_CACHE.pop(next(iter(_BASIS_CACHE)))
+        _BASIS_CACHE[key] = basis
+    return basis
