@@ -14,7 +14,8 @@ Model (all torch, batch-first, differentiable in the labels; numbers and their s
   neutral lines of mostly ionised metals (Fe I, Mg I, Ca I, Na I, K I, Ti I): d log tau / d theta =
   chi_ion - chi_exc - 0.754, no gravity term (P_e cancels); lines of the majority ion (Fe II, Ca II, Sr II,
   Ba II): d log tau / d theta = 4 - chi_exc - 0.754 and tau ~ 1/P_e, so they grow at low gravity
-  (ionisation balance: Fe II / Fe I is a gravity indicator). Balmer lines use an effective slope of -3.5 dex
+  (ionisation balance: Fe II / Fe I is a gravity indicator). Both metal slopes are tempered by 0.7
+  (``THETA_TEMPER``: the line-forming layer's temperature varies less than Teff). Balmer lines use an effective slope of -3.5 dex
   per unit theta (the observed ~3x growth of H alpha / H beta equivalent width from 4500 K to 6000 K and
   ~8 A at 7000 K) times the neutral hydrogen fraction from Saha's equation, which puts their maximum near
   9000-10000 K (A0-A2 stars). Molecules: CH (G band) ~ [C/H], +1.5 dex per unit theta (optical depth 0.3 in the Sun); TiO ~ [Ti/H],
@@ -81,6 +82,9 @@ FOREST_SEED, FOREST_N, FOREST_RANGE = 20_240_517, 2400, (3600.0, 9400.0)
 #: (Lick indices, Worthey et al. 1994, ApJS 94, 687)
 THETA_TEMPER = 0.7
 BALMER_T_SLOPE = -3.5
+#: half-width (A) of the window each named line is computed on, by solar EW (A): strong lines carry wide
+#: damping wings; the profile is tapered linearly to 0 over the outer 20 % of the window
+NAMED_WINDOW_AA = ((2.0, 400.0), (0.5, 150.0), (0.0, 60.0))
 
 
 @dataclass(frozen=True)
@@ -253,6 +257,7 @@ class _Lines:
     log_a: np.ndarray
     damp_logg: np.ndarray
     log_tau_sun: np.ndarray
+    ew_sun: np.ndarray
 
 
 def _doppler_kms(teff: torch.Tensor, logg: torch.Tensor, mass: torch.Tensor) -> torch.Tensor:
@@ -285,7 +290,8 @@ def named_lines() -> _Lines:
     return _Lines(tuple(r.name for r in rows), vac, [r.element for r in rows], [r.species for r in rows],
                   np.array([r.chi_exc for r in rows]), np.array([r.chi_ion for r in rows]), mass, log_a,
                   np.array([r.damp_logg for r in rows]),
-                  _calibrate(vac, np.array([r.ew_sun_aa for r in rows]), mass, log_a))
+                  _calibrate(vac, np.array([r.ew_sun_aa for r in rows]), mass, log_a),
+                  np.array([r.ew_sun_aa for r in rows]))
 
 
 @lru_cache(maxsize=1)
@@ -301,7 +307,8 @@ def forest_lines() -> _Lines:
     log_tau = np.array([rng.uniform(*p[5]) for p in pick])
     return _Lines(tuple(f"{p[0]} {'II' if p[1] == 'ion' else 'I'} {v:.1f}" for p, v in zip(pick, vac)), vac,
                   [p[0] for p in pick], [p[1] for p in pick], chi, np.array([p[2] for p in pick]),
-                  np.array([p[6] for p in pick]), np.full(FOREST_N, -1.8), np.full(FOREST_N, 0.4), log_tau)
+                  np.array([p[6] for p in pick]), np.full(FOREST_N, -1.8), np.full(FOREST_N, 0.4), log_tau,
+                  np.full(FOREST_N, np.nan))
 
 
 def line_widths(lines: _Lines, labels: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -350,20 +357,28 @@ def _band_log_tau(row: LineStrength, labels: torch.Tensor) -> torch.Tensor:
 
 
 def absorption(labels: torch.Tensor, wave: torch.Tensor, resolution: float) -> torch.Tensor:
-    """Total absorption A (B, M) at rest vacuum wavelengths ``wave`` (M,): normalised flux = exp(-A)."""
+    """Total absorption A (B, M) at rest vacuum wavelengths ``wave`` (M,), increasing: normalised flux = exp(-A)."""
     wave = wave.to(labels.dtype)
     sig = lsf_sigma(wave, resolution)
     total = torch.zeros(labels.shape[0], wave.shape[0], dtype=labels.dtype, device=labels.device)
     named = named_lines()
     par = line_widths(named, labels)
-    for i, lam0 in enumerate(named.vac):  # ~40 named lines; each a (B, M) profile
-        x = wave - float(lam0)
+    m = wave.shape[0]
+    for i, lam0 in enumerate(named.vac):  # ~40 named lines; each profile on its window, tapered to 0 at the edges
+        half = next(h for e, h in NAMED_WINDOW_AA if named.ew_sun[i] >= e)
+        a, b = (int(torch.searchsorted(wave, torch.tensor(float(lam0) + d, dtype=wave.dtype, device=wave.device)))
+                for d in (-half, half))
+        if b <= a:
+            continue
+        x = wave[a:b] - float(lam0)
+        taper = ((half - x.abs()) / (0.2 * half)).clamp(0.0, 1.0)
         s_lsf = float(lam0) / (resolution * FWHM_PER_SIGMA)
         ew, eta = par["ew"][:, i : i + 1], par["eta"][:, i : i + 1]
         s_core = torch.sqrt(s_lsf**2 + par["ew_doppler"][:, i : i + 1] ** 2 / 12.0)
         gamma = par["gamma"][:, i : i + 1].clamp(min=1e-6)
-        total = total + ew * ((1 - eta) * _gauss(x, s_core) + eta * _pseudo_voigt(x, torch.full_like(gamma, s_lsf),
-                                                                                  gamma))
+        prof = ew * taper * ((1 - eta) * _gauss(x, s_core)
+                             + eta * _pseudo_voigt(x, torch.full_like(gamma, s_lsf), gamma))
+        total = total + torch.nn.functional.pad(prof, (a, m - b))
     for row in LINE_TABLE:  # molecular bands: optical depth times a smooth window
         if row.species not in BAND_PARAMS:
             continue
