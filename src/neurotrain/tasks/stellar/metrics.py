@@ -48,12 +48,13 @@ def physical_prediction(
 
     The network output is converted as :meth:`models.SpectralResCNN.to_physical` does.
     """
+    # metrics never backpropagate: detach so a state never holds on to an autograd graph
     if isinstance(pred, dict):
-        mean = pred["mean"].double()
+        mean = pred["mean"].detach().double()
         sigma = pred.get("sigma")
-        return mean, None if sigma is None else sigma.double()
+        return mean, None if sigma is None else sigma.detach().double()
     L = label_mean.numel()
-    out = pred.double()
+    out = pred.detach().double()
     mean = out[:, :L] * label_std + label_mean
     if out.shape[1] >= 2 * L:
         var = torch.exp(out[:, L : 2 * L].clamp(*LOGVAR_CLAMP)) + min_sigma**2
