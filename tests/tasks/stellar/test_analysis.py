@@ -87,3 +87,20 @@ def test_unknown_label_is_a_config_error(tmp_path: Path) -> None:
     cfg = StellarConfig.model_validate({"labels": {"names": ["TEFF", "MG_FE"]}, "inference": {"device": "cpu"}})
     with pytest.raises(ConfigError, match="NA_FE"):
         analyze(cfg, ToyLinear(), tmp_path, spectra=_spectra(), wave=WAVE, labels=["NA_FE"])
+
+
+def test_prepared_file_rows_and_label_order(tmp_path: Path) -> None:
+    h5py = pytest.importorskip("h5py")
+    import numpy as np
+
+    from neurotrain.tasks.stellar.analysis import prepared_spectra
+
+    p = tmp_path / "prep.h5"
+    with h5py.File(p, "w") as f:
+        f["input"] = np.arange(5 * 2 * 3, dtype=np.float32).reshape(5, 2, 3)
+        f["target"] = np.array([[i, 10 * i] for i in range(5)], dtype=np.float32)
+        f["split"] = np.array([0, 2, 1, 2, 2], dtype=np.int8)
+        f.attrs["label_names"] = ["FE_H", "MG_FE"]
+    d = prepared_spectra(p, ["MG_FE", "FE_H"], 2)
+    assert d["input"].shape == (2, 2, 3) and d["input"][0, 0, 0] == 6.0  # rows 1 and 3 (test split)
+    assert d["target"].tolist() == [[10.0, 1.0], [30.0, 3.0]]

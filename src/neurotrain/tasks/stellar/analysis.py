@@ -21,7 +21,8 @@ histogram, residual vs true value and a QQ plot of residual / predicted sigma, w
 MAE, RMSE and R^2.
 
 Spectra: ``options["spectra"]`` (a dict with ``input`` (B, C, M) and optionally ``target`` (B, L) and
-``snr``), else a held-out synthetic draw at S/N ``options.get("snr", 50)`` (seed ``seed +
+``snr``), else the test split of the prepared file at ``data.path`` (real spectra with catalogue labels,
+unless ``options["synthetic"]``), else a held-out synthetic draw at S/N ``options.get("snr", 50)`` (seed ``seed +
 evaluate.seed_offset + ANALYZE_SEED_SHIFT``). Output in the given folder: ``importance_<LABEL>.png``,
 ``residuals_<LABEL>.png``, ``importance.csv`` and ``analysis.md``.
 """
@@ -212,9 +213,31 @@ def _importance_figure(path: Path, label: str, wave: np.ndarray, flux: np.ndarra
     return _save(fig, path)
 
 
+def prepared_spectra(path: Path, names: Sequence[str], n: int) -> dict[str, Tensor]:
+    """The first ``n`` test-split rows (``split`` 2; all rows when the file has no split) of a prepared
+    HDF5 file: ``input`` and ``target`` in ``names`` order (NaN where the catalogue has no value)."""
+    import h5py
+
+    from neurotrain.errors import DataError
+
+    with h5py.File(path, "r") as f:
+        if "input" not in f:
+            raise DataError(f"{path}: input: expected a prepared stellar file (dataset missing)")
+        rows = np.flatnonzero(np.asarray(f["split"][:]) == 2) if "split" in f else np.arange(f["input"].shape[0])
+        rows = rows[:n]
+        out = {"input": torch.from_numpy(np.asarray(f["input"][np.sort(rows)], dtype=np.float32))}
+        stored = [v.decode() if isinstance(v, bytes) else str(v) for v in np.atleast_1d(f.attrs.get("label_names", []))]
+        if "target" in f and all(nm in stored for nm in names):
+            tgt = np.asarray(f["target"][np.sort(rows)], dtype=np.float32)[:, [stored.index(nm) for nm in names]]
+            out["target"] = torch.from_numpy(tgt)
+    return out
+
+
 def _spectra(cfg: StellarConfig, options: dict[str, Any], device: torch.device) -> dict[str, Tensor]:
     if options.get("spectra") is not None:
         return {k: v.to(device) if isinstance(v, Tensor) else v for k, v in options["spectra"].items()}
+    if cfg.data.path is not None and Path(cfg.data.path).is_file() and not options.get("synthetic", False):
+        return {k: v.to(device) for k, v in prepared_spectra(Path(cfg.data.path), cfg.labels.names, cfg.analyze.n_spectra).items()}
     from neurotrain.tasks.stellar.evaluate import draw_set
 
     seed = cfg.seed + cfg.evaluate.seed_offset + ANALYZE_SEED_SHIFT
