@@ -15,6 +15,7 @@ Class indices are 0..C-1 with 0 the background in segmentation.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -59,11 +60,13 @@ class SurfaceDistance(Metric):
 
         p = F.one_hot(pred.long(), self.num_classes).movedim(-1, 1).float()
         t = F.one_hot(target.long(), self.num_classes).movedim(-1, 1).float()
-        if self.which == "hd95":
-            v = compute_hausdorff_distance(p, t, include_background=False, percentile=95, spacing=self.spacing)
-        else:
-            tol = [self.tolerance] * (self.num_classes - 1)
-            v = compute_surface_dice(p, t, tol, include_background=False, spacing=self.spacing)
+        with warnings.catch_warnings():  # an empty class is expected (left out below); MONAI warns per image
+            warnings.simplefilter("ignore")
+            if self.which == "hd95":
+                v = compute_hausdorff_distance(p, t, include_background=False, percentile=95, spacing=self.spacing)
+            else:
+                tol = [self.tolerance] * (self.num_classes - 1)
+                v = compute_surface_dice(p, t, tol, include_background=False, spacing=self.spacing)
         self.values.append(v.to(self.device, torch.float32))
 
     def per_class(self) -> torch.Tensor:

@@ -7,6 +7,7 @@ CPU (scikit-image, one call per image: labelling has no batched torch form). Siz
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -109,7 +110,9 @@ def label_instances(mask: torch.Tensor, method: str = "components", min_distance
             from skimage.morphology import remove_small_objects
             from skimage.segmentation import relabel_sequential
 
-            out[i] = relabel_sequential(remove_small_objects(out[i], max_size=min_size - 1))[0]
+            with warnings.catch_warnings():  # one instance only is fine here
+                warnings.simplefilter("ignore")
+                out[i] = relabel_sequential(remove_small_objects(out[i], max_size=min_size - 1))[0]
     return torch.from_numpy(out)
 
 
