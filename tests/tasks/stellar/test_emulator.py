@@ -126,3 +126,26 @@ def test_not_an_npz(tmp_path):
         PayneEmulator.from_npz(p)
     with pytest.raises(DataError, match="no such file"):
         PayneEmulator.from_npz(tmp_path / "missing.npz")
+
+
+def test_simulate_raw_with_payne_generator(tmp_path):
+    p = tmp_path / "wide.npz"
+    rng = np.random.default_rng(2)
+    n_pix = 300
+    w2 = np.zeros((n_pix, 16))
+    w2[150, :] = -0.5  # one absorption line at pixel 150, deeper for larger scaled labels
+    write_payne(p, n_pix=n_pix, w_array_2=w2, b_array_2=np.ones(n_pix),
+                w_array_0=np.abs(rng.normal(0, 1, (16, 3))), b_array_0=np.zeros(16),
+                w_array_1=np.eye(16), b_array_1=np.zeros(16), wavelength=np.linspace(3600.0, 9400.0, n_pix))
+    cfg = SimulateSection(generator="payne", emulator_path=p, emulator_labels=["TEFF", "LOGG", "FE_H"],
+                          rv_range_kms=(0.0, 0.0), sky_residuals=False, tellurics=False, bad_pixel_fraction=0.0,
+                          response_error=0.0, response_jump=0.0)
+    g = torch.Generator().manual_seed(0)
+    lab = S.sample_labels(2, cfg, g, "cpu")
+    lab[:, :3] = torch.tensor([[7000.0, 5.0, -2.0], [7000.0, 5.0, 0.5]])
+    raw = S.simulate_raw(lab, torch.tensor([1e4, 1e4]), cfg, g, "cpu")
+    line = float(np.linspace(3600.0, 9400.0, n_pix)[150])
+    w = raw["wave"][0]
+    j = int((w - line).abs().argmin())
+    depth = 1 - raw["flux"][:, j] / raw["flux"][:, j + 20 : j + 30].mean(1)
+    assert depth[1] > depth[0] + 0.05 and depth[1] > 0.1  # the emulator's line is there, deeper for the larger label

@@ -14,7 +14,8 @@ Units: wavelength Angstrom in vacuum, Teff K, log g dex (cgs), abundances dex; l
   CH and TiO bands, a fixed forest of ~2400 weak Fe/Ti/Ca/Mg lines; and its limits).
 * ``continuum_sed``: a Planck curve at Teff with a Balmer jump (up to 0.5 dex at ~9500 K, ~0.1 dex for the
   Sun) below 3646 A; no line blanketing of the continuum.
-* ``simulate_raw``: on LAMOST's observed grid (log10 lambda = coeff0 + coeff1 i, 3909 px, 3700-9099 A):
+* ``simulate_raw``: (with ``generator: payne`` the normalised model is the Payne emulator's, fed with the
+  ``emulator_labels`` columns of the labels) on LAMOST's observed grid (log10 lambda = coeff0 + coeff1 i, 3909 px, 3700-9099 A):
   radial velocity uniform in ``rv_range_kms`` -> z = sqrt((1+b)/(1-b)) - 1; SED x model x flux-calibration
   error (a smooth Legendre curve per spectrum of rms ``response_error`` in log, plus a small different offset
   and tilt per arm, blue/red split at ``arm_split_aa``); telluric O2 A/B and H2O bands scaled by airmass
@@ -219,6 +220,37 @@ def _interp_log_grid(model: torch.Tensor, log0: float, step: float, wave_rest: t
     return torch.gather(model, 1, j) * (1 - f) + torch.gather(model, 1, j + 1) * f
 
 
+_EMULATORS: dict[tuple[str, str], torch.nn.Module] = {}
+
+
+def _model_for(cfg: SimulateSection) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """(labels (B, 8), rest grid (M,)) -> normalised flux: the line model, or the Payne emulator fed with the
+    columns of ``cfg.emulator_labels`` (continuum 1.0 outside its wavelength range)."""
+    if cfg.generator != "payne":
+        return lambda lab, wave: normalised_model(lab, wave, cfg)
+    unknown = [n for n in cfg.emulator_labels if n not in GENERATOR_LABELS]
+    if cfg.emulator_path is None or unknown:
+        raise ConfigError(f"simulate.emulator_labels: expected an emulator_path and names among "
+                          f"{', '.join(GENERATOR_LABELS)} to simulate with a Payne emulator "
+                          f"(got {cfg.emulator_path}, unknown {unknown})")
+    cols = [GENERATOR_LABELS.index(n) for n in cfg.emulator_labels]
+
+    def run(lab: torch.Tensor, wave: torch.Tensor) -> torch.Tensor:
+        from neurotrain.tasks.stellar.emulator import PayneEmulator
+
+        key = (str(cfg.emulator_path), str(lab.device))
+        if key not in _EMULATORS:
+            _EMULATORS[key] = PayneEmulator.from_npz(cfg.emulator_path).to(lab.device)
+        emu = _EMULATORS[key]
+        if emu.n_labels != len(cols):  # type: ignore[attr-defined]
+            raise ConfigError(f"simulate.emulator_labels: expected {emu.n_labels} names for "  # type: ignore[attr-defined]
+                              f"{cfg.emulator_path} (got {len(cols)})")
+        with torch.no_grad():
+            return emu.resample(wave).to(lab.device)(lab[:, cols]).to(lab.dtype)  # type: ignore[attr-defined]
+
+    return run
+
+
 def _fine_grid(cfg: SimulateSection) -> tuple[float, float, int]:
     """(log10 lambda_0, step, size) of the oversampled rest grid covering the observed grid at every z of
     ``rv_range_kms`` (fixed per config, so its forest basis is built once)."""
@@ -246,7 +278,7 @@ def simulate_raw(labels: torch.Tensor, snr: torch.Tensor, cfg: SimulateSection, 
     # normalised model on one fine log-lambda rest grid covering every allowed shift, then interpolated per spectrum
     log0, step, n_fine = _fine_grid(cfg)
     fine = torch.pow(10.0, log0 + step * torch.arange(n_fine, device=dev, dtype=torch.float64))
-    model = _interp_log_grid(normalised_model(labels, fine, cfg), log0, step, wave_rest).double()
+    model = _interp_log_grid(_model_for(cfg)(labels, fine), log0, step, wave_rest).double()
     scale = torch.exp(_uniform(b, *(math.log(v) for v in cfg.flux_scale_range), g, dev))[:, None]
     signal = scale * continuum_sed(labels.double(), wave_rest) * model * _response(wave, b, cfg, g)
     if cfg.tellurics:
