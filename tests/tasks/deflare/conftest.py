@@ -26,3 +26,15 @@ def small_cfg(tmp_path: Path | None = None, **over) -> DeflareConfig:
 @pytest.fixture
 def cfg(tmp_path: Path) -> DeflareConfig:
     return small_cfg(tmp_path)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """The deflare tests use tiny tensors: one intra-op thread is faster than several on a
+    shared 2-core CI machine (thread start-up and contention dominate); restored afterwards."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -43,30 +43,41 @@ class VoxelSection(Section):
 
 
 class SimulateSection(Section):
+    """The flare simulator (sources of every number: ``scene.py`` and ``sensor.py`` docstrings)."""
+
     sensor_size: tuple[int, int] | None = None  # default: voxel.sensor_size
     file_duration_us: int = Field(100_000, ge=1)
     dt_us: int = Field(250, ge=1)
     warmup_us: int = Field(2_000, ge=0)
+    # sensor (v2e defaults; DAVIS346 / Lichtsteiner 2008 dynamic range)
     contrast_threshold: float = Field(0.2, gt=0)
     threshold_sigma: float = Field(0.03, ge=0)
     refractory_us: float = Field(500.0, ge=0)
-    noise_rate_hz: float = Field(0.2, ge=0)
     log_eps: float = Field(0.01, gt=0)
+    dynamic_range_db: float = Field(120.0, gt=0)
+    leak_rate_hz: tuple[float, float] = (0.1, 0.2)
+    leak_jitter_fraction: float = Field(0.1, ge=0, le=1)
+    shot_noise_rate_hz: tuple[float, float] = (0.0, 10.0)
+    shot_noise_bright_factor: float = Field(0.25, ge=0)
+    hot_pixel_fraction: float = Field(2e-4, ge=0, le=1)
+    hot_pixel_rate_hz: tuple[float, float] = (50.0, 500.0)
+    # scene
     texture_components: int = Field(6, ge=0)
     num_shapes: int = Field(3, ge=0)
     ego_speed_px_s: tuple[float, float] = (20.0, 200.0)
     shape_speed_px_s: tuple[float, float] = (0.0, 400.0)
     light_sigma_px: tuple[float, float] = (1.5, 3.5)
-    light_peak: tuple[float, float] = (20.0, 100.0)
+    light_contrast: tuple[float, float] = (10.0, 10_000.0)  # source peak / scene mean, log-uniform
     flicker_hz: list[float] = [100.0, 120.0]
     flicker_probability: float = Field(0.9, ge=0, le=1)
     flicker_depth: tuple[float, float] = (0.3, 1.0)
+    # flare, as fractions of the source's peak (log-uniform)
     flare_probability: float = Field(0.9, ge=0, le=1)
-    halo_amplitude: tuple[float, float] = (0.5, 3.0)
+    halo_fraction: tuple[float, float] = (0.01, 0.1)
     streaks: int = Field(6, ge=0)
-    streak_amplitude: tuple[float, float] = (0.2, 1.0)
+    streak_fraction: tuple[float, float] = (0.005, 0.05)
     ghosts: int = Field(3, ge=0)
-    ghost_amplitude: tuple[float, float] = (0.05, 0.4)
+    ghost_fraction: tuple[float, float] = (0.001, 0.02)
     test_fraction: float = Field(0.1, ge=0, lt=1)
     compression_level: int = Field(1, ge=0, le=9)
 
