@@ -82,7 +82,8 @@ class PayneEmulator(nn.Module):
             if w.ndim != 2 or w.shape[1] != width:
                 raise DataError(f"{path}: w_array_{k}: expected shape (n_out, {width}) (got {w.shape})")
             if b.shape != (w.shape[0],):
-                raise DataError(f"{path}: b_array_{k}: expected shape ({w.shape[0]},) (got {arrs[f'b_array_{k}'].shape})")
+                got = arrs[f"b_array_{k}"].shape
+                raise DataError(f"{path}: b_array_{k}: expected shape ({w.shape[0]},) (got {got})")
             ws.append(torch.as_tensor(w, dtype=dtype))
             bs.append(torch.as_tensor(b, dtype=dtype))
             width = w.shape[0]

@@ -15,7 +15,8 @@ Units: wavelength Angstrom in vacuum, Teff K, log g dex (cgs), abundances dex; l
 * ``continuum_sed``: a Planck curve at Teff with a Balmer jump (up to 0.5 dex at ~9500 K, ~0.1 dex for the
   Sun) below 3646 A; no line blanketing of the continuum.
 * ``simulate_raw``: (with ``generator: payne`` the normalised model is the Payne emulator's, fed with the
-  ``emulator_labels`` columns of the labels) on LAMOST's observed grid (log10 lambda = coeff0 + coeff1 i, 3909 px, 3700-9099 A):
+  ``emulator_labels`` columns of the labels) on LAMOST's observed grid (log10 lambda = coeff0 + coeff1 i,
+  3909 px, 3700-9099 A):
   radial velocity uniform in ``rv_range_kms`` -> z = sqrt((1+b)/(1-b)) - 1; SED x model x flux-calibration
   error (a smooth Legendre curve per spectrum of rms ``response_error`` in log, plus a small different offset
   and tilt per arm, blue/red split at ``arm_split_aa``); telluric O2 A/B and H2O bands scaled by airmass
@@ -174,7 +175,8 @@ def _response(wave: torch.Tensor, b: int, cfg: SimulateSection, g: torch.Generat
     different offset and tilt per arm (a jump at ``arm_split_aa``)."""
     dev, deg = wave.device, cfg.response_degree
     x = 2 * (wave - wave[0]) / (wave[-1] - wave[0]) - 1
-    coef = torch.randn(b, deg + 1, generator=g, device=dev, dtype=torch.float64) * cfg.response_error / math.sqrt(deg + 1)
+    coef = torch.randn(b, deg + 1, generator=g, device=dev, dtype=torch.float64)
+    coef = coef * cfg.response_error / math.sqrt(deg + 1)
     log_r = coef @ _legendre(x, deg)
     red = wave >= cfg.arm_split_aa
     for arm, sel in ((0, ~red), (1, red)):
@@ -242,9 +244,10 @@ def _model_for(cfg: SimulateSection) -> Callable[[torch.Tensor, torch.Tensor], t
         if key not in _EMULATORS:
             _EMULATORS[key] = PayneEmulator.from_npz(cfg.emulator_path).to(lab.device)
         emu = _EMULATORS[key]
-        if emu.n_labels != len(cols):  # type: ignore[attr-defined]
-            raise ConfigError(f"simulate.emulator_labels: expected {emu.n_labels} names for "  # type: ignore[attr-defined]
-                              f"{cfg.emulator_path} (got {len(cols)})")
+        n_in = int(emu.n_labels)  # type: ignore[attr-defined]
+        if n_in != len(cols):
+            raise ConfigError(f"simulate.emulator_labels: expected {n_in} names for {cfg.emulator_path} "
+                              f"(got {len(cols)})")
         with torch.no_grad():
             return emu.resample(wave).to(lab.device)(lab[:, cols]).to(lab.dtype)  # type: ignore[attr-defined]
 
@@ -288,7 +291,8 @@ def simulate_raw(labels: torch.Tensor, snr: torch.Tensor, cfg: SimulateSection, 
     if cfg.sky_residuals and cfg.sky_residual_sigma > 0 and cfg.sky_residual_min_aa < float(wave[-1]):
         lam, inten = _sky_lines(cfg.sky_residual_min_aa, SKY_MAX_AA)
         lam_t = torch.as_tensor(lam, device=dev)
-        basis = torch.exp(-0.5 * ((wave[None, :] - lam_t[:, None]) / synth.lsf_sigma(lam_t, cfg.resolution)[:, None]) ** 2)
+        sig_t = synth.lsf_sigma(lam_t, cfg.resolution)[:, None]
+        basis = torch.exp(-0.5 * ((wave[None, :] - lam_t[:, None]) / sig_t) ** 2)
         amp = torch.randn(b, lam.size, generator=g, device=dev, dtype=torch.float64)
         amp = amp * torch.as_tensor(inten, device=dev) * cfg.sky_residual_sigma
         flux = flux + (amp @ basis) * sigma

@@ -15,12 +15,13 @@ Model (all torch, batch-first, differentiable in the labels; numbers and their s
   chi_ion - chi_exc - 0.754, no gravity term (P_e cancels); lines of the majority ion (Fe II, Ca II, Sr II,
   Ba II): d log tau / d theta = 4 - chi_exc - 0.754 and tau ~ 1/P_e, so they grow at low gravity
   (ionisation balance: Fe II / Fe I is a gravity indicator). Both metal slopes are tempered by 0.7
-  (``THETA_TEMPER``: the line-forming layer's temperature varies less than Teff). Balmer lines use an effective slope of -3.5 dex
-  per unit theta (the observed ~3x growth of H alpha / H beta equivalent width from 4500 K to 6000 K and
-  ~8 A at 7000 K) times the neutral hydrogen fraction from Saha's equation, which puts their maximum near
-  9000-10000 K (A0-A2 stars). Molecules: CH (G band) ~ [C/H], +1.5 dex per unit theta (optical depth 0.3 in the Sun); TiO ~ [Ti/H],
-  +8 dex per unit theta and ~ g^(1/3) (molecule formation favoured by pressure), calibrated to band optical
-  depths 0.45-0.9 in a 3800 K dwarf (M0 V) so that the bands vanish above ~4500 K.
+  (``THETA_TEMPER``: the line-forming layer's temperature varies less than Teff). Balmer lines use an
+  effective slope of -3.5 dex per unit theta (the observed ~3x growth of H alpha / H beta equivalent width
+  from 4500 K to 6000 K and ~8 A at 7000 K) times the neutral hydrogen fraction from Saha's equation, which
+  puts their maximum near 9000-10000 K (A0-A2 stars). Molecules: CH (G band) ~ [C/H], +1.5 dex per unit
+  theta (optical depth 0.3 in the Sun); TiO ~ [Ti/H], +8 dex per unit theta and ~ g^(1/3) (molecule
+  formation favoured by pressure), calibrated to band optical depths 0.45-0.9 in a 3800 K dwarf (M0 V) so
+  that the bands vanish above ~4500 K.
 * **Curve of growth.** W / dlambda_D = sqrt(F_D(tau0)^2 + W_L^2 (1 - (F_D / (sqrt(pi) tau0))^2)) with the
   Doppler part F_D = integral of 1 - exp(-tau0 exp(-x^2)) dx (Gauss-Legendre quadrature) and the
   damping part W_L = 2 sqrt(sqrt(pi) a tau0) (Rodgers & Williams 1974 interpolation): linear for weak lines,
