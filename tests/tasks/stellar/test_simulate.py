@@ -205,3 +205,14 @@ def test_generator_flux_fn_lines():
     assert fn.label_names == GENERATOR_LABELS
     f = fn(star(5500, 4.0))
     assert f.shape == (1, w.numel()) and float(f.max()) <= 1.0 and float(f.min()) > 0.0
+
+
+def test_alpha_trend_and_snr_prior():
+    cfg = CFG.model_copy(update={"alpha_trend": 1.0})
+    g = torch.Generator().manual_seed(2)
+    lab = S.sample_labels(3000, cfg, g, "cpu")
+    feh, mg = lab[:, IDX["FE_H"]], lab[:, IDX["MG_FE"]]
+    assert mg[feh < -1].mean() > mg[feh > 0].mean() + 0.1  # alpha-enhanced metal-poor stars
+    snr = S.sample_snr(3000, CFG, g, "cpu")
+    assert snr.min() >= CFG.snr_range[0] and snr.max() <= CFG.snr_range[1]
+    assert abs(float(torch.log(snr).mean()) - sum(math.log(v) for v in CFG.snr_range) / 2) < 0.1  # log-uniform
