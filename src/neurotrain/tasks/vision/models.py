@@ -11,8 +11,8 @@ Names:
 * classification: ``simplenet`` (the seed's small example CNN), ``tv:<torchvision classifier>``
   (``tv:resnet18``, ``tv:mobilenet_v3_small``, ...), ``timm:<timm model>`` (``timm:resnet18``, ...);
 * detection: ``tv:fasterrcnn_resnet50_fpn``, ``tv:fasterrcnn_mobilenet_v3_large_fpn``,
-  ``tv:retinanet_resnet50_fpn`` (torchvision counts the background as class 0, so they get
-  ``num_classes + 1`` outputs and object labels are 1..num_classes).
+  ``tv:retinanet_resnet50_fpn`` (``num_classes`` counts the background as class 0, as torchvision and the
+  segmentation masks do: object labels are 1..num_classes-1).
 
 Segmentation models return logits ``(B, num_classes, *spatial)``, classifiers ``(B, num_classes)``.
 """
@@ -156,7 +156,7 @@ def _detector(arch: str) -> Any:
             # the detectors normalise with 3 ImageNet means/stds; a grey image is repeated to RGB by the task
             kwargs.setdefault("image_mean", [0.5] * in_channels)
             kwargs.setdefault("image_std", [0.25] * in_channels)
-        net = getattr(det, arch)(weights=None, weights_backbone=None, num_classes=num_classes + 1, **kwargs)
+        net = getattr(det, arch)(weights=None, weights_backbone=None, num_classes=num_classes, **kwargs)
         if in_channels != 3:
             _replace_first_conv(net, in_channels)
         return net
