@@ -187,7 +187,7 @@ class StardistNuclei(VisionDataset):
         super().__init__(spec, split)
         raw, inst = stardist_nuclei()
         lo, hi = np.percentile(raw, spec.intensity_percentiles)
-        img = np.clip((raw.astype(np.float32) - lo) / max(hi - lo, 1e-6), 0, 1)
+        img = np.clip((raw.astype(np.float32) - lo) / max(hi - lo, 1e-6), 0, 1).astype(np.float32)  # lo, hi are float64
         image = torch.from_numpy(img)[None].expand(spec.channels, -1, -1)
         inst_t = torch.from_numpy(inst.astype(np.int64))
         t = spec.tile
