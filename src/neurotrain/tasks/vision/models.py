@@ -153,7 +153,8 @@ def _detector(arch: str) -> Any:
 
         _need_2d(f"tv:{arch}", spatial_dims)
         if in_channels != 3:
-            # the detectors normalise with 3 ImageNet means/stds; a grey image is repeated to RGB by the task
+            # the detectors normalise with 3 ImageNet means/stds; other channel counts get their own, and the
+            # backbone's first convolution is rebuilt for them below
             kwargs.setdefault("image_mean", [0.5] * in_channels)
             kwargs.setdefault("image_std", [0.25] * in_channels)
         net = getattr(det, arch)(weights=None, weights_backbone=None, num_classes=num_classes, **kwargs)
