@@ -120,13 +120,20 @@ def test_dsec_file_keeps_its_layout_through_predict(tmp_path):
             assert i == 0 or t[i - 1] < ms * 1000
 
 
-def test_evaluate_writes_report_and_compares_with_baselines(tmp_path):
-    cfg = small_cfg(tmp_path)
+def test_evaluate_tunes_on_validation_and_reports_per_event_on_test(tmp_path):
+    cfg = small_cfg(tmp_path, evaluate={"num_batches": 1, "batch_size": 2, "duration_us": 40_000})
     res = TASK.evaluate(cfg, TASK.build_model(cfg), tmp_path / "run")
-    assert res.headline_name == "deflare_score" and not res.lower_is_better
-    assert res.headline_network == pytest.approx(0.0, abs=0.02)  # identity at init
-    assert set(res.metrics["methods"]) == {"network", "ba_filter", "flicker_filter"}
+    assert res.headline_name == "flare_f1" and not res.lower_is_better
+    m = res.metrics
+    assert set(m["methods"]) == {"network", "identity", "ba_filter", "stcf", "afk"}
+    assert m["validation_seed"] != m["test_seed"]
+    # the untrained network is the identity: it keeps every event and removes no flare
+    net = m["methods"]["network"]
+    assert net["kept_fraction"] == 1 and net["flare_recall"] == 0 and res.headline_network == 0
+    assert m["methods"]["identity"]["kept_fraction"] == 1
+    assert set(m["params"]["stcf"]) == {"tau_us", "k"} and "keep_threshold" in m["params"]["network"]
     assert res.report_path.is_file() and (tmp_path / "run" / "report" / "comparison.png").is_file()
+    assert "| afk |" in res.report_path.read_text()
 
 
 def test_train_debug_outputs(tmp_path, cfg):

@@ -144,10 +144,14 @@ class BaselineSection(Section):
 
 
 class EvaluateSection(Section):
+    """Validation (seed ``seed``) and test (seed ``seed + 1``) sets of simulated scenes with
+    per-event labels; every method is tuned on validation and reported on test."""
+
     num_batches: int = Field(4, ge=1)
     batch_size: int = Field(4, ge=1)
+    duration_us: int = Field(60_000, ge=1)  # 3 segments: AFK needs several flicker periods
     seed: int = 12345
-    baselines: list[Literal["ba_filter", "flicker_filter", "codec"]] = ["ba_filter", "flicker_filter"]
+    baselines: list[Literal["identity", "ba_filter", "stcf", "afk"]] = ["identity", "ba_filter", "stcf", "afk"]
 
 
 class DeflareConfig(Config):
