@@ -114,7 +114,8 @@ class EvaluateSection(Section):
     figures: bool = True
     n_examples: int = Field(6, ge=0)
     #: other configs trained (when their run has no checkpoint yet) and evaluated with this one, reported under
-    #: ``companions`` (the demo's classifier next to its segmentation U-Net). Relative paths: to this config's folder
+    #: ``companions`` (the demo's classifier next to its segmentation U-Net). Relative paths: to the working folder,
+    #: else to the source checkout
     companions: list[Path] = Field(default_factory=list)
 
 

@@ -279,7 +279,7 @@ def run_companions(paths: list[Path]) -> dict[str, Any]:
 
     out: dict[str, Any] = {}
     for p in paths:
-        ccfg = load_config(p)
+        ccfg = load_config(_config_path(Path(p)))
         try:
             api.default_checkpoint(ccfg)
         except CheckpointError:
@@ -289,6 +289,17 @@ def run_companions(paths: list[Path]) -> dict[str, Any]:
                        "network": r.headline_network, "baseline": r.headline_baseline,
                        "report": str(r.report_path) if r.report_path else None}
     return out
+
+
+def _config_path(p: Path) -> Path:
+    """A companion config: as given (absolute or relative to the working folder), else relative to the source
+    checkout neurotrain runs from (where ``configs/`` lives, as the CLI's quickstart lookup does)."""
+    if p.is_absolute() or p.is_file():
+        return p
+    import neurotrain
+
+    repo = Path(neurotrain.__file__).resolve().parents[2] / p
+    return repo if repo.is_file() else p
 
 
 def _write_report(cfg: VisionConfig, res: dict[str, Any], name: str, net: float | None, base: float | None,
