@@ -161,7 +161,7 @@ def test_seed_directories_feed_the_voxel_dataset(tmp_path, sim_root):
         ("composed_00001_bg_flare.h5", "composed_00001_bg_light.h5"),
     ]
     ds = TASK.datasets(cfg)
-    assert set(ds) == {"train", "val", "test"}
+    assert set(ds) == {"train", "val"}  # no test folder given: no test set (never test = val)
     train = ds["train"]
     assert isinstance(train, EventVoxelDataset)
     assert len(train) == 2 * 3  # 50 ms files -> segments 0-20, 20-40 and the partial 40-50 ms

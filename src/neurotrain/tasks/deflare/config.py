@@ -95,6 +95,8 @@ class PathsSection(Section):
     train_clean_dir: Path | None = None
     val_noisy_dir: Path | None = None
     val_clean_dir: Path | None = None
+    test_noisy_dir: Path | None = None  # a held-out test set, never the validation set
+    test_clean_dir: Path | None = None
     input: Path | None = None
     output: Path | None = None
 

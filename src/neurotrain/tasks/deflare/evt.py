@@ -200,6 +200,13 @@ def read_raw(path: str | Path) -> tuple[EventChunk, tuple[int, int] | None]:
     head, off = read_header(path)
     ver = evt_version(head)
     data = np.fromfile(path, dtype=np.uint8, offset=off)
+    word = 4 if ver.startswith("2.0") else 2
+    if data.size % word:
+        # a recording cut mid-word (copy interrupted, disk full): the documented repair is to
+        # decode every whole word and drop the partial one, with a warning
+        import warnings
+
+        warnings.warn(f"{path}: truncated EVT {ver} stream: {data.size % word} trailing byte(s) of a partial word ignored", stacklevel=2)
     if ver.startswith("2.0"):
         words = data[: data.size // 4 * 4].view("<u4")
         ev = decode_evt2(words)

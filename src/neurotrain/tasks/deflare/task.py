@@ -109,7 +109,9 @@ class DeflareTask(Task):
         out: dict[str, Dataset] = {"train": EventVoxelDataset(p.train_noisy_dir, p.train_clean_dir, cfg)}
         if p.val_noisy_dir is not None and p.val_clean_dir is not None:
             out["val"] = EventVoxelDataset(p.val_noisy_dir, p.val_clean_dir, cfg)
-            out["test"] = out["val"]
+        if p.test_noisy_dir is not None and p.test_clean_dir is not None:
+            # the test set is its own folder (e.g. the seed's *_test pair); never the validation set
+            out["test"] = EventVoxelDataset(p.test_noisy_dir, p.test_clean_dir, cfg)
         return out
 
     # ------------------------------------------------------------------ commands
