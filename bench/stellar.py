@@ -30,10 +30,10 @@ from torch import nn
 from neurotrain.config import load_config
 from neurotrain.engine.inference import optimise_for_inference
 from neurotrain.tasks.stellar import io as sio
-from neurotrain.tasks.stellar.models import build_model
+from neurotrain.tasks.stellar.models import build_model, label_stats
 from neurotrain.tasks.stellar.preprocess import network_input, preprocess_batch, rest_grid
-from neurotrain.tasks.stellar.simulate import sample_labels, simulate_raw
-from neurotrain.tasks.stellar.task import StellarTask, draw_snr, label_stats
+from neurotrain.tasks.stellar.simulate import sample_labels, sample_snr, simulate_raw
+from neurotrain.tasks.stellar.task import StellarTask
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -115,13 +115,13 @@ def main(argv: list[str]) -> int:
 
     # generator and preprocessing
     labels = sample_labels(args.batch, cfg.simulate, gen, device)
-    snr = draw_snr(args.batch, cfg.simulate.snr_range, gen, device)
+    snr = sample_snr(args.batch, cfg.simulate, gen, device)
     t = timed(lambda: simulate_raw(labels, snr, cfg.simulate, gen, device), device, args.repeats)
     res["generator_spectra_per_s"] = round(args.batch / t, 1)
     raw = simulate_raw(labels, snr, cfg.simulate, gen, device)
     t = timed(lambda: preprocess_batch(raw, cfg.preprocess), device, args.repeats)
     res["preprocess_spectra_per_s"] = round(args.batch / t, 1)
-    x = network_input(preprocess_batch(raw, cfg.preprocess), cfg.model.in_channels).float()
+    x = network_input(preprocess_batch(raw, cfg.preprocess), cfg.model.in_channels, cfg.preprocess).float()
     res["pixels"] = int(rest_grid(cfg.preprocess).numel())
 
     # inference: ours (optimised) vs the plain eager reference of the same size, both bf16 on CUDA

@@ -126,7 +126,7 @@ def write_labels_h5(path: str | Path, df: pd.DataFrame) -> Path:
                 if pd.api.types.is_bool_dtype(col) or pd.api.types.is_numeric_dtype(col):
                     f.create_dataset(str(c), data=col.to_numpy())
                 else:
-                    f.create_dataset(str(c), data=col.astype(str).to_numpy().astype(object),
+                    f.create_dataset(str(c), data=np.array(["" if pd.isna(v) else str(v) for v in col], dtype=object),
                                      dtype=h5py.string_dtype("utf-8"))
             f.attrs["columns"] = [str(c) for c in df.columns]
     return path

@@ -202,6 +202,16 @@ class SimulateSection(Section):
         return {k.upper(): r for k, r in v.items()}
 
 
+class PoolSection(Section):
+    """A fixed pool of generator spectra for training on a CPU: drawing and preprocessing a spectrum costs
+    far more there than a training step on it, so a laptop run draws ``train`` / ``val`` / ``test`` spectra
+    once (seeded) and trains epochs over them. 0 (the default, for GPUs): every training batch is drawn anew."""
+
+    train: int = Field(0, ge=0)
+    val: int = Field(256, ge=1)
+    test: int = Field(256, ge=1)
+
+
 class ModelSection(Section):
     """``SpectralResCNN``: input conv, three residual groups, fully connected head (the seed's network)."""
 
@@ -341,6 +351,7 @@ class StellarConfig(Config):
     read: ReadSection = ReadSection()
     preprocess: PreprocessSection = PreprocessSection()
     simulate: SimulateSection = SimulateSection()
+    pool: PoolSection = PoolSection()
     model: ModelSection = ModelSection()
     loss: LossSection = LossSection()
     uncertainty: UncertaintySection = UncertaintySection()

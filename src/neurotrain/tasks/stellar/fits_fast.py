@@ -165,3 +165,42 @@ def _table_columns(h: dict[str, Any], data: bytes, dpos: int) -> dict[str, np.nd
         raise Unsupported("row size does not match the column formats")
     row = np.frombuffer(data, dtype=dt, count=1, offset=dpos)[0]
     return {name: row[name] for name, _, _ in fields}
+
+
+def _card(key: str, value: Any) -> str:
+    """One 80-character header card (FITS 4.0 section 4.2: fixed format, strings quoted from column 11,
+    logical and numeric values right-justified to column 30)."""
+    if isinstance(value, bool):
+        text = f"{'T' if value else 'F':>20}"
+    elif isinstance(value, (int, np.integer)):
+        text = f"{int(value):>20}"
+    elif isinstance(value, (float, np.floating)):
+        text = f"{float(value):>20.12G}"
+    else:
+        s = str(value).replace("'", "''")
+        text = f"'{s:<8}'"
+    card = f"{key:<8}= {text}"
+    if len(card) > CARD:
+        raise ValueError(f"header card {key} is longer than 80 characters")
+    return f"{card:<80}"
+
+
+def _header_bytes(cards: list[str]) -> bytes:
+    text = "".join(cards) + f"{'END':<80}"
+    return text.ljust(_padded(len(text))).encode("ascii")
+
+
+def write_table_layout(path: Path, header: dict[str, Any], columns: dict[str, np.ndarray]) -> None:
+    """Write the newer LAMOST layout: an empty primary HDU carrying ``header`` and a binary table ``COADD`` with
+    one row of float32 vector columns (the layout :func:`read_raw` and astropy read back identically)."""
+    cols = {k: np.ascontiguousarray(v, dtype=">f4").reshape(-1) for k, v in columns.items()}
+    primary = [_card("SIMPLE", True), _card("BITPIX", 8), _card("NAXIS", 0), _card("EXTEND", True)]
+    primary += [_card(k, v) for k, v in header.items()]
+    row = sum(v.nbytes for v in cols.values())
+    table = [_card("XTENSION", "BINTABLE"), _card("BITPIX", 8), _card("NAXIS", 2), _card("NAXIS1", row),
+             _card("NAXIS2", 1), _card("PCOUNT", 0), _card("GCOUNT", 1), _card("TFIELDS", len(cols))]
+    for i, (name, v) in enumerate(cols.items(), start=1):
+        table += [_card(f"TTYPE{i}", name), _card(f"TFORM{i}", f"{v.size}E")]
+    table.append(_card("EXTNAME", "COADD"))
+    data = b"".join(v.tobytes() for v in cols.values())
+    path.write_bytes(_header_bytes(primary) + _header_bytes(table) + data + b"\0" * (_padded(len(data)) - len(data)))

@@ -349,3 +349,52 @@ def stack_spectra(spectra: Sequence[Spectrum], device: str | torch.device = "cpu
 def _one_line(exc: BaseException | str) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__ if isinstance(exc, BaseException) else ""
+
+
+
+def write_simulated_fits(cfg: Any, out_dir: str | Path, n: int, seed: int = 0, chunk: int = 512) -> list[Path]:
+    """``n`` generator spectra as LAMOST files of the newer layout (``sim-<i>.fits``: ``FLUX``, ``IVAR``,
+    ``WAVELENGTH``, ``ANDMASK``, ``ORMASK`` on LAMOST's observed grid; ``OBSID``, ``Z``, ``SNRG``, ``COEFF0``,
+    ``COEFF1`` in the header) and ``catalog.csv`` with every generator label by spectrum id (the seed's
+    ``X_FE.csv`` with a ``spec`` column), so that prepare / train / predict run on files as on LAMOST's.
+    ``cfg`` is a ``StellarConfig``. The folder is filled under a temporary name, then renamed into place."""
+    import shutil
+
+    import pandas as pd
+
+    from neurotrain.tasks.stellar.config import GENERATOR_LABELS
+    from neurotrain.tasks.stellar.simulate import sample_labels, sample_snr, simulate_raw
+
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()):
+        raise DataError(f"{out}: output folder exists and is not empty (choose another --out)")
+    tmp = out.with_name(f".{out.name}.part")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    gen = torch.Generator().manual_seed(int(seed))
+    rows, paths = [], []
+    sim = cfg.simulate
+    for start in range(0, n, chunk):
+        b = min(chunk, n - start)
+        labels = sample_labels(b, sim, gen, "cpu")
+        snr = sample_snr(b, sim, gen, "cpu")
+        raw = {k: v.cpu().numpy() for k, v in simulate_raw(labels, snr, sim, gen, torch.device("cpu")).items()}
+        for j in range(b):
+            i = start + j
+            name = f"sim-{i:08d}"
+            header = {"OBSID": 900_000_000 + i, "CLASS": "STAR", "Z": float(raw["z"][j]), "SNRG": float(snr[j]),
+                      "COEFF0": sim.coeff0, "COEFF1": sim.coeff1}
+            mask = raw["mask"][j]
+            fits_fast.write_table_layout(tmp / f"{name}.fits", header, {
+                "FLUX": raw["flux"][j], "IVAR": np.where(mask, 0.0, raw["ivar"][j]),
+                "WAVELENGTH": raw["wave"][j], "ANDMASK": mask.astype(np.float32) * 32, "ORMASK": mask.astype(np.float32) * 32,
+            })
+            paths.append(out / f"{name}.fits")
+        rows.append(pd.DataFrame(labels.numpy(), columns=list(GENERATOR_LABELS)).assign(
+            spec=[f"sim-{start + j:08d}" for j in range(b)], snr=snr.numpy()))
+    table = pd.concat(rows, ignore_index=True)
+    table[["spec", *GENERATOR_LABELS, "snr"]].to_csv(tmp / "catalog.csv", index=False)
+    if out.exists():
+        out.rmdir()
+    tmp.rename(out)
+    return paths

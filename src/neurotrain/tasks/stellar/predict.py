@@ -80,8 +80,8 @@ def _rows(cfg: StellarConfig, spectra: list[Any], pre: dict[str, torch.Tensor], 
         "id": [s.id for s in spectra],
         "file": [str(s.path) for s in spectra],
         "obsid": [_meta_value(s.meta, "OBSID") for s in spectra],
-        "ra": [_meta_value(s.meta, "RA") for s in spectra],
-        "dec": [_meta_value(s.meta, "DEC") for s in spectra],
+        "ra": np.array([_meta_value(s.meta, "RA") for s in spectra], dtype=float),
+        "dec": np.array([_meta_value(s.meta, "DEC") for s in spectra], dtype=float),
         "snr": pre["snr"].cpu().numpy().astype(float),
         "flag": ["" if r == 0 else REASONS[r] for r in reason],
     }
@@ -106,7 +106,7 @@ def predict_spectra(
 
     raw = stack_spectra(spectra, device)
     pre = preprocess_batch(raw, cfg.preprocess)
-    x = network_input(pre, cfg.model.in_channels)
+    x = network_input(pre, cfg.model.in_channels, cfg.preprocess)
     with autocast(device, cfg.inference.precision):
         labels = predict_labels(model, x, mc_samples=mc_samples, ensemble=ensemble)
     return _rows(cfg, spectra, pre, labels)

@@ -64,53 +64,62 @@ def prepared_label_stats(path: Path, names: list[str]) -> tuple[list[float], lis
     return [float(mean[i]) for i in idx], [float(std[i]) for i in idx]
 
 
-def label_stats(cfg: StellarConfig) -> tuple[list[float], list[float]]:
-    """Per-label normalisation (physical units): the config's, else the prepared file's, else the generator
-    prior's (uniform range: centre and width / sqrt(12))."""
-    names = cfg.labels.names
-    if cfg.labels.mean and cfg.labels.std:
-        if len(cfg.labels.mean) != len(names) or len(cfg.labels.std) != len(names):
-            raise ConfigError(
-                f"config error: labels.mean/std: expected {len(names)} values each (got "
-                f"{len(cfg.labels.mean)}, {len(cfg.labels.std)})"
-            )
-        return list(cfg.labels.mean), list(cfg.labels.std)
-    if cfg.data.path is not None:
-        stats = prepared_label_stats(cfg.data.path, names)
-        if stats is not None:
-            return stats
-    ranges = cfg.simulate.label_ranges
-    missing = [n for n in names if n not in ranges]
-    if missing:
-        raise ConfigError(f"config error: labels: no mean/std and no simulate.label_ranges for {missing}")
-    mean = [0.5 * (ranges[n][0] + ranges[n][1]) for n in names]
-    std = [max((ranges[n][1] - ranges[n][0]) / 12**0.5, 1e-6) for n in names]
-    return mean, std
-
-
-def draw_snr(n: int, snr_range: tuple[float, float], generator: torch.Generator, device: torch.device) -> torch.Tensor:
-    """S/N per pixel drawn log-uniform in ``snr_range``."""
-    lo, hi = (float(np.log(snr_range[0])), float(np.log(snr_range[1])))
-    u = torch.rand(n, generator=generator, device=device, dtype=torch.float64)
-    return torch.exp(lo + (hi - lo) * u)
-
-
 def simulate_spectra(
     cfg: StellarConfig, labels: torch.Tensor, snr: torch.Tensor, generator: torch.Generator
 ) -> dict[str, torch.Tensor]:
     """Generator labels (B, 8) and S/N (B,) -> a batch in the engine's layout, observed and preprocessed
-    exactly as a real LAMOST file would be."""
+    exactly as a real LAMOST file would be. ``labels_all`` keeps every generator label (for the CRLB and
+    the dwarf/giant split); ``target_mask`` is False for spectra the pipeline would drop."""
     from neurotrain.tasks.stellar.preprocess import network_input, preprocess_batch
     from neurotrain.tasks.stellar.simulate import simulate_raw
 
     raw = simulate_raw(labels, snr, cfg.simulate, generator, labels.device)
     pre = preprocess_batch(raw, cfg.preprocess)
-    x = network_input(pre, cfg.model.in_channels)
-    idx = generator_label_index(cfg)
-    target = labels[:, idx].float()
+    target = labels[:, generator_label_index(cfg)].float()
     keep = pre["keep"].to(torch.bool)
-    mask = keep[:, None].expand_as(target).clone()
-    return {"input": x, "target": target, "target_mask": mask, "snr": pre["snr"].float(), "labels_all": labels.float()}
+    return {
+        "input": network_input(pre, cfg.model.in_channels, cfg.preprocess),
+        "target": target,
+        "target_mask": keep[:, None].expand_as(target).clone(),
+        "snr": pre["snr"].float(),
+        "labels_all": labels.float(),
+    }
+
+
+def draw_batch(cfg: StellarConfig, n: int, generator: torch.Generator, device: torch.device) -> dict[str, torch.Tensor]:
+    """``n`` spectra from the generator's label prior at S/N drawn from ``simulate.snr_range``."""
+    from neurotrain.tasks.stellar.simulate import sample_labels, sample_snr
+
+    labels = sample_labels(n, cfg.simulate, generator, device)
+    snr = sample_snr(n, cfg.simulate, generator, device)
+    return simulate_spectra(cfg, labels, snr, generator)
+
+
+class TensorPool(torch.utils.data.Dataset):
+    """A fixed set of simulated spectra held in memory; item ``i`` is one spectrum's dict of tensors."""
+
+    def __init__(self, tensors: dict[str, torch.Tensor]) -> None:
+        self.tensors = tensors
+        self.n = int(next(iter(tensors.values())).shape[0])
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {k: v[i] for k, v in self.tensors.items()}
+
+
+def simulated_pool(cfg: StellarConfig, split: str, n: int, chunk: int = 256) -> TensorPool:
+    """``n`` generator spectra for ``split``, drawn once on the inference device from a seed that depends on
+    (``seed``, split) only; the evaluation's held-out seeds (``evaluate.seed_offset``) are far from these."""
+    from neurotrain.engine.inference import resolve_device
+
+    device = resolve_device(cfg.inference.device, lambda x: x)
+    gen = torch.Generator(device=device)
+    gen.manual_seed(cfg.seed * 1_000_003 + ("train", "val", "test").index(split) * 7919 + 17)
+    parts = [draw_batch(cfg, min(chunk, n - s), gen, device) for s in range(0, n, chunk)]
+    keys = ("input", "target", "target_mask", "snr")
+    return TensorPool({k: torch.cat([p[k] for p in parts]).cpu() for k in keys})
 
 
 class StellarTask(Task):
@@ -122,9 +131,7 @@ class StellarTask(Task):
     def build_model(self, cfg: Config) -> nn.Module:
         from neurotrain.tasks.stellar.models import build_model
 
-        c = _cfg(cfg)
-        mean, std = label_stats(c)
-        return build_model(c, label_mean=mean, label_std=std)
+        return build_model(_cfg(cfg))
 
     def build_loss(self, cfg: Config) -> nn.Module:
         from neurotrain.tasks.stellar.losses import build_loss
@@ -147,12 +154,7 @@ class StellarTask(Task):
     def simulate_batch(
         self, cfg: Config, batch_size: int, generator: torch.Generator, device: torch.device
     ) -> dict[str, torch.Tensor]:
-        from neurotrain.tasks.stellar.simulate import sample_labels
-
-        c = _cfg(cfg)
-        labels = sample_labels(batch_size, c.simulate, generator, device)
-        snr = draw_snr(batch_size, c.simulate.snr_range, generator, device)
-        batch = simulate_spectra(c, labels, snr, generator)
+        batch = draw_batch(_cfg(cfg), batch_size, generator, device)
         batch.pop("labels_all")
         return batch
 
@@ -161,7 +163,8 @@ class StellarTask(Task):
 
     def datasets(self, cfg: Config) -> dict[str, Any] | None:
         """A prepared file (``neurotrain prepare``) is split by its own ``split`` column (the seed's 7:1:2,
-        decided by spectrum id); a plain HDF5 of simulated batches falls back to the engine's fractions."""
+        decided by spectrum id); a plain HDF5 of simulated batches falls back to the engine's fractions; with
+        ``pool.train`` > 0 and no file, fixed simulated pools; else the engine simulates every batch."""
         import h5py
 
         from neurotrain.io.hdf5 import H5Dataset
@@ -169,7 +172,10 @@ class StellarTask(Task):
         c = _cfg(cfg)
         path = c.data.path
         if path is None:
-            return None
+            if c.pool.train == 0:
+                return None
+            sizes = {"train": c.pool.train, "val": c.pool.val, "test": c.pool.test}
+            return {split: simulated_pool(c, split, n) for split, n in sizes.items()}
         if not Path(path).is_file():
             raise DataError(f"{path}: data.path: file not found (run `neurotrain prepare` or `neurotrain simulate stellar`)")
         with h5py.File(path, "r") as f:
@@ -185,6 +191,19 @@ class StellarTask(Task):
         from neurotrain.tasks.stellar.prepare import prepare
 
         return prepare(_cfg(cfg), **options)
+
+    def simulate(self, cfg: Config, output: Path, n: int, **options: Any) -> Path:
+        """``output`` ending in .h5/.hdf5: preprocessed training batches (the engine's HDF5 store); else a
+        folder of LAMOST-layout FITS files plus ``catalog.csv`` with their labels. Option ``seed``."""
+        from neurotrain.tasks.stellar.io import write_simulated_fits
+
+        unknown = sorted(set(options) - {"seed"})
+        if unknown:
+            raise ConfigError(f"config error in simulate options: unknown {unknown} (known: ['seed'])")
+        if Path(output).suffix.lower() in (".h5", ".hdf5"):
+            return super().simulate(cfg, output, n)
+        write_simulated_fits(_cfg(cfg), output, n, seed=int(options.get("seed", cfg.seed)))
+        return Path(output)
 
     def predict(self, cfg: Config, model: nn.Module, inputs: list[Path], output: Path | None, **options: Any) -> list[Path]:
         from neurotrain.tasks.stellar.predict import predict_files
