@@ -58,13 +58,38 @@ def test_train_checkpoint_predict_and_loss_curve(tmp_path):
 
 
 @pytest.mark.slow
-def test_quickstart_removes_more_flare_than_background(tmp_path):
-    """The issue's 'done when': the trained quickstart model removes more flare events than
-    background events (measured on fresh simulated segments)."""
+def test_quickstart_model_beats_tuned_filters_and_keeps_real_recordings(tmp_path):
+    """Issue 18's 'done when': the trained quickstart model beats every classical filter tuned on
+    validation (per-event flare F1 on the disjoint test set), and on the real flare-free
+    recordings it keeps >= 97% of the events, each identical to its input row.
+    ~10 min on 2 CPU cores."""
+    import h5py
+    import numpy as np
+
     api = pytest.importorskip("neurotrain.engine.api")
+    from neurotrain.tasks.deflare.evt import raw_to_h5
+
     cfg = load_config(REPO / "configs" / "deflare" / "quickstart.yaml", [f"run.output_dir={tmp_path / 'runs'}"])
-    api.train(cfg)
+    run_dir = api.train(cfg)
     res = api.evaluate(cfg)
-    net = res.metrics["methods"]["network"]
-    assert net["flare_removal_rate"] > net["background_removal_rate"] + 0.1
-    assert res.headline_network > 0.0
+    print(res.extra["table_markdown"])
+    table = res.metrics["methods"]
+    best_filter = max(table[m]["flare_f1"] for m in ("ba_filter", "stcf", "afk"))
+    assert table["network"]["flare_f1"] > best_filter
+    events = REPO / ".." / "shared" / "realdata" / "events"
+    for name in ("evt2_sample.raw", "evt3_sample.raw"):
+        raw = events / name
+        if not raw.is_file():
+            continue
+        out = api.predict(run_dir / "checkpoints" / "last.ckpt", [raw], tmp_path / f"{name}.h5")[0]
+        src = raw_to_h5(raw, tmp_path / f"{name}.in.h5")
+        with h5py.File(src) as a, h5py.File(out) as b:
+            cin = {k: a[f"events/{k}"][:] for k in "txyp"}
+            cout = {k: b[f"events/{k}"][:] for k in "txyp"}
+        def key(c):
+            return ((c["t"].astype(np.int64) * 2048 + c["y"]) * 2048 + c["x"]) * 2 + (c["p"] == 1)
+
+        assert np.isin(key(cout), key(cin)).all() and np.all(np.diff(cout["t"].astype(np.int64)) >= 0)
+        kept = len(cout["t"]) / len(cin["t"])
+        print(f"{name}: kept {kept:.4f} of {len(cin['t'])} events")
+        assert kept >= 0.97
