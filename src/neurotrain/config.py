@@ -2,7 +2,7 @@
 
 The schema is one tree. :class:`Config` holds the part every task shares (``task``,
 ``seed``, ``run``, ``trainer``, ``optim``, ``sched``, ``data``, ``logging``,
-``inference``); each task subclasses it and adds its own sections (``model``,
+``inference``, ``export``); each task subclasses it and adds its own sections (``model``,
 ``simulate``, ...). Every model forbids unknown keys, so a typo is an error, never a
 silently ignored setting. Every default lives here or in a task's schema.
 """
@@ -53,6 +53,9 @@ class CheckpointConfig(Section):
 class TrainerConfig(Section):
     max_epochs: int = Field(10, ge=1)
     max_steps: int = -1
+    #: wall-clock limit "DD:HH:MM:SS" (Lightning's max_time): training stops there and saves last.ckpt, so a
+    #: long run goes in pieces of a few minutes, each continued with --resume
+    max_time: str | None = None
     accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = "auto"
     devices: int | str | list[int] = "auto"
     strategy: Literal["auto", "ddp", "ddp_spawn", "fsdp", "deepspeed_stage_2"] = "auto"
@@ -138,6 +141,43 @@ class InferenceConfig(Section):
     compile: bool = False  # torch.compile the network for inference (fuses element-wise work; slow first batch)
 
 
+class ExportConfig(Section):
+    """``neurotrain export``: int8 quantisation, its calibration, quantisation-aware training and the
+    before/after report (``quantize.py``, ``export_report.py``).
+
+    ``quantize``: ``dynamic`` = weights int8, activations quantised on the fly (no data needed); ``static`` =
+    weights and activations int8 with activation ranges calibrated on ``calibration_batches`` batches of the
+    validation split (QDQ format, onnxruntime ``quantize_static``). ``qat: true`` fine-tunes the network with
+    fake-quantised weights and activations for ``qat_epochs`` x ``qat_batches`` training batches before the
+    int8 export (it implies int8 even with ``quantize: none``). The report scores fp32 and int8 on
+    ``report_batches`` batches of ``report_split`` and times onnxruntime on the CPU.
+    """
+
+    quantize: Literal["none", "dynamic", "static"] = "none"
+    calibration_batches: int = Field(8, ge=1)
+    calibration_method: Literal["minmax", "entropy", "percentile"] = "minmax"
+    calibration_percentile: float = Field(99.999, gt=50, le=100)  # ``percentile``: onnxruntime's default
+    per_channel: bool = True  # one weight scale per output channel (usual for conv nets; opset >= 13)
+    #: 7-bit weights: avoids the 16-bit saturation of onnxruntime's uint8 x int8 kernels on x86 CPUs without
+    #: VNNI (AVX2 only); ``auto`` = on unless the exporting machine has VNNI
+    reduce_range: bool | Literal["auto"] = "auto"
+    preprocess: bool = True  # onnxruntime quant_pre_process (shape inference, graph clean-up) first
+    qat: bool = False
+    qat_epochs: int = Field(2, ge=1)
+    qat_batches: int = Field(16, ge=1)  # training batches per QAT epoch
+    qat_lr: float = Field(1e-4, gt=0)  # small: QAT only adapts trained weights to the int8 grid
+    #: ``auto``: export the fake-quant graph as QDQ ONNX, else fine-tuned weights + static calibration;
+    #: ``qdq`` / ``calibrate``: only that route
+    qat_export: Literal["auto", "qdq", "calibrate"] = "auto"
+    report_split: Literal["val", "test"] = "test"
+    report_batches: int = Field(8, ge=1)
+    latency_batch: int = Field(1, ge=1)
+    latency_repeats: int = Field(20, ge=1)  # the report gives the median
+    latency_warmup: int = Field(3, ge=0)
+    latency_threads: int = Field(0, ge=0)  # onnxruntime intra-op threads; 0 = its default (all cores)
+    sidecar: bool = True  # write <name>.json with the task's pre/post-processing next to each .onnx
+
+
 class Config(Section):
     """The common part of every task's config."""
 
@@ -150,6 +190,7 @@ class Config(Section):
     data: DataConfig = DataConfig()
     logging: LoggingConfig = LoggingConfig()
     inference: InferenceConfig = InferenceConfig()
+    export: ExportConfig = ExportConfig()
 
     @property
     def run_dir(self) -> Path:

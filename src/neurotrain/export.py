@@ -38,6 +38,9 @@ EXTERNAL_DATA_BYTES = 1_500_000_000
 limit for one file is 2 GiB)."""
 OTHER_BATCH_SIZE = 3
 """Batch size of the second check input; the example's batch size + 2 when that is 3."""
+OTHER_SPATIAL_GROW = 32
+"""With ``dynamic_spatial`` the second check input is this much longer along each spatial axis
+(32 keeps the divisibility that networks down-sampling up to 32x need)."""
 
 
 class ExportError(NeurotrainError):
@@ -67,6 +70,8 @@ class ExportReport:
     quantized_file_bytes: int | None = None
     quantized_max_abs_error: float | None = None
     notes: list[str] = field(default_factory=list)
+    dynamic_spatial: bool = False
+    other_input_shape: list[int] | None = None  # shape of the second check input (first input)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -81,8 +86,9 @@ class ExportReport:
             lines.append(f"  onnxruntime vs torch, example: max |diff| = {self.max_abs_error:.3g} (atol {self.atol:g})")
         if self.max_abs_error_other_batch is not None:
             lines.append(
-                f"  onnxruntime vs torch, batch of {self.other_batch_size}: "
-                f"max |diff| = {self.max_abs_error_other_batch:.3g}"
+                f"  onnxruntime vs torch, batch of {self.other_batch_size}"
+                + (f" (input {tuple(self.other_input_shape)})" if self.dynamic_spatial and self.other_input_shape else "")
+                + f": max |diff| = {self.max_abs_error_other_batch:.3g}"
             )
         if self.quantized_path is not None:
             lines.append(f"wrote {self.quantized_path} ({_size(self.quantized_file_bytes or 0)}, int8 dynamic)")
@@ -135,14 +141,20 @@ def _as_tuple(example_inputs: Any) -> tuple[torch.Tensor, ...]:
     return items
 
 
-def _other_batch(inputs: tuple[torch.Tensor, ...], size: int, seed: int = 0) -> tuple[torch.Tensor, ...]:
+def _other_batch(
+    inputs: tuple[torch.Tensor, ...], size: int, seed: int = 0, grow: int = 0
+) -> tuple[torch.Tensor, ...]:
     """A batch of ``size`` rows made from the example: rows repeated, float inputs perturbed
-    by 10 % of their standard deviation so the rows differ."""
+    by 10 % of their standard deviation so the rows differ; with ``grow`` > 0 every axis after
+    the channel axis is ``grow`` longer (the example tiled), to check dynamic spatial axes."""
     g = torch.Generator().manual_seed(seed)
     out = []
     for t in inputs:
         reps = -(-size // t.shape[0])
         big = t.repeat(reps, *([1] * (t.ndim - 1)))[:size].clone()
+        if grow > 0 and big.ndim > 2:
+            big = big.repeat(1, 1, *([2] * (big.ndim - 2)))
+            big = big[(slice(None), slice(None), *(slice(0, n + grow) for n in t.shape[2:]))].contiguous()
         if big.is_floating_point():
             scale = float(t.float().std()) if t.numel() > 1 else 1.0
             big = big + (0.1 * (scale or 1.0)) * torch.randn(big.shape, generator=g, dtype=big.dtype)
@@ -191,12 +203,16 @@ def _quiet() -> Any:
 
 def _export_dynamo(
     model: nn.Module, args: tuple[torch.Tensor, ...], dest: Path, opset: int, dynamic_batch: bool,
-    input_names: list[str], output_names: list[str], external: bool,
+    input_names: list[str], output_names: list[str], external: bool, dynamic_spatial: bool = False,
 ) -> None:
     dyn = None
-    if dynamic_batch:
+    if dynamic_batch or dynamic_spatial:
         batch = torch.export.Dim("batch")
-        dyn = tuple({0: batch} for _ in args)
+        dyn = tuple(
+            {**({0: batch} if dynamic_batch else {}),
+             **({d: torch.export.Dim.DYNAMIC for d in range(2, a.ndim)} if dynamic_spatial else {})}
+            for a in args
+        )
     program = torch.onnx.export(
         model, args, None, dynamo=True, opset_version=opset, dynamic_shapes=dyn,
         input_names=input_names, output_names=output_names, verbose=False,
@@ -208,9 +224,14 @@ def _export_dynamo(
 
 def _export_torchscript(
     model: nn.Module, args: tuple[torch.Tensor, ...], dest: Path, opset: int, dynamic_batch: bool,
-    input_names: list[str], output_names: list[str],
+    input_names: list[str], output_names: list[str], dynamic_spatial: bool = False,
 ) -> None:
-    axes = {n: {0: "batch"} for n in (*input_names, *output_names)} if dynamic_batch else None
+    axes: dict[str, dict[int, str]] | None = None
+    if dynamic_batch or dynamic_spatial:
+        axes = {n: ({0: "batch"} if dynamic_batch else {}) for n in (*input_names, *output_names)}
+        if dynamic_spatial:
+            for n, a in zip(input_names, args):
+                axes[n].update({d: f"{n}_dim{d}" for d in range(2, a.ndim)})
     torch.onnx.export(
         model, args, str(dest), dynamo=False, opset_version=opset, dynamic_axes=axes,
         input_names=input_names, output_names=output_names, do_constant_folding=True,
@@ -240,6 +261,7 @@ def export_onnx(
     exporter: Literal["auto", "dynamo", "torchscript"] = "auto",
     input_names: Sequence[str] | None = None,
     output_names: Sequence[str] | None = None,
+    dynamic_spatial: bool = False,
 ) -> ExportReport:
     """Export ``model`` to ONNX at ``path`` and check it against PyTorch with onnxruntime.
 
@@ -260,6 +282,9 @@ def export_onnx(
             (dynamo, falling back to torchscript if it fails).
         input_names, output_names: ONNX names; default ``input``/``output`` (``input_0``,
             ... when there are several).
+        dynamic_spatial: also make every input axis after the channel axis dynamic (a fully
+            convolutional network run on images of any size); the second check input is then
+            ``OTHER_SPATIAL_GROW`` longer along those axes.
     """
     path = Path(path)
     args = _as_tuple(example_inputs)
@@ -290,13 +315,18 @@ def export_onnx(
             notes: list[str] = []
             # torch.export specialises an axis of size 1 to the constant 1: trace two rows
             trace_args = tuple(torch.cat([a, a]) if dynamic_batch and a.shape[0] == 1 else a for a in args)
-            used = _run_exporter(net, trace_args, dest, opset, dynamic_batch, in_names, out_names, external, exporter, notes)
+            used = _run_exporter(net, trace_args, dest, opset, dynamic_batch, in_names, out_names, external, exporter,
+                                 notes, dynamic_spatial)
             report = ExportReport(
                 path=path, exporter=used, opset=_opset_of(dest), input_names=in_names, output_names=out_names,
                 dynamic_batch=dynamic_batch, file_bytes=dest.stat().st_size, notes=notes,
+                dynamic_spatial=dynamic_spatial,
             )
             n_other = OTHER_BATCH_SIZE if args[0].shape[0] != OTHER_BATCH_SIZE else OTHER_BATCH_SIZE + 2
-            other = _other_batch(args, n_other) if dynamic_batch else None
+            grow = OTHER_SPATIAL_GROW if dynamic_spatial else 0
+            if not dynamic_batch:
+                n_other = args[0].shape[0]
+            other = _other_batch(args, n_other, grow=grow) if (dynamic_batch or dynamic_spatial) else None
             ref_other = None
             if other is not None and (check or quantize):
                 with torch.no_grad():
@@ -306,6 +336,7 @@ def export_onnx(
                 report.max_abs_error = _check(dest, in_names, args, ref, "the example")
                 if other is not None and ref_other is not None:
                     report.other_batch_size = n_other
+                    report.other_input_shape = list(other[0].shape)
                     report.max_abs_error_other_batch = _check(
                         dest, in_names, other, ref_other, f"a batch of {n_other}"
                     )
@@ -343,13 +374,14 @@ def _int8_name(path: Path) -> str:
 def _run_exporter(
     net: nn.Module, args: tuple[torch.Tensor, ...], dest: Path, opset: int, dynamic_batch: bool,
     in_names: list[str], out_names: list[str], external: bool, exporter: str, notes: list[str],
+    dynamic_spatial: bool = False,
 ) -> str:
     if exporter not in ("auto", "dynamo", "torchscript"):
         raise ExportError(f"export: exporter: expected 'auto', 'dynamo' or 'torchscript' (got {exporter!r})")
     if exporter in ("auto", "dynamo"):
         try:
             with _quiet():
-                _export_dynamo(net, args, dest, opset, dynamic_batch, in_names, out_names, external)
+                _export_dynamo(net, args, dest, opset, dynamic_batch, in_names, out_names, external, dynamic_spatial)
             return "dynamo"
         except Exception as exc:  # noqa: BLE001  (any exporter failure: report or fall back)
             msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -360,7 +392,7 @@ def _run_exporter(
                 f.unlink()
     try:
         with _quiet():
-            _export_torchscript(net, args, dest, opset, dynamic_batch, in_names, out_names)
+            _export_torchscript(net, args, dest, opset, dynamic_batch, in_names, out_names, dynamic_spatial)
     except Exception as exc:  # noqa: BLE001
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ExportError(f"{dest.name}: torch.onnx (TorchScript) export failed: {msg}") from exc

@@ -141,3 +141,63 @@ class Task:
     def example_input(self, cfg: Config) -> tuple[torch.Tensor, ...]:
         """Inputs for ONNX export (batch of 1, CPU)."""
         raise NotAvailableError(f"export is not available for task {self.name!r}")
+
+    # ------------------------------------------------------------------ deploy (``neurotrain export``)
+    def calibration_batches(self, cfg: Config, n: int, split: str = "val") -> list[dict[str, Any]]:
+        """Up to ``n`` batches of ``split`` on the CPU, as the engine's loaders give them (simulated batches are
+        made from their seeds on the CPU), for int8 calibration (``val``), QAT fine-tuning (``train``) and the
+        export report (``export.report_split``)."""
+        from neurotrain.engine.data import TaskDataModule
+        from neurotrain.engine.module import SIM_SEED_KEY, SIM_SIZE_KEY
+
+        dm = TaskDataModule(cfg, self)
+        dm.setup("fit")
+        loader = {"train": dm.train_dataloader, "val": dm.val_dataloader, "test": dm.test_dataloader}[split]()
+        out: list[dict[str, Any]] = []
+        for batch in loader:
+            if len(out) >= n:
+                break
+            if isinstance(batch, dict) and SIM_SEED_KEY in batch:
+                gen = torch.Generator().manual_seed(int(batch[SIM_SEED_KEY]))
+                with torch.no_grad():
+                    batch = self.simulate_batch(cfg, int(batch[SIM_SIZE_KEY]), gen, torch.device("cpu"))
+            out.append(batch)
+        return out
+
+    def export_inputs(self, cfg: Config, batch: dict[str, Any]) -> tuple[torch.Tensor, ...]:
+        """The exported network's inputs in a batch (the same tensors :meth:`example_input` stands for)."""
+        return (batch["input"],)
+
+    def calibration_inputs(self, cfg: Config, n: int, split: str = "val") -> list[tuple[torch.Tensor, ...]]:
+        """Network inputs of up to ``n`` batches of ``split``: what the int8 calibrator sees."""
+        return [self.export_inputs(cfg, b) for b in self.calibration_batches(cfg, n, split)]
+
+    def export_metadata(self, cfg: Config) -> dict[str, Any]:
+        """Pre- and post-processing an ONNX user needs to reproduce ``neurotrain predict`` (written into the
+        sidecar ``<name>.json`` next to the ``.onnx``): plain JSON data."""
+        return {}
+
+    def score_outputs(
+        self, cfg: Config, outputs: list[list[Any]], batches: list[dict[str, Any]]
+    ) -> dict[str, float] | None:
+        """The task's metrics of exported-model outputs: ``outputs[i]`` are the ONNX outputs (NumPy arrays) of
+        ``batches[i]``. The default feeds them to :meth:`build_metrics` / :meth:`update_metrics` as if they were
+        the network's prediction and returns the scalar results; ``None`` when the task has no metrics."""
+        metrics = self.build_metrics(cfg)
+        if metrics is None:
+            return None
+        for outs, batch in zip(outputs, batches):
+            preds = [torch.as_tensor(o) for o in outs]
+            self.update_metrics(metrics, preds[0] if len(preds) == 1 else tuple(preds), batch)
+        scores: dict[str, float] = {}
+        for name, value in metrics.compute().items():
+            if isinstance(value, torch.Tensor) and value.numel() == 1:
+                scores[str(name)] = float(value)
+            elif isinstance(value, (int, float)):
+                scores[str(name)] = float(value)
+        return scores
+
+    def export_dynamic_spatial(self, cfg: Config) -> bool:
+        """Export with every input axis after the channel axis dynamic (a fully convolutional network that
+        ``predict`` runs on inputs of any size); the default keeps the example's size fixed."""
+        return False
