@@ -191,3 +191,10 @@ def test_ddp_on_two_cpu_processes_splits_the_data(toy_cfg_file: Path, tmp_path: 
     _, trained = load_model(run / "checkpoints" / "best.ckpt")
     untrained = api.get_task(cfg).build_model(cfg)
     assert _val_loss(cfg, trained) < 0.5 * _val_loss(cfg, untrained)
+
+
+def test_max_time_stops_a_long_run_with_a_checkpoint_to_resume(toy_cfg_file: Path) -> None:
+    cfg = load_config(toy_cfg_file, ["trainer.max_epochs=100000", "trainer.max_time=00:00:00:02"])
+    run = api.train(cfg)
+    ck = load_checkpoint(run / "checkpoints" / "last.ckpt")
+    assert 0 < ck["global_step"] < 100000 * 8

@@ -102,6 +102,7 @@ def build_trainer(cfg: Config, run_dir: Path, extra_callbacks: list[Callback] | 
         default_root_dir=str(run_dir),
         max_epochs=t.max_epochs,
         max_steps=t.max_steps,
+        max_time=t.max_time,
         accelerator=t.accelerator,
         devices=t.devices,
         strategy=_strategy(cfg),
