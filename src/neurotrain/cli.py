@@ -270,18 +270,50 @@ def export(
     ckpt: Path = typer.Argument(..., help="Trained checkpoint."),
     output: Path = typer.Option(..., "--out", "--output", "-o", help="ONNX file to write."),
     opset: int = typer.Option(17, "--opset", help="ONNX opset."),
-    quantize: bool = typer.Option(False, "--quantize", help="Also write a dynamic int8 model."),
+    quantize: bool = typer.Option(False, "--quantize", help="Also write a dynamic int8 model (<name>.int8.onnx)."),
+    static: bool = typer.Option(False, "--static", help="Static int8 instead, calibrated on the validation data."),
+    qat: bool = typer.Option(False, "--qat", help="Quantisation-aware fine-tuning before the int8 export."),
     atol: float = typer.Option(1e-4, "--atol", help="Largest allowed |onnxruntime - torch|."),
+    overrides: Optional[list[str]] = typer.Option(
+        None, "--set", help="Override the embedded config, a.b=c (e.g. export.calibration_batches=16)."),
 ) -> None:
-    """Export to ONNX and check onnxruntime against torch."""
+    """Export to ONNX, check onnxruntime against torch, optionally quantise to int8; writes a sidecar
+    <name>.json (pre/post-processing) and <name>.report.json (accuracy, size, CPU latency before and after)."""
     from neurotrain.engine.api import get_task
     from neurotrain.engine.checkpoint import load_model
-    from neurotrain.export import export_onnx
+    from neurotrain.export_report import export_for_deploy
 
-    cfg, model = load_model(ckpt)
-    example = get_task(cfg).example_input(cfg)
-    report = export_onnx(model, example, output, opset=opset, check=True, atol=atol, quantize=quantize)
-    out.print(report)
+    cfg, model = load_model(ckpt, overrides)
+    if static:
+        cfg.export.quantize = "static"
+    elif quantize and cfg.export.quantize == "none":
+        cfg.export.quantize = "dynamic"
+    if qat:
+        cfg.export.qat = True
+    report = export_for_deploy(get_task(cfg), cfg, model, output, opset=opset, atol=atol)
+    _print_deploy_report(report)
+
+
+def _print_deploy_report(report: Any) -> None:
+    """The export summary, then the before/after table (one row per ONNX file), files written and notes."""
+    from rich.markup import escape
+
+    out.print(escape(report.export.summary()), highlight=False)
+    from rich import box
+
+    table = Table(title=report.title(), box=box.SIMPLE_HEAD, pad_edge=False)
+    rows = report.table()
+    for i, col in enumerate(report.columns()):  # numbers never wrap or clip; headers may wrap
+        width = max((len(r[i]) for r in rows), default=1)
+        table.add_column(col, justify="left" if i == 0 else "right", min_width=width)
+    for row in rows:
+        table.add_row(*row)
+    out.print(table)
+    for p in [*report.sidecars, report.report_path]:
+        if p is not None:
+            out.print(f"wrote {escape(str(p))}", highlight=False)
+    for n in report.notes:
+        out.print(f"note: {escape(n)}", highlight=False)
 
 
 @app.command()

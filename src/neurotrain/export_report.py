@@ -3,10 +3,11 @@ task's pre- and post-processing next to each ``.onnx``, and one before/after tab
 
 The table (printed, and written as ``<name>.report.json`` next to the model) has one row per ONNX file: the
 task's metrics of its outputs (``Task.score_outputs``) on ``export.report_batches`` batches of
-``export.report_split``, its max and mean absolute difference to the PyTorch model on the same inputs, the
-agreement of the argmax over axis 1 with PyTorch's (top-1 agreement for a classifier, pixel agreement for a
-segmenter), the file size, and the onnxruntime CPU latency (median of ``export.latency_repeats`` runs on a
-batch of ``export.latency_batch``, after ``export.latency_warmup`` runs).
+``export.report_split``; ``max err`` / ``mean err``, its max and mean absolute difference to the PyTorch model
+on the same inputs; ``argmax agree``, the agreement of the argmax over axis 1 with PyTorch's (top-1 agreement
+for a classifier, pixel agreement for a segmenter); the file size; and ``CPU ms``, the onnxruntime CPU latency
+in milliseconds (median of ``export.latency_repeats`` runs on a batch of ``export.latency_batch``, after
+``export.latency_warmup`` runs).
 """
 
 from __future__ import annotations
@@ -89,8 +90,7 @@ class DeployReport:
     def columns(self) -> list[str]:
         """Table headers: model, the task's metrics, then the generic columns."""
         metric_names = sorted({k for r in self.rows for k in r.scores})
-        return ["model", *metric_names, "max |diff| vs torch", "mean |diff| vs torch", "argmax agreement",
-                "size", f"CPU latency (ms, batch {self.rows[0].latency_batch if self.rows else 1})"]
+        return ["model", *metric_names, "max err", "mean err", "argmax agree", "size", "CPU ms"]
 
     def table(self) -> list[list[str]]:
         """Rows of text cells under :meth:`columns`."""
@@ -103,6 +103,10 @@ class DeployReport:
                  f(r.mean_abs_error, ".3g"), f(r.argmax_agreement, ".4f"), _size(r.file_bytes),
                  f(r.latency_ms, ".3f")] for r in self.rows]
 
+    def title(self) -> str:
+        batch = self.rows[0].latency_batch if self.rows else 1
+        return f"scored on {self.scored_on}; CPU ms: onnxruntime median latency, batch {batch}"
+
     def to_dict(self) -> dict[str, Any]:
         return {"export": self.export.to_dict(), "scored_on": self.scored_on, "columns": self.columns(),
                 "rows": [r.to_dict() for r in self.rows], "sidecars": [str(p) for p in self.sidecars],
@@ -112,7 +116,7 @@ class DeployReport:
         cols = self.columns()
         cells = [cols, *self.table()]
         widths = [max(len(row[i]) for row in cells) for i in range(len(cols))]
-        lines = [self.export.summary(), f"scored on {self.scored_on}"]
+        lines = [self.export.summary(), self.title()]
         lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in cells]
         lines += [f"wrote {p}" for p in self.sidecars]
         if self.report_path is not None:
