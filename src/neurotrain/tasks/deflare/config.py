@@ -126,9 +126,10 @@ class PostprocessSection(Section):
     the original t, x, y, p and dtypes. ``mode="decode"``: the seed's decoder (cell values
     rounded to counts, timestamps drawn uniformly in the 2.5 ms bin).
 
-    ``keep_threshold`` default: 0.5, the middle of the plateau of per-event F1 against the
-    threshold on the quickstart validation set (``neurotrain evaluate`` reports the tuned
-    value as ``network.keep_threshold``; see ``tests/tasks/deflare/test_exact_output.py``).
+    ``keep_threshold`` default: 0.5, the value of the sweep 0.05..0.95 that maximised
+    per-event flare F1 on the validation set of the trained quickstart model
+    (``neurotrain evaluate configs/deflare/quickstart.yaml`` re-tunes it on validation and
+    reports it as ``params.network.keep_threshold``).
     """
 
     mode: Literal["mask", "decode"] = "mask"
