@@ -190,6 +190,8 @@ def test_qat_finetunes_and_exports_qdq(trained: nn.Module, tmp_path: Path, mode:
     dest = tmp_path / "qat.onnx"
     err = export_qat(res.model, example, dest)
     assert "QuantizeLinear" in _ops(dest) and err < 0.1
+    int8 = [i for i in onnx.load(str(dest)).graph.initializer if i.data_type == onnx.TensorProto.INT8]
+    assert sorted(len(i.dims) for i in int8 if len(i.dims) > 1) == [2, 4, 4]  # conv, conv, linear weights: int8
     x = torch.cat([b["input"] for b in task.calibration_batches(cfg, 4, "val")])
     got = ort.InferenceSession(str(dest), providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})[0]
     with torch.no_grad():

@@ -324,7 +324,8 @@ def _qat_export(task: Task, cfg: Config, net: nn.Module, example: tuple[torch.Te
         res = qat_finetune(net, train, task.forward, loss_fn, example, mode="auto", **kw)
         notes += res.notes
         try:
-            err = export_qat(res.model, example, qpath, opset=opset, input_names=in_names, output_names=out_names)
+            err = export_qat(res.model, example, qpath, opset=opset, input_names=in_names, output_names=out_names,
+                             dynamic_spatial=bool(task.export_dynamic_spatial(cfg)))
             notes.append(f"QAT ({res.mode} mode, {s.qat_epochs} epochs, loss {res.losses[0]:.4g} -> "
                          f"{res.losses[-1]:.4g}) exported as QDQ ONNX; max |ONNX - fake-quant torch| = {err:.3g}")
             return notes

@@ -312,7 +312,7 @@ def qat_finetune(
 def export_qat(
     qat: nn.Module, example: tuple[torch.Tensor, ...], dest: str | Path, *, opset: int = 17,
     input_names: Sequence[str] = ("input",), output_names: Sequence[str] = ("output",),
-    dynamic_batch: bool = True,
+    dynamic_batch: bool = True, dynamic_spatial: bool = False,
 ) -> float:
     """Export a fine-tuned fake-quant model as a QDQ ONNX (TorchScript exporter: each fake-quant node becomes
     QuantizeLinear + DequantizeLinear) at ``dest`` and check it in onnxruntime against the fake-quant torch
@@ -328,17 +328,22 @@ def export_qat(
     args = tuple(a.detach().cpu() for a in example)
     if dynamic_batch:
         args = tuple(torch.cat([a, a]) if a.shape[0] == 1 else a for a in args)
-    axes = {n: {0: "batch"} for n in (*input_names, *output_names)} if dynamic_batch else None
+    axes: dict[str, dict[int, str]] = {
+        n: ({0: "batch"} if dynamic_batch else {}) for n in (*input_names, *output_names)}
+    if dynamic_spatial:  # the same axis names as export_onnx's TorchScript path
+        for n, a in zip(input_names, args):
+            axes[n].update({d: f"{n}_dim{d}" for d in range(2, a.ndim)})
     with _tmpdir_next_to(dest) as tmp:
         out = tmp / dest.name
         try:
             with _quiet(), torch.no_grad():
                 torch.onnx.export(qat, args, str(out), dynamo=False, opset_version=max(opset, 13),
                                   input_names=list(input_names), output_names=list(output_names),
-                                  dynamic_axes=axes, do_constant_folding=True)
+                                  dynamic_axes=axes or None, do_constant_folding=True)
         except Exception as exc:  # noqa: BLE001
             raise ExportError(f"{dest.name}: QAT model export to QDQ ONNX failed: {_first_line(exc)}") from exc
         _scalar_qparams(out)
+        _fold_weight_quantize(out)
         ops = {n.op_type for n in onnx.load(str(out)).graph.node}
         if "QuantizeLinear" not in ops or "DequantizeLinear" not in ops:
             raise ExportError(f"{dest.name}: QAT export: expected QuantizeLinear/DequantizeLinear nodes (got none)")
@@ -391,6 +396,57 @@ def _scalar_qparams(path: Path) -> None:
             node.input[k] = made[name]
     if made:
         onnx.save(model, str(path))
+
+
+def _fold_weight_quantize(path: Path) -> None:
+    """Store quantised weights as int8: every QuantizeLinear whose input, scale and zero point are constants
+    (the weights) becomes an int8 initializer (round half to even, as QuantizeLinear), so the QDQ file holds
+    one byte per weight, as onnxruntime's own static quantisation writes it."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    g = model.graph
+    inits = {i.name: i for i in g.initializer}
+    producer = {o: n for n in g.node for o in n.output}
+
+    def const(name: str) -> np.ndarray | None:
+        while name not in inits and name in producer and producer[name].op_type == "Identity":
+            name = producer[name].input[0]
+        return numpy_helper.to_array(inits[name]) if name in inits else None
+
+    keep, folded = [], []
+    for node in g.node:
+        if node.op_type == "QuantizeLinear" and len(node.input) == 3:
+            x, scale, zp = (const(n) for n in node.input)
+            if x is not None and scale is not None and zp is not None and x.ndim >= 1:
+                axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+                shape = [1] * x.ndim
+                if scale.size > 1:
+                    shape[axis % x.ndim] = scale.size
+                info = np.iinfo(zp.dtype)
+                q = np.rint(x / scale.reshape(shape)) + zp.reshape(shape).astype(np.int64)
+                folded.append(numpy_helper.from_array(np.clip(q, info.min, info.max).astype(zp.dtype),
+                                                      node.output[0]))
+                continue
+        keep.append(node)
+    if not folded:
+        return
+    outputs = {o.name for o in g.output}
+    while True:  # drop the Identity nodes that only fed the folded weights
+        needed = {i for n in keep for i in n.input} | outputs
+        live = [n for n in keep if n.op_type != "Identity" or any(o in needed for o in n.output)]
+        if len(live) == len(keep):
+            break
+        keep = live
+    del g.node[:]
+    g.node.extend(keep)
+    g.initializer.extend(folded)
+    used = {i for n in g.node for i in n.input} | outputs
+    unused = [i for i in g.initializer if i.name not in used]
+    for i in unused:
+        g.initializer.remove(i)
+    onnx.save(model, str(path))
 
 
 def _widen_weight_ranges(qat: nn.Module) -> None:
