@@ -10,6 +10,10 @@ place only after the check passed, so a failed export never replaces a good mode
 Optionally the model is quantised with onnxruntime's dynamic int8 quantisation
 (weights int8, activations quantised on the fly) into ``<name>.int8.onnx``; its own
 error against PyTorch is reported (not checked against ``atol``: int8 is lossy).
+``dynamic_spatial`` also frees the axes after the channel axis (fully convolutional
+networks run on images of any size). Static (calibrated) int8 and quantisation-aware
+training live in ``quantize.py``; ``neurotrain export`` as a whole (int8 per the config's
+``export`` section, sidecar JSON, before/after report) in ``export_report.py``.
 """
 
 from __future__ import annotations
@@ -85,9 +89,10 @@ class ExportReport:
         if self.max_abs_error is not None:
             lines.append(f"  onnxruntime vs torch, example: max |diff| = {self.max_abs_error:.3g} (atol {self.atol:g})")
         if self.max_abs_error_other_batch is not None:
+            shape = self.other_input_shape if self.dynamic_spatial else None
             lines.append(
                 f"  onnxruntime vs torch, batch of {self.other_batch_size}"
-                + (f" (input {tuple(self.other_input_shape)})" if self.dynamic_spatial and self.other_input_shape else "")
+                + (f" (input {tuple(shape)})" if shape else "")
                 + f": max |diff| = {self.max_abs_error_other_batch:.3g}"
             )
         if self.quantized_path is not None:
