@@ -330,7 +330,7 @@ def demo(
         raise NeurotrainError("no task has a configs/<task>/quickstart.yaml yet; nothing to demo")
     rows = []
     for name in names:
-        rows.append(run_demo(name))
+        rows += run_demo(name)
     table = Table(title="neurotrain demo")
     for col in ("task", "metric", "network", "baseline", "time (s)"):
         table.add_column(col)
@@ -344,8 +344,9 @@ def _fmt(x: float | None) -> str:
     return "-" if x is None else f"{x:.4g}"
 
 
-def run_demo(task: str) -> tuple[str, ...]:
-    """One task's quickstart: train from simulation, then evaluate against the baseline."""
+def run_demo(task: str) -> list[tuple[str, ...]]:
+    """One task's quickstart: train from simulation, then evaluate against the baseline. A quickstart whose
+    evaluation also ran companion configs (``extra["companions"]``, e.g. vision's classifier) adds a row each."""
     from neurotrain.engine import api
 
     quick = find_quickstart(task)
@@ -359,14 +360,18 @@ def run_demo(task: str) -> tuple[str, ...]:
     dt = time.perf_counter() - t0
     _print_result(result, task)
     arrow = "lower is better" if result.lower_is_better else "higher is better"
-    return (
+    rows = [(
         task,
         f"{result.headline_name} ({arrow})",
         _fmt(result.headline_network),
         _fmt(result.headline_baseline),
         f"{dt:.0f}",
         str(result.report_path or cfg.run_dir),
-    )
+    )]
+    for path, c in (result.extra or {}).get("companions", {}).items():
+        rows.append((f"{task} ({c.get('kind', Path(path).stem)})", str(c.get("headline")), _fmt(c.get("network")),
+                     _fmt(c.get("baseline")), "", str(c.get("report") or path)))
+    return rows
 
 
 def _print_metrics(metrics: dict[str, Any], title: str) -> None:

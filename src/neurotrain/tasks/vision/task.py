@@ -138,6 +138,23 @@ class VisionTask(Task):
         return (torch.rand(1, c.in_channels, *example_size(c)),)
 
 
+    # ------------------------------------------------------------------ deploy (neurotrain export)
+    def export_inputs(self, cfg: Config, batch: Any) -> Any:
+        from neurotrain.tasks.vision.deploy import vision_export_inputs
+
+        return vision_export_inputs(cfg, batch)
+
+    def export_metadata(self, cfg: Config) -> dict[str, Any]:
+        from neurotrain.tasks.vision.deploy import vision_export_metadata
+
+        return vision_export_metadata(cfg)
+
+    def export_dynamic_spatial(self, cfg: Config) -> bool:
+        from neurotrain.tasks.vision.deploy import vision_export_dynamic_spatial
+
+        return vision_export_dynamic_spatial(cfg)
+
+
 def example_size(cfg: VisionConfig) -> tuple[int, ...]:
     """A spatial size the network accepts: the configured resize, the synthetic set's side, the 3D patch, or
     64 px (every registered 2D network down-samples at most 32x)."""
