@@ -20,42 +20,13 @@ import time
 from pathlib import Path
 
 import torch
+from _timing import peak_mem_gb, reset_mem, sync, timed
 
 from neurotrain.tasks.gamma import baseline as bl
 from neurotrain.tasks.gamma import simulate as S
 from neurotrain.tasks.gamma.losses import build_loss
 from neurotrain.tasks.gamma.models import build_model
 from neurotrain.tasks.gamma.config import GammaConfig
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(fn, device: torch.device, repeats: int) -> float:
-    """Median seconds of ``fn()`` over ``repeats`` runs after one warm-up."""
-    fn()
-    sync(device)
-    runs = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        sync(device)
-        runs.append(time.perf_counter() - t0)
-    runs.sort()
-    return runs[len(runs) // 2]
-
-
-def peak_mem_gb(device: torch.device) -> float | None:
-    if device.type != "cuda":
-        return None
-    return round(torch.cuda.max_memory_allocated(device) / 2**30, 3)
-
-
-def reset_mem(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
 
 
 def main(argv: list[str]) -> int:

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import torch
+from _timing import sync, timed
 from torch import nn
 
 from neurotrain.config import load_config
@@ -36,26 +37,6 @@ from neurotrain.tasks.stellar.simulate import sample_labels, sample_snr, simulat
 from neurotrain.tasks.stellar.task import StellarTask
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(fn, device: torch.device, repeats: int) -> float:
-    """Median seconds of ``fn()`` over ``repeats`` runs after two warm-ups."""
-    fn()
-    fn()
-    sync(device)
-    runs = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        sync(device)
-        runs.append(time.perf_counter() - t0)
-    runs.sort()
-    return runs[len(runs) // 2]
 
 
 class PlainBlock(nn.Module):
@@ -139,10 +120,10 @@ def model_benchmarks(args: argparse.Namespace, cfg, model: nn.Module, device: to
     cuda = device.type == "cuda"
     labels = sample_labels(args.batch, cfg.simulate, gen, device)
     snr = sample_snr(args.batch, cfg.simulate, gen, device)
-    t = timed(lambda: simulate_raw(labels, snr, cfg.simulate, gen, device), device, args.repeats)
+    t = timed(lambda: simulate_raw(labels, snr, cfg.simulate, gen, device), device, args.repeats, warmup=2)
     res["generator_spectra_per_s"] = round(args.batch / t, 1)
     raw = simulate_raw(labels, snr, cfg.simulate, gen, device)
-    t = timed(lambda: preprocess_batch(raw, cfg.preprocess), device, args.repeats)
+    t = timed(lambda: preprocess_batch(raw, cfg.preprocess), device, args.repeats, warmup=2)
     res["preprocess_spectra_per_s"] = round(args.batch / t, 1)
     x = network_input(preprocess_batch(raw, cfg.preprocess), cfg.model.in_channels, cfg.preprocess).float()
     res["pixels"] = int(rest_grid(cfg.preprocess).numel())
@@ -161,10 +142,10 @@ def model_benchmarks(args: argparse.Namespace, cfg, model: nn.Module, device: to
                 net(x)
         return run
 
-    t_plain = timed(eager(plain), device, args.repeats)
-    t_eager = timed(eager(model), device, args.repeats)
+    t_plain = timed(eager(plain), device, args.repeats, warmup=2)
+    t_eager = timed(eager(model), device, args.repeats, warmup=2)
     fast = optimise_for_inference(model, x[: args.batch], cfg.inference.precision)
-    t_fast = timed(lambda: fast(x), device, args.repeats)
+    t_fast = timed(lambda: fast(x), device, args.repeats, warmup=2)
     res["inference_plain_eager_spectra_per_s"] = round(args.batch / t_plain, 1)
     res["inference_ours_eager_spectra_per_s"] = round(args.batch / t_eager, 1)
     res["inference_ours_optimised_spectra_per_s"] = round(args.batch / t_fast, 1)
@@ -185,10 +166,9 @@ def model_benchmarks(args: argparse.Namespace, cfg, model: nn.Module, device: to
         val.backward()
         opt.step()
 
-    t = timed(step, device, args.repeats)
+    t = timed(step, device, args.repeats, warmup=2)
     res["train_steps_per_s"] = round(1 / t, 2)
     res["train_batch"] = args.train_batch
-
 
 
 def end_to_end(args: argparse.Namespace, cfg, model: nn.Module, res: dict) -> None:

@@ -25,26 +25,7 @@ import time
 from pathlib import Path
 
 import torch
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(fn, device: torch.device, repeats: int, warmup: int = 2) -> float:
-    """Median seconds of ``fn()`` over ``repeats`` runs after ``warmup`` runs (compilation, cuDNN autotuning)."""
-    for _ in range(warmup):
-        fn()
-    sync(device)
-    runs = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        sync(device)
-        runs.append(time.perf_counter() - t0)
-    runs.sort()
-    return runs[len(runs) // 2]
+from _timing import sync, timed
 
 
 class GpuSampler:
@@ -121,7 +102,7 @@ def bench_train(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, device: 
         loss.backward()
         opt.step()
 
-    return x.shape[0] / timed(step, device, repeats)
+    return x.shape[0] / timed(step, device, repeats, warmup=2)
 
 
 def bench_infer(net: torch.nn.Module, x: torch.Tensor, device: torch.device, bf16: bool, channels_last: bool,
