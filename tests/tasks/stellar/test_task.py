@@ -3,6 +3,7 @@ element-by-element training, prepared-file splits, and predict on FITS files (re
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import h5py
@@ -75,6 +76,13 @@ def test_short_training_beats_the_untrained_network(tmp_path: Path) -> None:
     _, trained = load_model(run / "checkpoints" / "last.ckpt")
     before, after = _val_rmse(cfg, untrained), _val_rmse(cfg, trained)
     assert after < 0.75 * before, (before, after)
+    # the analyze verb on the trained run: importance by wavelength, regions named by their lines
+    cfg.analyze.n_spectra = 8
+    cfg.analyze.ig_steps = 4
+    summary = api.analyze(cfg, run / "checkpoints" / "last.ckpt", figures=False)
+    assert (run / "analysis" / "importance.csv").is_file()
+    assert "analyze" in json.loads((run / "metrics.json").read_text())
+    assert summary
 
 
 def test_train_elements_makes_one_run_per_label(tmp_path: Path) -> None:
