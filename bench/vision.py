@@ -197,23 +197,28 @@ def main(argv: list[str]) -> int:
     x = torch.rand(args.train_batch, 3, args.size, args.size, generator=g).to(device)
     y = torch.randint(0, 2, (args.train_batch, args.size, args.size), generator=g).to(device)
     xi = torch.rand(args.infer_batch, 3, args.size, args.size, generator=g).to(device)
+    def record(key: str, value: object) -> None:
+        # printed as measured, so that a run stopped at its time limit still reports what it had
+        res[key] = value
+        print(f"{key}: {value}", flush=True)
+
+    for key, value in bench_loader(args, build_nets(args)["neurotrain_unet"], device, cuda).items():
+        record(key, value)
     for name, net in build_nets(args).items():
-        res[f"{name}_parameters"] = sum(p.numel() for p in net.parameters())
+        record(f"{name}_parameters", sum(p.numel() for p in net.parameters()))
         if name == "neurotrain_unet":
             rows = [("fp32", False, False), ("bf16_channels_last", True, True)] if cuda else [("fp32", False, False)]
         else:
             rows = [("fp32", False, False), ("bf16", True, False)] if cuda else [("fp32", False, False)]
         for label, bf16, cl in rows:
-            res[f"{name}_train_{label}_images_per_s"] = round(bench_train(net, x, y, device, bf16, cl, args.repeats), 1)
+            record(f"{name}_train_{label}_images_per_s", round(bench_train(net, x, y, device, bf16, cl, args.repeats), 1))
             compiles = [False] if args.no_compile else [False, True]
             for comp in compiles:
                 tag = f"{label}_compiled" if comp else label
-                res[f"{name}_infer_{tag}_images_per_s"] = round(
-                    bench_infer(net, xi, device, bf16, cl, comp, args.repeats), 1)
+                record(f"{name}_infer_{tag}_images_per_s", round(bench_infer(net, xi, device, bf16, cl, comp, args.repeats), 1))
         if cuda:
-            res[f"{name}_peak_mem_gb"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
+            record(f"{name}_peak_mem_gb", round(torch.cuda.max_memory_allocated(device) / 2**30, 2))
             torch.cuda.reset_peak_memory_stats(device)
-    res.update(bench_loader(args, build_nets(args)["neurotrain_unet"], device, cuda))
 
     print(json.dumps(res, indent=2))
     print()
