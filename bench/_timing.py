@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -39,3 +41,16 @@ def peak_mem_gb(device: torch.device) -> float | None:
 def reset_mem(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+
+
+def write_report(res: dict, out: Path | None) -> None:
+    """Print ``res`` as JSON and as a markdown table; also write the JSON to ``out`` when given."""
+    print(json.dumps(res, indent=2))
+    print()
+    print("| quantity | value |")
+    print("| --- | --- |")
+    for k, v in res.items():
+        print(f"| {k} | {v} |")
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(res, indent=2) + "\n")

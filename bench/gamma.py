@@ -13,14 +13,13 @@ Prints JSON and a markdown table; ``--out`` also writes the JSON.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-from _timing import peak_mem_gb, reset_mem, sync, timed
+from _timing import peak_mem_gb, reset_mem, sync, timed, write_report
 
 from neurotrain.tasks.gamma import baseline as bl
 from neurotrain.tasks.gamma import simulate as S
@@ -117,15 +116,7 @@ def main(argv: list[str]) -> int:
     res["rl_iterations"] = args.rl_iterations
     res["rl_peak_mem_gb"] = peak_mem_gb(device)
 
-    print(json.dumps(res, indent=2))
-    print()
-    print("| quantity | value |")
-    print("| --- | --- |")
-    for k, v in res.items():
-        print(f"| {k} | {v} |")
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(res, indent=2) + "\n")
+    write_report(res, args.out)
     return 0
 
 

@@ -17,7 +17,6 @@ Prints JSON and a markdown table; ``--out`` also writes the JSON.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 import tempfile
@@ -25,7 +24,7 @@ import time
 from pathlib import Path
 
 import torch
-from _timing import sync, timed
+from _timing import timed, write_report
 from torch import nn
 
 from neurotrain.config import load_config
@@ -103,15 +102,7 @@ def main(argv: list[str]) -> int:
     if not args.only_e2e:
         model_benchmarks(args, cfg, model, device, gen, res)
     end_to_end(args, cfg, model, res)
-    print(json.dumps(res, indent=2))
-    print()
-    print("| quantity | value |")
-    print("| --- | --- |")
-    for k, v in res.items():
-        print(f"| {k} | {v} |")
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(res, indent=2) + "\n")
+    write_report(res, args.out)
     return 0
 
 

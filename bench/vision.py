@@ -16,7 +16,6 @@ Prints JSON and a markdown table; ``--out`` also writes the JSON.
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 import tempfile
@@ -25,7 +24,7 @@ import time
 from pathlib import Path
 
 import torch
-from _timing import sync, timed
+from _timing import sync, timed, write_report
 
 
 class GpuSampler:
@@ -220,15 +219,7 @@ def main(argv: list[str]) -> int:
             record(f"{name}_peak_mem_gb", round(torch.cuda.max_memory_allocated(device) / 2**30, 2))
             torch.cuda.reset_peak_memory_stats(device)
 
-    print(json.dumps(res, indent=2))
-    print()
-    print("| quantity | value |")
-    print("| --- | --- |")
-    for k, v in res.items():
-        print(f"| {k} | {v} |")
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(res, indent=2) + "\n")
+    write_report(res, args.out)
     return 0
 
 

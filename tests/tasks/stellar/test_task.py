@@ -9,7 +9,6 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pandas as pd
-import pytest
 import torch
 from typer.testing import CliRunner
 
