@@ -84,6 +84,16 @@ def build_nets(args: argparse.Namespace) -> dict[str, torch.nn.Module]:
     }
 
 
+def train_step(net: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, bf16: bool) -> None:
+    """One segmentation training step (cross-entropy), bf16 autocast when asked."""
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+        out = net(x)
+    loss = torch.nn.functional.cross_entropy(out.float(), y)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+
+
 def bench_train(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device, bf16: bool,
                 channels_last: bool, repeats: int) -> float:
     """Training images/s: forward + CE loss + backward + AdamW step."""
@@ -93,15 +103,7 @@ def bench_train(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, device: 
         x = x.contiguous(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
 
-    def step() -> None:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            out = net(x)
-        loss = torch.nn.functional.cross_entropy(out.float(), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    return x.shape[0] / timed(step, device, repeats, warmup=2)
+    return x.shape[0] / timed(lambda: train_step(net, opt, x, y, bf16), device, repeats, warmup=2)
 
 
 def bench_infer(net: torch.nn.Module, x: torch.Tensor, device: torch.device, bf16: bool, channels_last: bool,
@@ -143,12 +145,7 @@ def bench_loader(args: argparse.Namespace, net: torch.nn.Module, device: torch.d
         for batch in it:
             x = batch["image"].to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
             y = batch["mask"].to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                out = net(x)
-            loss = torch.nn.functional.cross_entropy(out.float(), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            train_step(net, opt, x, y, bf16)
             steps += 1
             if steps >= args.loader_steps:
                 break

@@ -18,6 +18,7 @@ an epoch never stops on a bad file.
 from __future__ import annotations
 
 import logging
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -258,7 +259,7 @@ def resize_pair(image: torch.Tensor, mask: torch.Tensor | None, size: tuple[int,
 # --------------------------------------------------------------------------- base dataset
 
 
-class VisionDataset(Dataset):
+class VisionDataset(Dataset, ABC):
     """Base of every vision dataset: sample dicts, bad-file policy, per-sample labels.
 
     Subclasses implement ``__len__``, ``item_path(i)`` and ``load(i)`` (may raise DataError),
@@ -274,14 +275,17 @@ class VisionDataset(Dataset):
         self.class_names: list[str] = []
         self._bad: set[int] = set()
 
-    def __len__(self) -> int:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def __len__(self) -> int:
+        """Number of samples."""
 
-    def item_path(self, i: int) -> str:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def item_path(self, i: int) -> str:
+        """The file sample ``i`` is read from (for messages)."""
 
-    def load(self, i: int) -> dict[str, Any]:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def load(self, i: int) -> dict[str, Any]:
+        """Sample ``i`` as the contract's dict (image, target, path)."""
 
     def skip(self, path: str | Path, reason: str) -> None:
         """Record a skipped file (``on_bad_file: skip``) and log it once."""

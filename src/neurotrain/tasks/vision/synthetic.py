@@ -83,7 +83,7 @@ def _mark(root: Path, params: dict[str, Any]) -> None:
 
 def write_segmentation_set(root: str | Path, n: int = 64, size: int = 64, seed: int = 0, n_classes: int = 2,
                            max_shapes: int = 3) -> Path:
-    """Write ``root/images/shape_XXXX.png`` + ``root/masks/shape_XXXX.png`` (``n`` pairs, size x size).
+    """Write ``root/images/shape_<i>.png`` + ``root/masks/shape_<i>.png`` (``i`` zero-padded to 4 digits) (``n`` pairs, size x size).
 
     ``n_classes == 2``: binary masks stored 0/255 (any shape is foreground). ``n_classes == 4``:
     masks store 0 background, 1 disc, 2 rectangle, 3 triangle. Each image holds 1..``max_shapes``
@@ -112,7 +112,7 @@ def write_segmentation_set(root: str | Path, n: int = 64, size: int = 64, seed: 
 
 def write_classification_set(root: str | Path, n_per_class: int = 32, size: int = 32, seed: int = 0,
                              classes: tuple[str, ...] = CLASSIFICATION_CLASSES) -> Path:
-    """Write an image-folder layout ``root/<class>/XXXX.png``: one shape per image, ``n_per_class`` each."""
+    """Write an image-folder layout ``root/<class>/<i>.png``: one shape per image, ``n_per_class`` each."""
     root = Path(root)
     params = {"kind": "classification", "n": n_per_class, "size": size, "seed": seed, "classes": list(classes)}
     if _finished(root, params):
