@@ -30,7 +30,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from neurotrain.errors import ConfigError
 from neurotrain.task import EvalResult
 from neurotrain.tasks.stellar.config import GENERATOR_LABELS, StellarConfig
 from neurotrain.tasks.stellar.metrics import ONE_SIGMA, label_metrics, to_floats
@@ -53,16 +52,6 @@ def _device(cfg: StellarConfig) -> torch.device:
     return torch.device(name)
 
 
-def _label_index(cfg: StellarConfig) -> list[int]:
-    missing = [n for n in cfg.labels.names if n not in GENERATOR_LABELS]
-    if missing:
-        raise ConfigError(
-            f"config error: labels.names: the held-out set is synthetic and the generator knows "
-            f"{list(GENERATOR_LABELS)} (got {missing})"
-        )
-    return [GENERATOR_LABELS.index(n) for n in cfg.labels.names]
-
-
 @torch.no_grad()
 def draw_set(
     cfg: StellarConfig, n: int, seed: int, device: torch.device, snr: float | None = None, chunk: int = 512
@@ -70,8 +59,8 @@ def draw_set(
     """``n`` generator spectra, preprocessed: ``labels_all`` (n, 8) physical, ``target`` (n, L), ``flux`` /
     ``ivar`` (n, M), ``input`` (n, C, M), ``snr`` (n,) measured, ``keep`` (n,) bool. S/N per pixel fixed at
     ``snr`` or drawn from ``simulate.snr_range``; reproducible from ``seed``, in chunks of ``chunk``."""
-    from neurotrain.tasks.stellar.preprocess import network_input, preprocess_batch
-    from neurotrain.tasks.stellar.simulate import sample_labels, sample_snr, simulate_raw
+    from neurotrain.tasks.stellar.simulate import sample_labels, sample_snr
+    from neurotrain.tasks.stellar.task import simulate_spectra
 
     gen = torch.Generator(device=device)
     gen.manual_seed(int(seed))
@@ -80,17 +69,11 @@ def draw_set(
         b = min(chunk, n - start)
         labels = sample_labels(b, cfg.simulate, gen, device)
         s = torch.full((b,), float(snr), device=device) if snr is not None else sample_snr(b, cfg.simulate, gen, device)
-        raw = simulate_raw(labels, s, cfg.simulate, gen, device)
-        pre = preprocess_batch(raw, cfg.preprocess)
-        out = {
-            "labels_all": labels.float(), "flux": pre["flux"].float(), "ivar": pre["ivar"].float(),
-            "input": network_input(pre, cfg.model.in_channels, cfg.preprocess), "snr": pre["snr"].float(),
-            "keep": pre["keep"].bool(),
-        }
+        out = simulate_spectra(cfg, labels, s, gen, spectra=True)
+        out.pop("target_mask")
         for k, v in out.items():
             parts.setdefault(k, []).append(v)
     res = {k: torch.cat(v, 0) for k, v in parts.items()}
-    res["target"] = res["labels_all"][:, _label_index(cfg)]
     return res
 
 

@@ -65,11 +65,12 @@ def prepared_label_stats(path: Path, names: list[str]) -> tuple[list[float], lis
 
 
 def simulate_spectra(
-    cfg: StellarConfig, labels: torch.Tensor, snr: torch.Tensor, generator: torch.Generator
+    cfg: StellarConfig, labels: torch.Tensor, snr: torch.Tensor, generator: torch.Generator, spectra: bool = False
 ) -> dict[str, torch.Tensor]:
     """Generator labels (B, 8) and S/N (B,) -> a batch in the engine's layout, observed and preprocessed
     exactly as a real LAMOST file would be. ``labels_all`` keeps every generator label (for the CRLB and
-    the dwarf/giant split); ``target_mask`` is False for spectra the pipeline would drop."""
+    the dwarf/giant split); ``target_mask`` is False for spectra the pipeline would drop. ``spectra`` also
+    returns the normalised ``flux`` / ``ivar`` (B, M) and ``keep`` (B,) that the baselines fit on."""
     from neurotrain.tasks.stellar.preprocess import network_input, preprocess_batch
     from neurotrain.tasks.stellar.simulate import simulate_raw
 
@@ -77,13 +78,16 @@ def simulate_spectra(
     pre = preprocess_batch(raw, cfg.preprocess)
     target = labels[:, generator_label_index(cfg)].float()
     keep = pre["keep"].to(torch.bool)
-    return {
+    out = {
         "input": network_input(pre, cfg.model.in_channels, cfg.preprocess),
         "target": target,
         "target_mask": keep[:, None].expand_as(target).clone(),
         "snr": pre["snr"].float(),
         "labels_all": labels.float(),
     }
+    if spectra:
+        out.update(flux=pre["flux"].float(), ivar=pre["ivar"].float(), keep=keep)
+    return out
 
 
 def draw_batch(cfg: StellarConfig, n: int, generator: torch.Generator, device: torch.device) -> dict[str, torch.Tensor]:
