@@ -200,28 +200,60 @@ class Config(Section):
 # --------------------------------------------------------------------------- loading
 
 
+MAX_CONFIG_BYTES = 16 * 2**20
+"""A config is a few kB of text; a file past 16 MiB is a wrong path (a data file), refused before parsing."""
+MAX_SHOWN_CHARS = 80
+"""Longest quoted input in an error line (a pasted blob must not turn one line into a page)."""
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= MAX_SHOWN_CHARS else text[: MAX_SHOWN_CHARS - 3] + "..."
+
+
 def read_config_file(path: str | Path) -> dict[str, Any]:
-    """Read a YAML (``.yaml``/``.yml``) or TOML (``.toml``) file into a plain dict."""
+    """Read a YAML (``.yaml``/``.yml``) or TOML (``.toml``) file into a plain dict.
+
+    Every way a file can be unusable (missing, a folder, unreadable, not UTF-8 text, too big, not parseable,
+    nested past Python's recursion limit, not a mapping) is one :class:`ConfigError` line naming the file.
+    """
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"config error in {path}: is a folder, expected a .yaml, .yml or .toml file")
     if not path.is_file():
         raise ConfigError(f"config error in {path}: file not found")
-    text = path.read_text(encoding="utf-8")
+    suffix = path.suffix.lower()
+    if suffix not in (".toml", ".yaml", ".yml"):
+        raise ConfigError(f"config error in {path}: expected a .yaml, .yml or .toml file (got {suffix!r})")
     try:
-        if path.suffix.lower() == ".toml":
-            data = tomllib.loads(text)
-        elif path.suffix.lower() in (".yaml", ".yml"):
-            data = yaml.safe_load(text)
-        else:
-            raise ConfigError(
-                f"config error in {path}: expected a .yaml, .yml or .toml file (got {path.suffix!r})"
-            )
+        size = path.stat().st_size
+        if size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"config error in {path}: {size} bytes, expected a config of at most "
+                              f"{MAX_CONFIG_BYTES} bytes (is this a data file?)")
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"config error in {path}: cannot read: {exc.strerror or exc}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config error in {path}: not UTF-8 text (byte {exc.start}: "
+                          f"{raw[exc.start:exc.start + 1]!r}); is this a binary file?") from None
+    if "\x00" in text:
+        raise ConfigError(f"config error in {path}: contains NUL bytes; expected a text file")
+    try:
+        data = tomllib.loads(text) if suffix == ".toml" else yaml.safe_load(text)
     except (yaml.YAMLError, tomllib.TOMLDecodeError) as exc:
-        first = str(exc).strip().splitlines()[0]
+        first = (str(exc).strip().splitlines() or ["unknown error"])[0]
         raise ConfigError(f"config error in {path}: cannot parse: {first}") from None
+    except RecursionError:
+        raise ConfigError(f"config error in {path}: cannot parse: nested too deeply") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"config error in {path}: top level must be a mapping (got {type(data).__name__})")
+    bad = [k for k in data if not isinstance(k, str)]
+    if bad:
+        raise ConfigError(f"config error in {path}: {_short(bad[0])}: expected a text key (got {type(bad[0]).__name__})")
     return data
 
 
@@ -262,7 +294,7 @@ def _format_validation_error(exc: ValidationError, source: str) -> str:
             continue
         got = err.get("input")
         if err["type"] != "missing" and not isinstance(got, dict):
-            msg = f"{msg} (got {got!r})"
+            msg = f"{msg} (got {_short(got)})"
         lines.append(f"config error in {source}: {loc}: {msg}")
     return "\n".join(lines)
 
@@ -290,6 +322,8 @@ def validate_config(data: dict[str, Any], source: str = "<dict>") -> Config:
         return cls.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_format_validation_error(exc, source)) from None
+    except RecursionError:
+        raise ConfigError(f"config error in {source}: nested too deeply") from None
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:

@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
+from pydantic import BaseModel, ConfigDict, ValidationError
 from torch import nn
 
-from neurotrain.errors import NotAvailableError
+from neurotrain.errors import ConfigError, DataError, NotAvailableError
 
 if TYPE_CHECKING:
     import optuna
@@ -48,11 +49,62 @@ class EvalResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+class TaskOptions(BaseModel):
+    """Base of a command's ``--opt key=value`` schema (a task declares one per command it offers).
+
+    Unknown keys are errors, as in the config: a typo such as ``crystl=CsI`` stops with the list of known
+    keys instead of running with the default. A field left unset is not passed on, so the task falls back to
+    its config (``predict.*``) exactly as without the option. A field's ``description`` is what
+    ``neurotrain predict --help`` prints for it.
+    """
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+OPTION_COMMANDS = ("predict", "evaluate", "simulate", "test", "analyze")
+"""Commands that take ``--opt key=value`` task options; ``Task.<command>_options`` holds each schema."""
+
+
+def check_options(task: Task, command: str, options: dict[str, Any]) -> dict[str, Any]:
+    """Validate ``--opt`` values against ``task``'s schema for ``command``; returns the keys the user set
+    (typed by the schema). A task that declares no schema for ``command`` gets ``options`` unchanged.
+
+    Raises :class:`ConfigError` with one line per problem: unknown key (naming the known ones) or bad value.
+    """
+    schema = task.options_schema(command)
+    if schema is None:
+        return dict(options)
+    source = f"--opt ({task.name} {command})"
+    known = ", ".join(sorted(schema.model_fields)) or "none"
+    try:
+        parsed = schema.model_validate(options)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            key = ".".join(str(p) for p in err["loc"]) or "<root>"
+            if err["type"] == "extra_forbidden":
+                lines.append(f"config error in {source}: {key}: unknown option (known: {known})")
+            else:
+                lines.append(f"config error in {source}: {key}: {err['msg']} (got {err.get('input')!r})")
+        raise ConfigError("\n".join(lines)) from None
+    return parsed.model_dump(exclude_unset=True)
+
+
 class Task:
     """Base class of a task. Override what the task offers; the rest says "not available"."""
 
     name: ClassVar[str] = ""
     config_cls: ClassVar[type[Config]]
+    #: ``--opt`` schemas per command (:class:`TaskOptions` subclasses); ``None`` = not declared, passed on as is
+    predict_options: ClassVar[type[TaskOptions] | None] = None
+    evaluate_options: ClassVar[type[TaskOptions] | None] = None
+    simulate_options: ClassVar[type[TaskOptions] | None] = None
+    test_options: ClassVar[type[TaskOptions] | None] = None
+    analyze_options: ClassVar[type[TaskOptions] | None] = None
+
+    def options_schema(self, command: str) -> type[TaskOptions] | None:
+        """The ``--opt`` schema of ``command`` (one of :data:`OPTION_COMMANDS`), or ``None``."""
+        return getattr(self, f"{command}_options", None) if command in OPTION_COMMANDS else None
 
     # ------------------------------------------------------------------ building blocks
     def build_model(self, cfg: Config) -> nn.Module:
@@ -113,6 +165,13 @@ class Task:
         from neurotrain.engine.simulate import simulate_to_h5
 
         return simulate_to_h5(self, cfg, output, n)
+
+    def check_predict_inputs(self, cfg: Config, inputs: list[Path], output: Path | None, **options: Any) -> None:
+        """Cheap checks of the user's files before the network is built (headers, sizes, output place), so a
+        bad input fails in a second with one line. The default: every input exists. Raise :class:`DataError`."""
+        for p in inputs:
+            if not Path(p).exists():
+                raise DataError(f"{p}: input file or folder not found")
 
     def predict(self, cfg: Config, model: nn.Module, inputs: list[Path], output: Path | None, **options: Any) -> list[Path]:
         raise NotAvailableError(f"predict is not available for task {self.name!r}")

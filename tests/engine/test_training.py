@@ -30,7 +30,7 @@ def test_training_lowers_the_loss_and_writes_a_run(toy_cfg_file: Path) -> None:
     assert (ckdir / "best.ckpt").is_file() and (ckdir / "last.ckpt").is_file()
     assert (run / "config.yaml").is_file()
     assert any((run / "tb").rglob("events.out.tfevents*"))
-    assert (run / "csv" / "version_0" / "metrics.csv").is_file()
+    assert (run / "csv" / "metrics.csv").is_file()  # one CSV per run, continued by --resume
     metrics = json.loads((run / "metrics.json").read_text())["train"]
     assert metrics["epoch"] == 3 and metrics["global_step"] == 3 * 8
     _, trained = load_model(ckdir / "best.ckpt")

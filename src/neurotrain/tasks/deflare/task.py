@@ -16,14 +16,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
+from pydantic import Field
 from torch import nn
 
 from neurotrain.errors import ConfigError, DataError
 from neurotrain.registry import TASKS
-from neurotrain.task import EvalResult, Task
+from neurotrain.task import EvalResult, Task, TaskOptions
 from neurotrain.tasks.deflare.config import DeflareConfig
 
 if TYPE_CHECKING:
@@ -65,9 +66,17 @@ def sibling_dir(input_dir: Path, suffix: str) -> Path:
     return input_dir.parent / f"{input_dir.name}{suffix}"
 
 
+class DeflarePredictOptions(TaskOptions):
+    """``neurotrain predict`` options of deflare (``--opt key=value``)."""
+
+    method: Literal["network", "codec", "ba_filter", "flicker_filter"] | None = Field(
+        None, description="network (default), codec (encode -> decode), ba_filter or flicker_filter")
+    baseline: bool | None = Field(None, description="encode -> decode only (method=codec)")
+
 class DeflareTask(Task):
     name = "deflare"
     config_cls = DeflareConfig
+    predict_options = DeflarePredictOptions
 
     # ------------------------------------------------------------------ building blocks
     def build_model(self, cfg: DeflareConfig) -> nn.Module:  # type: ignore[override]
@@ -78,7 +87,7 @@ class DeflareTask(Task):
     def build_loss(self, cfg: DeflareConfig) -> nn.Module:  # type: ignore[override]
         from neurotrain.tasks.deflare.losses import VoxelLoss
 
-        return VoxelLoss(cfg.loss.name, cfg.loss.count_weight)
+        return VoxelLoss(cfg.loss.name, cfg.loss.count_weight, cfg.loss.signal_weight)
 
     def build_metrics(self, cfg: DeflareConfig) -> MetricCollection:  # type: ignore[override]
         from neurotrain.tasks.deflare.metrics import build_metrics

@@ -10,19 +10,32 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import Field
 from torch import nn
 
 from neurotrain.config import Config
 from neurotrain.registry import TASKS
-from neurotrain.task import EvalResult, Task
+from neurotrain.task import EvalResult, Task, TaskOptions
 from neurotrain.tasks.gamma.config import GammaConfig
 
+
+class GammaPredictOptions(TaskOptions):
+    """``neurotrain predict`` options of gamma (``--opt key=value``); unset keys fall back to ``predict.*``."""
+
+    calibration: str | list[float] | None = Field(None, description="energy calibration, keV polynomial c0,c1[,c2]")
+    crystal: str | None = Field(None, description="input detector: LYSO, NaI, CsI or LaBr3 (sets the FWHM law)")
+    fwhm_662: float | None = Field(None, gt=0, description="input FWHM at 662 keV, as a fraction (overrides crystal)")
+    power: float | None = Field(None, description="FWHM law exponent, FWHM ~ E^power (overrides crystal)")
+    conserve_counts: bool | None = Field(None, description="rescale the enhanced spectrum to the measured counts")
+    plot: bool | None = Field(None, description="write a PNG of input and enhanced spectra")
+    verbose: bool | None = Field(None, description="print the peak table")
 
 class GammaTask(Task):
     """LYSO/NaI/CsI/LaBr3 -> HPGe-like spectrum enhancement."""
 
     name = "gamma"
     config_cls = GammaConfig
+    predict_options = GammaPredictOptions
 
     def build_model(self, cfg: Config) -> nn.Module:
         from neurotrain.tasks.gamma.models import build_model

@@ -9,14 +9,15 @@ SMLM challenge did, next to the classical box-detection + MLE-fit baseline.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
+from pydantic import Field
 from torch import nn
 
 from neurotrain.errors import ConfigError, DataError
 from neurotrain.registry import TASKS
-from neurotrain.task import EvalResult, Task
+from neurotrain.task import EvalResult, Task, TaskOptions
 from neurotrain.tasks.smlm.config import SMLMConfig
 
 if TYPE_CHECKING:
@@ -71,9 +72,36 @@ def truth_with_crlb(cfg: SMLMConfig, truth: pd.DataFrame, bg_map: torch.Tensor |
     return t
 
 
+class SMLMPredictOptions(TaskOptions):
+    """``neurotrain predict`` options of smlm (``--opt key=value``); unset keys fall back to ``predict.*``."""
+
+    format: Literal["auto", "h5", "csv", "picasso"] | None = Field(
+        None, description="table format: h5 (ours), csv (ThunderSTORM), picasso (HDF5 + YAML)")
+    threshold: float | None = Field(None, ge=0, description="detection probability cut (postprocess.threshold)")
+    render: bool | None = Field(None, description="write a super-resolution render (PNG and TIFF)")
+    mc_samples: int | None = Field(None, ge=0, description="MC-dropout passes (0 = off, else >= 2)")
+    progress: bool | None = Field(None, description="show a progress bar")
+
+
+class SMLMEvaluateOptions(TaskOptions):
+    """``neurotrain evaluate`` options of smlm (``--pred``/``--truth`` are flags of the command)."""
+
+    baseline: bool | None = Field(None, description="also score the classical baseline (evaluate.baseline)")
+
+
+class SMLMSimulateOptions(TaskOptions):
+    """``neurotrain simulate`` options of smlm."""
+
+    truth: str | None = Field(None, description="ground-truth CSV path (default: <movie>_truth.csv)")
+    device: str | None = Field(None, description="cpu or cuda (default: cuda when available)")
+    seed: int | None = Field(None, description="random seed (default: the config's seed)")
+
 class SMLMTask(Task):
     name = "smlm"
     config_cls = SMLMConfig
+    predict_options = SMLMPredictOptions
+    evaluate_options = SMLMEvaluateOptions
+    simulate_options = SMLMSimulateOptions
 
     # ------------------------------------------------------------------ building blocks
     def build_model(self, cfg: Any) -> nn.Module:

@@ -17,12 +17,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from pydantic import Field
 from torch import nn
 
 from neurotrain.config import Config
 from neurotrain.errors import ConfigError, DataError
 from neurotrain.registry import TASKS
-from neurotrain.task import EvalResult, Task
+from neurotrain.task import EvalResult, Task, TaskOptions
 from neurotrain.tasks.stellar.config import GENERATOR_LABELS, StellarConfig
 
 H5_KEYS = ("input", "target", "target_mask", "snr")
@@ -126,11 +127,17 @@ def simulated_pool(cfg: StellarConfig, split: str, n: int, chunk: int = 256) -> 
     return TensorPool({k: torch.cat([p[k] for p in parts]).cpu() for k in keys})
 
 
+class StellarPredictOptions(TaskOptions):
+    """``neurotrain predict`` options of stellar (``--opt key=value``)."""
+
+    mc_samples: int | None = Field(None, ge=0, description="MC-dropout passes (overrides uncertainty.mc_samples)")
+
 class StellarTask(Task):
     """Stellar labels (Teff, log g, [Fe/H], [X/Fe]) with uncertainties from LAMOST low-resolution spectra."""
 
     name = "stellar"
     config_cls = StellarConfig
+    predict_options = StellarPredictOptions
 
     def build_model(self, cfg: Config) -> nn.Module:
         from neurotrain.tasks.stellar.models import build_model

@@ -156,9 +156,9 @@ def per_class_bars(table: dict[str, list[float]], names: Sequence[str], keys: Se
 
 
 def read_csv_log(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
-    """Every logged series of the run's CSV logs (``csv/version_*/metrics.csv``): name -> [(step, value)]."""
+    """Every logged series of the run's CSV logs (``csv/metrics.csv``; older runs ``csv/version_*/``): name -> [(step, value)]."""
     series: dict[str, list[tuple[int, float]]] = {}
-    for f in sorted(Path(run_dir).glob("csv/version_*/metrics.csv")):
+    for f in sorted(Path(run_dir).glob("csv/**/metrics.csv")):
         with open(f, newline="", encoding="utf-8") as fh:
             for row in csv.DictReader(fh):
                 step = int(float(row.get("step") or 0))

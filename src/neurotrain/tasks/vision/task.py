@@ -17,17 +17,21 @@ from torch import nn
 from neurotrain.config import Config
 from neurotrain.errors import NotAvailableError
 from neurotrain.registry import TASKS
-from neurotrain.task import EvalResult, Task
+from neurotrain.task import EvalResult, Task, TaskOptions
 from neurotrain.tasks.vision.config import VisionConfig
 
 CHANNELS_LAST_ATTR = "_neurotrain_channels_last"
 
+
+class VisionPredictOptions(TaskOptions):
+    """``neurotrain predict`` of vision takes no ``--opt`` keys: its settings are the config's ``predict.*``."""
 
 class VisionTask(Task):
     """Images (2D, or 3D volumes) -> masks, labels or boxes."""
 
     name = "vision"
     config_cls = VisionConfig
+    predict_options = VisionPredictOptions
 
     def __init__(self) -> None:
         self._augmenters: dict[str, Any] = {}
