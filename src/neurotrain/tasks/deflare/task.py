@@ -73,6 +73,7 @@ class DeflarePredictOptions(TaskOptions):
         None, description="network (default), codec (encode -> decode), ba_filter or flicker_filter")
     baseline: bool | None = Field(None, description="encode -> decode only (method=codec)")
 
+
 class DeflareTask(Task):
     name = "deflare"
     config_cls = DeflareConfig

@@ -30,6 +30,7 @@ class GammaPredictOptions(TaskOptions):
     plot: bool | None = Field(None, description="write a PNG of input and enhanced spectra")
     verbose: bool | None = Field(None, description="print the peak table")
 
+
 class GammaTask(Task):
     """LYSO/NaI/CsI/LaBr3 -> HPGe-like spectrum enhancement."""
 

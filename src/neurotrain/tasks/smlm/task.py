@@ -96,6 +96,7 @@ class SMLMSimulateOptions(TaskOptions):
     device: str | None = Field(None, description="cpu or cuda (default: cuda when available)")
     seed: int | None = Field(None, description="random seed (default: the config's seed)")
 
+
 class SMLMTask(Task):
     name = "smlm"
     config_cls = SMLMConfig

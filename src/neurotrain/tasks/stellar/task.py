@@ -132,6 +132,7 @@ class StellarPredictOptions(TaskOptions):
 
     mc_samples: int | None = Field(None, ge=0, description="MC-dropout passes (overrides uncertainty.mc_samples)")
 
+
 class StellarTask(Task):
     """Stellar labels (Teff, log g, [Fe/H], [X/Fe]) with uncertainties from LAMOST low-resolution spectra."""
 

@@ -26,6 +26,7 @@ CHANNELS_LAST_ATTR = "_neurotrain_channels_last"
 class VisionPredictOptions(TaskOptions):
     """``neurotrain predict`` of vision takes no ``--opt`` keys: its settings are the config's ``predict.*``."""
 
+
 class VisionTask(Task):
     """Images (2D, or 3D volumes) -> masks, labels or boxes."""
 
