@@ -1,20 +1,32 @@
-"""Gamma-spectrum files: read ORTEC SPE / SPC, Canberra CNF, IEC 1455, CSV and HDF5 with their energy
-calibration; resample onto a model grid; write CSV and HDF5 results.
+"""Gamma-spectrum files: read every format a gamma spectroscopist meets, with its energy calibration;
+resample onto a model grid; write CSV, HDF5, IEC 1455 and N42-2012 results.
 
-The binary and vendor formats are parsed by becquerel (``becquerel.parsers``); this module adds the checks a
-user needs: every problem (missing file, unknown suffix, unparsable content, zero or missing calibration,
-non-increasing calibration, wrong channel count, negative or non-finite counts) is one
-:class:`~neurotrain.errors.DataError` line naming the file, the field, what was expected and what was found.
+Which reader handles which extension:
 
-Energy convention (becquerel's): channel ``i`` spans raw positions [i, i+1); bin edges in keV are the
-calibration polynomial evaluated at 0, 1, ..., N.
+| extension | format | reader |
+| --- | --- | --- |
+| ``.spe`` | ORTEC / IAEA SPE text | own (:mod:`.text_formats`): becquerel refuses files without ``$DATE_MEA``, SpecUtils reads truncated ones |
+| ``.iec`` | IEC 1455 | own (:mod:`.text_formats`; SpecUtils has no IEC 1455 parser) |
+| ``.cnf`` ``.spc`` | Canberra CNF, ORTEC SPC | SandiaSpecUtils (:mod:`.specutils_io`) |
+| ``.n42`` ``.xml`` ``.pcf`` ``.chn`` ``.mca`` ``.tka`` ``.phd`` ``.lzs`` ``.json`` | N42-2006/2012, RadiaCode XML, GADRAS PCF, ORTEC CHN, Amptek MCA, TKA, PHD, LZS, SpecUtils JSON | SandiaSpecUtils (:mod:`.specutils_io`, InterSpec's reader) |
+
+becquerel (a dependency still) is no longer used here: importing it compiles its numba kernels, ~25 s on
+a 2-core machine before the first file is read; SpecUtils reads CNF and SPC in milliseconds and gives the same
+counts and calibration on the sample files (tests/tasks/gamma/test_formats.py).
+| ``.csv`` | energy/channel + counts columns | own |
+| ``.h5`` ``.hdf5`` | ``counts`` + ``bin_edges_kev`` / ``energy_kev`` / ``calibration`` attribute | own (h5py) |
+
+Every problem (missing, empty or oversized file, unknown suffix, unparsable or truncated content, zero,
+missing, non-increasing or implausible calibration, too few or too many channels, negative or non-finite
+counts, non-numeric datasets) is one :class:`~neurotrain.errors.DataError` line naming the file and the
+field, with what was expected and what was found.
+
+Energy convention (becquerel's, SpecUtils' and ORTEC's): channel ``i`` spans raw positions [i, i+1); bin
+edges in keV are the calibration polynomial evaluated at 0, 1, ..., N.
 """
 
 from __future__ import annotations
 
-import contextlib
-import io as _io
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,14 +34,31 @@ from typing import Any
 import numpy as np
 
 from neurotrain.errors import DataError
+from neurotrain.tasks.gamma.specutils_io import SPECUTILS_SUFFIXES, write_n42
 
-SUFFIXES = {".spe": "spe", ".spc": "spc", ".cnf": "cnf", ".iec": "iec1455", ".csv": "csv", ".h5": "h5", ".hdf5": "h5"}
+__all__ = ["GammaSpectrum", "SUFFIXES", "read_spectrum", "resample", "covered_channels", "polynomial_edges",
+           "write_csv", "write_h5", "write_iec1455", "write_n42"]
+
+SUFFIXES = {".spe": "spe", ".iec": "iec1455", ".csv": "csv", ".h5": "h5", ".hdf5": "h5",
+            **{k: "specutils" for k in SPECUTILS_SUFFIXES}}
+#: fewest channels a spectrum may have (a 64-channel MCA is already coarser than any scintillator peak)
 MIN_CHANNELS = 64
+#: most channels: twice the largest MCA in use (65,536 channels, e.g. ORTEC DSPEC, Canberra Lynx), so a
+#: header declaring millions of channels is refused before anything is allocated
+MAX_CHANNELS = 131_072
+#: largest file read (bytes): a 131,072-channel text spectrum is ~1.5 MB, N42 with many records tens of MB
+MAX_FILE_BYTES = 256 * 1024 * 1024
+#: plausible energy axis (keV): gamma spectroscopy spans ~1 keV x-rays to ~10 MeV capture lines; a mean
+#: gain outside 1e-4 - 1e3 keV/channel (65,536 channels over 6 keV .. 1,024 channels over 1 GeV) is a wrong
+#: calibration, e.g. 1e30 keV/channel
+GAIN_RANGE_KEV = (1e-4, 1e3)
+ENERGY_RANGE_KEV = (-1000.0, 1e6)
 
 
 @dataclass
 class GammaSpectrum:
-    """A measured spectrum: counts per channel and bin edges in keV."""
+    """A measured spectrum: counts per channel, bin edges in keV, live / real time in s, and the detector
+    kind the file declares ('HPGe', 'NaI', ...; None when the format does not say)."""
 
     path: Path
     counts: np.ndarray  # (N,) float64
@@ -37,6 +66,7 @@ class GammaSpectrum:
     livetime_s: float | None = None
     realtime_s: float | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    detector_kind: str | None = None
 
     @property
     def centers_kev(self) -> np.ndarray:
@@ -60,16 +90,23 @@ def _check_edges(path: Path, edges: np.ndarray, field_name: str) -> None:
         raise _err(path, f"{field_name}: energy calibration is zero (expected a gain > 0 keV/channel)")
     if np.any(np.diff(edges) <= 0):
         raise _err(path, f"{field_name}: energy calibration is not increasing over the {len(edges) - 1} channels")
+    gain = (edges[-1] - edges[0]) / (len(edges) - 1)
+    lo, hi = ENERGY_RANGE_KEV
+    if not (GAIN_RANGE_KEV[0] <= gain <= GAIN_RANGE_KEV[1]) or edges[0] < lo or edges[-1] > hi:
+        raise _err(path, f"{field_name}: expected a gain of {GAIN_RANGE_KEV[0]:g}-{GAIN_RANGE_KEV[1]:g} keV/channel and "
+                         f"energies within {lo:g}..{hi:g} keV (got {gain:.3g} keV/channel, {edges[0]:.4g}..{edges[-1]:.4g} keV)")
 
 
 def _check_counts(path: Path, counts: np.ndarray, expected_channels: int | None) -> np.ndarray:
     counts = np.asarray(counts, dtype=np.float64).ravel()
     if counts.size < MIN_CHANNELS:
         raise _err(path, f"counts: expected at least {MIN_CHANNELS} channels, got {counts.size}")
+    if counts.size > MAX_CHANNELS:
+        raise _err(path, f"counts: expected at most {MAX_CHANNELS} channels, got {counts.size}")
     if expected_channels is not None and counts.size != expected_channels:
         raise _err(path, f"counts: expected {expected_channels} channels, got {counts.size}")
     if not np.all(np.isfinite(counts)):
-        raise _err(path, "counts: non-finite values (NaN or inf)")
+        raise _err(path, f"counts: non-finite values (NaN or inf) in {int((~np.isfinite(counts)).sum())} channel(s)")
     if np.any(counts < 0):
         raise _err(path, f"counts: negative values (minimum {counts.min():g})")
     if counts.sum() <= 0:
@@ -77,53 +114,23 @@ def _check_counts(path: Path, counts: np.ndarray, expected_channels: int | None)
     return counts
 
 
-def _spe_calibration_state(path: Path) -> str:
-    """'present', 'zero' or 'missing' for an ORTEC SPE text file ($MCA_CAL / $ENER_FIT)."""
-    text = path.read_text(errors="replace")
-    for key in ("$MCA_CAL:", "$ENER_FIT:"):
-        if key in text:
-            after = text.split(key, 1)[1].strip().splitlines()
-            nums: list[float] = []
-            for line in after[:2]:
-                for tok in line.split():
-                    try:
-                        nums.append(float(tok))
-                    except ValueError:
-                        pass
-            if key == "$MCA_CAL:" and nums:
-                nums = nums[1:]  # first number is the count of coefficients
-            if nums and all(v == 0 for v in nums):
-                return "zero"
-            if nums:
-                return "present"
-    return "missing"
-
-
-def _read_becquerel(path: Path, kind: str) -> tuple[dict[str, Any], Any]:
-    import becquerel as bq
-
-    parser = {"spe": bq.parsers.spe, "spc": bq.parsers.spc, "cnf": bq.parsers.cnf, "iec1455": bq.parsers.iec1455}[kind]
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(_io.StringIO()):
-            warnings.simplefilter("ignore")
-            return parser.read(path, verbose=False)
-    except Exception as exc:  # noqa: BLE001 - any parser failure is a data error of this file
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise _err(path, f"cannot parse as {kind.upper()}: {first}") from None
-
-
 def _read_csv(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
     """CSV: one column of counts, or (energy_kev, counts), or (channel, counts); '#' comments, optional header."""
     rows: list[list[float]] = []
     header: list[str] | None = None
-    for i, line in enumerate(path.read_text(errors="replace").splitlines()):
+    text = path.read_text(errors="replace")
+    if "\x00" in text[:65536]:
+        raise _err(path, "not a CSV text file (binary content)")
+    if text.count("\n") > MAX_CHANNELS + 1000:
+        raise _err(path, f"counts: expected at most {MAX_CHANNELS} rows, got {text.count(chr(10))} lines")
+    for i, line in enumerate(text.splitlines()):
         s = line.strip()
         if not s or s.startswith("#"):
             continue
         parts = [p.strip() for p in s.replace(";", ",").split(",")]
         try:
             rows.append([float(p) for p in parts])
-        except ValueError:
+        except ValueError:  # a header line, or text where a number belongs
             if header is None and not rows:
                 header = [p.lower() for p in parts]
                 continue
@@ -145,6 +152,8 @@ def _read_csv(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
     if ei is None:
         return counts, None
     centers = arr[:, ei]
+    if centers.size < 2 or not np.all(np.isfinite(centers)):
+        raise _err(path, f"energy_kev: expected at least 2 finite energies (got {centers.size} rows)")
     if np.any(np.diff(centers) <= 0):
         raise _err(path, "energy_kev: column is not increasing")
     mids = 0.5 * (centers[1:] + centers[:-1])
@@ -152,61 +161,113 @@ def _read_csv(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
     return counts, edges
 
 
+def _h5_numeric(path: Path, f: Any, key: str, max_size: int) -> np.ndarray:
+    """A numeric dataset as float64, refused when it holds strings / compounds or more than ``max_size`` values
+    (checked on the declared shape, before reading)."""
+    import h5py
+
+    ds = f[key]
+    if not isinstance(ds, h5py.Dataset):
+        raise _err(path, f"{key}: expected a dataset (got a {type(ds).__name__})")
+    if ds.dtype.kind not in "iuf":
+        raise _err(path, f"{key}: expected numbers (got dtype {ds.dtype})")
+    if ds.size > max_size:
+        raise _err(path, f"{key}: expected at most {max_size} values (got shape {ds.shape})")
+    return np.asarray(ds[...], dtype=np.float64)
+
+
 def _read_h5(path: Path) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
     import h5py
 
     try:
-        with h5py.File(path, "r") as f:
+        f = h5py.File(path, "r")
+    except OSError as exc:
+        raise _err(path, f"cannot open as HDF5: {str(exc).splitlines()[0]}") from None
+    try:
+        with f:
             key = next((k for k in ("counts", "spectrum", "input") if k in f), None)
             if key is None:
                 raise _err(path, f"no 'counts' dataset (found: {', '.join(sorted(f.keys())) or 'nothing'})")
-            counts = np.asarray(f[key][...], dtype=np.float64)
+            counts = _h5_numeric(path, f, key, MAX_CHANNELS)
             if counts.ndim == 2 and counts.shape[0] == 1:
                 counts = counts[0]
             if counts.ndim != 1:
                 raise _err(path, f"{key}: expected one spectrum (1-D), got shape {counts.shape}")
             edges = None
             if "bin_edges_kev" in f:
-                edges = np.asarray(f["bin_edges_kev"][...], dtype=np.float64)
+                edges = _h5_numeric(path, f, "bin_edges_kev", MAX_CHANNELS + 1).ravel()
             elif "energy_kev" in f:
-                c = np.asarray(f["energy_kev"][...], dtype=np.float64)
+                c = _h5_numeric(path, f, "energy_kev", MAX_CHANNELS).ravel()
+                if c.size < 2:
+                    raise _err(path, f"energy_kev: expected one energy per channel (got {c.size})")
                 w = np.diff(c)
                 edges = np.concatenate([[c[0] - w[0] / 2], c[:-1] + w / 2, [c[-1] + w[-1] / 2]])
             elif "energy_cal" in f.attrs or "calibration" in f.attrs:
-                coeffs = f.attrs.get("calibration", f.attrs.get("energy_cal"))
-                edges = polynomial_edges(np.atleast_1d(coeffs), counts.size)
-            meta = {"livetime": float(f.attrs["livetime"]) if "livetime" in f.attrs else None}
-            return counts, edges, meta
-    except OSError as exc:
-        raise _err(path, f"cannot open as HDF5: {str(exc).splitlines()[0]}") from None
+                name = "calibration" if "calibration" in f.attrs else "energy_cal"
+                try:
+                    coeffs = np.atleast_1d(np.asarray(f.attrs[name], dtype=np.float64)).ravel()
+                except (TypeError, ValueError):
+                    raise _err(path, f"{name}: expected polynomial coefficients (numbers), got {f.attrs[name]!r:.40}") from None
+                if coeffs.size < 2 or coeffs.size > 8:
+                    raise _err(path, f"{name}: expected 2-8 polynomial coefficients, got {coeffs.size}")
+                edges = polynomial_edges(coeffs, counts.size)
+            live = None
+            if "livetime" in f.attrs:
+                try:
+                    live = float(f.attrs["livetime"])
+                except (TypeError, ValueError):
+                    raise _err(path, f"livetime: expected seconds (a number), got {f.attrs['livetime']!r:.40}") from None
+            return counts, edges, {"livetime": live if live and np.isfinite(live) and live > 0 else None}
+    except OSError as exc:  # a dataset truncated or corrupt inside a readable header
+        raise _err(path, f"cannot read HDF5 content: {str(exc).splitlines()[0]}") from None
+
+
+def _missing_calibration(path: Path, state: str = "missing") -> DataError:
+    what = "is zero" if state == "zero" else "is missing"
+    return _err(path, f"energy calibration {what} (pass one: --opt calibration=c0,c1[,c2] for keV = c0 + c1*ch + c2*ch^2)")
 
 
 def read_spectrum(path: str | Path, calibration: list[float] | None = None, expected_channels: int | None = None) -> GammaSpectrum:
-    """Read one spectrum file. ``calibration`` (polynomial keV coefficients c0, c1, ...) overrides or supplies
-    the file's energy calibration; without one in the file or here the read fails with one line."""
+    """Read one spectrum file (formats: see the module table). ``calibration`` (polynomial keV coefficients c0,
+    c1, ...) overrides or supplies the file's energy calibration; without one in the file or here the read fails
+    with one line. ``expected_channels`` refuses any other channel count."""
     path = Path(path)
     if not path.is_file():
         raise _err(path, "file not found")
     kind = SUFFIXES.get(path.suffix.lower())
     if kind is None:
         raise _err(path, f"unknown spectrum format {path.suffix!r} (expected one of {', '.join(sorted(SUFFIXES))})")
+    size = path.stat().st_size
+    if size == 0:
+        raise _err(path, f"file is empty (0 bytes; expected a {kind.upper()} spectrum)")
+    if size > MAX_FILE_BYTES:
+        raise _err(path, f"file size: expected at most {MAX_FILE_BYTES // 2**20} MiB for one spectrum (got {size / 2**20:.0f} MiB)")
     live = real = None
+    detector: str | None = None
     meta: dict[str, Any] = {"format": kind}
     edges: np.ndarray | None = None
-    if kind in ("spe", "spc", "cnf", "iec1455"):
-        data, cal = _read_becquerel(path, kind)
-        counts = np.asarray(data.get("counts", []), dtype=np.float64)
-        live, real = data.get("livetime"), data.get("realtime")
-        meta["description"] = str(data.get("sample_description") or data.get("SPEC_ID") or "")
-        n = counts.size
-        if calibration is None:
-            if cal is None:
-                state = _spe_calibration_state(path) if kind == "spe" else "missing"
-                what = "is zero" if state == "zero" else "is missing"
-                raise _err(path, f"energy calibration {what} (pass one: --opt calibration=c0,c1[,c2] for keV = c0 + c1*ch + c2*ch^2)")
-            params = np.asarray(getattr(cal, "params", []), dtype=np.float64)
-            edges = np.asarray(cal(np.arange(n + 1, dtype=np.float64)), dtype=np.float64)
-            meta["calibration"] = params.tolist()
+    if kind in ("spe", "iec1455"):
+        from neurotrain.tasks.gamma.text_formats import read_iec1455, read_spe
+
+        sp = (read_spe if kind == "spe" else read_iec1455)(path, MAX_CHANNELS)
+        counts, live, real = sp.counts, sp.livetime_s, sp.realtime_s
+        meta.update(sp.meta)
+        if sp.calibration is not None:
+            n = counts.size
+            edges = polynomial_edges(sp.calibration, n + sp.first_channel)[sp.first_channel:]
+            meta["calibration"] = sp.calibration
+        elif calibration is None:
+            raise _missing_calibration(path, sp.calibration_state)
+    elif kind == "specutils":
+        from neurotrain.tasks.gamma.specutils_io import read_specutils
+
+        su = read_specutils(path)
+        counts, edges, live, real, detector = su.counts, su.edges_kev, su.livetime_s, su.realtime_s, su.detector_kind
+        meta.update(su.meta)
+        if edges is None and calibration is None:
+            if counts.size > MAX_CHANNELS:  # the channel count is the first thing wrong
+                _check_counts(path, counts, expected_channels)
+            raise _missing_calibration(path)
     elif kind == "csv":
         counts, edges = _read_csv(path)
     else:
@@ -223,7 +284,10 @@ def read_spectrum(path: str | Path, calibration: list[float] | None = None, expe
     if edges.size != counts.size + 1:
         raise _err(path, f"energy axis: expected {counts.size + 1} bin edges, got {edges.size}")
     _check_edges(path, edges, "calibration")
-    return GammaSpectrum(path, counts, edges, live, real, meta)
+    for name, t in (("livetime", live), ("realtime", real)):
+        if t is not None and not (np.isfinite(t) and t >= 0):
+            raise _err(path, f"{name}: expected a time >= 0 s (got {t})")
+    return GammaSpectrum(path, counts, edges, live, real, meta, detector)
 
 
 def resample(counts: np.ndarray, edges_src: np.ndarray, edges_dst: np.ndarray) -> np.ndarray:
