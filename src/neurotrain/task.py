@@ -149,6 +149,10 @@ class Task:
         ``sampler`` replaces the engine's shuffling."""
         return {}
 
+    def callbacks(self, cfg: Config) -> list[Any]:
+        """Extra Lightning callbacks for the task's training run (e.g. stellar's sigma calibration)."""
+        return []
+
     def on_batch(self, cfg: Config, batch: Any, training: bool) -> Any:
         """A batch just moved to the training device (after on-the-fly simulation): the place for on-device
         augmentation of the training batches. Returns the batch to use."""

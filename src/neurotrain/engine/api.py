@@ -134,7 +134,7 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False, debug: 
         module.debug_dir.mkdir(parents=True, exist_ok=True)
         module._debug_steps_left = cfg.logging.debug_steps
     data = TaskDataModule(cfg, task)
-    trainer = build_trainer(cfg, run_dir, resume_step=resume_step)
+    trainer = build_trainer(cfg, run_dir, task.callbacks(cfg), resume_step=resume_step)
     trainer.fit(module, datamodule=data, ckpt_path=str(last) if resume else None)
     ckpt_cb = trainer.checkpoint_callback
     summary: dict[str, Any] = {k: _plain(v) for k, v in trainer.callback_metrics.items()}
