@@ -4,16 +4,24 @@ The module is built from the resolved config alone (plain data, stored in the
 checkpoint's ``hyper_parameters``), so a checkpoint is enough to rebuild it.
 On-the-fly training data is simulated here, on the training device, right after a
 batch of seeds arrives from the data loader, so the GPU never waits on a CPU worker.
+The seed arrives as a plain Python int (Lightning moves tensors only), so turning it
+into a batch costs no device synchronisation; under DDP every rank gets its own seeds from
+:class:`~neurotrain.engine.data.SimSeedSampler`.
+
+:class:`StepThroughput` (installed by :meth:`TaskModule.configure_callbacks`) logs
+``train/samples_per_sec`` over all ranks, which ``metrics.json`` then holds.
 """
 
 from __future__ import annotations
 
 import inspect
 import math
+import time
 from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import Callback
 from torch import nn
 
 from neurotrain.config import Config, validate_config
@@ -22,6 +30,9 @@ from neurotrain.task import Task
 
 SIM_SEED_KEY = "_sim_seed"
 SIM_SIZE_KEY = "_sim_batch_size"
+#: Training batches a process runs before :class:`StepThroughput` starts its clock: the first steps pay for
+#: cuDNN autotuning, ``torch.compile`` and the allocator's growth, which a steady-state rate must leave out.
+THROUGHPUT_WARMUP_STEPS = 10
 
 
 def split_loss(out: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -85,17 +96,18 @@ class TaskModule(L.LightningModule):
     # ------------------------------------------------------------------ data on device
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         if isinstance(batch, dict) and SIM_SEED_KEY in batch:
-            seed = int(batch[SIM_SEED_KEY])
+            # the seed is final: the sampler already made it depend on the rank, the step and the epoch
+            seed = int(batch[SIM_SEED_KEY])  # host ints (see SimulatedBatches): no device round trip
             size = int(batch[SIM_SIZE_KEY])
-            if self.trainer is not None and self.trainer.training:
-                # fresh data every epoch, reproducible from (seed, epoch)
-                seed = (seed + 1_000_003 * self.current_epoch) % (2**63 - 1)
             gen = torch.Generator(device=self.device)
             gen.manual_seed(seed)
             with torch.no_grad():
                 batch = self.task.simulate_batch(self.cfg, size, gen, self.device)
         training = self._trainer is not None and self._trainer.training
         return self.task.on_batch(self.cfg, batch, training)
+
+    def configure_callbacks(self) -> list[Callback]:
+        return [StepThroughput()]
 
     @staticmethod
     def _batch_size(batch: Any) -> int:
@@ -197,3 +209,52 @@ class TaskModule(L.LightningModule):
 
         sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+class StepThroughput(Callback):
+    """Training samples per second over all ranks, logged as ``train/samples_per_sec`` at every epoch end.
+
+    The clock runs in *stretches* of training steps: a stretch starts at the end of a step (after the first
+    ``warmup_steps`` of the process, and after every validation and epoch boundary) and stops at the next
+    validation or epoch end, so validation, checkpoint writing and loader start-up stay out of it. Each
+    stretch costs two device synchronisations; none happens inside a step. The rate is the samples of the
+    timed steps on this rank x the world size / the timed seconds (DDP ranks step in lock-step), cumulative
+    over the whole run.
+    """
+
+    def __init__(self, warmup_steps: int = THROUGHPUT_WARMUP_STEPS) -> None:
+        self.warmup_steps = warmup_steps
+        self.steps = 0  # training batches this process has run
+        self.samples = 0  # samples of the timed steps on this rank
+        self.seconds = 0.0  # timed wall time
+        self._since: float | None = None  # start of the running stretch
+
+    @staticmethod
+    def _sync(pl_module: L.LightningModule) -> None:
+        if pl_module.device.type == "cuda":
+            torch.cuda.synchronize(pl_module.device)
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        self.steps += 1
+        if self._since is not None:
+            self.samples += TaskModule._batch_size(batch)
+        elif self.steps > self.warmup_steps:
+            self._sync(pl_module)
+            self._since = time.perf_counter()
+
+    def _stop(self, pl_module: L.LightningModule) -> None:
+        if self._since is not None:
+            self._sync(pl_module)
+            self.seconds += time.perf_counter() - self._since
+            self._since = None
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._stop(pl_module)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._stop(pl_module)
+        if self.seconds > 0 and self.samples > 0:
+            rate = self.samples * trainer.world_size / self.seconds
+            pl_module.log("train/samples_per_sec", rate, on_step=False, on_epoch=True, sync_dist=True)
