@@ -104,9 +104,12 @@ def test_mask_values_outside_classes(seg_folder: Path) -> None:
     bad = np.zeros((8, 8), np.uint8)
     bad[0, 0] = 7
     write_image(seg_folder / "masks" / "im00.png", bad)
-    ds = build_dataset(seg(seg_folder, split_fractions=(1, 0, 0), n_classes=3), "train")
-    with pytest.raises(DataError, match=r"im00\.png: mask values: expected class indices 0\.\.2 \(got \[7\]\)"):
+    msg = r"im00\.png: mask values: expected class indices 0\.\.2 \(got \[7\]\)"
+    ds = build_dataset(seg(seg_folder, split_fractions=(1, 0, 0), n_classes=3, cache=False), "train")
+    with pytest.raises(DataError, match=msg):
         ds[0]
+    with pytest.raises(DataError, match=msg):  # the decoded cache decodes every file when it is built
+        build_dataset(seg(seg_folder, split_fractions=(1, 0, 0), n_classes=3), "train")
     with pytest.raises(DataError, match="im00.png"):  # full validation finds it up front
         build_dataset(seg(seg_folder, split_fractions=(1, 0, 0), n_classes=3, validate_files="full"), "train")
 
@@ -114,14 +117,17 @@ def test_mask_values_outside_classes(seg_folder: Path) -> None:
 def test_truncated_image_error_or_counted_skip(seg_folder: Path) -> None:
     p = seg_folder / "images" / "im04.png"
     p.write_bytes(p.read_bytes()[:60])  # header intact, pixel data cut
-    spec = seg(seg_folder, split_fractions=(1, 0, 0))
+    spec = seg(seg_folder, split_fractions=(1, 0, 0), cache=False)
     ds = build_dataset(spec, "train")
     with pytest.raises(DataError, match=r"im04\.png: image data"):
         [ds[i] for i in range(len(ds))]
-    ds = build_dataset(spec.model_copy(update={"on_bad_file": "skip"}), "train")
-    seen = [int(i) for b in DataLoader(ds, batch_size=3) for i in b["index"]]  # a whole epoch, no crash
-    assert len(seen) == 10 and 4 not in seen
-    assert len(ds.skipped) == 1 and ds.skipped[0][0].endswith("im04.png")
+    with pytest.raises(DataError, match=r"im04\.png: image data"):  # cached: found when the cache is built
+        build_dataset(spec.model_copy(update={"cache": True}), "train")
+    for cache in (False, True):
+        ds = build_dataset(spec.model_copy(update={"on_bad_file": "skip", "cache": cache}), "train")
+        seen = [int(i) for b in DataLoader(ds, batch_size=3) for i in b["index"]]  # a whole epoch, no crash
+        assert len(seen) == 10 and 4 not in seen
+        assert len(ds.skipped) == 1 and ds.skipped[0][0].endswith("im04.png")
 
 
 def test_missing_mask_and_empty_and_missing_folders(seg_folder: Path, tmp_path: Path) -> None:

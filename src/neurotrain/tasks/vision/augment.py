@@ -42,6 +42,23 @@ ELASTIC_KERNEL_SIGMAS = 4  # Gaussian kernel half-width in sigmas (odd size 2*4*
 Augment = Callable[..., dict[str, Any]]
 
 
+def to_float_batch(batch: Any) -> Any:
+    """Scale a batch of stored pixels on its device: uint8 ``image`` -> float32 / 255, uint8 ``mask`` -> int64.
+
+    The cached training loaders (``cache.py``, ``VisionDataset.raw``) hand over uint8 tensors: a quarter of
+    the bytes to collate, pin and copy to the GPU, converted there in one pass. Float batches pass unchanged.
+    """
+    if not isinstance(batch, dict) or not isinstance(batch.get("image"), torch.Tensor):
+        return batch
+    out = dict(batch)
+    if out["image"].dtype == torch.uint8:
+        out["image"] = out["image"].float().div_(255.0)
+    mask = out.get("mask")
+    if isinstance(mask, torch.Tensor) and mask.dtype == torch.uint8:
+        out["mask"] = mask.long()
+    return out
+
+
 def identity(batch: dict[str, Any], seed: int | None = None) -> dict[str, Any]:
     return batch
 

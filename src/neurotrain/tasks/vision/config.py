@@ -18,6 +18,7 @@ from neurotrain.tasks.vision.data_config import (
     AugmentSection,
     DatasetSpec,
     HybridSection,
+    LoaderSection,
     PatchSection,
     SamplerSection,
     TaskKind,
@@ -127,6 +128,7 @@ class VisionConfig(Config):
     sampler: SamplerSection = SamplerSection()
     augment: AugmentSection = AugmentSection()
     patch: PatchSection = PatchSection()
+    loader: LoaderSection = LoaderSection()
     model: ModelSection = ModelSection()
     loss: LossSection = LossSection()
     metrics: MetricsSection = MetricsSection()

@@ -122,6 +122,11 @@ class DatasetSpec(Section):
     # --- NIfTI
     modalities: list[str] = ["t1", "t1ce", "t2", "flair"]  # BraTS channel order
 
+    # --- decoded-image cache (cache.py): 2D image folders are decoded once into a memory-mapped file
+    cache: bool = True
+    cache_dir: Path | None = None  # None: <root>/.neurotrain-cache when writable, else ~/.cache/neurotrain/vision
+    cache_workers: int = Field(4, ge=1)  # decoding threads while the cache is built (first use only)
+
     # --- bad input
     on_bad_file: Literal["error", "skip"] = "error"
     validate_files: Literal["header", "full"] = "header"  # full: decode every file up front (slow, exact)
@@ -239,6 +244,16 @@ class AugmentSection(Section):
         if v[0] > v[1]:
             raise ValueError(f"expected low <= high (got {list(v)})")
         return v
+
+
+class LoaderSection(Section):
+    """How the task's datasets feed the training loaders (``data.num_workers``, ``data.pin_memory`` and
+    ``data.persistent_workers`` are the engine's): ``raw_uint8`` hands cached 8-bit images and masks over as
+    uint8 (4x fewer bytes to collate, pin and copy) and scales them on the device; ``prefetch_factor`` batches
+    per worker are loaded ahead (with workers)."""
+
+    raw_uint8: bool = True
+    prefetch_factor: int = Field(4, ge=1)
 
 
 class PatchSection(Section):

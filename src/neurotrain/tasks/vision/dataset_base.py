@@ -149,8 +149,55 @@ def fit_channels(img: np.ndarray, channels: int, convert_gray: bool, path: Path)
 
 def read_image(path: Path, channels: int = 3, convert_gray: bool = False) -> torch.Tensor:
     """Read a 2D image file -> float32 (C, H, W) in [0, 1]."""
+    return torch.from_numpy(stored_to_unit(stored_image(path, channels, convert_gray)))
+
+
+STORED_INTEGER = (np.uint8, np.uint16)  # pixel types kept as stored (the rest becomes float32 in [0, 1])
+
+
+def stored_image(path: Path, channels: int = 3, convert_gray: bool = False) -> np.ndarray:
+    """Read a 2D image file -> (C, H, W) with ``channels`` channels in the file's own 8/16-bit type (a grey file
+    repeated to RGB, alpha dropped), or float32 in [0, 1] for other types and for RGB -> luma conversion.
+    :func:`stored_to_unit` of it equals :func:`read_image` exactly; the decoded-image cache keeps this form."""
     arr = _read_array(path)
-    return torch.from_numpy(fit_channels(to_unit_float(arr, path), channels, convert_gray, path))
+    if arr.dtype not in STORED_INTEGER:
+        return fit_channels(to_unit_float(arr, path), channels, convert_gray, path)
+    c = 1 if arr.ndim == 2 else (arr.shape[2] if arr.ndim == 3 else -1)
+    if c in (3, 4) and channels == 1:  # luma weights make non-integer values: the float path
+        return fit_channels(to_unit_float(arr, path), channels, convert_gray, path)
+    img = arr[:, :, None] if arr.ndim == 2 else arr
+    if img.ndim != 3:
+        raise DataError(f"{path}: image shape: expected (H, W) or (H, W, C) (got {tuple(arr.shape)})")
+    if c == 4 and channels != 4:
+        img, c = img[:, :, :3], 3
+    if c == 2 and channels != 2:
+        img, c = img[:, :, :1], 1
+    if c != channels:
+        if not (c == 1 and channels == 3):
+            raise DataError(f"{path}: channels: expected {channels} (got {c})")
+        img = np.repeat(img, 3, axis=2)
+    return np.ascontiguousarray(img.transpose(2, 0, 1))
+
+
+def stored_to_unit(arr: np.ndarray) -> np.ndarray:
+    """A :func:`stored_image` array -> float32 in [0, 1] (uint8 / 255, uint16 / 65535, float as is)."""
+    if arr.dtype == np.uint8:
+        return arr.astype(np.float32) / 255.0
+    if arr.dtype == np.uint16:
+        return arr.astype(np.float32) / 65535.0
+    return arr.astype(np.float32, copy=False)
+
+
+def resize_stored(arr: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
+    """Resize a (C, H, W) :func:`stored_image` array like :func:`resize_pair` (bilinear, antialiased); 8/16-bit
+    images are rounded back to their type (at most half a grey level from the float result)."""
+    if size is None or tuple(arr.shape[-2:]) == tuple(size):
+        return arr
+    out = resize_pair(torch.from_numpy(stored_to_unit(arr)), None, size)[0].numpy()
+    if arr.dtype in STORED_INTEGER:
+        top = float(np.iinfo(arr.dtype).max)
+        return np.rint(out * top).astype(arr.dtype)
+    return out
 
 
 def read_mask(path: Path, n_classes: int, label_map: dict[int, int] | None = None) -> torch.Tensor:
@@ -274,6 +321,53 @@ class VisionDataset(Dataset, ABC):
         self.skipped: list[tuple[str, str]] = []
         self.class_names: list[str] = []
         self._bad: set[int] = set()
+        self._cache: Any = None  # a cache.DecodedCache once open_cache() ran
+        #: True: images come as stored (uint8) and masks as uint8, for the training loaders; the task scales them
+        #: on the device (VisionTask.on_batch). Only honoured when the cache holds uint8 images only.
+        self.raw = False
+
+    # ------------------------------------------------------------------ decoded-image cache (cache.py)
+    def open_cache(self, files: Sequence[Sequence[Path | None]], decode: Any, options: dict[str, Any]) -> None:
+        """Open (or build on first use) the decoded cache of ``files`` (per item: image path, mask path or None);
+        ``decode(i)`` gives item i as ``(stored image, stored mask or None)``. Items the build found bad are
+        skipped like bad files (``on_bad_file``)."""
+        from neurotrain.tasks.vision.cache import DecodedCache, cache_key, default_cache_dir
+
+        spec = self.spec
+        opts = {"class": type(self).__name__, "channels": spec.channels, "convert_gray": spec.convert_gray,
+                "n_classes": spec.n_classes, "label_map": spec.label_map, "size": spec.size, **options}
+        key = cache_key(files, opts)
+        where = Path(spec.cache_dir) if spec.cache_dir is not None else default_cache_dir(spec.root)
+        self._cache = DecodedCache.build_or_open(where, f"{type(self).__name__.lower()}-{self.split}", key,
+                                                 len(files), decode, spec.on_bad_file, spec.cache_workers)
+        for i, reason in sorted(self._cache.skipped.items()):
+            if spec.on_bad_file == "error":  # a cache built under "skip" still stops an "error" run
+                raise DataError(reason)
+            self._bad.add(i)
+            self.skip(self.item_path(i), reason)
+
+    @property
+    def raw_uint8(self) -> bool:
+        """Whether samples carry uint8 images / masks (``raw`` asked for and the cache holds uint8 only)."""
+        return bool(self.raw and self._cache is not None and self._cache.all_uint8)
+
+    def cached_image(self, i: int) -> torch.Tensor:
+        """Item i's image from the cache: uint8 (C, H, W) when :attr:`raw_uint8`, else float32 in [0, 1]."""
+        arr = self._cache.image(i)
+        if arr is None:  # never served: bad items are in self._bad
+            raise DataError(f"{self.item_path(i)}: cache: expected a decoded image (got a bad file)")
+        if self.raw_uint8:
+            return torch.from_numpy(np.array(arr))  # a copy: the map is read-only and shared
+        return torch.from_numpy(stored_to_unit(np.array(arr)))
+
+    def cached_mask(self, i: int) -> torch.Tensor:
+        """Item i's mask from the cache: uint8 (H, W) when :attr:`raw_uint8` (<= 256 classes), else int64."""
+        arr = self._cache.mask(i)
+        if arr is None:
+            raise DataError(f"{self.item_path(i)}: cache: expected a decoded mask (got a bad file)")
+        if self.raw_uint8 and arr.dtype == np.uint8:
+            return torch.from_numpy(np.array(arr))
+        return torch.from_numpy(arr.astype(np.int64))
 
     @abstractmethod
     def __len__(self) -> int:
@@ -292,7 +386,11 @@ class VisionDataset(Dataset, ABC):
         self.skipped.append((str(path), reason))
         log.warning("skipped %s", reason)
 
-    def __getitem__(self, i: int) -> dict[str, Any]:
+    def __getitem__(self, i: int | tuple[int, int]) -> dict[str, Any]:
+        if isinstance(i, tuple):  # (epoch, index) from samplers.EpochSampler
+            epoch, i = i
+            if hasattr(self, "set_epoch") and getattr(self, "epoch", None) != epoch:
+                self.set_epoch(epoch)  # type: ignore[attr-defined]
         n = len(self)
         if not -n <= i < n:
             raise IndexError(i)

@@ -29,9 +29,12 @@ from neurotrain.tasks.vision.dataset_base import (
     read_mask,
     require_dir,
     resize_pair,
+    resize_stored,
     split_folder,
     split_indices,
+    stored_image,
 )
+from neurotrain.tasks.vision.cache import mask_storage
 from neurotrain.tasks.vision.volumes import NiftiSegmentation
 
 __all__ = [
@@ -78,6 +81,18 @@ class SegmentationFolder(VisionDataset):
             pairs = [pairs[k] for k in split_indices(len(pairs), spec.split_fractions, spec.split_seed, split)]
         self.pairs = self._validate(pairs)
         self.class_names = [f"class{k}" for k in range(spec.n_classes)]
+        if spec.cache:
+            self.open_cache(self.pairs, self._decode_stored, {"kind": "segmentation"})
+
+    def _decode_stored(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """Item i for the cache: the stored image and the mask class indices, both resized to ``spec.size``."""
+        img, msk = self.pairs[i]
+        image = stored_image(img, self.spec.channels, self.spec.convert_gray)
+        mask = read_mask(msk, self.spec.n_classes, self.spec.label_map)
+        if tuple(mask.shape) != tuple(image.shape[-2:]):
+            raise DataError(f"{msk}: mask shape: expected {tuple(image.shape[-2:])} like its image (got {tuple(mask.shape)})")
+        _, mask = resize_pair(torch.zeros(1, *mask.shape), mask, self.spec.size)
+        return resize_stored(image, self.spec.size), mask_storage(mask.numpy(), self.spec.n_classes)
 
     def _validate(self, pairs: list[tuple[Path, Path]]) -> list[tuple[Path, Path]]:
         good = []
@@ -115,12 +130,17 @@ class SegmentationFolder(VisionDataset):
         return image, mask
 
     def load(self, i: int) -> dict[str, Any]:
+        if self._cache is not None:
+            return {"image": self.cached_image(i), "mask": self.cached_mask(i), "path": str(self.pairs[i][0])}
         image, mask = self._load_pair(*self.pairs[i])
         image, mask = resize_pair(image, mask, self.spec.size)
         return {"image": image, "mask": mask, "path": str(self.pairs[i][0])}
 
     def sample_labels(self) -> torch.Tensor:
         """Foreground presence (0/1) per sample, from the masks only."""
+        if self._cache is not None:
+            return torch.tensor([int(i not in self._bad and bool(self._cache.mask(i).any())) for i in range(len(self))],
+                                dtype=torch.int64)
         out = []
         for _, msk in self.pairs:
             try:
@@ -162,6 +182,12 @@ class _ClassificationBase(VisionDataset):
         if not good:
             raise DataError(f"{self.spec.root}: images: expected at least one readable image (got {len(items)} bad)")
         self.items = good
+        if self.spec.cache:
+            self.open_cache([(p, None) for p, _ in good], self._decode_stored, {"kind": "classification"})
+
+    def _decode_stored(self, i: int) -> tuple[np.ndarray, None]:
+        path = self.items[i][0]
+        return resize_stored(stored_image(path, self.spec.channels, self.spec.convert_gray), self.spec.size), None
 
     def __len__(self) -> int:
         return len(self.items)
@@ -171,6 +197,8 @@ class _ClassificationBase(VisionDataset):
 
     def load(self, i: int) -> dict[str, Any]:
         path, label = self.items[i]
+        if self._cache is not None:
+            return {"image": self.cached_image(i), "label": torch.tensor(label, dtype=torch.int64), "path": str(path)}
         image, _ = resize_pair(read_image(path, self.spec.channels, self.spec.convert_gray), None, self.spec.size)
         return {"image": image, "label": torch.tensor(label, dtype=torch.int64), "path": str(path)}
 
@@ -246,7 +274,8 @@ class HybridDataset(torch.utils.data.Dataset):
     Per epoch, dataset k contributes ``round(ratio_k * epoch_length)`` samples (largest
     remainders make the counts sum to ``epoch_length``), drawn without replacement from a
     fresh permutation (cycled when it needs more than it has), then all are shuffled together.
-    Call ``set_epoch(e)`` for a new draw. Samples carry ``source`` (the dataset's position).
+    ``set_epoch(e)``, or an index ``(e, i)`` (``samplers.EpochSampler``), makes the draw of epoch e. Samples
+    carry ``source`` (the dataset's position).
     """
 
     def __init__(self, datasets: Sequence[torch.utils.data.Dataset], ratios: Sequence[float] | None = None,
@@ -275,7 +304,9 @@ class HybridDataset(torch.utils.data.Dataset):
         return c
 
     def set_epoch(self, epoch: int) -> None:
-        """New draw for ``epoch``; passed on to member datasets that draw per epoch (3D patches)."""
+        """New draw for ``epoch``; passed on to member datasets that draw per epoch (3D patches). Training loaders
+        give the epoch with every index instead (``samplers.EpochSampler``), which reaches the workers' copies."""
+        self.epoch = epoch
         for d in getattr(self, "datasets", []):
             if hasattr(d, "set_epoch"):
                 d.set_epoch(epoch)
@@ -293,7 +324,11 @@ class HybridDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return self.epoch_length
 
-    def __getitem__(self, i: int) -> dict[str, Any]:
+    def __getitem__(self, i: int | tuple[int, int]) -> dict[str, Any]:
+        if isinstance(i, tuple):  # (epoch, position) from samplers.EpochSampler: the draw of that epoch
+            epoch, i = i
+            if epoch != self.epoch:
+                self.set_epoch(epoch)
         k = int(self._src[i])
         sample = dict(self.datasets[k][int(self._idx[i])])
         sample["source"] = k
@@ -306,6 +341,17 @@ class HybridDataset(torch.utils.data.Dataset):
     def sample_labels(self) -> torch.Tensor:
         per = [d.sample_labels() for d in self.datasets]  # type: ignore[attr-defined]
         return torch.stack([per[int(k)][int(j)] for k, j in zip(self._src, self._idx, strict=True)])
+
+
+def set_raw(ds: Any) -> bool:
+    """Ask ``ds`` (and a mix's members) for uint8 samples (``VisionDataset.raw``) when every member serves them from
+    a uint8-only cache, so one batch never mixes uint8 and float; returns whether it did."""
+    parts = list(getattr(ds, "datasets", [ds]))
+    if not parts or not all(isinstance(p, VisionDataset) and p._cache is not None and p._cache.all_uint8 for p in parts):
+        return False
+    for p in parts:
+        p.raw = True
+    return True
 
 
 def detection_collate(batch: Sequence[dict[str, Any]]) -> dict[str, Any]:

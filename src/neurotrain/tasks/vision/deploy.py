@@ -37,8 +37,11 @@ from [min, max] of the type), float images are used as stored (``dataset_base.to
 
 
 def vision_export_inputs(cfg: Any, batch: dict[str, Any]) -> tuple[torch.Tensor, ...]:
-    """The network input of a vision batch: ``batch["image"]`` (B, C, H, W) or (B, C, D, H, W)."""
-    return (batch["image"],)
+    """The network input of a vision batch: ``batch["image"]`` (B, C, H, W) or (B, C, D, H, W), float in [0, 1]
+    (a cached loader's uint8 images are scaled as ``VisionTask.on_batch`` does)."""
+    from neurotrain.tasks.vision.augment import to_float_batch
+
+    return (to_float_batch(batch)["image"],)
 
 
 def vision_export_dynamic_spatial(cfg: Any) -> bool:

@@ -117,3 +117,38 @@ def build_sampler(section: SamplerSection, dataset: Any) -> Sampler[int] | None:
     if int(labels.max()) >= len(cp):
         raise ConfigError(f"sampler.class_priorities: expected one priority per class ({int(labels.max()) + 1}) (got {len(cp)})")
     return PrioritySampler(cp[labels], section.priority_alpha, section.priority_eps, n, section.replacement, section.seed)
+
+
+class EpochSampler(Sampler[tuple[int, int]]):
+    """Tags every index with its epoch: yields ``(epoch, i)`` for datasets that draw per epoch (``HybridDataset``'s
+    mix, 3D patch positions), whose ``__getitem__`` takes such a pair and moves to that epoch first.
+
+    Why not call ``dataset.set_epoch`` from the training loop: loader workers hold their own copies of the
+    dataset (persistent workers keep them for the whole run), so a call in the main process never reaches them;
+    the epoch has to travel with the index. Lightning calls :meth:`set_epoch` on the loader's sampler at the
+    start of every epoch; without such a call, each new iteration is the next epoch.
+
+    ``base`` (a weighted / balanced / priority sampler) chooses the indices; otherwise a permutation of
+    ``range(n)`` seeded with ``seed + epoch``.
+    """
+
+    def __init__(self, n: int, base: Sampler[int] | None = None, seed: int = 0) -> None:
+        self.n, self.base, self.seed = int(n), base, seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+        if self.base is not None and hasattr(self.base, "set_epoch"):
+            self.base.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        epoch = self.epoch
+        if self.base is not None:
+            idx = list(self.base)
+        else:
+            idx = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + epoch)).tolist()
+        self.set_epoch(epoch + 1)  # the next iteration draws a new epoch unless set_epoch says otherwise
+        return iter([(epoch, int(i)) for i in idx])
+
+    def __len__(self) -> int:
+        return len(self.base) if self.base is not None else self.n  # type: ignore[arg-type]

@@ -75,8 +75,10 @@ class VisionTask(Task):
         return model(images)
 
     def update_metrics(self, metrics: Any, pred: Any, batch: dict[str, Any]) -> None:
+        from neurotrain.tasks.vision.augment import to_float_batch
         from neurotrain.tasks.vision.metrics import update_metrics
 
+        batch = to_float_batch(batch)  # uint8 masks of a cached loader (export scoring skips on_batch)
         kind = "detection" if isinstance(batch["image"], (list, tuple)) else (
             "classification" if "label" in batch else "segmentation")
         update_metrics(kind, metrics, pred, batch)
@@ -86,23 +88,39 @@ class VisionTask(Task):
         from neurotrain.tasks.vision.datasets import build_training_dataset
 
         c: VisionConfig = cfg  # type: ignore[assignment]
-        return {s: build_training_dataset(c.data_source, c.hybrid, s, c.patch) for s in ("train", "val", "test")}
+        sets = {s: build_training_dataset(c.data_source, c.hybrid, s, c.patch) for s in ("train", "val", "test")}
+        if c.loader.raw_uint8:
+            from neurotrain.tasks.vision.datasets import set_raw
+
+            for ds in sets.values():
+                set_raw(ds)
+        return sets
 
     def loader_options(self, cfg: Config, split: str, dataset: Any) -> dict[str, Any]:
+        """Collate (detection), sampler (train), epoch tags for datasets that draw per epoch, prefetching."""
         c: VisionConfig = cfg  # type: ignore[assignment]
         opts: dict[str, Any] = {}
         if c.task_kind == "detection":
             from neurotrain.tasks.vision.datasets import detection_collate
 
             opts["collate_fn"] = detection_collate
-        if split == "train" and c.sampler.kind != "none":
-            from neurotrain.tasks.vision.samplers import build_sampler
+        if split == "train":
+            from neurotrain.tasks.vision.samplers import EpochSampler, build_sampler
 
-            opts["sampler"] = build_sampler(c.sampler, dataset)
+            base = build_sampler(c.sampler, dataset) if c.sampler.kind != "none" else None
+            if hasattr(dataset, "set_epoch"):  # the epoch travels with each index to the workers' copies
+                base = EpochSampler(len(dataset), base, seed=c.seed)
+            if base is not None:
+                opts["sampler"] = base
+        if cfg.data.num_workers > 0:
+            opts["prefetch_factor"] = c.loader.prefetch_factor
         return opts
 
     def on_batch(self, cfg: Config, batch: Any, training: bool) -> Any:
+        from neurotrain.tasks.vision.augment import to_float_batch
+
         c: VisionConfig = cfg  # type: ignore[assignment]
+        batch = to_float_batch(batch)  # cached loaders deliver uint8: scaled here, on the training device
         if not training or not c.augment.enabled:
             return batch
         key = c.augment.model_dump_json() + c.task_kind

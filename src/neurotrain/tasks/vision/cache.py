@@ -1,0 +1,190 @@
+"""Decode-once cache of a 2D dataset: every image (and mask) decoded a single time into one memory-mapped file.
+
+Why: decoding a 512x512 PNG pair costs ~10-30 ms of CPU, so eight loader workers fed only ~28 images/s to an
+H200 (docs/results/vision.md). Reading a decoded image back is a slice of a memory-mapped file (the page cache
+keeps it in RAM after the first epoch): a copy of 0.8 MB per 512x512 RGB uint8 image, thousands per second
+per worker.
+
+Layout of one cache (a folder ``<cache_dir>/<name>-<key>``, published by one atomic rename of a finished temporary
+folder, so a crash never leaves a half cache and concurrent builders, e.g. DDP ranks, race harmlessly):
+
+* ``data.bin`` - the arrays back to back, raw bytes: each image as :func:`dataset_base.stored_image` gives it
+  ((C, H, W) uint8 / uint16 as stored, float32 in [0, 1] otherwise, after the configured resize), each mask
+  as class indices in ``uint8`` (<= 256 classes) or ``int32``;
+* ``index.npy`` - int64 (N, 2, 6): per item and array (image, mask) ``offset, nbytes, dtype code, C, H, W``
+  (``nbytes`` -1: no array - a bad file, or no mask);
+* ``meta.json`` - format version, key, the per-item skip reasons and whether every image is uint8.
+
+The key is a SHA-256 of the format version, the decoding options and, per file, its path, size and
+modification time (ns): touching, replacing or adding a file makes a new cache; an old one is never reused
+for changed data. Bad files are decoded at build time: ``on_bad_file: error`` stops the build with the file's
+one-line error, ``skip`` records the reason and the dataset serves the next good item, as without the cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import shutil
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from neurotrain.errors import DataError
+
+CACHE_FORMAT = 1
+CACHE_FOLDER = ".neurotrain-cache"  # default place: inside the dataset root (hidden: not a class folder)
+DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.float32), np.dtype(np.int32))
+NO_ARRAY = -1
+
+Decoded = tuple[np.ndarray, np.ndarray | None]
+
+
+def file_signature(paths: Sequence[Path | None]) -> list[Any]:
+    """(path, size, mtime_ns) per file; ``None`` for a missing one (its error surfaces when it is decoded)."""
+    out: list[Any] = []
+    for p in paths:
+        if p is None:
+            out.append(None)
+            continue
+        try:
+            st = os.stat(p)
+            out.append([str(Path(p).resolve()), st.st_size, st.st_mtime_ns])
+        except OSError:
+            out.append([str(p), None, None])
+    return out
+
+
+def cache_key(items: Sequence[Sequence[Path | None]], options: dict[str, Any]) -> str:
+    """Hex key of a file list (each item: image path, then mask path or None) and the decoding options."""
+    h = hashlib.sha256()
+    h.update(json.dumps({"format": CACHE_FORMAT, "options": options}, sort_keys=True, default=str).encode())
+    for item in items:
+        h.update(json.dumps(file_signature(list(item))).encode())
+    return h.hexdigest()[:24]
+
+
+def default_cache_dir(root: Path | None) -> Path:
+    """``<root>/.neurotrain-cache`` when that can be written, else ``$XDG_CACHE_HOME/neurotrain/vision``
+    (``~/.cache/neurotrain/vision``)."""
+    if root is not None:
+        cand = Path(root) / CACHE_FOLDER
+        try:
+            cand.mkdir(parents=True, exist_ok=True)
+            if os.access(cand, os.W_OK):
+                return cand
+        except OSError:
+            pass
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "neurotrain" / "vision"
+
+
+class DecodedCache:
+    """A finished cache folder, opened read-only; the memory map opens lazily in each process (workers included:
+    the object pickles as its folder only)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = Path(folder)
+        meta = json.loads((self.folder / "meta.json").read_text(encoding="utf-8"))
+        self.meta = meta
+        self.index = np.load(self.folder / "index.npy")
+        self.skipped: dict[int, str] = {int(k): v for k, v in meta["skipped"].items()}
+        self.all_uint8: bool = bool(meta["all_uint8"])
+        self._data: np.ndarray | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_data"] = None  # never ship the map's pages to a worker: it reopens the file
+        return state
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def _array(self, i: int, which: int) -> np.ndarray | None:
+        off, nbytes, code, c, h, w = (int(v) for v in self.index[i, which])
+        if nbytes == NO_ARRAY:
+            return None
+        if self._data is None:
+            size = (self.folder / "data.bin").stat().st_size
+            self._data = np.memmap(self.folder / "data.bin", dtype=np.uint8, mode="r", shape=(size,)) if size else np.zeros(0, np.uint8)
+        flat = self._data[off: off + nbytes].view(DTYPES[code])
+        return flat.reshape((c, h, w) if which == 0 else (h, w))
+
+    def image(self, i: int) -> np.ndarray | None:
+        """(C, H, W) stored image of item ``i`` (a read-only view of the map); None for a bad item."""
+        return self._array(i, 0)
+
+    def mask(self, i: int) -> np.ndarray | None:
+        """(H, W) class indices of item ``i``; None for a bad item or a dataset without masks."""
+        return self._array(i, 1)
+
+    @classmethod
+    def build_or_open(cls, cache_dir: Path, name: str, key: str, n: int, decode: Callable[[int], Decoded],
+                      on_bad_file: str, workers: int = 1) -> DecodedCache:
+        """Open ``<cache_dir>/<name>-<key>``, or build it by calling ``decode(i)`` for i in range(n) (threads:
+        image decoders release the GIL) and publish it atomically. ``decode`` raises DataError for a bad file:
+        re-raised when ``on_bad_file`` is ``"error"``, recorded otherwise."""
+        folder = Path(cache_dir) / f"{name}-{key}"
+        if (folder / "meta.json").is_file():
+            return cls(folder)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = folder.parent / f".{folder.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+        tmp.mkdir()
+        try:
+            _write(tmp, key, n, decode, on_bad_file, workers)
+            try:
+                os.rename(tmp, folder)
+            except OSError:  # another process published the same cache first: theirs is identical
+                if not (folder / "meta.json").is_file():
+                    raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return cls(folder)
+
+
+def _write(folder: Path, key: str, n: int, decode: Callable[[int], Decoded], on_bad_file: str, workers: int) -> None:
+    index = np.full((n, 2, 6), NO_ARRAY, dtype=np.int64)
+    skipped: dict[str, str] = {}
+    all_uint8 = True
+    offset = 0
+
+    def safe(i: int) -> Decoded | DataError:
+        try:
+            return decode(i)
+        except DataError as exc:
+            return exc
+
+    with (folder / "data.bin").open("wb") as fh, ThreadPoolExecutor(max(1, workers)) as pool:
+        for i, got in enumerate(pool.map(safe, range(n))):  # in order; decoding runs ahead in the pool
+            if isinstance(got, DataError):
+                if on_bad_file == "error":
+                    raise got
+                skipped[str(i)] = str(got)
+                continue
+            for which, arr in enumerate(got):
+                if arr is None:
+                    continue
+                arr = np.ascontiguousarray(arr)
+                if arr.dtype not in DTYPES:
+                    raise DataError(f"cache: item {i}: expected one of {[str(d) for d in DTYPES]} (got {arr.dtype})")
+                shape = arr.shape if which == 0 else (1, *arr.shape)
+                index[i, which] = (offset, arr.nbytes, DTYPES.index(arr.dtype), *shape)
+                if which == 0:
+                    all_uint8 &= arr.dtype == np.uint8
+                fh.write(arr.tobytes())
+                offset += arr.nbytes
+        fh.flush()
+        os.fsync(fh.fileno())
+    np.save(folder / "index.npy", index)
+    meta = {"format": CACHE_FORMAT, "key": key, "n": n, "skipped": skipped, "all_uint8": all_uint8, "bytes": offset}
+    (folder / "meta.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
+
+
+def mask_storage(mask: np.ndarray, n_classes: int) -> np.ndarray:
+    """Class indices in the smallest cache type: uint8 for <= 256 classes, else int32."""
+    return mask.astype(np.uint8 if n_classes <= 256 else np.int32)
