@@ -38,6 +38,7 @@ def _cfg(tmp_path: Path, **extra: object) -> object:
         "model": {"base_channels": 8, "hidden": 32},
         "inference": {"device": "cpu"},
         "logging": {"tensorboard": False},
+        "calibration": {"n_spectra": 64, "chunk": 64},
     }
     data.update(extra)
     return validate_config(data)
@@ -75,6 +76,9 @@ def test_short_training_beats_the_untrained_network(tmp_path: Path) -> None:
     _, trained = load_model(run / "checkpoints" / "last.ckpt")
     before, after = _val_rmse(cfg, untrained), _val_rmse(cfg, trained)
     assert after < 0.75 * before, (before, after)
+    # the sigma calibration ran after validation and its factors are in the checkpoint
+    assert not torch.allclose(trained.sigma_scale, torch.ones_like(trained.sigma_scale))
+    assert bool((trained.sigma_scale > 0).all())
     # the analyze verb on the trained run: importance by wavelength, regions named by their lines
     cfg.analyze.n_spectra = 8
     cfg.analyze.ig_steps = 4

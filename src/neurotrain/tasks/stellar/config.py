@@ -254,6 +254,25 @@ class UncertaintySection(Section):
     ensemble: list[Path] = Field(default_factory=list)
 
 
+class CalibrationSection(Section):
+    """Post-hoc calibration of the predicted sigma (``calibration.py``).
+
+    After every validation epoch of training, each label's sigma is multiplied by the factor that puts
+    ``coverage`` of a calibration set inside +-1 sigma (the quantile of |error| / sigma; Kuleshov et al. 2018,
+    ICML, "Accurate uncertainties for deep learning using calibrated regression", in its one-parameter
+    form). The calibration set is ``n_spectra`` generator spectra over the training S/N range, drawn from
+    its own seed (``seed_offset``), disjoint from training batches and from ``evaluate``'s held-out sets.
+    """
+
+    enabled: bool = True
+    n_spectra: int = Field(4096, ge=16)
+    #: fraction of errors the calibrated 1 sigma must cover: the Gaussian 68.27 %
+    coverage: float = Field(0.6827, gt=0, lt=1)
+    seed_offset: int = 500_000_003
+    #: spectra simulated and predicted per call
+    chunk: int = Field(512, ge=1)
+
+
 class CatalogSection(Section):
     """Reference catalogues (labels for training/val/test) and prediction catalogues (only preprocessed)."""
 
@@ -355,6 +374,7 @@ class StellarConfig(Config):
     model: ModelSection = ModelSection()
     loss: LossSection = LossSection()
     uncertainty: UncertaintySection = UncertaintySection()
+    calibration: CalibrationSection = CalibrationSection()
     catalog: CatalogSection = CatalogSection()
     baseline: BaselineSection = BaselineSection()
     evaluate: EvaluateSection = EvaluateSection()

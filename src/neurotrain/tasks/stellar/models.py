@@ -26,7 +26,7 @@ Size at the defaults (``base_channels`` 16, two blocks per group, kernel 7, ``po
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -119,6 +119,8 @@ class SpectralResCNN(nn.Module):
             raise ConfigError(f"labels.std: expected positive values (got {std.tolist()})")
         self.register_buffer("label_mean", mean.clone())
         self.register_buffer("label_std", std.clone())
+        # post-hoc calibration of the predicted sigma (calibration.py): 1 until fitted on held-out spectra
+        self.register_buffer("sigma_scale", torch.ones(n_labels))
 
         self.stem = nn.Sequential(
             nn.Conv1d(in_channels, base_channels, kernel_size, stride=downsample, padding=kernel_size // 2, bias=False),
@@ -153,10 +155,16 @@ class SpectralResCNN(nn.Module):
         """(B, C, M) network input -> (B, 2L) normalised means then log variances, or (B, L)."""
         return self.head(self.pool(self.groups(self.stem(x))))
 
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        # checkpoints written before sigma calibration existed hold no scale: they load as uncalibrated (1)
+        state_dict.setdefault(prefix + "sigma_scale", torch.ones_like(self.sigma_scale))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def to_physical(self, out: Tensor) -> tuple[Tensor, Tensor]:
         """Network output -> (mean (B, L), sigma (B, L)) in physical units (K, dex).
 
-        sigma = sqrt(exp(log_var) + min_sigma^2) x label_std (the loss's floor); the log variance is clamped
+        sigma = sqrt(exp(log_var) + min_sigma^2) x label_std x sigma_scale (the loss's floor, then the
+        post-hoc calibration factor of :mod:`calibration`, 1 when none was fitted); the log variance is clamped
         to :data:`LOGVAR_CLAMP` first, so the result is finite for any finite output. A mean-only model
         returns sigma 0 (no aleatoric uncertainty predicted).
         """
@@ -164,7 +172,7 @@ class SpectralResCNN(nn.Module):
         mean = out[:, :L].float() * self.label_std + self.label_mean
         if out.shape[1] >= 2 * L:
             logvar = out[:, L : 2 * L].float().clamp(*LOGVAR_CLAMP)
-            sigma = torch.sqrt(torch.exp(logvar) + self.min_sigma**2) * self.label_std
+            sigma = torch.sqrt(torch.exp(logvar) + self.min_sigma**2) * self.label_std * self.sigma_scale
         else:
             sigma = torch.zeros_like(mean)
         return mean, sigma

@@ -170,6 +170,12 @@ class StellarTask(Task):
         batch.pop("labels_all")
         return batch
 
+    def callbacks(self, cfg: Config) -> list[Any]:
+        from neurotrain.tasks.stellar.calibration import SigmaCalibration
+
+        c = _cfg(cfg)
+        return [SigmaCalibration(c)] if c.calibration.enabled and c.model.heteroscedastic else []
+
     def h5_keys(self, cfg: Config) -> dict[str, str]:
         return {k: k for k in H5_KEYS}
 
