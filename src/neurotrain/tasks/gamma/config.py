@@ -161,11 +161,20 @@ class EvaluateSection(Section):
 
 
 class PredictSection(Section):
+    """``neurotrain predict`` for gamma (``predict.py``); each key is also a ``--opt key=value`` option."""
+
     crystal: Literal["LYSO", "NaI", "CsI", "LaBr3"] | None = None
     fwhm_662: float | None = None
     power: float | None = None
     conserve_counts: bool = True
     plot: bool = True
+    #: a file whose detector (declared by the format, else measured from its peaks' FWHM or its channel count:
+    #: detector_check.py) is not of the model's input class - an HPGe file for a scintillator model - is
+    #: refused, run with a warning, or run without the check
+    detector_check: Literal["refuse", "warn", "off"] = "refuse"
+    #: a listed peak must have a positive net area, a finite FWHM and significance above this (sigma); others
+    #: are physically impossible (a negative area is no emission line) and dropped, counted in the output
+    min_peak_sigma: float = 0.0
 
 
 class RefineSection(Section):
