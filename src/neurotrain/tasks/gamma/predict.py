@@ -1,9 +1,16 @@
-"""``neurotrain predict CKPT spectrum.spe ...`` for gamma: read, resample onto the model grid, enhance, find
-peaks, write ``<stem>_enhanced.csv`` / ``.h5`` (energy axis included), ``<stem>_peaks.csv`` and a plot.
+"""``neurotrain predict CKPT spectrum.spe ...`` for gamma: read, check the detector, resample onto the model
+grid, enhance, find peaks, write ``<stem>_enhanced.csv`` / ``.h5`` / ``.n42`` (N42-2012 with its energy
+calibration: InterSpec opens it beside the input), ``<stem>_peaks.csv`` and a plot. ``-o x.n42`` (one input):
+the enhanced spectrum goes to ``x.n42``, the other files beside it as ``x_peaks.csv`` ...
 
-Options (CLI ``--option key=value`` or keyword arguments): ``calibration`` (polynomial keV coefficients, a
-list or ``"c0,c1[,c2]"``), ``crystal`` (LYSO/NaI/CsI/LaBr3: sets the FWHM law from typical values),
-``fwhm_662`` and ``power`` (the input detector's FWHM law, overriding the crystal), ``conserve_counts``.
+Options (CLI ``--opt key=value`` or keyword arguments; an unknown key is an error): ``calibration``
+(polynomial keV coefficients, a list or ``"c0,c1[,c2]"``), ``verbose``, ``debug``, and every key of the config's
+``predict`` section (:class:`~neurotrain.tasks.gamma.config.PredictSection`): ``crystal`` (LYSO/NaI/CsI/LaBr3:
+sets the FWHM law from typical values), ``fwhm_662`` and ``power`` (the input detector's FWHM law, overriding
+the crystal), ``conserve_counts``, ``plot``, ``detector_check`` (refuse/warn/off: a file from another kind of
+detector than the model's input, e.g. HPGe for a LYSO model), ``min_peak_sigma``.
+
+Every input is read and checked before anything is written; every file is written atomically.
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from neurotrain.errors import ConfigError
+from neurotrain.errors import ConfigError, DataError
 from neurotrain.tasks.gamma import io as gio
 from neurotrain.tasks.gamma.metrics import PEAK_SCALES, peak_origins, secondary_names
 from neurotrain.tasks.gamma.postprocess import find_peaks, line_windows, measure_lines, refine_to_counts, resolution_counts
@@ -32,6 +39,31 @@ def _parse_calibration(value: Any) -> list[float] | None:
         except ValueError:
             raise ConfigError(f"config error in predict options: calibration: expected numbers like 0,0.73 (got {value!r})") from None
     return [float(v) for v in value]
+
+
+#: options that are not keys of the predict config section
+EXTRA_OPTIONS = ("calibration", "verbose", "debug")
+
+
+def predict_options(cfg: Any, options: dict[str, Any]) -> Any:
+    """The config's ``predict`` section with ``options`` applied and validated; an unknown key or a bad value
+    is one :class:`ConfigError` line naming it (``crystl=CsI`` must not run with the default detector)."""
+    from pydantic import ValidationError
+
+    from neurotrain.tasks.gamma.config import PredictSection
+
+    known = set(PredictSection.model_fields)
+    unknown = sorted(k for k in options if k not in known and k not in EXTRA_OPTIONS)
+    if unknown:
+        raise ConfigError(f"config error in predict options: {unknown[0]}: unknown option (expected one of "
+                          f"{', '.join(sorted(known | set(EXTRA_OPTIONS)))})")
+    given = {k: v for k, v in options.items() if k in known and v is not None}
+    try:
+        return PredictSection.model_validate({**cfg.predict.model_dump(), **given})
+    except ValidationError as exc:
+        e = exc.errors()[0]
+        loc = ".".join(str(x) for x in e["loc"])
+        raise ConfigError(f"config error in predict options: {loc}: {e['msg']} (got {e.get('input')!r})") from None
 
 
 def fwhm_law(cfg: Any, options: dict[str, Any]) -> tuple[float, float]:
@@ -75,8 +107,17 @@ def enhance(cfg: Any, model: nn.Module, counts: np.ndarray, r662: float, power: 
     return out
 
 
+class PeakList(list):
+    """The listed peaks (dicts), and ``dropped``: how many found peaks were physically impossible and left out,
+    per reason ('negative_area', 'fwhm_not_finite', 'below_min_sigma')."""
+
+    def __init__(self, peaks: list[dict[str, Any]] | None = None, dropped: dict[str, int] | None = None) -> None:
+        super().__init__(peaks or [])
+        self.dropped: dict[str, int] = dict(dropped or {"negative_area": 0, "fwhm_not_finite": 0, "below_min_sigma": 0})
+
+
 def list_peaks(cfg: Any, enhanced: np.ndarray, measured: np.ndarray, r662: float, power: float,
-               covered: np.ndarray | None = None, crystal: str | None = None) -> list[dict[str, Any]]:
+               covered: np.ndarray | None = None, crystal: str | None = None, min_sigma: float | None = None) -> PeakList:
     """Peaks of the enhanced spectrum with energy (keV), FWHM (keV), net area (counts) and its significance
     (``significance_sigma``: net area / sqrt(measured counts within +-1 input FWHM), a Currie-type ratio against
     the counts the peak is built from), only in the ``covered`` channels (N,) bool when given
@@ -88,7 +129,12 @@ def list_peaks(cfg: Any, enhanced: np.ndarray, measured: np.ndarray, r662: float
     The search is the evaluation's (``metrics.PeakDetection``): a candidate needs a net area of at least
     ``metrics.detect_threshold`` x sqrt(measured counts within +-1 input FWHM), with the input detector's FWHM
     law (``r662``, ``power``), and the measured counts must prefer it as a peak of its own
-    (``metrics.merge_reach_fwhm``) - so predict lists the peaks that evaluation would count."""
+    (``metrics.merge_reach_fwhm``) - so predict lists the peaks that evaluation would count.
+
+    A physically impossible peak is never listed: a net area <= 0 or not finite (no emission line has one; the
+    enhanced spectrum dips below its continuum there), a FWHM that is not finite (the window measurement found
+    no half-maximum crossings), or a significance below ``min_sigma`` (default ``cfg.predict.min_peak_sigma``).
+    They are counted per reason in the returned list's ``dropped``."""
     edges = channel_edges(cfg.simulate)
     spec = torch.tensor(enhanced, dtype=torch.float32).unsqueeze(0)
     noise = torch.tensor(measured, dtype=torch.float32).unsqueeze(0)
@@ -100,7 +146,7 @@ def list_peaks(cfg: Any, enhanced: np.ndarray, measured: np.ndarray, r662: float
         peaks = peaks & torch.as_tensor(covered, dtype=torch.bool).unsqueeze(0)
     e = energy[peaks].unsqueeze(0)
     if e.numel() == 0:
-        return []
+        return PeakList()
     fw = scint_fwhm(e, torch.tensor(r662), torch.tensor(power))
     hw = line_windows(e, torch.ones_like(e, dtype=torch.bool), fw, cfg.metrics.window_fwhm, 2.5 * float(edges[1] - edges[0]))
     m = measure_lines(spec, edges, e, hw, cfg.metrics.tolerance_kev)
@@ -114,8 +160,15 @@ def list_peaks(cfg: Any, enhanced: np.ndarray, measured: np.ndarray, r662: float
         crystal, mc.tolerance_kev, PEAK_SCALES[-1] * float(edges[1] - edges[0]), mc.step_reach_fwhm,
     )
     names = secondary_names(crystal) if crystal is not None else []
-    out: list[dict[str, Any]] = []
-    for i in range(e.shape[1]):  # a handful of found peaks
+    area, fwhm = m["area"][0], torch.where(valid, m["fwhm"][0], float("nan"))
+    floor = float(cfg.predict.min_peak_sigma if min_sigma is None else min_sigma)
+    bad_area = ~torch.isfinite(area) | (area <= 0)
+    bad_fwhm = ~bad_area & (~torch.isfinite(fwhm) | (fwhm <= 0))
+    bad_sigma = ~bad_area & ~bad_fwhm & ~(significance >= floor)
+    out = PeakList(dropped={"negative_area": int(bad_area.sum()), "fwhm_not_finite": int(bad_fwhm.sum()),
+                            "below_min_sigma": int(bad_sigma.sum())})
+    keep = ~(bad_area | bad_fwhm | bad_sigma)
+    for i in torch.nonzero(keep).flatten().tolist():  # a handful of found peaks
         feat, step, kind = float(origins["feature_of_kev"][i]), float(origins["step_of_kev"][i]), int(origins["feature_kind"][i])
         note = []
         if kind >= 0:
@@ -125,8 +178,8 @@ def list_peaks(cfg: Any, enhanced: np.ndarray, measured: np.ndarray, r662: float
         elif int(origins["step_kind"][i]) == 1:
             note.append(f"above the Lu-176 onset at {step:.1f} keV?")
         out.append({
-            "energy_kev": round(float(m["centroid"][0, i]) if bool(m["valid"][0, i]) else float(e[0, i]), 3),
-            "fwhm_kev": round(float(m["fwhm"][0, i]), 3) if bool(m["valid"][0, i]) else float("nan"),
+            "energy_kev": round(float(m["centroid"][0, i]), 3),
+            "fwhm_kev": round(float(m["fwhm"][0, i]), 3),
             "net_area_counts": round(float(m["area"][0, i]), 1),
             "significance_sigma": round(float(significance[i]), 1),
             "feature_of_kev": round(feat, 3), "step_of_kev": round(step, 3), "note": "; ".join(note),
@@ -134,70 +187,132 @@ def list_peaks(cfg: Any, enhanced: np.ndarray, measured: np.ndarray, r662: float
     return out
 
 
-def _print_peaks(path: Path, peaks: list[dict[str, Any]]) -> None:
+def _print_peaks(path: Path, peaks: PeakList) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
-    table = Table(title=f"{path.name}: {len(peaks)} peaks")
+    dropped = sum(getattr(peaks, "dropped", {}).values())
+    title = f"{path.name}: {len(peaks)} peaks" + (f" ({dropped} impossible peak(s) dropped)" if dropped else "")
+    table = Table(title=escape(title))
     for col in ("energy (keV)", "FWHM (keV)", "net area (counts)", "sigma"):
         table.add_column(col, justify="right")
     table.add_column("could be")
     for p in peaks:
-        table.add_row(f"{p['energy_kev']:.2f}", f"{p['fwhm_kev']:.2f}", f"{p['net_area_counts']:.0f}", f"{p['significance_sigma']:.1f}", p.get("note", ""))
+        table.add_row(f"{p['energy_kev']:.2f}", f"{p['fwhm_kev']:.2f}", f"{p['net_area_counts']:.0f}", f"{p['significance_sigma']:.1f}", escape(p.get("note", "")))
     Console(stderr=True).print(table)
 
 
+def model_crystals(cfg: Any) -> list[str]:
+    """The crystals the model was trained on (``simulate.train_crystals``, else ``simulate.detector.crystal``)."""
+    return list(cfg.simulate.train_crystals) or [cfg.simulate.detector.crystal]
+
+
+def check_detector(cfg: Any, spec: gio.GammaSpectrum, popt: Any, crystal: str | None) -> tuple[Any, str | None]:
+    """The file's detector evidence (:func:`detector_check.identify`) and a warning line, or raise one
+    :class:`DataError` line when ``popt.detector_check`` is 'refuse' and the file's detector is not of the model's
+    input class. A crystal the user names counts as the model input only when the file agrees with it."""
+    from neurotrain.tasks.gamma import detector_check as dc
+
+    ev = dc.identify(spec.counts, spec.edges_kev, spec.detector_kind)
+    if popt.detector_check == "off":
+        return ev, None
+    crystals = model_crystals(cfg)
+    why = dc.mismatch(ev, crystals)
+    if why is None and crystal is not None and ev.resolution_class not in (None, dc.KIND_CLASS.get(crystal)):
+        why = f"got {ev.describe()}, not the named crystal {crystal}"
+    if why is None:
+        return ev, None
+    lo, hi = cfg.simulate.fwhm_662_range
+    msg = (f"{spec.path}: detector: expected a spectrum of the model's input detector ({'/'.join(crystals)}, FWHM "
+           f"{100 * lo:.0f}-{100 * hi:.0f} % at 662 keV), {why}")
+    if popt.detector_check == "refuse":
+        raise DataError(msg + "; --opt detector_check=warn runs it anyway")
+    return ev, msg + "; run anyway (detector_check=warn): the enhanced spectrum is outside what the model learned"
+
+
+def _output_names(inputs: list[Path], output: Path | None) -> list[tuple[Path, str]]:
+    """(folder, stem of the output files) per input; ``-o x.n42`` names the N42 output of a single input."""
+    if output is not None and Path(output).suffix.lower() == ".n42":
+        if len(inputs) != 1:
+            raise ConfigError(f"config error in predict: -o {output}: an .n42 output takes one input file (got {len(inputs)})")
+        return [(Path(output).parent, Path(output).stem)]
+    out = [(Path(output) if output is not None else Path(p).parent / "enhanced", f"{Path(p).stem}_enhanced") for p in inputs]
+    for d, _ in out:
+        if d.exists() and not d.is_dir():
+            raise ConfigError(f"config error in predict: -o {d}: expected a folder or an .n42 file name (an existing file is in the way)")
+    return out
+
+
 def predict_files(cfg: Any, model: nn.Module, inputs: list[Path], output: Path | None, **options: Any) -> list[Path]:
-    """Enhance each input file; returns the written paths."""
+    """Enhance each input file; returns the written paths. All inputs are read and checked (format, calibration,
+    detector) before the first output is written."""
+    popt = predict_options(cfg, options)
     calibration = _parse_calibration(options.get("calibration"))
-    r662, power = fwhm_law(cfg, options)
+    r662, power = fwhm_law(cfg, {**options, **popt.model_dump(exclude_none=True)})
     # peaks are labelled with a crystal's features only when the user names the crystal
-    crystal = options.get("crystal") or cfg.predict.crystal
-    conserve = bool(options.get("conserve_counts", cfg.predict.conserve_counts))
-    plot = bool(options.get("plot", cfg.predict.plot))
+    crystal = popt.crystal
+    verbose = bool(options.get("verbose", True))
     edges_dst = channel_edges(cfg.simulate).double().numpy()
+    centers = 0.5 * (edges_dst[1:] + edges_dst[:-1])
+    names = _output_names([Path(p) for p in inputs], output)
+    checked = []
+    for path in inputs:  # a few small spectra: read and check them all before writing anything
+        spec = gio.read_spectrum(Path(path), calibration)
+        checked.append((spec, *check_detector(cfg, spec, popt, crystal)))
     written: list[Path] = []
-    for path in inputs:  # one file at a time: each is one small spectrum
-        path = Path(path)
-        spec = gio.read_spectrum(path, calibration)
+    for (spec, evidence, warning), (out_dir, stem) in zip(checked, names):
+        path = spec.path
         counts = gio.resample(spec.counts, spec.edges_kev, edges_dst)
         covered = gio.covered_channels(spec.edges_kev, edges_dst)
-        enhanced = enhance(cfg, model, counts, r662, power, conserve, covered)
+        enhanced = enhance(cfg, model, counts, r662, power, popt.conserve_counts, covered)
         peaks = list_peaks(cfg, enhanced, counts, r662, power, covered, crystal)
-        out_dir = Path(output) if output is not None else path.parent / "enhanced"
-        out_dir.mkdir(parents=True, exist_ok=True)
-        centers = 0.5 * (edges_dst[1:] + edges_dst[:-1])
-        note = f"neurotrain gamma predict of {path.name}; input FWHM law {r662:.3f} x 662 keV x (E/662)^{power:.2f}"
-        written.append(gio.write_csv(out_dir / f"{path.stem}_enhanced.csv", {"energy_kev": centers, "input_counts": counts, "enhanced_counts": enhanced}, note))
+        base = stem[: -len("_enhanced")] if stem.endswith("_enhanced") else stem
+        note = (f"neurotrain gamma predict of {path.name}; input FWHM law {r662:.3f} x 662 keV x (E/662)^{power:.2f}; "
+                f"detector {evidence.describe()}")
+        dropped = "; ".join(f"{k} {v}" for k, v in peaks.dropped.items() if v)
+        written.append(gio.write_csv(out_dir / f"{base}_enhanced.csv", {"energy_kev": centers, "input_counts": counts, "enhanced_counts": enhanced}, note))
         pk = {k: np.array([p[k] for p in peaks], dtype=np.float64)
               for k in ("energy_kev", "fwhm_kev", "net_area_counts", "significance_sigma", "feature_of_kev", "step_of_kev")}
+        peak_note = note
         if crystal is not None:
-            note += (f"; crystal {crystal}; feature_of_kev / step_of_kev: the larger peak (keV) whose escape or "
-                     "backscatter peak this one could be / the line whose Compton edge, or the Lu-176 onset, this "
-                     "one could be the top of")
+            peak_note += (f"; crystal {crystal}; feature_of_kev / step_of_kev: the larger peak (keV) whose escape or "
+                          "backscatter peak this one could be / the line whose Compton edge, or the Lu-176 onset, this "
+                          "one could be the top of")
         written.append(gio.write_csv(
-            out_dir / f"{path.stem}_peaks.csv", pk,
-            note + "; significance_sigma: net area / sqrt(measured counts within +-1 input FWHM)",
+            out_dir / f"{base}_peaks.csv", pk,
+            peak_note + "; significance_sigma: net area / sqrt(measured counts within +-1 input FWHM)"
+            + (f"; physically impossible peaks dropped: {dropped}" if dropped else ""),
         ))
         written.append(gio.write_h5(
-            out_dir / f"{path.stem}_enhanced.h5",
+            out_dir / f"{base}_enhanced.h5",
             {"energy_kev": centers, "bin_edges_kev": edges_dst, "input": counts, "enhanced": enhanced,
              "covered": covered, "peaks_energy_kev": pk["energy_kev"], "peaks_fwhm_kev": pk["fwhm_kev"], "peaks_net_area": pk["net_area_counts"],
              "peaks_significance_sigma": pk["significance_sigma"],
              "peaks_feature_of_kev": pk["feature_of_kev"], "peaks_step_of_kev": pk["step_of_kev"]},
-            {"source": str(path), "fwhm_662": r662, "power": power, "livetime": spec.livetime_s or 0.0},
+            {"source": str(path), "fwhm_662": r662, "power": power, "livetime": spec.livetime_s or 0.0,
+             "detector": evidence.describe(), "detector_r662": evidence.r662,
+             **{f"peaks_dropped_{k}": v for k, v in peaks.dropped.items()}},
         ))
-        if options.get("verbose", True):
+        gain = float(edges_dst[1] - edges_dst[0])
+        written.append(gio.write_n42(
+            out_dir / f"{stem}.n42", enhanced, [float(edges_dst[0]), gain], spec.livetime_s, spec.realtime_s,
+            title=f"{path.name} enhanced by neurotrain",
+            remarks=[note, f"source file: {path}", "counts on the model grid; zero outside the range the input measured"],
+        ))
+        if verbose:
+            if warning:
+                print(warning, file=sys.stderr)
             if not covered.all():
                 lo, hi = float(spec.edges_kev[0]), float(spec.edges_kev[-1])
                 print(f"{path.name}: measured {lo:.0f}-{hi:.0f} keV of the model's {edges_dst[0]:.0f}-{edges_dst[-1]:.0f} keV; "
                       "the enhanced spectrum is zero outside", file=sys.stderr)
             _print_peaks(path, peaks)
-        if plot:
+        if popt.plot:
             from neurotrain.tasks.gamma.plots import plot_spectra
 
             written.append(plot_spectra(
-                out_dir / f"{path.stem}_enhanced.png", centers, {"input": counts, "network": enhanced},
+                out_dir / f"{base}_enhanced.png", centers, {"input": counts, "network": enhanced},
                 [p["energy_kev"] for p in peaks], title=path.name,
             ))
     return written
