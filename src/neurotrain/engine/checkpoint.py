@@ -108,7 +108,11 @@ def model_state(ckpt: dict[str, Any]) -> dict[str, torch.Tensor]:
 def check_weights(model: nn.Module, state: dict[str, Any], path: str | Path) -> None:
     """Every weight the model needs, in the shape it needs; names the first tensor that is not."""
     own = model.state_dict()
+    # state a model added later and fills in itself when an older checkpoint lacks it
+    optional = set(getattr(model, "optional_state", ()))
     for name, want in own.items():
+        if name not in state and name in optional:
+            continue
         if name not in state:
             raise CheckpointError(f"{path}: weight {name!r}: missing (the checkpoint has no such tensor)")
         got = state[name]

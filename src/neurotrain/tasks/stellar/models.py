@@ -155,6 +155,9 @@ class SpectralResCNN(nn.Module):
         """(B, C, M) network input -> (B, 2L) normalised means then log variances, or (B, L)."""
         return self.head(self.pool(self.groups(self.stem(x))))
 
+    #: state that checkpoints older than the sigma calibration lack (``engine.checkpoint.check_weights``)
+    optional_state = ("sigma_scale",)
+
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
         # checkpoints written before sigma calibration existed hold no scale: they load as uncalibrated (1)
         state_dict.setdefault(prefix + "sigma_scale", torch.ones_like(self.sigma_scale))
