@@ -7,7 +7,7 @@ of the sibling modules to the engine (see ``neurotrain.task.Task``).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from pydantic import Field
@@ -29,6 +29,9 @@ class GammaPredictOptions(TaskOptions):
     conserve_counts: bool | None = Field(None, description="rescale the enhanced spectrum to the measured counts")
     plot: bool | None = Field(None, description="write a PNG of input and enhanced spectra")
     verbose: bool | None = Field(None, description="print the peak table")
+    detector_check: Literal["refuse", "warn", "off"] | None = Field(
+        None, description="a file from another kind of detector than the model's input (e.g. HPGe): refuse, warn or off")
+    min_peak_sigma: float | None = Field(None, description="drop listed peaks below this significance (sigma)")
 
 
 class GammaTask(Task):
