@@ -38,6 +38,12 @@ def resolution_matrix(edges: Tensor, r662: float, power: float) -> Tensor:
 def richardson_lucy(y: Tensor, a: Tensor, iterations: int = 200, init: Tensor | None = None) -> Tensor:
     """Richardson-Lucy deconvolution of spectra ``y`` (B, N) with response ``a`` (N, N), started from ``init``
     (B, N) or, by default, from a flat spectrum of the same total."""
+    return richardson_lucy_path(y, a, [iterations], init)[iterations]
+
+
+def richardson_lucy_path(y: Tensor, a: Tensor, snapshots: list[int], init: Tensor | None = None) -> dict[int, Tensor]:
+    """Richardson-Lucy iterates (B, N) after each number of iterations in ``snapshots``, from one run (the
+    sweep of ``tuning.py`` costs what its longest setting costs)."""
     y = y.clamp_min(0)
     norm = a.sum(0).clamp_min(1e-12)  # A^T 1
     if init is None:
@@ -45,25 +51,49 @@ def richardson_lucy(y: Tensor, a: Tensor, iterations: int = 200, init: Tensor | 
     else:
         # a zero channel would stay zero under the multiplicative update
         x = init.clamp_min(1e-6 * float(y.mean().clamp_min(1e-6)))
-    for _ in range(iterations):  # the iterations are the algorithm; each is a batched matmul
+    want = set(int(k) for k in snapshots)
+    out: dict[int, Tensor] = {0: x} if 0 in want else {}
+    for it in range(1, max(want) + 1):  # the iterations are the algorithm; each is a batched matmul
         est = (x @ a.T).clamp_min(1e-12)
         x = x * ((y / est) @ a) / norm
-    return x
+        if it in want:
+            out[it] = x
+    return out
 
 
 def gold(y: Tensor, a: Tensor, iterations: int = 200, repetitions: int = 5, boost: float = 1.2) -> Tensor:
     """Boosted Gold deconvolution (Morhac 1997) of ``y`` (B, N) with response ``a`` (N, N)."""
+    return gold_path(y, a, iterations, repetitions, boost)[repetitions]
+
+
+def gold_path(y: Tensor, a: Tensor, iterations: int, repetitions: int, boost: float = 1.2) -> dict[int, Tensor]:
+    """Boosted Gold (Morhac et al., NIM A 401 (1997) 113): ``iterations`` Gold steps x <- x A'^T y / (A' x)
+    with A' = A^T A, then x <- x^boost, ``repetitions`` times; the iterate after each repetition r (1-based,
+    before that repetition's boost), rescaled so that A x keeps the measured total."""
     y = y.clamp_min(0)
     at_a = a.T @ a
     yp = y @ a  # A^T y per row
     x = torch.ones_like(y) * (y.sum(1, keepdim=True) / y.shape[1]).clamp_min(1e-6)
-    for rep in range(repetitions):
+    total = y.sum(1, keepdim=True)
+    out: dict[int, Tensor] = {}
+    for rep in range(1, repetitions + 1):
         for _ in range(iterations):
             x = x * yp / (x @ at_a.T).clamp_min(1e-12)
-        if rep < repetitions - 1:
+        # restore the total counts (boosting changes the scale)
+        out[rep] = x * (total / (x @ a.T).sum(1, keepdim=True).clamp_min(1e-12))
+        if rep < repetitions:
             x = x.clamp_min(0) ** boost
-    # restore the total counts (boosting changes the scale)
-    return x * (y.sum(1, keepdim=True) / (x @ a.T).sum(1, keepdim=True).clamp_min(1e-12))
+            x = x * (total / (x @ a.T).sum(1, keepdim=True).clamp_min(1e-12))  # keep the scale bounded
+    return out
+
+
+def show_at_target(cfg: Any, x: Tensor) -> Tensor:
+    """Deconvolved deposits (B, N) shown at the target's resolution (the simulator's HPGe law), (B, N)."""
+    sim = cfg.simulate
+    edges = channel_edges(sim, x.device)
+    centers = 0.5 * (edges[1:] + edges[:-1])
+    fw = hpge_fwhm(centers, hpge_coefficients(sim.hpge_fwhm_anchors)).unsqueeze(0).expand(x.shape[0], -1)
+    return broaden(x, edges, fw)
 
 
 def run_baseline(cfg: Any, counts: Tensor, r662: float | None = None, power: float | None = None) -> Tensor:
@@ -76,6 +106,4 @@ def run_baseline(cfg: Any, counts: Tensor, r662: float | None = None, power: flo
         x = gold(counts, a, bc.iterations, bc.boost_repetitions, bc.boost)
     else:
         x = richardson_lucy(counts, a, bc.iterations)
-    centers = 0.5 * (edges[1:] + edges[:-1])
-    fw = hpge_fwhm(centers, hpge_coefficients(sim.hpge_fwhm_anchors)).unsqueeze(0).expand(x.shape[0], -1)
-    return broaden(x, edges, fw)
+    return show_at_target(cfg, x)

@@ -140,12 +140,32 @@ class MetricsSection(Section):
 
 
 class BaselineSection(Section):
+    """Classical deconvolution (``baseline.py``) and its tuning per count level (``tuning.py``,
+    docs/results/gamma.md "Classical baselines")."""
+
     method: Literal["richardson_lucy", "gold"] = "richardson_lucy"
     iterations: int = Field(200, ge=1)
     boost_repetitions: int = Field(5, ge=1)
     boost: float = Field(1.2, gt=0)
     fwhm_662: float = Field(0.10, gt=0)
     power: float = Field(0.5, gt=0)
+    #: Richardson-Lucy iterations swept on the validation scenes (one run, snapshots at these iterations)
+    rl_iterations: list[int] = Field(default_factory=lambda: [5, 10, 20, 50, 100, 200, 500, 1000])
+    #: boosted Gold: iterations per repetition x boost repetitions swept (snapshot after each repetition)
+    gold_iterations: list[int] = Field(default_factory=lambda: [20, 100, 500])
+    gold_repetitions: int = Field(5, ge=1)
+    #: unexplained false peaks per spectrum allowed to a tuned baseline when no network sets the budget
+    false_peak_budget: float = Field(0.5, ge=0)
+    #: "sweep": the setting of highest recall within the false-peak budget; "discrepancy": Richardson-Lucy
+    #: stops per spectrum at the first snapshot with Poisson chi^2 / channel <= 1 (Morozov)
+    stop_rule: Literal["sweep", "discrepancy"] = "sweep"
+
+    @field_validator("rl_iterations", "gold_iterations")
+    @classmethod
+    def _positive_sorted(cls, v: list[int]) -> list[int]:
+        if not v or min(v) < 1:
+            raise ValueError(f"expected a non-empty list of positive iteration counts (got {v})")
+        return sorted(set(v))
 
 
 class EvaluateSection(Section):
@@ -158,6 +178,23 @@ class EvaluateSection(Section):
     power: float = Field(0.5, gt=0)
     figures: bool = True
     html: bool = True
+    #: Monte Carlo seed and photons per incident energy of the evaluation responses: another seed than
+    #: ``simulate.response_seed`` (validated), and enough photons that the response's MC noise stays below
+    #: the target's counting noise (checked and reported per level: docs/results/gamma.md "Data")
+    response_seed: int = 424243
+    response_photons: int = Field(20000, ge=10)
+    #: the MC-noise check (a second evaluation response of seed response_seed + 1); off saves one build
+    mc_check: bool = True
+    #: generator seed of the held-out scenes (None: 900000007 + 7 x seed); validation scenes use + 1000003
+    scene_seed: int | None = None
+    #: input crystals of the result table, each at its CRYSTAL_RESOLUTION law
+    crystals: list[Literal["LYSO", "NaI", "CsI", "LaBr3"]] = Field(default_factory=lambda: ["LYSO", "NaI", "CsI"])
+    #: validation spectra per (crystal, level) on which the baselines are tuned (tuning.py); 0: no tuning
+    validation_spectra: int = Field(8, ge=0)
+    #: the robustness row: input simulated with an FWHM this much wider than the law the methods are given
+    fwhm_law_offset: float = Field(0.2, gt=-1)
+    #: spectra of each named set (doublet, Lu-176, robustness, negative control, unknown lines)
+    spectra_per_set: int = Field(16, ge=1)
 
 
 class PredictSection(Section):

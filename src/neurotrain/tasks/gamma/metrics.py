@@ -20,6 +20,10 @@ Line measurements (FWHM, centroid, area) use the window method of
 :func:`~neurotrain.tasks.gamma.postprocess.measure_lines`; a line counts only where that measurement is valid
 and its net area is at least ``min_significance`` sigma above zero against the measured input counts.
 * :class:`SpectrumError` - whole-spectrum relative L1 error sum|pred - target| / sum target.
+
+Physical features (escape, backscatter, x-ray peaks, Compton edges, Lu-176 onsets) live in ``peak_rules.py``;
+the evaluation's own scoring (truth-only matching, exemption rules, paired lines) in ``eval_score.py``. These metrics monitor training (``PeakDetection`` there still lets
+a peak of the target excuse a found peak); ``neurotrain evaluate`` scores with ``eval_score.py`` alone.
 """
 
 from __future__ import annotations
@@ -33,9 +37,11 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics import Metric, MetricCollection
 
-from neurotrain.tasks.gamma import physics
+from neurotrain.tasks.gamma.peak_rules import (  # noqa: F401  (re-exported: predict and tests import them here)
+    LU176_ONSETS_KEV, compton_edges, explained_intervals, peak_origins, secondary_energies, secondary_names, step_reach,
+)
 from neurotrain.tasks.gamma.postprocess import PEAK_SCALES, find_peaks, line_windows, measure_lines
-from neurotrain.tasks.gamma.simulate import channel_edges, measured_energy, scint_fwhm, true_energy
+from neurotrain.tasks.gamma.simulate import channel_edges, measured_energy, scint_fwhm
 
 
 def _flat(pred: Tensor) -> Tensor:
@@ -204,165 +210,6 @@ class PeakToValley(Metric):
     def compute(self) -> Tensor:
         return (self.total / self.count.clamp_min(1)).float() if self.count > 0 else torch.tensor(float("nan"))
 
-
-def secondary_energies(line_e: Tensor, crystal: str, slab: str) -> Tensor:
-    """Energies (B, M) keV of point-like secondary features of each line and of the set-up: single / double
-    escape E - 511 / E - 1022 keV, 180-degree backscatter peak E / (1 + 2E/511), crystal K x-ray escape
-    E - E_K, and the slab's K x-rays (the last two columns, not tied to a line)."""
-    feats = [line_e - physics.ME_C2, line_e - 2 * physics.ME_C2, line_e / (1 + 2 * line_e / physics.ME_C2)]
-    formula, _ = physics.MATERIALS[crystal]
-    for s in formula:
-        if s in physics.K_XRAYS:
-            feats.append(line_e - physics.K_XRAYS[s][0])
-            feats.append(line_e - physics.K_XRAYS[s][1])
-    out = torch.cat(feats, 1)
-    if slab in physics.K_XRAYS:
-        const = torch.tensor([physics.K_XRAYS[slab][0], physics.K_XRAYS[slab][1]], device=line_e.device)
-        out = torch.cat([out, const.expand(line_e.shape[0], -1)], 1)
-    return out
-
-
-def compton_edges(line_e: Tensor) -> Tensor:
-    """Compton edge E * 2a / (1 + 2a), a = E / 511 keV, of each line (keV)."""
-    a = line_e / physics.ME_C2
-    return line_e * 2 * a / (1 + 2 * a)
-
-
-#: Lu-176 in LYSO: deposits are the beta (end point 597 keV) summed with the absorbed part of the 88.3 / 201.8 /
-#: 306.8 keV cascade (ENSDF), so the intrinsic spectrum has a step up at every partial cascade sum
-LU176_ONSETS_KEV = (88.34, 201.83, 306.78, 290.17, 395.12, 508.61, 596.95)
-
-
-def step_reach(e: Tensor, step_reach_kev: float, step_reach_fwhm: float, r662: Tensor, power: Tensor) -> Tensor:
-    """How far (keV) from a step at ``e`` a peak search finds the step's top: at least ``step_reach_kev``,
-    and ``step_reach_fwhm`` x the input detector's FWHM there (law ``r662``, ``power``) when that is larger."""
-    floor = torch.full_like(e, float(step_reach_kev))
-    if step_reach_fwhm <= 0:
-        return floor
-    return torch.maximum(floor, step_reach_fwhm * scint_fwhm(e.clamp_min(1.0), r662, power))
-
-
-def explained_intervals(
-    line_e: Tensor, line_mask: Tensor, line_detectable: Tensor, crystal: str, slab: str, tol_kev: float, step_reach_kev: float,
-    batch: dict[str, Tensor] | None = None, step_reach_fwhm: float = 0.0,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Energy intervals (lo, hi, mask), each (B, M) keV, where a found peak is real structure of the spectrum.
-    With ``batch`` (its ``calibration``), the features are computed from the true energies and placed where
-    the spectrum's calibration shows them, like ``line_e``.
-
-    * every true line, +-``tol_kev``;
-    * point-like secondary features of the *detectable* lines (:func:`secondary_energies`), +-``tol_kev``;
-    * steps: the Compton edge of each detectable line (the continuum drops above it; the interval lies below
-      it) and for LYSO the Lu-176 beta onsets (:data:`LU176_ONSETS_KEV`, the continuum rises; the interval
-      lies above). A peak search finds the top of a step on its high side, ``step_reach_kev`` (its largest
-      wavelet scale) away on a sharp step; a spectrum of finite resolution overshoots there (Gibbs-like) as
-      far as about its resolution away. With ``step_reach_fwhm`` > 0 and ``batch["fwhm_params"]``, the reach
-      is at least ``step_reach_fwhm`` x the input detector's FWHM at the step - the scale within which the
-      measured counts place a step, so the same for every method. Richardson-Lucy (200 iterations) on LYSO
-      at 1e6 counts puts its overshoot of the 597 keV onset at 617-626 keV (input FWHM there 62 keV)."""
-    b = line_e.shape[0]
-    dev = line_e.device
-    det = line_detectable & line_mask
-    e_true = true_energy(line_e, batch) if batch is not None else line_e
-
-    def shown(e: Tensor) -> Tensor:
-        return measured_energy(e, batch) if batch is not None else e.expand(b, -1)
-
-    sec = shown(secondary_energies(e_true, crystal, slab))
-    n_per_line = sec.shape[1] // line_e.shape[1]
-    sec_m = torch.cat([det] * n_per_line, 1)
-    if sec.shape[1] > sec_m.shape[1]:
-        sec_m = torch.cat([sec_m, torch.ones(b, sec.shape[1] - sec_m.shape[1], dtype=torch.bool, device=dev)], 1)
-    points = torch.cat([line_e, sec], 1)
-    points_m = torch.cat([line_mask, sec_m], 1)
-
-    law = batch["fwhm_params"] if batch is not None and "fwhm_params" in batch else None
-
-    def reach(e: Tensor) -> Tensor:
-        if law is None:
-            return torch.full_like(e, float(step_reach_kev))
-        return step_reach(e, step_reach_kev, step_reach_fwhm, law[:, :1], law[:, 1:2])
-
-    ce = shown(compton_edges(e_true))
-    lo = [points - tol_kev, ce - reach(ce) - tol_kev]
-    hi = [points + tol_kev, ce + tol_kev]
-    mask = [points_m, det]
-    if crystal == "LYSO":
-        on = shown(torch.tensor(LU176_ONSETS_KEV, device=dev))
-        lo.append(on - tol_kev)
-        hi.append(on + reach(on) + tol_kev)
-        mask.append(torch.ones_like(on, dtype=torch.bool))
-    return torch.cat(lo, 1), torch.cat(hi, 1), torch.cat(mask, 1)
-
-
-def secondary_names(crystal: str) -> list[str]:
-    """Names of the per-line groups of :func:`secondary_energies`, in its column order."""
-    names = ["single escape", "double escape", "backscatter"]
-    formula, _ = physics.MATERIALS[crystal]
-    for s in formula:
-        if s in physics.K_XRAYS:
-            names += [f"{s} Ka escape", f"{s} Kb escape"]
-    return names
-
-
-def peak_origins(
-    energy: Tensor, area: Tensor, r662: float, power: float, crystal: str | None, tol_kev: float,
-    step_reach_kev: float, step_reach_fwhm: float,
-) -> dict[str, Tensor]:
-    """Where found peaks (``energy`` (K,) keV, net ``area`` (K,)) lie on a feature of another, larger found
-    peak or of the crystal - the evaluation's explained features (:func:`explained_intervals`) that a spectrum
-    without a truth list can name: not the shielding's K x-rays, which need no parent. Only peaks with a
-    positive area are parents. Returns (K,) tensors:
-
-    * ``feature_of_kev`` / ``feature_kind``: the larger peak whose single / double escape, 180-degree
-      backscatter or crystal K x-ray escape peak (:func:`secondary_energies`) lies within ``tol_kev``, and the
-      index into :func:`secondary_names` (NaN / -1 where none; the largest such parent);
-    * ``step_of_kev``: the larger peak whose Compton edge this one lies at most ``step_reach_kev`` or
-      ``step_reach_fwhm`` input FWHM (law ``r662``, ``power``) below, or for LYSO the Lu-176 onset
-      (:data:`LU176_ONSETS_KEV`) it lies as far above: the top of a step (NaN where none); ``step_kind`` 0 for
-      a Compton edge, 1 for a Lu-176 onset, -1 for none.
-
-    A peak there may still be a line of its own; the label says that a known feature can explain it (LYSO's
-    onsets cover much of 85-630 keV, so e.g. Na-22's 511 keV line also reads "above the 508.6 keV onset")."""
-    k, dev = energy.shape[0], energy.device
-    nan = torch.full_like(energy, float("nan"))
-    none = torch.full((k,), -1, dtype=torch.long, device=dev)
-    out = {"feature_of_kev": nan.clone(), "feature_kind": none.clone(), "step_of_kev": nan.clone(), "step_kind": none.clone()}
-    if k == 0 or crystal is None or crystal not in physics.MATERIALS:
-        return out
-    law = (torch.tensor(r662, device=dev), torch.tensor(power, device=dev))
-    no_parent = torch.full((k, k), float("-inf"), device=dev)
-
-    def reach(e: Tensor) -> Tensor:
-        return step_reach(e, step_reach_kev, step_reach_fwhm, *law)
-
-    # [i, j]: peak j is larger than peak i and a peak at all
-    larger = (area.unsqueeze(0) > area.unsqueeze(1)) & (area > 0).unsqueeze(0)
-    n_groups = len(secondary_names(crystal))
-    feats = secondary_energies(energy.unsqueeze(0), crystal, "none")[0, : n_groups * k].view(n_groups, k)
-    hit = ((energy.view(k, 1, 1) - feats.t().unsqueeze(0)).abs() <= tol_kev) & larger.unsqueeze(2)  # [i, j, g]
-    # escape peaks need pair production: a parent above 2 m_e c^2 = 1022 keV
-    hit[:, :, :2] &= (energy > 2 * physics.ME_C2).view(1, k, 1)
-    parent_area = torch.where(hit.any(2), area.unsqueeze(0).expand(k, -1), no_parent)
-    best = parent_area.argmax(1)
-    has = hit.any(2).any(1)
-    out["feature_of_kev"] = torch.where(has, energy[best], nan)
-    out["feature_kind"] = torch.where(has, hit[torch.arange(k, device=dev), best].float().argmax(1), none)
-    ce = compton_edges(energy)
-    below_edge = (energy.unsqueeze(1) >= (ce - reach(ce) - tol_kev).unsqueeze(0)) & (energy.unsqueeze(1) <= (ce + tol_kev).unsqueeze(0)) & larger
-    edge_parent = torch.where(below_edge, area.unsqueeze(0).expand(k, -1), no_parent).argmax(1)
-    step = torch.where(below_edge.any(1), energy[edge_parent], nan)
-    kind = torch.where(below_edge.any(1), 0, none)
-    if crystal == "LYSO":
-        on = torch.tensor(LU176_ONSETS_KEV, dtype=energy.dtype, device=dev)
-        above = (energy.unsqueeze(1) >= (on - tol_kev).unsqueeze(0)) & (energy.unsqueeze(1) <= (on + reach(on) + tol_kev).unsqueeze(0))
-        lu = (kind < 0) & above.any(1)
-        step = torch.where(lu, on[above.float().argmax(1)], step)
-        kind = torch.where(lu, 1, kind)
-    out["step_of_kev"], out["step_kind"] = step, kind
-    return out
-
-
 class PeakDetection(Metric):
     """Peak search precision / recall against the true lines and false peaks per spectrum.
 
@@ -490,10 +337,6 @@ class SpectrumError(Metric):
 DOUBLETS = [(356.0129, 383.8485), (1085.837, 1112.076)]
 
 
-#: false-peak kinds of :func:`false_peak_kinds`, in the order they are tried
-FALSE_PEAK_KINDS = ("beside_a_line", "at_a_compton_edge", "at_a_lu176_onset", "below_150_kev", "elsewhere")
-
-
 def detection_tradeoff(cfg: Any, pred: Tensor, batch: dict[str, Tensor], thresholds: list[float]) -> dict[str, list[float]]:
     """The peak search's operating curve on ``pred``: for each detection threshold (sigma), the recall of the
     detectable true lines, the false peaks per spectrum with its Poisson standard error (sqrt(false peaks) /
@@ -533,44 +376,6 @@ def false_rate_at_recall(curve: dict[str, list[float]], recall: float) -> tuple[
     r, f = r[order], f[order]
     first = np.concatenate([[True], r[1:] > r[:-1]])  # of equal recalls, the fewest false peaks
     return float(np.interp(recall, r[first], f[first])), "="
-
-
-def false_peak_kinds(det: PeakDetection, pred: Tensor, batch: dict[str, Tensor], bin_kev: float = 50.0) -> dict[str, Any]:
-    """Where the false peaks of ``pred`` lie, per spectrum: within half an input FWHM of a detectable true
-    line (a split or misplaced line), of such a line's Compton edge, of a Lu-176 cascade onset (LYSO), below
-    150 keV (x-ray region), or elsewhere; plus ``energies``: [bin start keV, count] of the ``bin_kev`` bins
-    that hold false peaks, most frequent first - a recurring energy across spectra points at structure, not
-    noise."""
-    peaks, energy, explained = det.search(pred, batch)
-    fp = peaks & ~explained
-    b_idx, c_idx = fp.nonzero(as_tuple=True)
-    e = energy[b_idx, c_idx]
-    n_spec = max(1, peaks.shape[0])
-    out: dict[str, Any] = {k: 0.0 for k in FALSE_PEAK_KINDS}
-    out["energies"] = []
-    if e.numel() == 0:
-        return out
-    fp_law = batch["fwhm_params"][b_idx]
-    reach = 0.5 * scint_fwhm(e, fp_law[:, 0], fp_law[:, 1])
-    le = batch["line_energy"][b_idx]
-    lm = batch["line_detectable"][b_idx].bool() & batch["line_mask"][b_idx].bool()
-    far = torch.full_like(le, float("inf"))
-    d_line = torch.where(lm, (le - e.unsqueeze(1)).abs(), far).min(1).values
-    # the calibration of each false peak's spectrum
-    sub = {"calibration": batch["calibration"][b_idx]} if "calibration" in batch else {}
-    edges_shown = measured_energy(compton_edges(true_energy(le, sub)), sub)
-    d_edge = torch.where(lm, (edges_shown - e.unsqueeze(1)).abs(), far).min(1).values
-    onsets = measured_energy(torch.tensor(LU176_ONSETS_KEV, device=e.device).expand(e.shape[0], -1), sub)
-    d_lu = (onsets - e.unsqueeze(1)).abs().min(1).values if det.crystal == "LYSO" else torch.full_like(e, float("inf"))
-    kind = torch.full_like(e, len(FALSE_PEAK_KINDS) - 1, dtype=torch.long)
-    for i, hit in reversed(list(enumerate((d_line <= reach, d_edge <= reach, d_lu <= reach, e < 150.0)))):
-        kind = torch.where(hit, torch.full_like(kind, i), kind)
-    counts = torch.bincount(kind, minlength=len(FALSE_PEAK_KINDS)).tolist()
-    out.update({k: round(c / n_spec, 3) for k, c in zip(FALSE_PEAK_KINDS, counts, strict=True)})
-    bins, n = torch.unique(torch.floor(e / bin_kev) * bin_kev, return_counts=True)
-    order = torch.argsort(n, descending=True, stable=True)
-    out["energies"] = [[float(bins[i]), int(n[i])] for i in order.tolist()]
-    return out
 
 
 def build_metrics(cfg: Any, include_detection: bool = True, measured_domain: bool = False) -> MetricCollection:

@@ -1,4 +1,5 @@
-"""Figures a spectroscopist looks at: spectra with true lines marked, FWHM(E) curves, per-count-level bars."""
+"""Figures a spectroscopist looks at: spectra with true lines marked, FWHM(E) curves, per-count-level bars, and
+the classical baselines' tuning sweeps (recall against unexplained false peaks per setting)."""
 
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ def plot_spectra(
     """Overlay spectra (counts per channel vs keV), true line energies as dotted verticals."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(10, 4.5))
-    styles = {"input": ("0.55", 1.0), "network": ("C3", 1.1), "baseline": ("C2", 0.9), "target": ("k", 0.8)}
+    styles = {"input": ("0.55", 1.0), "network": ("C3", 1.1), "network_refined": ("C1", 0.9), "baseline": ("C2", 0.9),
+              "rl_tuned": ("C2", 0.9), "gold_tuned": ("C4", 0.9), "target": ("k", 0.8)}
     for name, y in curves.items():
         color, lw = styles.get(name, (None, 1.0))
         ax.plot(energy, np.clip(y, 1e-3, None), label=name, color=color, lw=lw, drawstyle="steps-mid")
@@ -109,6 +111,37 @@ def plot_detection_tradeoff(path: Path, tradeoff: dict[str, dict[str, Any]]) -> 
         ax.set_xlabel("recall of detectable lines")
         ax.set_ylabel("false peaks per spectrum")
     axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_tuning(path: Path, sweeps: dict[str, dict[str, list[dict[str, Any]]]], budgets: dict[str, float | None], title: str = "") -> Path:
+    """One panel per count level: each baseline setting's validation recall against its unexplained false peaks
+    per spectrum (Richardson-Lucy by iterations, Gold by iterations x repetitions); a dotted line marks the
+    false-peak budget the tuning kept within."""
+    plt = _plt()
+    levels = list(sweeps)
+    fig, axes = plt.subplots(1, len(levels), figsize=(4.2 * len(levels), 3.6), squeeze=False)
+    for ax, level in zip(axes[0], levels):
+        for method, marker in (("rl", "o"), ("gold", "s")):
+            pts = sweeps[level].get(method, [])
+            if not pts:
+                continue
+            ax.plot([p["unexplained"] for p in pts], [p["recall"] for p in pts], marker=marker, ms=3, lw=0.8, label=method)
+            for p in pts:
+                tag = f"{p['iterations']}" if method == "rl" else f"{p['iterations']}x{p['repetitions']}"
+                ax.annotate(tag, (p["unexplained"], p["recall"]), fontsize=6, xytext=(2, 2), textcoords="offset points")
+        if budgets.get(level) is not None:
+            ax.axvline(budgets[level], color="grey", ls=":", lw=1)
+        ax.set_title(f"{level} counts")
+        ax.set_xlabel("unexplained false peaks / spectrum")
+        ax.set_ylabel("recall of detectable lines")
+    axes[0][0].legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110)
