@@ -73,3 +73,56 @@ def test_peak_origins_name_escape_backscatter_and_step_tops() -> None:
     big_backscatter = a.clone()
     big_backscatter[1] = 2e5
     assert int(peak_origins(e, big_backscatter, 0.10, 0.5, "LYSO", 3.0, 5.8, 0.5)["feature_kind"][1]) == -1
+
+
+def test_impossible_peaks_are_dropped_and_counted(lyso_cfg, monkeypatch) -> None:
+    """A found peak whose window measurement gives a negative net area (the enhanced spectrum dips below its
+    continuum: Mendocino 608.1 keV, area -28953) or no FWHM (cave pottery 1100.9 keV, FWHM nan) is no emission
+    line: it is left out of the list and counted in ``dropped``."""
+    from neurotrain.tasks.gamma import predict as P
+
+    edges = S.channel_edges(lyso_cfg.simulate).double().numpy()
+    centres = 0.5 * (edges[1:] + edges[:-1])
+    width = float(edges[1] - edges[0])
+    lines = [(400.0, 3e4), (662.0, 3e4), (1100.0, 3e4)]
+    measured = 1000.0 + sum(_gauss(centres, e, a, 0.1 * 662 * (e / 662) ** 0.5, width) for e, a in lines)
+    enhanced = 1000.0 + sum(_gauss(centres, e, a, 8.0, width) for e, a in lines)
+    honest = P.list_peaks(lyso_cfg, enhanced, measured, 0.10, 0.5)
+    assert len(honest) == 3 and sum(honest.dropped.values()) == 0
+    # a significance floor drops peaks too, counted on their own
+    assert P.list_peaks(lyso_cfg, enhanced, measured, 0.10, 0.5, min_sigma=1e6).dropped["below_min_sigma"] == 3
+    real_measure = P.measure_lines
+
+    def corrupt(*args, **kwargs):  # the window measurement of the real cases: one negative area, one NaN FWHM
+        m = real_measure(*args, **kwargs)
+        m["area"][0, 0] = -28953.0
+        m["fwhm"][0, 2] = float("nan")
+        return m
+
+    monkeypatch.setattr(P, "measure_lines", corrupt)
+    peaks = P.list_peaks(lyso_cfg, enhanced, measured, 0.10, 0.5)
+    assert [round(p["energy_kev"]) for p in peaks] == [662]
+    assert peaks.dropped == {"negative_area": 1, "fwhm_not_finite": 1, "below_min_sigma": 0}
+
+
+@pytest.mark.parametrize("name", ["Mendocino_07-10-13_Acq-10-10-13.Spe", "1110C NAA cave pottery.Spe"])
+def test_real_hpge_files_refused_then_no_impossible_peak(realdata, tmp_path, lyso_cfg, name) -> None:
+    """The two files of the known impossible peaks: refused by default (HPGe for a LYSO model); run anyway, the
+    peak list holds no negative area, no NaN FWHM (an untrained model here: the trained model's peaks differ,
+    the rule does not)."""
+    from neurotrain.errors import DataError
+    from neurotrain.tasks.gamma.models import build_model
+    from neurotrain.tasks.gamma.predict import predict_files
+
+    p = realdata / name
+    if not p.is_file():
+        pytest.skip(f"{p} absent")
+    torch.manual_seed(0)
+    model = build_model(lyso_cfg).eval()
+    with pytest.raises(DataError, match="detector: expected a spectrum of the model's input detector .* got HPGe"):
+        predict_files(lyso_cfg, model, [p], tmp_path, plot=False, verbose=False)
+    assert not any(tmp_path.iterdir())
+    predict_files(lyso_cfg, model, [p], tmp_path, plot=False, verbose=False, detector_check="warn")
+    rows = np.loadtxt(tmp_path / f"{p.stem}_peaks.csv", delimiter=",", comments="#", skiprows=2, ndmin=2)
+    if rows.size:
+        assert np.all(rows[:, 2] > 0) and np.all(np.isfinite(rows[:, 1])) and np.all(rows[:, 1] > 0)
