@@ -1,11 +1,23 @@
-"""gamma benchmark: inference spectra/s (fp32 and bf16) for 4096-channel spectra at batch 1024, simulator
-spectra/s, training steps/s, peak GPU memory; the Richardson-Lucy baseline's spectra/s at the same size.
+"""gamma benchmark: network inference spectra/s at 4096 channels (ours optimised, ours eager, a plain eager 1D
+U-Net of the same size and the seed model, all in the same run), FLOPs per spectrum, simulator spectra/s, training
+steps/s with the simulator in the loop, peak GPU memory, and the Richardson-Lucy baseline's spectra/s.
 
-Sizes follow ``configs/gamma/train.yaml`` (ImprovedSpectralResNet1D, base 32, depth 5, widths capped at 256,
-4096 channels, training batch 128).
+Sizes follow ``configs/gamma/train.yaml`` (its ``model:`` block and batch), at ``--channels`` channels with
+``--photons`` Monte Carlo photons per incident energy for the responses (built once, a few seconds each).
 
-    python bench/gamma.py --out bench/results/gamma.json            # CUDA when available
-    python bench/gamma.py --channels 512 --batch 16 --base 8 --depth 3 --repeats 1 --photons 200   # CPU smoke run
+* ours, optimised: ``engine.inference.optimise_for_inference`` (bf16 weights, batch norm folded, torch.compile).
+  The FWHM law travels with each spectrum: the wrapper :class:`PackedLaw` reads it from two extra samples
+  appended to the input, so the compiled graph gets it as data, not as a constant;
+* ours, eager: bf16 autocast, no compile;
+* the reference: :class:`PlainUNet1D`, a plain eager 1D U-Net (Ronneberger et al. 2015: two convolution-BN-ReLU
+  per level at the full channel grid, max-pool, transposed convolution, concatenated skips, 1x1 head, softplus),
+  depth ``--plain-depth``, kernel ``--plain-kernel``, its base width chosen to match our parameter count; bf16
+  autocast, same batch;
+* the seed model: ``ImprovedSpectralResNet1D`` as the previous train.yaml had it (base 32, depth 5, widths capped
+  at 256), eager bf16: the issue's "23,800 spectra/s today".
+
+    python bench/gamma.py --out bench/results/gamma.json        # CUDA when available; < 5 min on one H200
+    python bench/gamma.py --tiny                                # CPU smoke run (seconds)
 
 Prints JSON and a markdown table; ``--out`` also writes the JSON.
 """
@@ -20,93 +32,129 @@ from pathlib import Path
 
 import torch
 from _timing import peak_mem_gb, reset_mem, sync, timed, write_report
+from torch import Tensor, nn
+from torch.utils.flop_counter import FlopCounterMode
 
+from neurotrain.config import load_config
+from neurotrain.engine.inference import optimise_for_inference
 from neurotrain.tasks.gamma import baseline as bl
-from neurotrain.tasks.gamma import simulate as S
 from neurotrain.tasks.gamma.losses import build_loss
-from neurotrain.tasks.gamma.models import build_model
-from neurotrain.tasks.gamma.config import GammaConfig
+from neurotrain.tasks.gamma.models import ImprovedSpectralResNet1D, build_model
+from neurotrain.tasks.gamma.task import GammaTask
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class PlainUNet1D(nn.Module):
+    """The reference: a plain 1D U-Net at the full channel grid, width ``c * 2**i`` at level ``i``."""
+
+    def __init__(self, c: int, depth: int = 4, k: int = 7, cin: int = 3) -> None:
+        super().__init__()
+
+        def block(a: int, b: int) -> nn.Sequential:
+            return nn.Sequential(nn.Conv1d(a, b, k, padding=k // 2, bias=False), nn.BatchNorm1d(b), nn.ReLU(),
+                                 nn.Conv1d(b, b, k, padding=k // 2, bias=False), nn.BatchNorm1d(b), nn.ReLU())
+
+        w = [c * 2**i for i in range(depth + 1)]
+        self.enc = nn.ModuleList([block(cin if i == 0 else w[i - 1], w[i]) for i in range(depth + 1)])
+        self.up = nn.ModuleList([nn.ConvTranspose1d(w[i + 1], w[i], 2, stride=2) for i in reversed(range(depth))])
+        self.dec = nn.ModuleList([block(2 * w[i], w[i]) for i in reversed(range(depth))])
+        self.head = nn.Conv1d(w[0], 1, 1)
+
+    def forward(self, x: Tensor, cond: Tensor | None = None) -> Tensor:
+        skips = []
+        for i, enc in enumerate(self.enc):
+            x = enc(x if i == 0 else nn.functional.max_pool1d(x, 2))
+            skips.append(x)
+        x = skips.pop()
+        for up, dec in zip(self.up, self.dec):
+            x = dec(torch.cat([up(x), skips.pop()], 1))
+        return nn.functional.softplus(self.head(x))
+
+
+class PackedLaw(nn.Module):
+    """``model(x, law)`` as a one-input module for ``optimise_for_inference``: input (B, C, N + 2) holds the
+    spectrum's C channels in the first N samples and its FWHM law (r662, power) in the last two of channel 0."""
+
+    def __init__(self, model: nn.Module, n: int) -> None:
+        super().__init__()
+        self.model, self.n = model, n
+
+    def forward(self, packed: Tensor) -> Tensor:
+        return self.model(packed[..., : self.n], packed[:, 0, self.n:])
+
+
+def n_params(m: nn.Module) -> int:
+    return sum(p.numel() for p in m.parameters())
+
+
+def gmac_per_spectrum(m: nn.Module, n: int, device: torch.device) -> float:
+    """Multiply-accumulates of one forward pass on one spectrum (torch.utils.flop_counter), in units of 1e9."""
+    was = m.training
+    m.eval()
+    with FlopCounterMode(display=False) as f, torch.no_grad():
+        m(torch.rand(1, 3, n, device=device), torch.tensor([[0.1, 0.5]], device=device))
+    m.train(was)
+    return round(f.get_total_flops() / 2e9, 3)
+
+
+def matched_plain(target: int, depth: int, k: int) -> PlainUNet1D:
+    """The plain U-Net whose base width gives the parameter count closest to ``target``."""
+    best = min(range(2, 129), key=lambda c: abs(n_params(PlainUNet1D(c, depth, k)) - target))
+    return PlainUNet1D(best, depth, k)
 
 
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", type=Path, default=REPO / "configs" / "gamma" / "train.yaml")
     ap.add_argument("--channels", type=int, default=4096)
     ap.add_argument("--batch", type=int, default=1024, help="inference batch")
-    ap.add_argument("--train-batch", type=int, default=128)
-    ap.add_argument("--sim-batch", type=int, default=256)
-    ap.add_argument("--base", type=int, default=32)
-    ap.add_argument("--depth", type=int, default=5)
-    ap.add_argument("--max-channels", type=int, default=256, help="cap on a stage's width (0: none)")
+    ap.add_argument("--train-batch", type=int, default=0, help="training batch (0: the config's data.batch_size)")
+    ap.add_argument("--sim-batch", type=int, default=4096, help="simulator batch timed alone")
     ap.add_argument("--photons", type=int, default=4000, help="Monte Carlo photons per incident energy")
+    ap.add_argument("--plain-depth", type=int, default=4)
+    ap.add_argument("--plain-kernel", type=int, default=7)
     ap.add_argument("--rl-iterations", type=int, default=200)
     ap.add_argument("--rl-batch", type=int, default=256)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--no-compile", action="store_true", help="optimised path without torch.compile")
+    ap.add_argument("--tiny", action="store_true", help="CPU smoke run: 512 channels, small batches, no compile")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
+    if args.tiny:
+        args.channels, args.batch, args.train_batch, args.sim_batch = 512, 8, 4, 16
+        args.photons, args.rl_iterations, args.rl_batch, args.repeats, args.no_compile = 200, 5, 4, 1, True
     device = torch.device(args.device)
+    cuda = device.type == "cuda"
     cache = Path(tempfile.mkdtemp(prefix="gamma-bench-"))
-    cfg = GammaConfig(
-        simulate={"n_channels": args.channels, "response_photons": args.photons, "cache_dir": str(cache)},
-        model={"base_channels": args.base, "depth": args.depth, "max_channels": args.max_channels or None},
-        baseline={"iterations": args.rl_iterations},
-    )
-    res: dict = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-                 "torch": torch.__version__, "channels": args.channels}
-
-    # response Monte Carlo (once per geometry)
-    t0 = time.perf_counter()
-    resp = S.build_response(cfg.simulate, device)
-    sync(device)
-    res["response_build_s"] = round(time.perf_counter() - t0, 2)
-    S._MEMO[(resp.key, str(device))] = resp.to(device)
-
+    cfg = load_config(args.config, [
+        f"simulate.n_channels={args.channels}", f"simulate.response_photons={args.photons}",
+        f"simulate.cache_dir={cache}", f"baseline.iterations={args.rl_iterations}",
+    ] + (["simulate.lu176_events=20000", "model.base_channels=8", "model.depth=2"] if args.tiny else []))
+    train_batch = args.train_batch or cfg.data.batch_size
+    res: dict = {"device": torch.cuda.get_device_name(device) if cuda else "cpu", "torch": torch.__version__,
+                 "channels": args.channels, "model": cfg.model.name, "inference_batch": args.batch}
+    task = GammaTask()
     gen = torch.Generator(device=device)
     gen.manual_seed(0)
+    if cuda:  # TF32 and cuDNN autotuning for every row alike, as engine.inference.autocast sets them
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+
+    # simulator: the first batch builds the responses (Monte Carlo, once per crystal and geometry)
+    t0 = time.perf_counter()
+    task.simulate_batch(cfg, 2, gen, device)
+    sync(device)
+    res["response_build_s"] = round(time.perf_counter() - t0, 2)
     reset_mem(device)
-    t = timed(lambda: S.simulate_batch(cfg, args.sim_batch, gen, device), device, args.repeats)
+    t = timed(lambda: task.simulate_batch(cfg, args.sim_batch, gen, device), device, args.repeats)
+    res["simulator_batch"] = args.sim_batch
     res["simulator_spectra_per_s"] = round(args.sim_batch / t, 1)
     res["simulator_peak_mem_gb"] = peak_mem_gb(device)
 
-    model = build_model(cfg).to(device)
-    res["parameters"] = sum(p.numel() for p in model.parameters())
-    x = torch.rand(args.batch, 3, args.channels, device=device)
-    cond = torch.tensor([[0.1, 0.5]], device=device).expand(args.batch, 2)
-    model.eval()
-    for name, dtype in (("fp32", None), ("bf16", torch.bfloat16)):
-        if dtype is not None and device.type == "cpu":
-            continue
-        reset_mem(device)
-
-        def infer() -> None:
-            with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                model(x, cond)
-
-        t = timed(infer, device, args.repeats)
-        res[f"inference_{name}_spectra_per_s"] = round(args.batch / t, 1)
-        res[f"inference_{name}_peak_mem_gb"] = peak_mem_gb(device)
-
-    # training step: simulate on the device + forward + backward + AdamW
-    model.train()
-    loss = build_loss(cfg).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    use_bf16 = device.type == "cuda"
-
-    def step() -> None:
-        with torch.no_grad():
-            b = S.simulate_batch(cfg, args.train_batch, gen, device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-            out = model(b["input"], b["fwhm_params"])
-        val = loss(out.float(), b)["loss"]
-        opt.zero_grad(set_to_none=True)
-        val.backward()
-        opt.step()
-
-    reset_mem(device)
-    t = timed(step, device, args.repeats)
-    res["train_steps_per_s"] = round(1 / t, 2)
-    res["train_batch"] = args.train_batch
-    res["train_peak_mem_gb"] = peak_mem_gb(device)
+    inference(args, cfg, device, res)
+    training(args, cfg, task, gen, device, train_batch, res)
 
     # Richardson-Lucy baseline at the same size
     counts = torch.rand(args.rl_batch, args.channels, device=device) * 100
@@ -115,9 +163,88 @@ def main(argv: list[str]) -> int:
     res["rl_spectra_per_s"] = round(args.rl_batch / t, 1)
     res["rl_iterations"] = args.rl_iterations
     res["rl_peak_mem_gb"] = peak_mem_gb(device)
-
     write_report(res, args.out)
     return 0
+
+
+def inference(args: argparse.Namespace, cfg, device: torch.device, res: dict) -> None:
+    """Ours optimised and eager, the plain U-Net and the seed model, same inputs, same run."""
+    n, b = args.channels, args.batch
+    cuda = device.type == "cuda"
+    model = build_model(cfg).to(device).eval()
+    plain = matched_plain(n_params(model), args.plain_depth, args.plain_kernel).to(device).eval()
+    seed = ImprovedSpectralResNet1D(base_channels=32, depth=5, max_channels=256, bottleneck_blocks=2,
+                                    kernel_size=7).to(device).eval()
+    for key, net in (("ours", model), ("plain", plain), ("seed", seed)):
+        res[f"{key}_parameters"] = n_params(net)
+        res[f"{key}_gmac_per_spectrum"] = gmac_per_spectrum(net, n, device)
+    x = torch.rand(b, 3, n, device=device)
+    law = torch.stack([torch.empty(b, device=device).uniform_(0.06, 0.12),
+                       torch.empty(b, device=device).uniform_(0.45, 0.65)], 1)
+    dtype = torch.bfloat16 if cuda else None
+
+    def eager(net: nn.Module):
+        def run() -> None:
+            with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                net(x, law)
+        return run
+
+    for key, net in (("plain", plain), ("ours", model), ("seed", seed)):
+        reset_mem(device)
+        t = timed(eager(net), device, args.repeats, warmup=2)
+        res[f"inference_{key}_eager_spectra_per_s"] = round(b / t, 1)
+        res[f"inference_{key}_eager_peak_mem_gb"] = peak_mem_gb(device)
+    res["inference_precision"] = "bf16" if cuda else "fp32"
+
+    packed = torch.cat([x, torch.zeros(b, 3, 2, device=device)], 2)
+    packed[:, 0, n:] = law
+    t0 = time.perf_counter()
+    fast = optimise_for_inference(PackedLaw(model, n), packed, "bf16", compile=not args.no_compile)
+    sync(device)
+    res["optimise_compile_s"] = round(time.perf_counter() - t0, 1)
+    with torch.no_grad():
+        ref = model(x[:8], law[:8])
+    err = (fast(packed[:8]) - ref).abs().max() / ref.abs().max()
+    res["optimised_vs_eager_fp32_max_rel_err"] = float(f"{err.item():.2g}")
+    reset_mem(device)
+    t_fast = timed(lambda: fast(packed), device, args.repeats, warmup=2)
+    res["inference_ours_optimised_spectra_per_s"] = round(b / t_fast, 1)
+    res["inference_ours_optimised_peak_mem_gb"] = peak_mem_gb(device)
+    res["speedup_vs_plain_eager"] = round(res["inference_ours_optimised_spectra_per_s"]
+                                          / res["inference_plain_eager_spectra_per_s"], 2)
+    res["speedup_vs_seed_eager"] = round(res["inference_ours_optimised_spectra_per_s"]
+                                         / res["inference_seed_eager_spectra_per_s"], 2)
+
+
+def training(args: argparse.Namespace, cfg, task: GammaTask, gen: torch.Generator, device: torch.device,
+             batch: int, res: dict) -> None:
+    """One AdamW step with the simulator in the loop (bf16 autocast on CUDA), and the model's step alone."""
+    model = build_model(cfg).to(device).train()
+    loss = build_loss(cfg).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    use_bf16 = device.type == "cuda"
+
+    def step(b: dict[str, Tensor]) -> None:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+            out = model(b["input"], b["fwhm_params"])
+        val = loss(out.float(), b)["loss"]
+        opt.zero_grad(set_to_none=True)
+        val.backward()
+        opt.step()
+
+    def sim() -> dict[str, Tensor]:
+        with torch.no_grad():
+            return task.simulate_batch(cfg, batch, gen, device)
+
+    reset_mem(device)
+    t = timed(lambda: step(sim()), device, args.repeats)
+    res["train_batch"] = batch
+    res["train_steps_per_s"] = round(1 / t, 2)
+    res["train_spectra_per_s"] = round(batch / t, 1)
+    res["train_peak_mem_gb"] = peak_mem_gb(device)
+    fixed = sim()
+    t = timed(lambda: step(fixed), device, args.repeats)
+    res["train_steps_per_s_model_only"] = round(1 / t, 2)
 
 
 if __name__ == "__main__":

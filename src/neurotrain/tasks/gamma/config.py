@@ -93,7 +93,10 @@ class SimulateSection(Section):
 
 
 class ModelSection(Section):
-    name: Literal["SpectralResNet1D", "ImprovedSpectralResNet1D"] = "ImprovedSpectralResNet1D"
+    """The network (``models.py``). ``FastSpectralUNet1D`` runs the residual U-Net at 1/``stem_stride`` of the
+    channel grid; the seed's ``SpectralResNet1D`` / ``ImprovedSpectralResNet1D`` stay for their checkpoints."""
+
+    name: Literal["FastSpectralUNet1D", "SpectralResNet1D", "ImprovedSpectralResNet1D"] = "FastSpectralUNet1D"
     base_channels: int = Field(32, ge=4)
     depth: int = Field(4, ge=1, le=8)
     #: cap on a stage's width (None: base_channels * 2**depth at the bottom). The bottom stages hold most of
@@ -105,6 +108,12 @@ class ModelSection(Section):
     se_reduction: int = Field(8, ge=1)
     up_kernel: Literal[2, 4] = 2
     condition: bool = True
+    #: FastSpectralUNet1D: channels folded into one position by the stem (lossless 1D space-to-depth) and
+    #: unfolded by the head, so the network works on a grid this much coarser; n_channels must be divisible by
+    #: stem_stride * 2**depth. 8 channels of the 4096-channel 20-3000 keV grid are 5.8 keV, below the narrowest
+    #: input line (LaBr3 3 % at 662 keV, power 0.5: 8.5 keV FWHM at 122 keV, 12 channels) and 4.9x below
+    #: LYSO's there (28 keV); at train.yaml's size it cuts the multiply-adds 7.7x (bench/gamma.py)
+    stem_stride: int = Field(8, ge=1)
 
 
 class LossSection(Section):
