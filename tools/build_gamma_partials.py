@@ -52,7 +52,7 @@ SLOPE_ANCHOR_KEV = 600.0
 POINTS_PER_DECADE = 20
 E_MIN_KEV, E_MAX_KEV = 10.0, 10000.0
 #: Elements of physics.MATERIALS (kept here so the tool needs neither torch nor neurotrain).
-ELEMENTS = {"O": 8, "Na": 11, "Si": 14, "Fe": 26, "Br": 35, "Y": 39, "I": 53, "Cs": 55, "La": 57, "Lu": 71, "Pb": 82}
+ELEMENTS = {"O": 8, "Na": 11, "Si": 14, "Fe": 26, "Ge": 32, "Br": 35, "Y": 39, "I": 53, "Cs": 55, "La": 57, "Lu": 71, "Pb": 82}
 
 ME_C2 = 510.99895  # keV (CODATA 2018)
 R_E = 2.8179403262e-13  # cm (CODATA 2018)

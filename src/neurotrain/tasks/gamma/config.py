@@ -30,6 +30,36 @@ class DetectorSection(Section):
     height_cm: float = Field(2.54, gt=0)
     slab_material: Literal["Pb", "Fe", "none"] = "Pb"
     backscatter_fraction: float = Field(0.1, ge=0, le=1)
+    #: pulse-pair resolving time (microseconds) of the scintillator's electronics for random pile-up
+    #: (cascade.pileup); ~1 us for a scintillator with ~1 us shaping (Knoll, 4th ed., ch. 17)
+    pileup_resolving_time_us: float = Field(1.0, ge=0)
+
+
+class HPGeSection(Section):
+    """The germanium detector of the ``hpge`` target (``hpge.py``): a p-type closed-end coaxial crystal.
+
+    Default 60 mm x 60 mm with a 10 mm x 45 mm core and a 0.7 mm lithium-diffused outer contact: 166 cm^3
+    active, a ~35-40 % relative efficiency (relative efficiency ~ active volume / 4.3 cm^3, Gilmore,
+    "Practical Gamma-ray Spectrometry", 2nd ed. 2008, sec. 4.6; ORTEC GEM40-class crystals are ~60-62 mm x
+    ~60 mm). FWHM^2 = noise^2 + 2.355^2 F w E + (ccl E)^2: electronic noise 0.85 keV FWHM, Fano factor
+    F = 0.12 and w = 2.96 eV per electron-hole pair at 77 K (Knoll, 4th ed., sec. 12.IV), charge-collection
+    term 2.4e-4 x E: 0.98 / 1.43 / 1.86 keV at 122 / 662 / 1332 keV, a typical GEM40 specification."""
+
+    diameter_mm: float = Field(60.0, gt=0)
+    length_mm: float = Field(60.0, gt=0)
+    core_diameter_mm: float = Field(10.0, ge=0)
+    core_depth_mm: float = Field(45.0, ge=0)
+    dead_layer_mm: float = Field(0.7, ge=0)
+    noise_fwhm_kev: float = Field(0.85, ge=0)
+    fano: float = Field(0.12, gt=0)
+    pair_energy_ev: float = Field(2.96, gt=0)
+    charge_collection: float = Field(2.4e-4, ge=0)
+    #: the HPGe response's Monte Carlo seed = simulate.response_seed + this (its own random stream)
+    seed_offset: int = 1_000_003
+    #: Monte Carlo photons per incident energy of the germanium response (None: simulate.response_photons)
+    response_photons: int | None = Field(None, ge=10)
+    #: pulse-pair resolving time (microseconds) of the germanium chain (~6 us shaping: 2-3 us pulse-pair)
+    pileup_resolving_time_us: float = Field(2.5, ge=0)
 
 
 class SimulateSection(Section):
@@ -79,6 +109,21 @@ class SimulateSection(Section):
     response_seed: int = 12345
     lu176_events: int = Field(200_000, ge=1000)
     cache_dir: Path | None = None
+    #: what the network learns to produce. ``hpge``: the same source seen by the germanium detector of
+    #: ``hpge`` (its own transport response, photofraction, Compton continuum, Ge K x-ray escapes, FWHM law,
+    #: summing and pile-up; no Lu-176). ``resolution_only``: the scintillator's own deposits re-broadened to the
+    #: ``hpge_fwhm_anchors`` law (keeps the scintillator's continuum, escapes and Lu-176; the former target).
+    target: Literal["hpge", "resolution_only"] = "hpge"
+    hpge: HPGeSection = HPGeSection()
+    #: source on the scintillator's axis this far from its front face (cm); the HPGe sits where it subtends the
+    #: same solid angle, so both see the same photons per decay; sets the true-coincidence summing probability
+    source_distance_cm: float = Field(5.0, gt=0)
+    #: true-coincidence summing of the cascades in data/cascades.csv (cascade.py)
+    coincidence_summing: bool = True
+    #: random pile-up (first order, cascade.pileup) at each detector's pileup_resolving_time_us
+    pileup: bool = True
+    #: count rate (counts/s) for the pile-up; None: each spectrum's own simulated rate in each detector
+    pileup_rate_cps: float | None = Field(None, gt=0)
 
     @field_validator("sources")
     @classmethod

@@ -31,7 +31,12 @@ Data and physics (sources):
 * Compton angles: Klein-Nishina sampled with the Butcher & Messel (1960) composition-rejection scheme
   (as in EGS4 / Geant4's G4KleinNishinaCompton).
 * Crystal densities: Saint-Gobain Crystals datasheets (PreLude 420 LYSO 7.1, NaI(Tl) 3.67, CsI(Tl) 4.51,
-  BrilLanCe 380 LaBr3(Ce) 5.08 g/cm^3); LYSO stoichiometry Lu1.8Y0.2SiO5.
+  BrilLanCe 380 LaBr3(Ce) 5.08 g/cm^3); LYSO stoichiometry Lu1.8Y0.2SiO5. Germanium 5.323 g/cm^3 (CRC Handbook
+  of Chemistry and Physics, 97th ed., 4-63); its mu/rho from NIST SRD 126 Table 3 (Z = 32), its coherent and
+  incoherent parts from xraylib like the other elements.
+* Germanium K x-rays: Ka1 9.886 / Ka2 9.855 keV (intensity-weighted mean 9.876 keV), Kb1 10.982 keV (X-ray Data
+  Booklet Table 1-2); K fluorescence yield 0.535 (Krause 1979); K-beta share 0.12 of K x-rays (Kb/Ka = 0.136,
+  Scofield, At. Data Nucl. Data Tables 14, 121 (1974)). They make the escape lines at E - 9.9 / E - 11.0 keV.
 
 Not modelled: electron transport (secondary electrons deposit locally; bremsstrahlung and electron escape
 are neglected), coherent scattering (see above), L-shell x-rays, positron annihilation in flight.
@@ -41,6 +46,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
@@ -59,12 +65,14 @@ MATERIALS: dict[str, tuple[dict[str, float], float]] = {
     "LaBr3": ({"La": 1.0, "Br": 3.0}, 5.08),
     "Pb": ({"Pb": 1.0}, 11.35),
     "Fe": ({"Fe": 1.0}, 7.874),
+    "Ge": ({"Ge": 1.0}, 5.323),
 }
 
 #: K x-ray data per element: (K-alpha mean energy keV, K-beta energy keV, K-beta share, fluorescence yield).
 #: X-ray Data Booklet (LBNL 2009) Table 1-2 energies (K-alpha as the intensity-weighted mean of Ka1/Ka2),
 #: yields from Krause (1979).
 K_XRAYS: dict[str, tuple[float, float, float, float]] = {
+    "Ge": (9.876, 10.982, 0.12, 0.535),
     "Br": (11.91, 13.29, 0.13, 0.618),
     "Y": (14.93, 16.74, 0.15, 0.710),
     "I": (28.51, 32.29, 0.18, 0.884),
@@ -75,12 +83,12 @@ K_XRAYS: dict[str, tuple[float, float, float, float]] = {
 }
 
 #: Mass number weights (g/mol) are read from the data file; Z per symbol:
-Z_OF = {"O": 8, "Na": 11, "Si": 14, "Fe": 26, "Br": 35, "Y": 39, "I": 53, "Cs": 55, "La": 57, "Lu": 71, "Pb": 82}
+Z_OF = {"O": 8, "Na": 11, "Si": 14, "Fe": 26, "Ge": 32, "Br": 35, "Y": 39, "I": 53, "Cs": 55, "La": 57, "Lu": 71, "Pb": 82}
 
 
 #: Version of the transport physics and data decomposition; part of the response cache key (with the data
 #: file hash of :func:`data_fingerprint`), so that a change rebuilds cached responses.
-PHYSICS_VERSION = 2
+PHYSICS_VERSION = 3
 DATA_FILES = ("attenuation_nist.csv", "scattering_partials.csv")
 
 
@@ -380,8 +388,13 @@ def transport(
     height: float,
     gen: torch.Generator,
     max_steps: int = 60,
+    active: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Track photons through a cylindrical crystal and return the energy deposited per event (keV).
+
+    ``active`` (optional) maps interaction points (n, 3) to a bool mask of the sensitive volume: energy given to
+    electrons outside it (a germanium detector's dead contact layer, its core) is not recorded, while photons
+    keep being transported through it (it attenuates and scatters like the rest of the crystal).
 
     Photons start at ``pos`` (inside or on the surface) moving along ``direction``; each carries the index of
     its event. Interactions: photoabsorption (with K x-ray emission and transport, hence x-ray escape),
@@ -444,11 +457,16 @@ def transport(
         local = torch.where(is_pair, (e - 2 * ME_C2).clamp_min(0), local)
         new_e = torch.where(is_pair, torch.full_like(e, ME_C2), new_e)
         new_u = torch.where(is_pair.unsqueeze(1), iso, new_u)
+        sensitive = active(p) if active is not None else None
+        if sensitive is not None:
+            local = local * sensitive
         dep.index_add_(0, ev, local)
         spawn_p, spawn_u, spawn_ev = p[is_pair], -iso[is_pair], ev[is_pair]
         keep = alive & (new_e > 1.0)
         # photons below 1 keV are absorbed where they are
         low = alive & ~keep
+        if sensitive is not None:
+            low = low & sensitive
         if bool(low.any()):
             dep.index_add_(0, ev[low], new_e[low])
         e = torch.cat([new_e[keep], torch.full((spawn_ev.numel(),), ME_C2, device=device)])
