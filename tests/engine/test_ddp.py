@@ -245,3 +245,15 @@ def test_two_ranks_learn_like_one_at_equal_samples_seen(two_rank_run: Path, tmp_
     assert l1 < 0.5 * l0 and l2 < 0.5 * l0
     print(f"held-out MSE: untrained {l0:.4f}, one rank {l1:.4f}, two ranks {l2:.4f}")
     assert l2 < 1.5 * l1 and l1 < 1.5 * l2, (l1, l2)
+
+
+@pytest.mark.slow  # a second pair of processes: ~20-40 s on a loaded 2-core machine
+def test_two_ranks_with_gradient_accumulation(tmp_path: Path) -> None:
+    """DDP's static graph trips over no_sync (gradient accumulation): the engine must not ask for it then."""
+    script = tmp_path / "run_toy.py"
+    script.write_text(f"import sys\nsys.path.insert(0, {str(TESTS_DIR)!r})\nimport toy_task\nfrom neurotrain.cli import main\nmain()\n")
+    args = ["train", str(_toy_cfg(tmp_path)), "trainer.strategy=ddp", "trainer.devices=2", "trainer.max_epochs=1",
+            "trainer.accumulate_grad_batches=2", "trainer.gradient_clip_val=1.0"]
+    proc = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=240, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert load_checkpoint(tmp_path / "runs" / "toy" / "t" / "checkpoints" / "last.ckpt")["global_step"] == 2

@@ -122,7 +122,9 @@ class TaskModule(L.LightningModule):
         pred = self(batch)
         loss, terms = split_loss(self.loss_fn(pred, batch))
         bs = self._batch_size(batch)
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=bs)
+        # a progress-bar metric is read back to the host after every step (Lightning turns it into a number),
+        # which stalls the queue of device work: only when a progress bar shows it
+        self.log("train/loss", loss, prog_bar=self.cfg.trainer.progress_bar, on_step=True, on_epoch=True, batch_size=bs)
         for k, v in terms.items():
             self.log(f"train/{k}", v, on_step=True, on_epoch=True, batch_size=bs)
         if self.debug_dir is not None and self._debug_steps_left > 0:

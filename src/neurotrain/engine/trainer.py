@@ -41,8 +41,10 @@ def _strategy(cfg: Config) -> Any:
 
         # gradients as views into the all-reduce buckets: no copy per step and one gradient-sized buffer less;
         # static graph (every task trains the same graph each step): DDP skips its per-step graph checks and
-        # rebuilds its buckets once in use order; torch.compile'd networks keep the default (issue 22)
-        return DDPStrategy(gradient_as_bucket_view=True, static_graph=not cfg.trainer.compile)
+        # rebuilds its buckets once in use order. Not with gradient accumulation (no_sync trips the reducer's
+        # "expect_autograd_hooks_" assert, torch 2.14) nor torch.compile (issue 22)
+        static = not cfg.trainer.compile and cfg.trainer.accumulate_grad_batches == 1
+        return DDPStrategy(gradient_as_bucket_view=True, static_graph=static)
     return name
 
 
