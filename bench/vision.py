@@ -1,16 +1,19 @@
-"""vision benchmark: U-Net training images/s at 512x512 (bf16 autocast + channels-last), inference images/s with
-and without ``torch.compile``, against a plain eager MONAI UNet of about the same size in the same run; data
-loading from PNG files through the task's dataset and DataLoader (workers) and the GPU utilisation while training
-from it (pynvml, else nvidia-smi), so a starved GPU shows.
+"""vision benchmark at 512x512: the data loader (decoded cache, uint8, workers, pinned memory) alone and feeding
+training (with the GPU utilisation, pynvml else nvidia-smi, so a starved GPU shows), then U-Net training images/s
+(bf16 autocast + channels-last) and peak memory per row, inference images/s with and without ``torch.compile``,
+our U-Net (lean layout, the vision default; and the classic full-resolution layout, training only) against a
+plain eager MONAI UNet of the same widths in the same run.
 
-Sizes: our U-Net depth 4, base 32 (widths 32..512, 7.85 M parameters); MONAI UNet with the same widths
-(32, 64, 128, 256, 512), strides 2 and two residual units per level (num_res_units=2, 6.50 M parameters; 1 unit
-gives 3.35 M, 3 units 9.64 M), the closest MONAI configuration in size.
+Sizes: our U-Net depth 4, base 32 (widths 32..512; lean 7.77 M parameters, classic 7.85 M); MONAI UNet with the
+same widths (32, 64, 128, 256, 512), strides 2 and two residual units per level (num_res_units=2, 6.50 M),
+the closest MONAI configuration in size. Forward cost at 512x512 per image (``torch.utils.flop_counter``,
+CPU): classic 111.6 GFLOP, lean 24.7, MONAI 24.2.
 
-    python bench/vision.py --out bench/results/vision.json          # CUDA when available
+    python bench/vision.py --out bench/results/vision.json          # CUDA when available (about 3 min, H200)
+    python bench/vision.py --loader-only --device cpu                # CPU: what the loader delivers, no model
     python bench/vision.py --tiny                                    # CPU smoke run (64 px, tiny nets)
 
-Prints JSON and a markdown table; ``--out`` also writes the JSON.
+Prints each number as it is measured, then JSON and a markdown table; ``--out`` also writes the JSON.
 """
 
 from __future__ import annotations
@@ -22,9 +25,10 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
-from _timing import sync, timed, write_report
+from _timing import peak_mem_gb, reset_mem, sync, timed, write_report
 
 
 class GpuSampler:
@@ -71,6 +75,9 @@ class GpuSampler:
         return round(sum(self.samples) / len(self.samples), 1) if self.samples else None
 
 
+LEAN = {"stem_stride": 2, "down": "stride", "upsample": "transpose", "up_channels": "skip"}  # models.UNET_LAYOUTS
+
+
 def build_nets(args: argparse.Namespace) -> dict[str, torch.nn.Module]:
     from monai.networks.nets import UNet as MonaiUNet
 
@@ -78,7 +85,8 @@ def build_nets(args: argparse.Namespace) -> dict[str, torch.nn.Module]:
 
     widths = [args.base * 2**i for i in range(args.depth + 1)]
     return {
-        "neurotrain_unet": UNet(2, 3, 2, depth=args.depth, base_channels=args.base),
+        "neurotrain_unet": UNet(2, 3, 2, depth=args.depth, base_channels=args.base, **LEAN),
+        "neurotrain_unet_classic": UNet(2, 3, 2, depth=args.depth, base_channels=args.base),
         "monai_unet": MonaiUNet(spatial_dims=2, in_channels=3, out_channels=2, channels=widths,
                                 strides=[2] * args.depth, num_res_units=2),
     }
@@ -121,37 +129,90 @@ def bench_infer(net: torch.nn.Module, x: torch.Tensor, device: torch.device, bf1
     return x.shape[0] / timed(run, device, repeats, warmup=3 if compile_ else 2)
 
 
-def bench_loader(args: argparse.Namespace, net: torch.nn.Module, device: torch.device, bf16: bool) -> dict:
-    """Train from PNG files through the task's dataset + DataLoader: images/s and GPU utilisation."""
-    from neurotrain.tasks.vision.data_config import DatasetSpec
-    from neurotrain.tasks.vision.datasets import build_dataset
+def loader_set(args: argparse.Namespace) -> Path:
+    """``args.loader_files`` synthetic 512 px image/mask PNG pairs (grey, read as RGB) in a fresh folder."""
     from neurotrain.tasks.vision.synthetic import write_segmentation_set
 
     root = Path(tempfile.mkdtemp(prefix="vision-bench-"))
-    n_files = max(args.train_batch * (args.loader_steps + 2), 8)
-    write_segmentation_set(root, n=n_files, size=args.size, seed=0)
-    ds = build_dataset(DatasetSpec(name="seg_folder", root=root, channels=3, split_fractions=(1.0, 0.0, 0.0)), "train")
+    return write_segmentation_set(root, n=args.loader_files, size=args.size, seed=0)
+
+
+def make_loader(args: argparse.Namespace, root: Path, device: torch.device, cache: bool) -> tuple[Any, float]:
+    """The task's training loader over ``root`` as a config gives it: the decoded cache (built here, timed) with
+    uint8 samples, ``args.workers`` persistent workers, pinned memory, prefetching; or (``cache`` False) the
+    files decoded in the workers. Returns (loader, seconds spent building the cache)."""
+    from neurotrain.tasks.vision.data_config import DatasetSpec
+    from neurotrain.tasks.vision.datasets import build_dataset, set_raw, vision_collate
+
+    spec = DatasetSpec(name="seg_folder", root=root, channels=3, split_fractions=(1.0, 0.0, 0.0), cache=cache,
+                       cache_workers=max(args.workers, 1))
+    t0 = time.perf_counter()
+    ds = build_dataset(spec, "train")
+    build_s = time.perf_counter() - t0
+    if cache:
+        set_raw(ds)
+    extra = dict(persistent_workers=True, prefetch_factor=4) if args.workers > 0 else {}
     loader = torch.utils.data.DataLoader(ds, batch_size=args.train_batch, shuffle=True, num_workers=args.workers,
                                          pin_memory=device.type == "cuda", drop_last=True,
-                                         persistent_workers=args.workers > 0)
+                                         collate_fn=vision_collate, **extra)
+    return loader, build_s
+
+
+def batches(loader: Any, n: int) -> Any:
+    """``n`` batches, cycling over epochs (workers persist)."""
+    k = 0
+    while True:
+        for b in loader:
+            yield b
+            k += 1
+            if k >= n:
+                return
+
+
+def bench_loader_only(args: argparse.Namespace, loader: Any, device: torch.device, steps: int) -> float:
+    """Images/s the loader delivers onto ``device`` with no model: the most it can feed. On a GPU the copy
+    (non-blocking, from pinned memory) and the uint8 -> float scaling count; on the CPU there is no copy and the
+    scaling is left out, as training does it on the GPU."""
+    from neurotrain.tasks.vision.augment import to_float_batch
+
+    it = batches(loader, steps + 2)
+    next(it), next(it)  # workers started, first prefetch done
+    t0 = time.perf_counter()
+    n = 0
+    for b in it:
+        if device.type != "cpu":
+            b = to_float_batch({k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in b.items()})
+        n += b["image"].shape[0]
+    sync(device)
+    return n / (time.perf_counter() - t0)
+
+
+def bench_loader_train(args: argparse.Namespace, loader: Any, net: torch.nn.Module, device: torch.device,
+                       bf16: bool) -> dict:
+    """Train from the loader as the task does (uint8 -> float on the device, flips + 90-degree turns on the GPU
+    with kornia): images/s and the GPU utilisation while it runs."""
+    from neurotrain.tasks.vision.augment import build_augment, to_float_batch
+    from neurotrain.tasks.vision.data_config import AugmentSection
+
+    aug = build_augment(AugmentSection(enabled=True, p_intensity=0.0), "segmentation")
     net = net.to(device).train().to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
-    it = iter(loader)
-    next(it)  # start the workers before timing
+    it = batches(loader, args.loader_steps + 2)
+    for b in (next(it), next(it)):  # warm-up: workers, cuDNN autotuning
+        b = aug(to_float_batch({k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in b.items()}))
+        train_step(net, opt, b["image"].contiguous(memory_format=torch.channels_last), b["mask"], bf16)
+    sync(device)
     steps = 0
     sampler = GpuSampler(device.index or 0) if device.type == "cuda" else None
     t0 = time.perf_counter()
     with sampler if sampler is not None else _Null():
-        for batch in it:
-            x = batch["image"].to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-            y = batch["mask"].to(device, non_blocking=True)
-            train_step(net, opt, x, y, bf16)
+        for b in it:
+            b = aug(to_float_batch({k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in b.items()}))
+            train_step(net, opt, b["image"].contiguous(memory_format=torch.channels_last), b["mask"], bf16)
             steps += 1
-            if steps >= args.loader_steps:
-                break
         sync(device)
     dt = time.perf_counter() - t0
-    return {"loader_train_images_per_s": round(steps * args.train_batch / dt, 1), "loader_workers": args.workers,
+    return {"loader_train_images_per_s": round(steps * args.train_batch / dt, 1),
             "loader_gpu_util_percent": sampler.mean if sampler is not None else None}
 
 
@@ -172,7 +233,10 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--depth", type=int, default=4)
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--workers", type=int, default=8)
-    ap.add_argument("--loader-steps", type=int, default=30)
+    ap.add_argument("--loader-files", type=int, default=128, help="PNG pairs written for the loader rows")
+    ap.add_argument("--loader-steps", type=int, default=60, help="batches timed in each loader row")
+    ap.add_argument("--png-steps", type=int, default=6, help="batches timed decoding PNGs (no cache); 0 skips")
+    ap.add_argument("--loader-only", action="store_true", help="only the loader rows, no training")
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows")
     ap.add_argument("--tiny", action="store_true", help="CPU smoke run: 64 px, base 8, depth 2, few repeats")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -180,7 +244,8 @@ def main(argv: list[str]) -> int:
     args = ap.parse_args(argv)
     if args.tiny:
         args.size, args.train_batch, args.infer_batch, args.base, args.depth = 64, 2, 2, 8, 2
-        args.repeats, args.workers, args.loader_steps, args.no_compile = 1, 0, 2, True
+        args.repeats, args.workers, args.loader_steps, args.png_steps, args.no_compile = 1, 0, 2, 1, True
+        args.loader_files = 8
     device = torch.device(args.device)
     cuda = device.type == "cuda"
     if cuda:
@@ -188,33 +253,57 @@ def main(argv: list[str]) -> int:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     res: dict = {"device": torch.cuda.get_device_name(device) if cuda else "cpu", "torch": torch.__version__,
-                 "size": args.size, "train_batch": args.train_batch, "infer_batch": args.infer_batch}
-    g = torch.Generator().manual_seed(0)
-    x = torch.rand(args.train_batch, 3, args.size, args.size, generator=g).to(device)
-    y = torch.randint(0, 2, (args.train_batch, args.size, args.size), generator=g).to(device)
-    xi = torch.rand(args.infer_batch, 3, args.size, args.size, generator=g).to(device)
+                 "size": args.size, "train_batch": args.train_batch, "infer_batch": args.infer_batch,
+                 "loader_workers": args.workers}
+
     def record(key: str, value: object) -> None:
         # printed as measured, so that a run stopped at its time limit still reports what it had
         res[key] = value
         print(f"{key}: {value}", flush=True)
 
-    for key, value in bench_loader(args, build_nets(args)["neurotrain_unet"], device, cuda).items():
+    root = loader_set(args)
+    if args.png_steps:
+        png, _ = make_loader(args, root, device, cache=False)
+        record("loader_png_images_per_s", round(bench_loader_only(args, png, device, args.png_steps), 1))
+        del png
+    loader, build_s = make_loader(args, root, device, cache=True)
+    record("cache_build_s", round(build_s, 2))
+    record("cache_build_images_per_s", round(args.loader_files / build_s, 1))
+    record("loader_cached_images_per_s", round(bench_loader_only(args, loader, device, args.loader_steps), 1))
+    if args.loader_only:
+        write_report(res, args.out)
+        return 0
+    for key, value in bench_loader_train(args, loader, build_nets(args)["neurotrain_unet"], device, cuda).items():
         record(key, value)
+    del loader
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(args.train_batch, 3, args.size, args.size, generator=g).to(device)
+    y = torch.randint(0, 2, (args.train_batch, args.size, args.size), generator=g).to(device)
+    xi = torch.rand(args.infer_batch, 3, args.size, args.size, generator=g).to(device)
     for name, net in build_nets(args).items():
         record(f"{name}_parameters", sum(p.numel() for p in net.parameters()))
-        if name == "neurotrain_unet":
+        ours = name == "neurotrain_unet"
+        if name == "neurotrain_unet_classic":  # the old layout: training only, for the before/after
+            rows = [("bf16_channels_last", True, True)] if cuda else [("fp32", False, False)]
+        elif ours:
             rows = [("fp32", False, False), ("bf16_channels_last", True, True)] if cuda else [("fp32", False, False)]
         else:
             rows = [("fp32", False, False), ("bf16", True, False)] if cuda else [("fp32", False, False)]
         for label, bf16, cl in rows:
+            reset_mem(device)
             record(f"{name}_train_{label}_images_per_s", round(bench_train(net, x, y, device, bf16, cl, args.repeats), 1))
-            compiles = [False] if args.no_compile else [False, True]
-            for comp in compiles:
+            if cuda:
+                record(f"{name}_train_{label}_peak_mem_gb", peak_mem_gb(device))
+            if name == "neurotrain_unet_classic":
+                continue
+            # torch.compile for ours only: MONAI is the plain eager reference
+            for comp in ([False] if args.no_compile or not ours else [False, True]):
                 tag = f"{label}_compiled" if comp else label
                 record(f"{name}_infer_{tag}_images_per_s", round(bench_infer(net, xi, device, bf16, cl, comp, args.repeats), 1))
+        net.cpu()
         if cuda:
-            record(f"{name}_peak_mem_gb", round(torch.cuda.max_memory_allocated(device) / 2**30, 2))
-            torch.cuda.reset_peak_memory_stats(device)
+            torch.cuda.empty_cache()
 
     write_report(res, args.out)
     return 0

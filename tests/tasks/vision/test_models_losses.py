@@ -121,3 +121,25 @@ def test_otsu_watershed_finds_two_bright_discs() -> None:
     assert dice > 0.9 and inst.max() == 2
     dark, _ = otsu_watershed(1 - img[None], min_size=5)  # polarity auto: objects are the minority
     assert (dark == mask).mean() > 0.95
+
+
+def test_unet_layouts_and_classic_checkpoints() -> None:
+    """``unet`` is lean by default; weights of the classic layout (every checkpoint from before) are refused in one
+    line that says how to load them, and load with ``layout: classic``."""
+    from neurotrain.errors import ConfigError
+    from neurotrain.tasks.vision.models import create_model
+
+    common = dict(in_channels=1, num_classes=2, spatial_dims=2)
+    classic = create_model("unet", **common, kwargs={"depth": 2, "base_channels": 4, "layout": "classic"})
+    lean = create_model("unet", **common, kwargs={"depth": 2, "base_channels": 4})
+    assert lean.stem_up is not None and classic.stem_up is None
+    with pytest.raises(RuntimeError, match=r"--set model.kwargs.layout=classic"):
+        lean.load_state_dict(classic.state_dict())
+    again = create_model("unet", **common, kwargs={"depth": 2, "base_channels": 4, "layout": "classic"})
+    again.load_state_dict(classic.state_dict())
+    x = torch.rand(1, 1, 16, 16)
+    assert torch.equal(again.eval()(x), classic.eval()(x))
+    # the old keyword still works and overrides the preset
+    assert create_model("unet", **common, kwargs={"depth": 1, "upsample": "interp", "up_channels": "same"}).stem_up is not None
+    with pytest.raises(ConfigError, match="layout"):
+        create_model("unet", **common, kwargs={"layout": "fast"})

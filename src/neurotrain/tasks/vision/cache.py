@@ -188,3 +188,60 @@ def _write(folder: Path, key: str, n: int, decode: Callable[[int], Decoded], on_
 def mask_storage(mask: np.ndarray, n_classes: int) -> np.ndarray:
     """Class indices in the smallest cache type: uint8 for <= 256 classes, else int32."""
     return mask.astype(np.uint8 if n_classes <= 256 else np.int32)
+
+
+def cached_batch(ds: Any, indices: Sequence[Any]) -> dict[str, Any] | None:
+    """One pre-collated uint8 batch of a cached dataset (``VisionDataset.__getitems__``): each image and mask is
+    copied once, from the map straight into the batch tensor (in a loader worker, a tensor in shared memory, so
+    handing it to the main process copies nothing). Indices may be ``(epoch, i)`` pairs; bad items are
+    replaced by the next good one, as ``__getitem__`` does. None when the items differ in size (no batch
+    tensor can hold them) or carry more than image and mask / label."""
+    import torch
+    from torch.utils.data import get_worker_info
+
+    cache = ds._cache
+    kind = getattr(ds, "kind", None)
+    if cache is None or getattr(ds.spec, "fov", False) or kind not in ("segmentation", "classification"):
+        return None
+    n = len(ds)
+    js = []
+    for i in indices:
+        if isinstance(i, tuple):
+            i = i[1]
+        j = int(i) % n
+        for _ in range(n):
+            if j not in ds._bad:
+                break
+            j = (j + 1) % n
+        else:
+            return None  # every item bad: __getitem__ raises the one-line error
+        js.append(j)
+    shapes = {tuple(int(v) for v in cache.index[j, 0, 3:6]) for j in js}
+    if len(shapes) != 1 or not all(int(cache.index[j, 0, 2]) == 0 for j in js):  # one size, uint8 only
+        return None
+    c, h, w = shapes.pop()
+    if kind == "segmentation" and not all(int(cache.index[j, 1, 2]) == 0 for j in js):
+        return None  # more than 256 classes: int32 masks take the per-sample path
+    shared = get_worker_info() is not None
+
+    def empty(shape: tuple[int, ...]) -> torch.Tensor:
+        if not shared:
+            return torch.empty(shape, dtype=torch.uint8)
+        # allocated in shared memory from the start, as torch's default_collate does in workers
+        storage = torch.UntypedStorage._new_shared(int(np.prod(shape)))
+        return torch.empty(0, dtype=torch.uint8).set_(storage).view(shape)
+
+    image = empty((len(js), c, h, w))
+    mask = empty((len(js), h, w)) if kind == "segmentation" else None
+    img_np = image.numpy()
+    msk_np = mask.numpy() if mask is not None else None
+    for k, j in enumerate(js):  # a loop over images (one memcpy each), not over pixels
+        np.copyto(img_np[k], cache.image(j))
+        if msk_np is not None:
+            np.copyto(msk_np[k], cache.mask(j))
+    out: dict[str, Any] = {"image": image, "path": [ds.item_path(j) for j in js], "index": torch.tensor(js)}
+    if mask is not None:
+        out["mask"] = mask
+    else:
+        out["label"] = torch.tensor([int(ds.items[j][1]) for j in js], dtype=torch.int64)
+    return out

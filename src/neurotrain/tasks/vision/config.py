@@ -118,6 +118,10 @@ class EvaluateSection(Section):
     #: ``companions`` (the demo's classifier next to its segmentation U-Net). Relative paths: to the working folder,
     #: else to the source checkout
     companions: list[Path] = Field(default_factory=list)
+    #: a companion whose run already has a checkpoint: "retrain" trains it again (the checkpoint may come from an
+    #: older config or older code); "reuse" evaluates that checkpoint when its embedded config equals the
+    #: companion config as it reads now (else it retrains), and the report says which checkpoint was reused
+    companion_checkpoint: Literal["retrain", "reuse"] = "retrain"
 
 
 class VisionConfig(Config):

@@ -412,6 +412,18 @@ class VisionDataset(Dataset, ABC):
             return sample
         raise DataError(f"{self.spec.root}: files: expected at least one readable sample (got {n} bad files)")
 
+    def __getitems__(self, indices: Sequence[Any]) -> Any:
+        """A whole batch of indices at once (DataLoader's batched fetch): with :attr:`raw_uint8`, one pre-collated
+        batch dict straight from the cache (``cache.cached_batch``; the task's loaders collate with
+        ``datasets.vision_collate``, which passes it through); otherwise the list of samples."""
+        if self.raw_uint8:
+            from neurotrain.tasks.vision.cache import cached_batch
+
+            batch = cached_batch(self, indices)
+            if batch is not None:
+                return batch
+        return [self[i] for i in indices]
+
     def sample_labels(self) -> torch.Tensor:
         """int64 (N,) one group per sample for the samplers: the class (classification) or
         foreground presence 0/1 (segmentation, reads every mask once)."""

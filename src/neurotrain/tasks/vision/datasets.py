@@ -354,6 +354,14 @@ def set_raw(ds: Any) -> bool:
     return True
 
 
+def vision_collate(data: Any) -> Any:
+    """The task's collate for images with masks or labels: a batch a cached dataset pre-collated
+    (``VisionDataset.__getitems__``) passes through, a list of samples is stacked by torch's default collate."""
+    if isinstance(data, dict):
+        return data
+    return torch.utils.data.default_collate(data)
+
+
 def detection_collate(batch: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Detection samples -> one dict of lists (images may differ in size; K differs per image)."""
     keys = batch[0].keys()

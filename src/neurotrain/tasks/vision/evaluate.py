@@ -11,6 +11,7 @@ has them (stardist nuclei), else connected components of the true mask.
 from __future__ import annotations
 
 import csv
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,8 @@ from neurotrain.tasks.vision import plots
 from neurotrain.tasks.vision.config import VisionConfig
 from neurotrain.tasks.vision.metrics import InstanceF1, build_metrics
 from neurotrain.tasks.vision.predict import class_names, classify_probs, detect, inference_device, segment_probs
+
+log = logging.getLogger(__name__)
 
 
 def _loader(cfg: VisionConfig, split: str) -> torch.utils.data.DataLoader:
@@ -265,30 +268,55 @@ def evaluate(cfg: VisionConfig, model: nn.Module | None, run_dir: Path, **option
     base = _headline(kind, res.get("baseline"), cfg.num_classes)
     extra: dict[str, Any] = {}
     if cfg.evaluate.companions:
-        res["companions"] = extra["companions"] = run_companions(cfg.evaluate.companions)
+        res["companions"] = extra["companions"] = run_companions(cfg.evaluate.companions,
+                                                                 cfg.evaluate.companion_checkpoint)
     report = _write_report(cfg, res, name, net, base, out_dir / "report.md")
     return EvalResult(metrics=res, headline_name=name, headline_network=net, headline_baseline=base,
                       report_path=report, lower_is_better=False, extra=extra)
 
 
-def run_companions(paths: list[Path]) -> dict[str, Any]:
-    """Train (when the run has no checkpoint) and evaluate each companion config; returns their headlines."""
+def run_companions(paths: list[Path], checkpoint: str = "retrain") -> dict[str, Any]:
+    """Train and evaluate each companion config; returns their headlines, whether each was trained now and the
+    checkpoint scored. ``checkpoint: "reuse"`` skips training when the run's checkpoint was made from the same
+    config (compared as resolved data), and says so in the log and the result (``reused``)."""
     from neurotrain.config import load_config
     from neurotrain.engine import api
-    from neurotrain.errors import CheckpointError
 
     out: dict[str, Any] = {}
     for p in paths:
         ccfg = load_config(_config_path(Path(p)))
-        try:
-            api.default_checkpoint(ccfg)
-        except CheckpointError:
+        ckpt = _reusable_checkpoint(ccfg) if checkpoint == "reuse" else None
+        reused = ckpt is not None
+        if ckpt is None:
             api.train(ccfg, overwrite=True)
-        r = api.evaluate(ccfg)
+            ckpt = api.default_checkpoint(ccfg)
+        else:
+            log.warning("companion %s: reused the checkpoint %s (evaluate.companion_checkpoint: reuse)", p, ckpt)
+        r = api.evaluate(ccfg, ckpt)
         out[str(p)] = {"kind": getattr(ccfg, "task_kind", ccfg.task), "headline": r.headline_name,
                        "network": r.headline_network, "baseline": r.headline_baseline,
-                       "report": str(r.report_path) if r.report_path else None}
+                       "report": str(r.report_path) if r.report_path else None,
+                       "checkpoint": str(ckpt), "reused": reused}
     return out
+
+
+def _reusable_checkpoint(ccfg: Any) -> Path | None:
+    """The companion run's checkpoint when its embedded config equals ``ccfg``; None otherwise (none, unreadable,
+    or made from another config: it is retrained)."""
+    from neurotrain.config import config_to_dict
+    from neurotrain.engine import api
+    from neurotrain.engine.checkpoint import config_from_checkpoint, load_checkpoint
+    from neurotrain.errors import NeurotrainError
+
+    try:
+        ckpt = api.default_checkpoint(ccfg)
+        stored = config_from_checkpoint(load_checkpoint(ckpt), ckpt)
+    except NeurotrainError:
+        return None
+    if config_to_dict(stored) != config_to_dict(ccfg):
+        log.warning("companion %s: its checkpoint %s comes from another config: retraining", ccfg.run.name, ckpt)
+        return None
+    return ckpt
 
 
 def _config_path(p: Path) -> Path:
@@ -319,7 +347,8 @@ def _write_report(cfg: VisionConfig, res: dict[str, Any], name: str, net: float 
         lines += ["", "## per class", "", "| " + " | ".join(cols) + " |", "|" + " --- |" * len(cols)]
         lines += ["| " + " | ".join(fmt(x) for x in row) + " |" for row in zip(*(t[c] for c in cols))]
     for p, c in res.get("companions", {}).items():
-        lines += ["", f"companion {p} ({c['kind']}): {c['headline']} network {fmt(c['network'])}"]
+        how = f"reused checkpoint {c['checkpoint']}" if c.get("reused") else f"trained now, {c.get('checkpoint')}"
+        lines += ["", f"companion {p} ({c['kind']}): {c['headline']} network {fmt(c['network'])} ({how})"]
     lines += ["", *[f"![{Path(f).stem}]({Path(f).name})" for f in res.get("files", []) if f.endswith(".png")]]
     with atomic_path(path) as tmp:
         tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")

@@ -66,7 +66,7 @@ def _unet(*, in_channels: int, num_classes: int, spatial_dims: int = 2, depth: i
     arch = {**UNET_LAYOUTS[layout], **options}
     net = UNet(spatial_dims, in_channels, num_classes, depth=depth, base_channels=base_channels, norm=norm,  # type: ignore[arg-type]
                act=act, dropout=dropout, **arch)  # type: ignore[arg-type]
-    net._register_load_state_dict_pre_hook(_classic_weights_hint)
+    net.register_load_state_dict_pre_hook(_classic_weights_hint)
     return net
 
 

@@ -100,10 +100,9 @@ class VisionTask(Task):
         """Collate (detection), sampler (train), epoch tags for datasets that draw per epoch, prefetching."""
         c: VisionConfig = cfg  # type: ignore[assignment]
         opts: dict[str, Any] = {}
-        if c.task_kind == "detection":
-            from neurotrain.tasks.vision.datasets import detection_collate
+        from neurotrain.tasks.vision.datasets import detection_collate, vision_collate
 
-            opts["collate_fn"] = detection_collate
+        opts["collate_fn"] = detection_collate if c.task_kind == "detection" else vision_collate
         if split == "train":
             from neurotrain.tasks.vision.samplers import EpochSampler, build_sampler
 
