@@ -92,37 +92,48 @@ def neurotrain_command() -> list[str]:
     return [str(script)] if script.is_file() else [sys.executable, "-m", "neurotrain.cli"]
 
 
-def run_config(task: str, config: Path, devices: int, steps: int, args: argparse.Namespace, work: Path,
-               launcher: list[str] | None = None) -> dict:
-    """Train ``steps`` optimiser steps on ``devices`` devices (one epoch) and read back the run's metrics."""
+def overrides_for(task: str, config: Path, devices: int, steps: int, args: argparse.Namespace, work: Path) -> list[str]:
+    """``a.b=c`` overrides of one configuration: one epoch of ``steps`` batches on each of ``devices`` devices."""
     from neurotrain.config import load_config
 
     base = load_config(config)
-    batch = base.data.batch_size
-    name = f"{task}-{devices}x"
-    overrides = [
-        f"run.output_dir={work / 'runs'}", f"run.name={name}",
+    out = [
+        f"run.output_dir={work / 'runs'}", f"run.name={task}-{devices}x",
         f"trainer.accelerator={args.accelerator}", f"trainer.devices={devices}",
         f"trainer.strategy={'ddp' if devices > 1 else 'auto'}", f"trainer.precision={args.precision}",
         "trainer.max_epochs=1", "trainer.max_steps=-1", "trainer.max_time=null", "trainer.progress_bar=false",
         "trainer.early_stopping.enabled=false", "trainer.val_check_interval=1.0",
         # one epoch of `steps` batches on every rank: devices x steps x batch samples in all
-        f"data.sim_train_size={steps * devices * batch}", f"sched.warmup_steps={max(1, int(steps * WARMUP_FRACTION))}",
+        f"data.sim_train_size={steps * devices * base.data.batch_size}",
+        f"sched.warmup_steps={max(1, int(steps * WARMUP_FRACTION))}",
         f"logging.log_every_n_steps={max(1, steps // 4)}",
     ]
     if task == "gamma":
-        overrides += [f"simulate.response_photons={args.gamma_photons}", f"simulate.cache_dir={work / 'gamma-cache'}"]
+        out += [f"simulate.response_photons={args.gamma_photons}", f"simulate.cache_dir={work / 'gamma-cache'}"]
     if args.lr_scaling != "none" and devices > 1:
         factor = devices if args.lr_scaling == "linear" else devices**0.5
-        overrides.append(f"optim.lr={base.optim.lr * factor}")
-    overrides += list(args.set or [])
+        out.append(f"optim.lr={base.optim.lr * factor}")
+    return out + list(args.set or [])
+
+
+def run_config(task: str, config: Path, devices: int, steps: int, args: argparse.Namespace, work: Path,
+               launcher: list[str] | None = None) -> dict:
+    """Train ``steps`` optimiser steps on ``devices`` devices (one epoch) and read back the run's metrics."""
+    from neurotrain.config import load_config
+
+    overrides = overrides_for(task, config, devices, steps, args, work)
+    batch = load_config(config, overrides).data.batch_size
+    name = f"{task}-{devices}x"
     cmd = (launcher or neurotrain_command()) + ["train", str(config), *overrides, "--overwrite"]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, env=env, cwd=work)
-    wall = time.perf_counter() - t0
     row: dict = {"devices": devices, "steps_per_gpu": steps, "batch_per_gpu": batch,
-                 "samples_seen": steps * devices * batch, "wall_s": round(wall, 1)}
+                 "samples_seen": steps * devices * batch}
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, env=env, cwd=work)
+    except subprocess.TimeoutExpired:
+        return {**row, "error": f"timed out after {args.timeout} s (--timeout)"}
+    row["wall_s"] = round(time.perf_counter() - t0, 1)
     (work / f"{name}.log").write_text(proc.stdout + proc.stderr)
     if proc.returncode != 0:
         row["error"] = (proc.stderr.strip().splitlines() or ["(no stderr)"])[-1][:300]
@@ -168,7 +179,7 @@ def markdown(res: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str]) -> int:
+def parse_args(argv: list[str]) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
     ap.add_argument("--config", default="train", help="configs/<task>/<config>.yaml")
@@ -184,7 +195,11 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--timeout", type=int, default=300, help="seconds per run")
     ap.add_argument("--work", type=Path, help="folder for the runs (default: a temporary one, removed)")
     ap.add_argument("--out", type=Path)
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
     steps = dict(DEFAULT_STEPS)
     for item in args.steps:
         k, _, v = item.partition("=")
@@ -201,7 +216,8 @@ def main(argv: list[str]) -> int:
     else:
         visible, device = os.cpu_count() or 1, "cpu"
     counts = [n for n in (1, 2) if n <= min(args.gpus, visible)]
-    note = "1 and 2 devices" if 2 in counts else f"2-GPU not run: {visible} device(s) visible"
+    note = ("1 and 2 devices" if 2 in counts else "2-GPU not run: --gpus 1" if args.gpus < 2
+            else f"2-GPU not run: {visible} device(s) visible")
     if 2 not in counts:
         print(f"scaling: {note}; measuring 1 GPU only", file=sys.stderr)
     work = args.work or Path(tempfile.mkdtemp(prefix="nt-scaling-"))

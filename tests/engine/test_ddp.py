@@ -257,3 +257,18 @@ def test_two_ranks_with_gradient_accumulation(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=240, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert load_checkpoint(tmp_path / "runs" / "toy" / "t" / "checkpoints" / "last.ckpt")["global_step"] == 2
+
+
+@pytest.mark.parametrize("task", ["gamma", "smlm", "deflare"])
+def test_scaling_bench_overrides_fit_the_train_configs(task: str, tmp_path: Path) -> None:
+    """bench/scaling.py's runs: valid configs, one epoch of the same samples seen on 1 and 2 devices."""
+    sys.path.insert(0, str(TESTS_DIR.parent / "bench"))
+    import scaling
+
+    args = scaling.parse_args(["--lr-scaling", "linear"])
+    config = TESTS_DIR.parent / "configs" / task / "train.yaml"
+    cfgs = {n: load_config(config, scaling.overrides_for(task, config, n, 100 // n, args, tmp_path)) for n in (1, 2)}
+    for n, cfg in cfgs.items():
+        assert (cfg.trainer.devices, cfg.trainer.max_epochs, cfg.trainer.precision) == (n, 1, "bf16-mixed")
+        assert cfg.data.sim_train_size == 100 * cfg.data.batch_size  # samples seen, whatever the device count
+    assert cfgs[2].trainer.strategy == "ddp" and cfgs[2].optim.lr == pytest.approx(2 * cfgs[1].optim.lr)
