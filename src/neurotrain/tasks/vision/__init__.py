@@ -8,6 +8,8 @@ postprocess.py, predict.py, evaluate.py, plots.py):
 * ``layouts.py``: named local layouts (DRIVE, CHASE_DB1, STARE, ISIC, BTCV, BraTS, MNIST, CIFAR);
 * ``samplers.py``: weighted, class-balanced and priority samplers;
 * ``augment.py``: batch augmentations on the device (image and target together);
+* ``cache.py``: the decode-once, memory-mapped cache of 2D image folders and its batched fetch;
+* ``detection_export.py``: ONNX export of torchvision detectors for one fixed-size image;
 * ``synthetic.py``: the demo's synthetic shape sets;
 * ``explain.py``: Grad-CAM and integrated-gradients maps for classifiers (captum).
 """

@@ -156,7 +156,10 @@ class VisionTask(Task):
     def example_input(self, cfg: Config) -> tuple[torch.Tensor, ...]:
         c: VisionConfig = cfg  # type: ignore[assignment]
         if c.task_kind == "detection":
-            raise NotAvailableError("export is not available for vision detection (torchvision detectors take lists)")
+            raise NotAvailableError(
+                "neurotrain export: vision detectors take image lists and return a box count per image, so they "
+                "export for one fixed-size image with neurotrain.tasks.vision.detection_export.export_detector("
+                "model, path, (H, W)) (boxes, scores, labels; checked against torch in onnxruntime)")
         return (torch.rand(1, c.in_channels, *example_size(c)),)
 
 
