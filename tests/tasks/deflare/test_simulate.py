@@ -24,7 +24,7 @@ def test_simulate_batch_shapes_and_reproducibility(cfg):
 
 
 def _static_lamp(**over):
-    sim = {"ego_speed_px_s": (0.0, 0.0), "shape_speed_px_s": (0.0, 0.0), "flicker_probability": 1.0,
+    sim = {"ego_speed_px_s": (0.0, 0.0), "shape_speed_px_s": (0.0, 0.0), "fast_shape_fraction": 0.0, "flicker_probability": 1.0,
            "flicker_depth": (1.0, 1.0), "light_contrast": (1000.0, 1000.0), **QUIET, **over}
     return small_cfg(voxel={"sensor_size": [32, 48]}, simulate=sim)
 

@@ -50,7 +50,7 @@ from pathlib import Path
 import numpy as np
 
 from neurotrain.errors import DataError
-from neurotrain.tasks.deflare.io import EventChunk
+from neurotrain.tasks.deflare.io import EventChunk, check_sensor_size
 
 # sensor sizes (height, width) of Prophesee sensor generations, by plugin name
 _PLUGIN_SIZES = {"gen3": (480, 640), "gen31": (480, 640), "gen4": (720, 1280), "gen41": (720, 1280), "imx636": (720, 1280), "imx646": (720, 1280)}
@@ -87,20 +87,31 @@ def read_header(path: str | Path) -> tuple[dict[str, str], int]:
     return head, off
 
 
-def sensor_size_from_header(head: dict[str, str]) -> tuple[int, int] | None:
-    """(height, width) from ``format``/``geometry``/``plugin_name`` header lines, else ``None``."""
+def sensor_size_from_header(head: dict[str, str], path: str | Path = "<header>") -> tuple[int, int] | None:
+    """(height, width) from ``format``/``geometry``/``plugin_name`` header lines, else ``None``.
+
+    A size that is not two whole numbers in ``1..MAX_SENSOR_SIDE`` raises :class:`DataError`
+    naming ``path`` and the header line."""
     fmt = head.get("format", "")
     kv = dict(p.split("=", 1) for p in fmt.split(";") if "=" in p)
     if "height" in kv and "width" in kv:
-        return int(kv["height"]), int(kv["width"])
-    if "geometry" in head and "x" in head["geometry"]:
-        w, h = head["geometry"].split("x")[:2]
-        return int(h), int(w)
+        return _header_size(kv["height"], kv["width"], f"{path}: header 'format' height/width")
+    if "geometry" in head:
+        w, _, h = head["geometry"].partition("x")
+        return _header_size(h, w, f"{path}: header 'geometry'")
     plugin = head.get("plugin_name", "")
     for gen in sorted(_PLUGIN_SIZES, key=len, reverse=True):
         if f"_{gen}" in plugin:
             return _PLUGIN_SIZES[gen]
     return None
+
+
+def _header_size(h: str, w: str, where: str) -> tuple[int, int]:
+    try:
+        hw = [int(h.strip()), int(w.strip())]
+    except ValueError:
+        raise DataError(f"{where}: expected whole numbers of pixels (got height {h.strip()[:20]!r}, width {w.strip()[:20]!r})") from None
+    return check_sensor_size(hw, where)
 
 
 def evt_version(head: dict[str, str]) -> str:
@@ -194,28 +205,51 @@ def decode_evt3(words: np.ndarray) -> EventChunk:
     )
 
 
-def read_raw(path: str | Path) -> tuple[EventChunk, tuple[int, int] | None]:
-    """Decode a whole Prophesee ``.raw`` file (EVT 2.0 or 3.0); returns events and (H, W) if known."""
+def inspect_raw(path: str | Path) -> tuple[str, tuple[int, int] | None, int]:
+    """Header-level checks of a Prophesee ``.raw`` file, without decoding it.
+
+    Returns the EVT version, the sensor (H, W) if the header gives it, and the byte offset of
+    the event words. Refused with a :class:`DataError` naming the file: no ``%`` header or an
+    unknown EVT version, a bad sensor size, a header-only file (no event words), and a stream
+    cut inside a word (a truncated recording: a copy interrupted, a disk full).
+    """
     path = Path(path)
     head, off = read_header(path)
     ver = evt_version(head)
-    data = np.fromfile(path, dtype=np.uint8, offset=off)
-    word = 4 if ver.startswith("2.0") else 2
-    if data.size % word:
-        # a recording cut mid-word (copy interrupted, disk full): the documented repair is to
-        # decode every whole word and drop the partial one, with a warning
-        import warnings
-
-        warnings.warn(f"{path}: truncated EVT {ver} stream: {data.size % word} trailing byte(s) of a partial word ignored", stacklevel=2)
-    if ver.startswith("2.0"):
-        words = data[: data.size // 4 * 4].view("<u4")
-        ev = decode_evt2(words)
-    elif ver.startswith("3"):
-        words = data[: data.size // 2 * 2].view("<u2")
-        ev = decode_evt3(words)
-    else:
+    if not (ver.startswith("2.0") or ver.startswith("3")):
         raise DataError(f"{path}: header: expected '% evt 2.0' or '% evt 3.0' (got {ver or 'no evt line'})")
-    return ev, sensor_size_from_header(head)
+    size = sensor_size_from_header(head, path)
+    nbytes = path.stat().st_size - off
+    word = 4 if ver.startswith("2.0") else 2
+    if nbytes <= 0:
+        raise DataError(f"{path}: EVT {ver} data: expected event words after the header (the file holds only its header)")
+    if nbytes % word:
+        raise DataError(
+            f"{path}: EVT {ver} data: expected whole {word}-byte words (got {nbytes % word} trailing byte(s): "
+            "the recording is truncated)"
+        )
+    return ver, size, off
+
+
+def read_raw(path: str | Path) -> tuple[EventChunk, tuple[int, int] | None]:
+    """Decode a whole Prophesee ``.raw`` file (EVT 2.0 or 3.0); returns events and (H, W) if known.
+
+    Besides :func:`inspect_raw`'s checks, a file that decodes to no event and events outside
+    the sensor the header declares are refused with a :class:`DataError` naming the file.
+    """
+    path = Path(path)
+    ver, size, off = inspect_raw(path)
+    data = np.fromfile(path, dtype=np.uint8, offset=off)
+    ev = decode_evt2(data.view("<u4")) if ver.startswith("2.0") else decode_evt3(data.view("<u2"))
+    if len(ev) == 0:
+        raise DataError(f"{path}: EVT {ver} data: expected at least one CD event after a time-high word (decoded none)")
+    if size is not None:
+        h, w = size
+        for k, lim in (("x", w), ("y", h)):
+            a = getattr(ev, k)
+            if int(a.max()) >= lim:
+                raise DataError(f"{path}: EVT {ver} {k}: expected 0 <= {k} < {lim} (header sensor size), got up to {int(a.max())}")
+    return ev, size
 
 
 def raw_to_h5(src: str | Path, dst: str | Path, sensor_size: tuple[int, int] | None = None) -> Path:

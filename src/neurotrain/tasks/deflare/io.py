@@ -34,6 +34,11 @@ from neurotrain.errors import DataError
 from neurotrain.tasks.deflare.h5chunks import read_rows, write_rows
 
 EVENT_KEYS = ("t", "x", "y", "p")
+# Largest sensor side accepted from a file's attributes or header: twice the 2048 px that the
+# 11-bit addresses of Prophesee EVT 2.0/3.0 can hold (today's largest event sensors are
+# 1280x720 and 1280x960). One 8-bin fp32 voxel of 4096x4096 is already 512 MiB, so a corrupt
+# attribute must not size the grid.
+MAX_SENSOR_SIDE = 4096
 SEED_DTYPES = {"t": np.dtype("int64"), "x": np.dtype("uint16"), "y": np.dtype("uint16"), "p": np.dtype("int8")}
 DEFAULT_CHUNK_EVENTS = 1 << 20
 
@@ -61,13 +66,25 @@ def _attrs(obj: h5py.HLObject) -> dict[str, Any]:
     return out
 
 
-def _sensor_from_attrs(attrs: dict[str, Any]) -> tuple[int, int] | None:
+def check_sensor_size(hw: Any, where: str) -> tuple[int, int]:
+    """``(height, width)`` as two ints in ``[1, MAX_SENSOR_SIDE]``, else :class:`DataError`
+    naming ``where`` (``"<file>: <field>"``)."""
+    try:
+        a = np.asarray(hw).ravel()
+        ok = a.size == 2 and a.dtype.kind in "iuf" and bool(np.all(np.isfinite(a))) and bool(np.all(a == np.round(a)))
+    except (TypeError, ValueError):
+        ok = False
+    if not ok or not (1 <= a.min() and a.max() <= MAX_SENSOR_SIDE):
+        shown = repr(hw)[:60]
+        raise DataError(f"{where}: expected (height, width), two whole numbers in 1..{MAX_SENSOR_SIDE} px (got {shown})")
+    return int(a[0]), int(a[1])
+
+
+def _sensor_from_attrs(attrs: dict[str, Any], path: Path | None = None) -> tuple[int, int] | None:
     if "sensor_size" in attrs:
-        hw = np.asarray(attrs["sensor_size"]).astype(int).ravel()
-        if hw.size == 2:
-            return int(hw[0]), int(hw[1])
+        return check_sensor_size(attrs["sensor_size"], f"{path}: sensor_size attribute")
     if "height" in attrs and "width" in attrs:
-        return int(attrs["height"]), int(attrs["width"])
+        return check_sensor_size([attrs["height"], attrs["width"]], f"{path}: height/width attributes")
     return None
 
 
@@ -109,7 +126,13 @@ def inspect_events(path: str | Path) -> EventFileInfo:
         layout: Literal["seed", "dsec"] = "dsec" if "ms_to_idx" in f else "seed"
         t_offset = 0
         if "t_offset" in f:
-            t_offset = int(np.asarray(f["t_offset"][()]).ravel()[0])
+            try:
+                to = np.asarray(f["t_offset"][()]).ravel()
+                if to.size != 1 or to.dtype.kind not in "iu":
+                    raise ValueError
+                t_offset = int(to[0])
+            except (ValueError, TypeError, OSError):
+                raise DataError(f"{path}: t_offset: expected one integer (µs)") from None
         attrs = {**_attrs(f), **{f"events.{k}": v for k, v in _attrs(g).items()}}
         n = lengths["t"]
         neg_value = 0
@@ -120,7 +143,7 @@ def inspect_events(path: str | Path) -> EventFileInfo:
                 raise DataError(f"{path}: events/p: unreadable (truncated file?): {str(exc).splitlines()[0]}") from None
             if np.any(head == -1):
                 neg_value = -1
-        sensor = _sensor_from_attrs(_attrs(f)) or _sensor_from_attrs(_attrs(g))
+        sensor = _sensor_from_attrs(_attrs(f), path) or _sensor_from_attrs(_attrs(g), path)
         t_first = t_last = 0
         if n:
             try:
@@ -254,8 +277,15 @@ def iter_segments(chunks: Iterator[EventChunk], duration_us: int) -> Iterator[Se
         # segment boundaries by binary search on the sorted timestamps: O(segments log n), not a
         # pass over every event
         k0, k1 = int(chunk.t[0]) // duration_us, int(chunk.t[-1]) // duration_us
-        ks = np.arange(k0, k1 + 1, dtype=np.int64)
-        edges = np.searchsorted(chunk.t, ks[1:] * duration_us, side="left")
+        if k1 - k0 < len(chunk):
+            ks = np.arange(k0, k1 + 1, dtype=np.int64)
+            edges = np.searchsorted(chunk.t, ks[1:] * duration_us, side="left")
+        else:
+            # long gaps (more segments than events, e.g. a jump of hours): only the occupied
+            # segments, so a corrupt timestamp cannot make an array of billions of empty ones
+            k = chunk.t // duration_us
+            edges = np.flatnonzero(k[1:] != k[:-1]) + 1
+            ks = np.concatenate([[k0], k[edges]])
         starts = np.concatenate([[0], edges])
         ends = np.concatenate([edges, [len(chunk)]])
         for k, a, b in zip(ks.tolist(), starts.tolist(), ends.tolist()):

@@ -143,6 +143,8 @@ def process_file(
     in_path = Path(in_path)
     device = torch.device(device)
     info = inspect_events(in_path)
+    if info.num_events == 0:
+        raise DataError(f"{in_path}: events: expected at least one event (the file holds none; nothing to deflare)")
     size = resolve_sensor_size(info, cfg)
     D, B = cfg.voxel.segment_duration_us, cfg.voxel.num_bins
     pl = cfg.pipeline

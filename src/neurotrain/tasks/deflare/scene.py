@@ -6,7 +6,10 @@ Radiance in linear units where a white wall is 1 and a mid-grey one ~0.5.
 * background: a textured plane (``texture_components`` random sinusoidal gratings, spatial
   frequency 0.02-0.15 cycles/px) translating with the camera's ego-motion
   (``ego_speed_px_s``), with ``num_shapes`` discs/squares (soft 0.7 px edges) moving on top
-  (``shape_speed_px_s``); reflectances 0.05-1.
+  (``shape_speed_px_s``; a share ``fast_shape_fraction`` of them fast, log-uniform in
+  ``fast_shape_speed_px_s`` = 2 000-15 000 px/s: a fan blade or a spinning disc, like the
+  dot of the real recording ``realdata/events/evt2_sample.raw`` at ~10^4 px/s, whose
+  dense event clouds must not look like a light source to the network); reflectances 0.05-1.
 * light source: a Gaussian blob (sigma ``light_sigma_px``) whose peak is ``light_contrast``
   times the scene's mean radiance, drawn log-uniformly in 10x-10 000x (a lamp or headlamp
   against a dusk street up to the sun's disc against a lit scene: the issue's HDR range).
@@ -66,6 +69,8 @@ class Scenes:
         self.ego_v = torch.stack([ego * torch.cos(ego_dir), ego * torch.sin(ego_dir)], -1)  # px/s (vx, vy)
         self.sh_xy = torch.stack([_u(gen, (n, M), 0, w, device), _u(gen, (n, M), 0, h, device)], -1)
         sp = _u(gen, (n, M), *sim.shape_speed_px_s, device)
+        fast = torch.rand((n, M), generator=gen, device=device) < sim.fast_shape_fraction
+        sp = torch.where(fast, _logu(gen, (n, M), *sim.fast_shape_speed_px_s, device), sp)
         sd = _u(gen, (n, M), 0, 2 * math.pi, device)
         self.sh_v = torch.stack([sp * torch.cos(sd), sp * torch.sin(sd)], -1)
         self.sh_r = _u(gen, (n, M), 0.05 * s, 0.2 * s, device)

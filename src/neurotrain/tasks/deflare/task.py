@@ -192,56 +192,17 @@ class DeflareTask(Task):
         return hook
 
     def predict(self, cfg: DeflareConfig, model: nn.Module | None, inputs: list[Path], output: Path | None, **options: Any) -> list[Path]:  # type: ignore[override]
-        """Deflare H5 files (or Prophesee ``.raw`` EVT 2.0/3.0 files) or directories of H5 files.
-
-        ``output``: a file (one input file), a directory (same file names), or ``None``
-        (``<input_dir>output/`` for a directory, ``<stem>_deflared.h5`` beside a file).
-        Options: ``debug`` (figures to ``pipeline.debug_dir``), ``baseline`` (encode ->
-        decode only), ``method`` (network, codec, ba_filter, flicker_filter).
+        """Deflare H5 files (or Prophesee ``.raw`` EVT 2.0/3.0 files) or directories of H5 files
+        (:func:`predict.predict_files`). Options: ``debug`` (figures to ``pipeline.debug_dir``),
+        ``baseline`` (encode -> decode only), ``method`` (network, codec, ba_filter, flicker_filter).
         """
-        from neurotrain.tasks.deflare.io import list_h5
-        from neurotrain.tasks.deflare.postprocess import process_file
+        from neurotrain.tasks.deflare.predict import predict_files
 
         device = _device(cfg)
         method = options.get("method") or ("codec" if options.get("baseline") else "network")
         fn = self._voxel_fn(cfg, model, device, method)
         hook = self._debug_hook(cfg, "inference") if options.get("debug") else None
-        jobs: list[tuple[Path, Path]] = []
-        inputs = [Path(p) for p in (inputs or ([cfg.paths.input] if cfg.paths.input else []))]
-        if not inputs:
-            raise ConfigError("config error: predict needs an input file or directory (or paths.input)")
-        output = Path(output) if output is not None else (Path(cfg.paths.output) if cfg.paths.output else None)
-        for src in inputs:
-            if src.is_dir():
-                dst = output if output is not None else sibling_dir(src, "output")
-                jobs += [(f, dst / f.name) for f in list_h5(src)]
-            elif src.is_file():
-                suffix = ".h5" if src.suffix.lower() == ".raw" else src.suffix
-                if output is None:
-                    dst = src.with_name(f"{src.stem}_deflared{suffix}")
-                elif output.suffix.lower() in (".h5", ".hdf5") and len(inputs) == 1:
-                    dst = output
-                else:
-                    dst = output / f"{src.stem}{suffix}"
-                jobs.append((src, dst))
-            else:
-                raise DataError(f"{src}: input file or directory not found")
-        outs = []
-        for src, dst in jobs:
-            if src.resolve() == dst.resolve():
-                raise DataError(f"{src}: output would overwrite the input; choose another --output")
-            if src.suffix.lower() == ".raw":  # Prophesee EVT 2.0 / 3.0: decode to HDF5 first
-                import tempfile
-
-                from neurotrain.tasks.deflare.evt import raw_to_h5
-
-                with tempfile.TemporaryDirectory() as tmp:
-                    h5 = raw_to_h5(src, Path(tmp) / f"{src.stem}.h5")
-                    process_file(h5, dst, fn, cfg, device, hook)
-            else:
-                process_file(src, dst, fn, cfg, device, hook)
-            outs.append(dst)
-        return outs
+        return predict_files(cfg, fn, inputs, output, device, hook)
 
     def test(self, cfg: DeflareConfig, model: nn.Module | None, **options: Any) -> dict[str, Any]:  # type: ignore[override]
         """The seed's test mode: every H5 of ``paths.val_noisy_dir`` -> ``<dir>output`` (or
