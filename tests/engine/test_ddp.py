@@ -55,6 +55,14 @@ def record(kind, **row):
     with open(os.path.join(OUT, f"{{kind}}-rank{{rank()}}.jsonl"), "a") as fh:
         fh.write(json.dumps(row) + "\\n")
 
+# a network with buffers: DDP broadcasts them at each rank's first forward after training, so an evaluation
+# split that left a rank without a batch would hang here (see test_two_ranks_split_validation_without_repeats)
+def bn_model(self, cfg):
+    m = cfg.model
+    return torch.nn.Sequential(torch.nn.Linear(m.n_in, m.width), torch.nn.BatchNorm1d(m.width), torch.nn.Tanh(),
+                               torch.nn.Linear(m.width, m.n_out))
+toy_task.ToyTask.build_model = bn_model
+
 orig_after = module.TaskModule.on_after_batch_transfer
 def on_after(self, batch, idx):
     seed = batch.get(module.SIM_SEED_KEY) if isinstance(batch, dict) else None
@@ -93,6 +101,13 @@ def _rows(folder: Path, kind: str) -> dict[int, list[dict]]:
         for r in (0, 1)
         if (folder / f"{kind}-rank{r}.jsonl").is_file()
     }
+
+
+def _bn_model(self, cfg) -> torch.nn.Module:
+    """The toy network with a BatchNorm layer, as the two-rank script builds it."""
+    m = cfg.model
+    return torch.nn.Sequential(torch.nn.Linear(m.n_in, m.width), torch.nn.BatchNorm1d(m.width), torch.nn.Tanh(),
+                               torch.nn.Linear(m.width, m.n_out))
 
 
 def _held_out_loss(cfg, model) -> float:
@@ -231,9 +246,14 @@ def test_two_ranks_write_the_run_once(two_rank_run: Path) -> None:
     assert metrics["train/samples_per_sec"] > 0  # logged by StepThroughput over both ranks
 
 
-def test_two_ranks_learn_like_one_at_equal_samples_seen(two_rank_run: Path, tmp_path: Path) -> None:
+def test_two_ranks_learn_like_one_at_equal_samples_seen(
+    two_rank_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Two ranks x 12 steps of 32 samples against one rank x 24 steps of 32 (768 samples each, same seed,
     same learning rate): the held-out losses agree within a factor 1.5 and both beat the untrained net 2x."""
+    import toy_task
+
+    monkeypatch.setattr(toy_task.ToyTask, "build_model", _bn_model)
     cfg2 = load_config(_toy_cfg(two_rank_run))
     _, two = load_model(cfg2.run_dir / "checkpoints" / "last.ckpt")
     cfg1 = load_config(_toy_cfg(tmp_path))
@@ -272,3 +292,22 @@ def test_scaling_bench_overrides_fit_the_train_configs(task: str, tmp_path: Path
         assert (cfg.trainer.devices, cfg.trainer.max_epochs, cfg.trainer.precision) == (n, 1, "bf16-mixed")
         assert cfg.data.sim_train_size == 100 * cfg.data.batch_size  # samples seen, whatever the device count
     assert cfgs[2].trainer.strategy == "ddp" and cfgs[2].optim.lr == pytest.approx(2 * cfgs[1].optim.lr)
+
+
+def test_hdf5_evaluation_rows_are_split_once_each(tmp_path: Path) -> None:
+    """An HDF5 validation split under two ranks: every row on exactly one rank, none repeated."""
+    from neurotrain.engine.simulate import simulate_to_h5
+
+    cfg = load_config(_toy_cfg(tmp_path))
+    h5 = simulate_to_h5(api.get_task(cfg), cfg, tmp_path / "toy.h5", 210)
+    cfg = load_config(_toy_cfg(tmp_path), [f"data.path={h5}", "data.batch_size=4"])
+    rows = {}
+    for rank in (0, 1):
+        dm = TaskDataModule(cfg, api.get_task(cfg))
+        dm.rank_and_world = lambda rank=rank: (rank, 2)
+        dm.setup("fit")
+        rows[rank] = torch.cat([b["input"] for b in dm.val_dataloader()])
+    n_val = len(dm.sets["val"])
+    assert n_val % 2 == 1  # an odd split: the ranks differ by one row
+    both = torch.cat([rows[0], rows[1]])
+    assert len(both) == n_val and len(torch.unique(both, dim=0)) == n_val

@@ -16,8 +16,9 @@ rank its own *draw numbers*, so no two ranks, epochs or steps ever simulate from
   exactly once; Lightning's ``sync_dist`` and torchmetrics then reduce over the ranks, weighted by samples.
 
 With one rank the seeds are the ones earlier neurotrain versions used, so single-GPU runs reproduce.
-HDF5 and task-owned datasets keep Lightning's own ``DistributedSampler`` (which pads the evaluation split
-with repeats to an equal length per rank).
+HDF5 and task-owned map-style datasets train under Lightning's own ``DistributedSampler``; their evaluation
+splits go through :class:`EvalShardSampler`, which deals the rows round-robin like the simulated batches
+(Lightning's would pad them with repeats). A task that passes its own ``sampler`` keeps it.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset
 from torch.utils.data.distributed import DistributedSampler
 
 from neurotrain.config import Config
@@ -135,6 +136,28 @@ class SimSeedSampler(DistributedSampler):
         return iter(range(start, start + self.steps * self.num_replicas, self.num_replicas))
 
 
+class EvalShardSampler(DistributedSampler):
+    """Rows ``rank, rank + W, ...`` of an evaluation dataset: every row on exactly one rank, no padding.
+
+    Ranks may differ by one batch: evaluation steps hold no collective (Lightning reduces the logged means
+    and torchmetrics their states once, at the epoch end). Each rank needs at least one row, because DDP
+    syncs buffers at a rank's first evaluation forward.
+    """
+
+    def __init__(self, dataset: Dataset, num_replicas: int, rank: int, *, field: str = "data") -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False, drop_last=False)
+        n = len(dataset)  # type: ignore[arg-type]
+        if n < num_replicas:
+            raise ConfigError(f"config error: {field}: expected at least {num_replicas} rows for {num_replicas} ranks (got {n})")
+        self.rows = range(rank, n, num_replicas)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.rows)
+
+
 def _count_limit(limit: int | float) -> int | None:
     """A ``trainer.limit_*_batches`` given as a positive count; fractions are left to Lightning."""
     return limit if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0 else None
@@ -199,6 +222,11 @@ class TaskDataModule(L.LightningDataModule):
             extra = {"batch_size": d.batch_size, **self.task.loader_options(self.cfg, split, ds)}
             if extra.get("sampler") is not None:
                 shuffle = False  # the task's sampler decides the order
+            elif split != "train" and not isinstance(ds, IterableDataset):
+                rank, world = self.rank_and_world()
+                if world > 1:
+                    field = "data.path" if self.cfg.data.path is not None else f"task {self.cfg.task} {split} set"
+                    extra["sampler"] = EvalShardSampler(ds, world, rank, field=field)
         return DataLoader(
             ds,
             shuffle=shuffle,
