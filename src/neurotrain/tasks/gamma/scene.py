@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from neurotrain.tasks.gamma import library
-from neurotrain.tasks.gamma.cascade import cascade_table
+from neurotrain.tasks.gamma.cascade import CascadeTable, cascade_table
 
 @dataclass
 class Scene:
@@ -79,6 +79,18 @@ class SceneLines:
     cascades: list
 
 
+_TABLES: dict[tuple[tuple[str, ...], str], tuple[torch.Tensor, torch.Tensor, CascadeTable]] = {}
+
+
+def _tables(names: tuple[str, ...], device: torch.device) -> tuple[torch.Tensor, torch.Tensor, CascadeTable]:
+    """Line and cascade tables of ``names`` on ``device``, built once (no host work per batch)."""
+    key = (names, str(device))
+    if key not in _TABLES:
+        e, i = library.line_table(list(names), device)
+        _TABLES[key] = (e, i, cascade_table(list(names), device))
+    return _TABLES[key]
+
+
 def draw_lines(sim: Any, scene: Scene, b: int, gen: torch.Generator, device: torch.device) -> SceneLines:
     """Draw the lines of ``b`` spectra (see the module docstring; ``scene`` overrides)."""
     e_lo, e_hi = sim.e_min_kev, sim.e_max_kev
@@ -99,13 +111,12 @@ def draw_lines(sim: Any, scene: Scene, b: int, gen: torch.Generator, device: tor
         n_src = torch.randint(sim.min_sources, s_max + 1, (b,), generator=gen, device=device)
         use = torch.arange(s_max, device=device).unsqueeze(0) < n_src.unsqueeze(1)
         act = _log_uniform(0.1, 1.0, b * s_max, gen, device).view(b, s_max) * use
-    tab_e, tab_i = library.line_table(names, device)
+    tab_e, tab_i, ct = _tables(tuple(names), device)
     width = tab_e.shape[1]
     e_src = tab_e[pick].reshape(b, -1)  # (B, S x W)
     i_src = (tab_i[pick] * act.unsqueeze(2)).reshape(b, -1)
 
     # cascades of the chosen sources: weights per (spectrum, source slot, cascade)
-    ct = cascade_table(names, device)
     s_slots = pick.shape[1]
     base = (torch.arange(s_slots, device=device) * width).view(1, -1, 1)
     pw = (act.unsqueeze(2) * ct.p[pick]).reshape(b, -1)
@@ -135,7 +146,7 @@ def draw_lines(sim: Any, scene: Scene, b: int, gen: torch.Generator, device: tor
     src_w = torch.cat([i_src, i_rand], 1) * ((torch.cat([e_src, e_rand], 1) >= e_lo) & (torch.cat([e_src, e_rand], 1) < e_hi))
 
     # environment: terrestrial lines
-    env_e, env_i = library.line_table(list(library.ENVIRONMENT), device)
+    env_e, env_i, _ = _tables(tuple(library.ENVIRONMENT), device)
     env_act = _uniform(0.5, 2.0, b * env_e.shape[0], gen, device).view(b, -1, 1)
     env_e = env_e.unsqueeze(0).expand(b, -1, -1).reshape(b, -1)
     env_w = (env_i.unsqueeze(0) * env_act).reshape(b, -1) * ((env_e >= e_lo) & (env_e < e_hi))

@@ -91,6 +91,29 @@ def room_matrix(edges: torch.Tensor) -> torch.Tensor:
     return _ROOM[key]
 
 
+_DERIVED: dict[tuple[str, str, float, bool], dict[str, Any]] = {}
+
+
+def _derived(resp: Response, env_share: float, room: bool) -> dict[str, Any]:
+    """Per-response constants of every batch, computed once: total detection probability, the environment's
+    scattered E^-1 continuum (30-2614.5 keV, ``env_continuum_share`` photons per line photon) and its deposits,
+    the Lu-176 deposits per decay, and with room return the detection probability of scattered photons."""
+    key = (resp.key, str(resp.edges.device), float(env_share), room)
+    if key not in _DERIVED:
+        centers = resp.incident
+        total = resp.total()
+        env = (centers.clamp_min(30.0) ** -1.0) * (centers <= 2614.5)
+        env = env / env.sum() * env_share
+        d: dict[str, Any] = {
+            "det_total": total, "env_cont_inc": env, "env_cont_det": float((env * total).sum()),
+            "env_vec": env @ resp.continuum + env * resp.full_energy, "lu_det": float(resp.lu176.sum()),
+        }
+        if room:
+            d["rr_det"] = room_matrix(resp.edges) @ total
+        _DERIVED[key] = d
+    return _DERIVED[key]
+
+
 def target_matrix(resp: Response, coeffs: tuple[float, float, float]) -> torch.Tensor:
     """(N, N) resolution matrix of the target law on ``resp``'s grid (cached)."""
     key = (resp.key, tuple(coeffs), str(resp.edges.device))
@@ -166,11 +189,11 @@ def simulate_batch(
     # room-return matrix of the channel centres (a line moved to its channel centre: < 1 channel on a continuum)
     f_lo, f_hi = sim.room_return_fraction
     room = f_hi > 0
-    det_total = resp.total()
+    dv = _derived(resp, sim.env_continuum_share, room)
+    det_total = dv["det_total"]
     if room:
         frac = (_uniform(f_lo, f_hi, b, gen, device) if f_hi > f_lo else torch.full((b,), f_lo, device=device)).view(b, 1)
-        rr_mat = room_matrix(edges)
-        rr_det = rr_mat @ det_total  # detection probability of the scattered photons of one incident photon
+        rr_mat, rr_det = room_matrix(edges), dv["rr_det"]
 
     def line_det(e: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         d = batched_interp(e, centers, det_total)
@@ -179,16 +202,14 @@ def simulate_batch(
         return (w * d).sum(1).clamp_min(1e-12)
 
     src_det = line_det(sl.src_e, sl.src_w)
-    env_cont_inc = (centers.clamp_min(30.0) ** -1.0) * (centers <= 2614.5)
-    env_cont_inc = env_cont_inc / env_cont_inc.sum() * sim.env_continuum_share
     env_line_det = line_det(sl.env_e, sl.env_w)
-    env_cont_det = float((env_cont_inc * det_total).sum())
+    env_cont_det = dv["env_cont_det"]
 
     # ---------------- rates (counts per second) and live time of the input detector
     env_on = sim.environment if scene.environment is None else scene.environment
     src_rate = _log_uniform(sim.source_rate_cps[0], sim.source_rate_cps[1], b, gen, device)
     env_rate = torch.full((b,), sim.env_rate_cps_per_cm3 * resp.volume_cm3 if env_on else 0.0, device=device)
-    lu_det = float(resp.lu176.sum())
+    lu_det = dv["lu_det"]
     lu_rate = torch.full((b,), sim.lu176_bq_per_g * resp.mass_g * lu_det, device=device)
     total_rate = src_rate + env_rate + lu_rate
     total = torch.full((b,), float(scene.counts), device=device) if scene.counts is not None else _log_uniform(
@@ -212,7 +233,7 @@ def simulate_batch(
 
     def per_detector(r: Response) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         sc["tables"] = cascade.summing_tables(r, sl.cascades) if summing else None
-        env_vec = env_cont_inc @ r.continuum + env_cont_inc * r.full_energy if env_on else torch.zeros(n, device=device)
+        env_vec = _derived(r, sim.env_continuum_share, room)["env_vec"] if env_on else torch.zeros(n, device=device)
         return _detector(r, lines_e, lines_w, scat, k_env, env_vec, sc, g, summing)
 
     area_in, sum_in, dep_in = per_detector(resp)
