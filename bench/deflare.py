@@ -5,9 +5,12 @@ End to end = read H5 -> encode (20 ms / 8-bin voxels, one index_add_) -> TrueRes
 2.8M events at 480x640 (the seed's file size: "2,784,964个事件 (100ms数据)", 7-10 s per
 file in the seed's system). Also: encoder alone on the device vs NumPy ``add.at`` (the
 seed's old encoder), network alone (fp32 / bf16), and the training step time and peak
-memory of the 7.07M-parameter model at batch 1 and 4.
+memory of the 7.07M-parameter model at batch 1 and 4 (random voxels), and the real training
+step of ``configs/deflare/train.yaml`` (480x640 batches simulated on the device + forward +
+signal-weighted MSE + backward + Adam, bf16-mixed as in the config): steps/s and the
+simulator's share. Events/s = input events / end-to-end seconds per file.
 
-    python bench/deflare.py --out bench/results/deflare.json          # CUDA when available
+    python bench/deflare.py --out bench/results/deflare.json          # CUDA when available (< 5 min on one H200)
     python bench/deflare.py --events 200000 --height 120 --width 160 --f-maps 8,16 --repeats 1   # CPU smoke run
 
 Prints JSON and a markdown table; ``--out`` also writes the JSON.
@@ -79,6 +82,7 @@ def time_file(cfg: DeflareConfig, fn, path: Path, out: Path, device: torch.devic
     tot = sum(stage.values())
     return {
         "seconds_per_file": med,
+        "events_per_second": runs[-1][1].events_in / med,
         "stage_seconds": stage,
         "stage_share": {s: stage[s] / tot for s in STAGES},
         "events_in": runs[-1][1].events_in,
@@ -155,7 +159,7 @@ def time_training(f_maps: list[int], h: int, w: int, device: torch.device, batch
                 sync(device)
                 step_s = (time.perf_counter() - t0) / steps
                 peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
-                res[f"batch{bs}_{prec}"] = {"step_seconds": step_s, "peak_memory_gib": peak}
+                res[f"batch{bs}_{prec}"] = {"step_seconds": step_s, "steps_per_second": 1 / step_s, "peak_memory_gib": peak}
             except torch.OutOfMemoryError:
                 res[f"batch{bs}_{prec}"] = {"error": "out of memory"}
             del model, opt, x, y
@@ -164,15 +168,60 @@ def time_training(f_maps: list[int], h: int, w: int, device: torch.device, batch
     return res
 
 
+def time_config_training(config: Path, device: torch.device, steps: int, overrides: list[str]) -> dict:
+    """Training steps/s of a deflare config as ``neurotrain train`` runs it: a batch simulated
+    on the device (``task.simulate_batch``), forward under the config's precision, the
+    config's loss, backward, optimiser step. Returns seconds per step and per simulated batch."""
+    import neurotrain.tasks  # noqa: F401  (registers the task)
+    from neurotrain.config import load_config
+    from neurotrain.registry import TASKS
+
+    cfg = load_config(config, overrides)
+    task = TASKS.get("deflare")
+    model = task.build_model(cfg).to(device).train()
+    loss_fn = task.build_loss(cfg)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr)
+    bf16 = "bf16" in str(cfg.trainer.precision) and device.type == "cuda"
+    gen = torch.Generator(device=device)
+    gen.manual_seed(0)
+    bs = cfg.data.batch_size
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    sim_s = step_s = 0.0
+    for i in range(steps + 1):  # step 0 warms up (cuDNN autotune, allocator)
+        sync(device)
+        t0 = time.perf_counter()
+        batch = task.simulate_batch(cfg, bs, gen, device)
+        sync(device)
+        t1 = time.perf_counter()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            pred = model(batch["input"])
+        loss = loss_fn(pred, batch)["loss"]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sync(device)
+        t2 = time.perf_counter()
+        if i:
+            sim_s += t1 - t0
+            step_s += t2 - t0
+    step_s, sim_s = step_s / steps, sim_s / steps
+    return {
+        "config": str(config), "batch_size": bs, "sensor_size": list(cfg.voxel.sensor_size), "precision": str(cfg.trainer.precision),
+        "step_seconds": step_s, "steps_per_second": 1 / step_s, "simulate_seconds": sim_s, "simulate_share": sim_s / step_s,
+        "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
+    }
+
+
 def markdown(r: dict) -> str:
     lines = [f"### deflare on {r['device_name']}", ""]
     lines.append(f"File: {r['file']['events']} events, {r['file']['duration_ms']} ms, {r['file']['height']}x{r['file']['width']}; "
                  f"model {r['model']['parameters']:,} parameters (f_maps {r['model']['f_maps']}).")
     lines.append("")
-    lines.append("| precision, pipeline | s / file | " + " | ".join(STAGES) + " |")
-    lines.append("| --- | ---: |" + " ---: |" * len(STAGES))
+    lines.append("| precision, pipeline | s / file | Mevents/s | " + " | ".join(STAGES) + " |")
+    lines.append("| --- | ---: | ---: |" + " ---: |" * len(STAGES))
     for prec, e in r["end_to_end"].items():
-        lines.append(f"| {prec} | {e['seconds_per_file']:.3f} | " + " | ".join(
+        lines.append(f"| {prec} | {e['seconds_per_file']:.3f} | {e['events_per_second'] / 1e6:.1f} | " + " | ".join(
             f"{e['stage_seconds'][s]:.3f} s ({100 * e['stage_share'][s]:.0f}%)" for s in STAGES) + " |")
     enc = r["encoder"]
     lines.append("")
@@ -181,14 +230,21 @@ def markdown(r: dict) -> str:
     lines.append("Network alone (5 segments): " + ", ".join(f"{k} {v:.3f} s" for k, v in r["network_only"].items()) + ".")
     if r.get("training"):
         lines.append("")
-        lines.append("| training | step s | peak GiB |")
-        lines.append("| --- | ---: | ---: |")
+        lines.append("| training (random voxels) | step s | steps/s | peak GiB |")
+        lines.append("| --- | ---: | ---: | ---: |")
         for k, v in r["training"].items():
             if "error" in v:
                 lines.append(f"| {k} | {v['error']} | |")
             else:
                 pk = "-" if v["peak_memory_gib"] is None else f"{v['peak_memory_gib']:.2f}"
-                lines.append(f"| {k} | {v['step_seconds']:.3f} | {pk} |")
+                lines.append(f"| {k} | {v['step_seconds']:.3f} | {v['steps_per_second']:.2f} | {pk} |")
+    ct = r.get("config_training")
+    if ct:
+        pk = "-" if ct["peak_memory_gib"] is None else f"{ct['peak_memory_gib']:.2f}"
+        lines.append("")
+        lines.append(f"Training as `{ct['config']}` runs it (batch {ct['batch_size']}, {ct['sensor_size'][0]}x{ct['sensor_size'][1]}, "
+                     f"{ct['precision']}, simulated on the device): {ct['steps_per_second']:.2f} steps/s "
+                     f"({ct['step_seconds']:.3f} s/step, simulator {100 * ct['simulate_share']:.0f}%), peak {pk} GiB.")
     return "\n".join(lines)
 
 
@@ -203,7 +259,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--train-batches", default="1,4")
     ap.add_argument("--train-steps", type=int, default=5)
-    ap.add_argument("--no-train", action="store_true", help="skip the training-step measurement")
+    ap.add_argument("--no-train", action="store_true", help="skip the training-step measurements")
+    ap.add_argument("--train-config", type=Path, default=Path(__file__).resolve().parents[1] / "configs" / "deflare" / "train.yaml")
+    ap.add_argument("--config-steps", type=int, default=5, help="timed steps of --train-config (after one warm-up)")
+    ap.add_argument("--set", action="append", default=[], help="override of --train-config, a.b=c (repeatable)")
     ap.add_argument("--out", type=Path, default=None)
     a = ap.parse_args(argv)
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if a.device == "auto" else a.device)
@@ -244,6 +303,8 @@ def main(argv: list[str] | None = None) -> int:
         del model, x
         if not a.no_train:
             res["training"] = time_training(f_maps, a.height, a.width, device, [int(b) for b in a.train_batches.split(",")], a.train_steps)
+            if a.config_steps > 0:
+                res["config_training"] = time_config_training(a.train_config, device, a.config_steps, a.set)
     print(json.dumps(res, indent=2))
     print()
     print(markdown(res))
