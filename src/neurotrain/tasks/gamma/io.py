@@ -53,6 +53,9 @@ MAX_FILE_BYTES = 256 * 1024 * 1024
 #: calibration, e.g. 1e30 keV/channel
 GAIN_RANGE_KEV = (1e-4, 1e3)
 ENERGY_RANGE_KEV = (-1000.0, 1e6)
+#: CSV files written here carry their row count and an end line (:func:`write_csv`)
+CSV_ROWS_MARK = "[rows: "
+CSV_END = "# end"
 
 
 @dataclass
@@ -123,7 +126,12 @@ def _read_csv(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
         raise _err(path, "not a CSV text file (binary content)")
     if text.count("\n") > MAX_CHANNELS + 1000:
         raise _err(path, f"counts: expected at most {MAX_CHANNELS} rows, got {text.count(chr(10))} lines")
-    for i, line in enumerate(text.splitlines()):
+    lines = text.splitlines()
+    declared = None
+    if lines and lines[0].startswith("#") and CSV_ROWS_MARK in lines[0]:
+        tail = lines[0].rsplit(CSV_ROWS_MARK, 1)[1].rstrip().rstrip("]")
+        declared = int(tail) if tail.isdigit() else None
+    for i, line in enumerate(lines):
         s = line.strip()
         if not s or s.startswith("#"):
             continue
@@ -135,6 +143,9 @@ def _read_csv(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
                 header = [p.lower() for p in parts]
                 continue
             raise _err(path, f"line {i + 1}: expected numbers, got {s[:40]!r}") from None
+    if declared is not None and (len(rows) != declared or lines[-1].strip() != CSV_END):
+        raise _err(path, f"rows: expected {declared} data rows and the closing '{CSV_END}' line "
+                         f"(found {len(rows)} rows{'' if lines[-1].strip() == CSV_END else ', no end line'}; truncated file?)")
     if not rows:
         raise _err(path, "no data rows")
     width = {len(r) for r in rows}
@@ -218,8 +229,8 @@ def _read_h5(path: Path) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]
                 except (TypeError, ValueError):
                     raise _err(path, f"livetime: expected seconds (a number), got {f.attrs['livetime']!r:.40}") from None
             return counts, edges, {"livetime": live if live and np.isfinite(live) and live > 0 else None}
-    except OSError as exc:  # a dataset truncated or corrupt inside a readable header
-        raise _err(path, f"cannot read HDF5 content: {str(exc).splitlines()[0]}") from None
+    except (OSError, RuntimeError, KeyError, ValueError, TypeError) as exc:  # corrupt inside a readable header
+        raise _err(path, f"cannot read HDF5 content: {(str(exc).splitlines() or [type(exc).__name__])[0]}") from None
 
 
 def _missing_calibration(path: Path, state: str = "missing") -> DataError:
@@ -307,18 +318,23 @@ def covered_channels(edges_src: np.ndarray, edges_dst: np.ndarray) -> np.ndarray
 
 
 def write_csv(path: Path, columns: dict[str, np.ndarray], header_comment: str = "") -> Path:
-    """Write equal-length columns as CSV (atomically)."""
+    """Write equal-length columns as CSV (atomically), ``header_comment`` as '#' lines above the column names;
+    the first comment line ends with ``[rows: N]`` and the file with ``# end``, so :func:`read_spectrum` refuses
+    a truncated copy (numpy.loadtxt and pandas skip both as comments)."""
     from neurotrain.io.atomic import atomic_path
 
     names = list(columns)
     arr = np.stack([np.asarray(columns[k], dtype=np.float64) for k in names], 1)
+    # the row count on the first comment line and an end line let the reader tell a truncated file
+    head = (header_comment.splitlines() or [""]) if header_comment else [""]
+    head[0] = f"{head[0]} {CSV_ROWS_MARK}{len(arr)}]".strip()
     with atomic_path(path) as tmp:
         with open(tmp, "w", encoding="utf-8") as f:
-            if header_comment:
-                for line in header_comment.splitlines():
-                    f.write(f"# {line}\n")
+            for line in head:
+                f.write(f"# {line}\n")
             f.write(",".join(names) + "\n")
             np.savetxt(f, arr, delimiter=",", fmt="%.6g")
+            f.write(f"{CSV_END}\n")
     return path
 
 

@@ -103,6 +103,42 @@ def _check_xml_complete(path: Path) -> None:
         raise DataError(f"{path}: XML: root element <{m.group(1)}> is not closed (truncated file?)")
 
 
+_CHANNEL_DATA = re.compile(rb"<(?:\w+:)?ChannelData\b([^>]*)>(.*?)</(?:\w+:)?ChannelData>", re.S)
+
+
+def _check_channel_data(path: Path) -> None:
+    """Every N42 ``ChannelData`` block holds finite numbers only: SpecUtils stops at the first token it cannot
+    read (``NaN``, text) and returns the channels before it as the whole spectrum."""
+    raw = path.read_bytes()
+    for m in _CHANNEL_DATA.finditer(raw):  # one block per spectrum record
+        toks = m.group(2).split()
+        try:
+            vals = np.array(toks, dtype=np.float64)
+        except ValueError:
+            bad = next(t for t in toks if not re.fullmatch(rb"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?", t))
+            raise DataError(f"{path}: ChannelData: expected numeric counts (got {bad[:20].decode('latin-1')!r})") from None
+        if not np.all(np.isfinite(vals)):
+            raise DataError(f"{path}: ChannelData: non-finite counts (NaN or inf) in {int((~np.isfinite(vals)).sum())} channel(s)")
+
+
+def _check_binary_size(path: Path) -> None:
+    """Truncations SpecUtils reads without a word: an ORTEC SPC file is whole 128-byte records (a cut inside the
+    last record loses its last counts); an ORTEC CHN file is a 32-byte header, 4 bytes per channel and, when
+    present, a 512-byte trailer holding the calibration (ORTEC "Software File Structure Manual")."""
+    size = path.stat().st_size
+    suffix = path.suffix.lower()
+    if suffix == ".spc" and size % 128:
+        raise DataError(f"{path}: file size: expected whole 128-byte SPC records (got {size} bytes; truncated file?)")
+    if suffix == ".chn" and size >= 32:
+        with open(path, "rb") as f:
+            head = f.read(32)
+        n = int.from_bytes(head[30:32], "little")
+        data_end = 32 + 4 * n
+        if data_end < size < data_end + 512:
+            raise DataError(f"{path}: trailer: expected a 512-byte calibration trailer after the {n} channels "
+                            f"(got {size - data_end} bytes; truncated file?)")
+
+
 def detector_kind(*names: str) -> str | None:
     """The crystal a detector description names ('HPGe', 'NaI', 'CsI', 'LaBr3', ...), or None."""
     text = " ".join(n for n in names if n).lower()
@@ -110,6 +146,14 @@ def detector_kind(*names: str) -> str | None:
         if re.search(pattern, text):
             return kind
     return None
+
+
+def _text(getter: Any) -> str:
+    """A text field of the file; a field that is not UTF-8 (a corrupted or foreign header) reads as ''."""
+    try:
+        return str(getter() or "")
+    except UnicodeDecodeError:
+        return ""
 
 
 def read_specutils(path: Path) -> SpecUtilsSpectrum:
@@ -121,6 +165,8 @@ def read_specutils(path: Path) -> SpecUtilsSpectrum:
     parsers, label = SPECUTILS_SUFFIXES[path.suffix.lower()]
     if path.suffix.lower() in (".n42", ".xml"):
         _check_xml_complete(path)
+        _check_channel_data(path)
+    _check_binary_size(path)
     sf = su.SpecFile()
     first_error = ""
     for name in parsers:  # one to three parsers
@@ -151,11 +197,11 @@ def read_specutils(path: Path) -> SpecUtilsSpectrum:
         e = np.asarray(m.channelEnergies(), dtype=np.float64)
         edges = e if e.size == counts.size + 1 else None
     live, real = float(m.liveTime()), float(m.realTime())
-    kind = detector_kind(str(sf.detectorType()).split(".")[-1], m.detectorType(), sf.instrumentType(),
-                         sf.instrumentModel(), m.detectorName())
-    meta = {"description": m.title() or "", "calibration_model": str(model).split(".")[-1],
+    kind = detector_kind(str(sf.detectorType()).split(".")[-1], _text(m.detectorType), _text(sf.instrumentType),
+                         _text(sf.instrumentModel), _text(m.detectorName))
+    meta = {"description": _text(m.title), "calibration_model": str(model).split(".")[-1],
             "calibration": [float(c) for c in m.calibrationCoeffs()] if edges is not None else [],
-            "records": len(fore), "instrument": " ".join(x for x in (sf.manufacturer(), sf.instrumentModel()) if x)}
+            "records": len(fore), "instrument": " ".join(x for x in (_text(sf.manufacturer), _text(sf.instrumentModel)) if x)}
     return SpecUtilsSpectrum(counts, edges, live if live > 0 else None, real if real > 0 else None, kind, meta)
 
 
@@ -173,7 +219,10 @@ def write_n42(path: Path, counts: np.ndarray, calibration: list[float], livetime
     c = np.asarray(counts, dtype=np.float64)
     m = su.Measurement.new()
     m.setGammaCounts(c.tolist(), float(livetime_s or 0.0), float(realtime_s or livetime_s or 0.0))
-    m.setEnergyCalibration(su.EnergyCalibration.fromPolynomial(int(c.size), [float(v) for v in calibration]))
+    try:
+        m.setEnergyCalibration(su.EnergyCalibration.fromPolynomial(int(c.size), [float(v) for v in calibration]))
+    except Exception as exc:  # noqa: BLE001 - SpecUtils refuses unreasonable coefficients with RuntimeError
+        raise DataError(f"{path}: calibration: SpecUtils refuses {list(calibration)} for {c.size} channels ({exc})") from None
     m.setTitle(title)
     m.setRemarks(list(remarks or []))
     m.setSourceType(su.SourceType.Foreground)

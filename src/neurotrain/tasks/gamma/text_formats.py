@@ -142,7 +142,7 @@ def read_iec1455(path: Path, max_channels: int) -> SpeContent:
     if not lines or not all(ln.startswith("A004") for ln in lines):
         bad = next((i for i, ln in enumerate(lines) if not ln.startswith("A004")), 0)
         raise DataError(f"{path}: record {bad + 1}: expected an 'A004' IEC 1455 record (got {lines[bad][:20]!r})")
-    if len(lines) < 58:
+    if len(lines) <= 58:
         raise DataError(f"{path}: records: expected 58 header records and the spectral data (got {len(lines)} records; truncated file?)")
     head = _numbers(path, "record 2", lines[1][4:], "live time, real time and channel count")
     if len(head) != 3 or head[2] != int(head[2]) or head[2] < 1:
@@ -163,6 +163,11 @@ def read_iec1455(path: Path, max_channels: int) -> SpeContent:
     if counts.size < declared:
         raise DataError(f"{path}: spectral data: expected {declared} counts, found {counts.size} (truncated file?)")
     counts = counts[:declared]  # the last record is padded with zeros to five counts
+    # a 6-character channel number and 10-character count fields (as this file's first data record shows): a
+    # last record whose length breaks that was cut inside a field
+    widths = [len(ln[4:].rstrip()) - 6 for ln in (lines[58], lines[-1])]
+    if widths[0] % 10 == 0 and widths[1] % 10:
+        raise DataError(f"{path}: record {len(lines)}: expected 10-character count fields (truncated file?)")
     cal = _numbers(path, "record 4", lines[3][4:], "energy calibration coefficients")
     cal = cal[:4]
     while cal and cal[-1] == 0:  # trailing zero coefficients are unused orders
