@@ -12,10 +12,13 @@ process, simulation on the device inside the step, bf16, the same batch per GPU.
 With fewer than two GPUs only the 1-GPU column is measured and the script says that 2-GPU was not run.
 ``--sync-debug`` adds one short 1-GPU run per task with ``torch.cuda.set_sync_debug_mode("warn")`` on
 during the training steps only (simulation, forward, backward, optimiser) and reports where a step makes
-the host wait for the device.
+the host wait for the device. ``--profile`` adds one run per task on the most devices under
+``torch.profiler``: per rank, wall ms per step against device ms in NCCL (the gradient all-reduce) and in
+everything else, plus the top-25 kernel table (``profile-<task>-<N>x-rank<r>.txt`` beside ``--out``).
 
     python bench/scaling.py --out bench/results/scaling.json                # 2 x H200: ~6 min
     python bench/scaling.py --sync-debug --tasks gamma --steps gamma=100     # where the host waits
+    python bench/scaling.py --profile --out bench/results/scaling.json       # + where a 2-GPU step goes
     python bench/scaling.py --accelerator cpu --config quickstart --precision 32 --tasks gamma \\
         --steps gamma=24 --set trainer.limit_val_batches=2                    # CPU smoke run (2 gloo ranks)
 
@@ -84,6 +87,53 @@ finally:
     with open({report!r}, "w") as fh:
         json.dump(dict(hits.most_common()), fh, indent=2)
 """
+
+# Runs `neurotrain train` with torch.profiler on every rank over PROFILE_ACTIVE steps after PROFILE_WAIT steps,
+# and writes per rank: the wall time of that window (device-synced at both ends), the device time in
+# NCCL kernels (gradient all-reduce) and in all other kernels, and the top-25 table by device time.
+# compute + nccl close to the wall time means the all-reduce did not overlap the backward pass.
+PROFILE_LAUNCHER = """
+import json, time, torch
+from lightning.pytorch.callbacks import Callback
+from torch.profiler import ProfilerActivity, profile, schedule
+from neurotrain.engine import module as M
+
+WAIT, WARM, ACTIVE, OUT = {wait}, 3, {active}, {out!r}
+
+class Prof(Callback):
+    def on_train_start(self, trainer, pl_module):
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+        self.p = profile(activities=acts, schedule=schedule(wait=WAIT, warmup=WARM, active=ACTIVE))
+        self.p.__enter__()
+        self.n, self.t = 0, {{}}
+    def on_train_batch_end(self, trainer, pl_module, *args):
+        self.n += 1
+        if self.n in (WAIT + WARM, WAIT + WARM + ACTIVE):
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            self.t[self.n] = time.perf_counter()
+        self.p.step()
+    def on_train_end(self, trainer, pl_module):
+        self.p.__exit__(None, None, None)
+        ev = self.p.key_averages()
+        nccl = sum(e.self_device_time_total for e in ev if "nccl" in e.key.lower()) / 1e3 / ACTIVE
+        other = sum(e.self_device_time_total for e in ev if "nccl" not in e.key.lower()) / 1e3 / ACTIVE
+        keys = sorted(self.t)
+        wall = (self.t[keys[-1]] - self.t[keys[0]]) * 1e3 / ACTIVE if len(keys) == 2 else None
+        r = trainer.global_rank
+        with open(f"{{OUT}}-rank{{r}}.json", "w") as fh:
+            json.dump({{"rank": r, "steps": ACTIVE, "wall_ms_per_step": wall, "nccl_ms_per_step": nccl,
+                       "other_device_ms_per_step": other}}, fh, indent=2)
+        with open(f"{{OUT}}-rank{{r}}.txt", "w") as fh:
+            fh.write(ev.table(sort_by="self_device_time_total", row_limit=25))
+
+_callbacks = M.TaskModule.configure_callbacks
+M.TaskModule.configure_callbacks = lambda self: _callbacks(self) + [Prof()]
+
+from neurotrain.cli import main
+main()
+"""
+PROFILE_WAIT, PROFILE_ACTIVE = 12, 10
 
 
 def neurotrain_command() -> list[str]:
@@ -154,6 +204,18 @@ def sync_debug(task: str, config: Path, args: argparse.Namespace, work: Path) ->
     return {"steps": SYNC_DEBUG_STEPS, "syncs": sum(hits.values()), "where": hits, **({"error": row["error"]} if "error" in row else {})}
 
 
+def profile_run(task: str, config: Path, devices: int, args: argparse.Namespace, work: Path, dest: Path) -> dict:
+    """One profiled run of ``devices`` devices; tables and per-rank JSON land in ``dest``."""
+    dest.mkdir(parents=True, exist_ok=True)
+    prefix = dest / f"profile-{task}-{devices}x"
+    launcher = work / "profile_launcher.py"
+    launcher.write_text(PROFILE_LAUNCHER.format(wait=PROFILE_WAIT, active=PROFILE_ACTIVE, out=str(prefix)))
+    steps = PROFILE_WAIT + 3 + PROFILE_ACTIVE + 2
+    row = run_config(task, config, devices, steps, args, work, [sys.executable, str(launcher)])
+    ranks = [json.loads(p.read_text()) for p in sorted(dest.glob(f"{prefix.name}-rank*.json"))]
+    return {"devices": devices, "ranks": ranks, **({"error": row["error"]} if "error" in row else {})}
+
+
 def markdown(res: dict) -> str:
     lines = [f"device: {res['device']}; precision {res['precision']}; {res['note']}", "",
              "| task | batch/GPU | 1-GPU samples/s | 2-GPU samples/s | efficiency | samples seen | val loss 1 GPU | val loss 2 GPUs |",
@@ -172,6 +234,10 @@ def markdown(res: dict) -> str:
         for k in ("1", "2"):
             if "error" in r.get(k, {}):
                 lines.append(f"\n{task} {k}-GPU failed: {r[k]['error']}")
+        for p in r.get("profile", {}).get("ranks", []):
+            lines.append(f"\n{task} profile, {r['profile']['devices']} devices, rank {p['rank']}: "
+                         f"{p['wall_ms_per_step'] or 0:.2f} ms/step wall, {p['other_device_ms_per_step']:.2f} ms compute "
+                         f"+ {p['nccl_ms_per_step']:.2f} ms NCCL on the device")
         if "sync_debug" in r:
             s = r["sync_debug"]
             lines.append(f"\n{task}: {s['syncs']} host syncs in {s['steps']} training steps: " +
@@ -192,6 +258,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--gamma-photons", type=int, default=GAMMA_PHOTONS)
     ap.add_argument("--set", action="append", help="an extra a.b=c override for every run")
     ap.add_argument("--sync-debug", action="store_true")
+    ap.add_argument("--profile", action="store_true",
+                    help="one more run per task on the most devices, under torch.profiler (tables beside --out)")
     ap.add_argument("--timeout", type=int, default=300, help="seconds per run")
     ap.add_argument("--work", type=Path, help="folder for the runs (default: a temporary one, removed)")
     ap.add_argument("--out", type=Path)
@@ -237,6 +305,9 @@ def main(argv: list[str]) -> int:
             r["efficiency"] = round(two / (2 * one), 3) if one and two else None
             if args.sync_debug and args.accelerator == "gpu":
                 r["sync_debug"] = sync_debug(task, config, args, work)
+            if args.profile:
+                dest = args.out.parent if args.out else Path.cwd()
+                r["profile"] = profile_run(task, config, counts[-1], args, work, dest)
             res["tasks"][task] = r
     finally:
         if args.work is None:
