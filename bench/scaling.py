@@ -47,6 +47,7 @@ DEFAULT_STEPS = {"gamma": 600, "smlm": 400, "deflare": 150}
 GAMMA_PHOTONS = 4000
 WARMUP_FRACTION = 0.1  # of the run's optimiser steps: the cosine schedule's linear warm-up
 SYNC_DEBUG_STEPS = 30
+NVLS_OFF = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
 
 # Runs `neurotrain train` with the device's sync debug mode on from the moment a training batch is simulated
 # to the end of its optimiser step, and writes where synchronising calls came from (first neurotrain frame).
@@ -176,6 +177,9 @@ def run_config(task: str, config: Path, devices: int, steps: int, args: argparse
     name = f"{task}-{devices}x"
     cmd = (launcher or neurotrain_command()) + ["train", str(config), *overrides, "--overwrite"]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
+    # NVLink multicast stays off on shared hosts (a program using it can take the host's GPUs down)
+    for k, v in NVLS_OFF.items():
+        env.setdefault(k, v)
     t0 = time.perf_counter()
     row: dict = {"devices": devices, "steps_per_gpu": steps, "batch_per_gpu": batch,
                  "samples_seen": steps * devices * batch}
