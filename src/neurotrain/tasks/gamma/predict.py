@@ -244,22 +244,46 @@ def _output_names(inputs: list[Path], output: Path | None) -> list[tuple[Path, s
     return out
 
 
-def predict_files(cfg: Any, model: nn.Module, inputs: list[Path], output: Path | None, **options: Any) -> list[Path]:
-    """Enhance each input file; returns the written paths. All inputs are read and checked (format, calibration,
-    detector) before the first output is written."""
+def expand_inputs(inputs: list[Path]) -> list[Path]:
+    """Input files, a folder standing for the spectrum files (known suffixes, :data:`io.SUFFIXES`) in it."""
+    out: list[Path] = []
+    for p in map(Path, inputs):  # a few paths given by the user
+        if p.is_dir():
+            found = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in gio.SUFFIXES)
+            if not found:
+                raise DataError(f"{p}: folder: expected spectrum files ({', '.join(sorted(gio.SUFFIXES))}), found none")
+            out += found
+        else:
+            out.append(p)
+    return out
+
+
+def check_inputs(cfg: Any, inputs: list[Path], output: Path | None, **options: Any) -> list[tuple[Any, Any, str | None]]:
+    """Read and check every input before a network is built or a file written: options, output place, format,
+    calibration, counts and detector. Returns (spectrum, detector evidence, warning or None) per input file."""
     popt = predict_options(cfg, options)
     calibration = _parse_calibration(options.get("calibration"))
+    files = expand_inputs(inputs)
+    _output_names(files, output)
+    checked = []
+    for path in files:  # a few small spectra
+        spec = gio.read_spectrum(path, calibration)
+        checked.append((spec, *check_detector(cfg, spec, popt, popt.crystal)))
+    return checked
+
+
+def predict_files(cfg: Any, model: nn.Module, inputs: list[Path], output: Path | None, **options: Any) -> list[Path]:
+    """Enhance each input file (or the spectrum files of an input folder); returns the written paths. All inputs
+    are read and checked (format, calibration, detector: :func:`check_inputs`) before the first output is written."""
+    popt = predict_options(cfg, options)
+    checked = check_inputs(cfg, inputs, output, **options)
     r662, power = fwhm_law(cfg, {**options, **popt.model_dump(exclude_none=True)})
     # peaks are labelled with a crystal's features only when the user names the crystal
     crystal = popt.crystal
     verbose = bool(options.get("verbose", True))
     edges_dst = channel_edges(cfg.simulate).double().numpy()
     centers = 0.5 * (edges_dst[1:] + edges_dst[:-1])
-    names = _output_names([Path(p) for p in inputs], output)
-    checked = []
-    for path in inputs:  # a few small spectra: read and check them all before writing anything
-        spec = gio.read_spectrum(Path(path), calibration)
-        checked.append((spec, *check_detector(cfg, spec, popt, crystal)))
+    names = _output_names([c[0].path for c in checked], output)
     written: list[Path] = []
     for (spec, evidence, warning), (out_dir, stem) in zip(checked, names):
         path = spec.path

@@ -75,6 +75,12 @@ class GammaTask(Task):
         keys = ["input", "target", "fwhm_params", "scale", "line_energy", "line_area", "line_mask", "line_detectable"]
         return {k: k for k in keys}
 
+    def check_predict_inputs(self, cfg: Config, inputs: list[Path], output: Path | None, **options: Any) -> None:
+        """Every input read and checked (format, calibration, detector) before the network is built."""
+        from neurotrain.tasks.gamma.predict import check_inputs
+
+        check_inputs(cfg, inputs, output, **options)
+
     def predict(self, cfg: Config, model: nn.Module, inputs: list[Path], output: Path | None, **options: Any) -> list[Path]:
         from neurotrain.tasks.gamma.predict import predict_files
 
