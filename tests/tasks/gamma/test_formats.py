@@ -207,3 +207,42 @@ def test_predict_refuses_hpge_file_for_scintillator_model(tmp_path: Path, tiny) 
     # the user naming a scintillator crystal does not make an HPGe file one
     with pytest.raises(DataError, match="detector"):
         predict_files(cfg, model, [ge], tmp_path / "o2", plot=False, verbose=False, crystal="NaI")
+
+
+def test_n42_with_several_records(tmp_path: Path) -> None:
+    """A background record is left out; two foreground detectors are summed (SpecUtils' sum)."""
+    c = _counts()
+    sf = su.SpecFile()
+    for name, counts, kind in (("A", c, su.SourceType.Foreground), ("B", c * 2, su.SourceType.Foreground),
+                               ("A", c * 100, su.SourceType.Background)):
+        m = su.Measurement.new()
+        m.setGammaCounts(counts.tolist(), 10.0, 10.0)
+        m.setEnergyCalibration(su.EnergyCalibration.fromPolynomial(int(c.size), [0.0, 3.0]))
+        m.setDetectorName(name)
+        m.setSourceType(kind)
+        m.setSampleNumber(2 if kind == su.SourceType.Background else 1)
+        sf.addMeasurement(m, True)
+    p = tmp_path / "multi.n42"
+    sf.writeToFile(str(p), sf.sampleNumbers(), sf.detectorNames(), su.SaveSpectrumAsType.N42_2012)
+    s = gio.read_spectrum(p)
+    assert s.meta["records"] == 2
+    assert s.counts == pytest.approx(3 * c, rel=1e-6)
+
+
+def test_predict_input_folder_and_output_in_the_way(tmp_path: Path, tiny) -> None:
+    from neurotrain.tasks.gamma.predict import expand_inputs, predict_files
+
+    cfg, model = tiny
+    src = tmp_path / "in"
+    src.mkdir()
+    _scint_file(src)
+    (src / "notes.txt").write_text("not a spectrum")
+    assert [p.name for p in expand_inputs([src])] == ["cs.iec"]
+    with pytest.raises(DataError, match="empty: folder: expected spectrum files"):
+        (tmp_path / "empty").mkdir()
+        expand_inputs([tmp_path / "empty"])
+    (tmp_path / "taken").write_text("a file")
+    with pytest.raises(ConfigError, match="an existing file is in the way"):
+        predict_files(cfg, model, [src], tmp_path / "taken", plot=False, verbose=False)
+    out = predict_files(cfg, model, [src], tmp_path / "out", plot=False, verbose=False)
+    assert sorted(p.name for p in out) == ["cs_enhanced.csv", "cs_enhanced.h5", "cs_enhanced.n42", "cs_peaks.csv"]
