@@ -234,7 +234,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--workers", type=int, default=8)
     ap.add_argument("--loader-files", type=int, default=128, help="PNG pairs written for the loader rows")
-    ap.add_argument("--loader-steps", type=int, default=60, help="batches timed in each loader row")
+    ap.add_argument("--loader-steps", type=int, default=150, help="batches timed in each loader row")
     ap.add_argument("--png-steps", type=int, default=6, help="batches timed decoding PNGs (no cache); 0 skips")
     ap.add_argument("--loader-only", action="store_true", help="only the loader rows, no training")
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows")

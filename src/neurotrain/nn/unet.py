@@ -23,8 +23,13 @@ activations kept for the backward pass and the FLOPs. Three options cut it, each
   ``2 * widths[i]`` channels.
 
 Activations ``relu``, ``leaky_relu`` and ``elu`` run in place (their backward needs only their output, and
-batch normalisation's backward only its input), which drops one feature map per convolution with no change of
-result or parameters.
+batch normalisation's backward only its input): no second full-size map is allocated per convolution while the
+forward pass runs, with no change of result or parameters (the tensors kept for the backward pass stay the same).
+
+Measured on the CPU (``torch.utils.flop_counter`` and the bytes of the tensors autograd saves, fp32, one
+512x512 RGB image, depth 4, widths 32..512): classic 111.6 GFLOP and 1196 MB; ``down="stride"`` +
+``up_channels="skip"`` 96.6 GFLOP, 1085 MB; ``stem_stride=2`` 28.5 GFLOP, 693 MB; all three 24.7 GFLOP, 662 MB;
+MONAI ``UNet`` of the same widths (2 residual units) 24.2 GFLOP, 607 MB.
 """
 
 from __future__ import annotations

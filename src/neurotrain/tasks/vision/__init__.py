@@ -4,7 +4,8 @@ Rooms beyond the common ones (task.py, config.py, models.py, losses.py, metrics.
 postprocess.py, predict.py, evaluate.py, plots.py):
 
 * ``data_config.py``: config sections of datasets, samplers and augmentation;
-* ``datasets.py``: image/mask folders, image folders, CSV, COCO JSON, hybrid mixes, ``detection_collate``;
+* ``datasets.py``: image/mask folders, image folders, CSV, COCO JSON, the collates, ``build_dataset``;
+* ``hybrid.py``: ``HybridDataset``, several datasets mixed by ratios, drawn per epoch;
 * ``layouts.py``: named local layouts (DRIVE, CHASE_DB1, STARE, ISIC, BTCV, BraTS, MNIST, CIFAR);
 * ``samplers.py``: weighted, class-balanced and priority samplers;
 * ``augment.py``: batch augmentations on the device (image and target together);

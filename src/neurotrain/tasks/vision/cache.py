@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from neurotrain.errors import DataError
 
@@ -196,7 +197,6 @@ def cached_batch(ds: Any, indices: Sequence[Any]) -> dict[str, Any] | None:
     handing it to the main process copies nothing). Indices may be ``(epoch, i)`` pairs; bad items are
     replaced by the next good one, as ``__getitem__`` does. None when the items differ in size (no batch
     tensor can hold them) or carry more than image and mask / label."""
-    import torch
     from torch.utils.data import get_worker_info
 
     cache = ds._cache
@@ -245,3 +245,68 @@ def cached_batch(ds: Any, indices: Sequence[Any]) -> dict[str, Any] | None:
     else:
         out["label"] = torch.tensor([int(ds.items[j][1]) for j in js], dtype=torch.int64)
     return out
+
+
+class CachedItems:
+    """The cache side of ``dataset_base.VisionDataset`` (a mixin: it uses the dataset's ``spec``, ``split``,
+    ``item_path``, ``skip``, ``_bad`` and ``__getitem__``)."""
+
+    spec: Any
+    split: str
+    _bad: set[int]
+    _cache: Any = None  # a DecodedCache once open_cache() ran
+    #: True: images come as stored (uint8) and masks as uint8, for the training loaders; the task scales them
+    #: on the device (VisionTask.on_batch). Only honoured when the cache holds uint8 images only.
+    raw = False
+
+    def open_cache(self, files: Sequence[Sequence[Path | None]], decode: Any, options: dict[str, Any]) -> None:
+        """Open (or build on first use) the decoded cache of ``files`` (per item: image path, mask path or None);
+        ``decode(i)`` gives item i as ``(stored image, stored mask or None)``. Items the build found bad are
+        skipped like bad files (``on_bad_file``)."""
+        spec = self.spec
+        opts = {"class": type(self).__name__, "channels": spec.channels, "convert_gray": spec.convert_gray,
+                "n_classes": spec.n_classes, "label_map": spec.label_map, "size": spec.size, **options}
+        key = cache_key(files, opts)
+        where = Path(spec.cache_dir) if spec.cache_dir is not None else default_cache_dir(spec.root)
+        self._cache = DecodedCache.build_or_open(where, f"{type(self).__name__.lower()}-{self.split}", key,
+                                                 len(files), decode, spec.on_bad_file, spec.cache_workers)
+        for i, reason in sorted(self._cache.skipped.items()):
+            if spec.on_bad_file == "error":  # a cache built under "skip" still stops an "error" run
+                raise DataError(reason)
+            self._bad.add(i)
+            self.skip(self.item_path(i), reason)
+
+    @property
+    def raw_uint8(self) -> bool:
+        """Whether samples carry uint8 images / masks (``raw`` asked for and the cache holds uint8 only)."""
+        return bool(self.raw and self._cache is not None and self._cache.all_uint8)
+
+    def cached_image(self, i: int) -> torch.Tensor:
+        """Item i's image from the cache: uint8 (C, H, W) when :attr:`raw_uint8`, else float32 in [0, 1]."""
+        arr = self._cache.image(i)
+        if arr is None:  # never served: bad items are in self._bad
+            raise DataError(f"{self.item_path(i)}: cache: expected a decoded image (got a bad file)")
+        if self.raw_uint8:
+            return torch.from_numpy(np.array(arr))  # a copy: the map is read-only and shared
+        from neurotrain.tasks.vision.dataset_base import stored_to_unit  # (dataset_base imports this module)
+
+        return torch.from_numpy(stored_to_unit(np.array(arr)))
+
+    def cached_mask(self, i: int) -> torch.Tensor:
+        """Item i's mask from the cache: uint8 (H, W) when :attr:`raw_uint8` (<= 256 classes), else int64."""
+        arr = self._cache.mask(i)
+        if arr is None:
+            raise DataError(f"{self.item_path(i)}: cache: expected a decoded mask (got a bad file)")
+        if self.raw_uint8 and arr.dtype == np.uint8:
+            return torch.from_numpy(np.array(arr))
+        return torch.from_numpy(arr.astype(np.int64))
+
+    def __getitems__(self, indices: Sequence[Any]) -> Any:
+        """A whole batch of indices at once (DataLoader's batched fetch): with :attr:`raw_uint8`, one pre-collated
+        batch dict straight from the cache (``cache.cached_batch``; the task's loaders collate with
+        ``datasets.vision_collate``, which passes it through); otherwise the list of samples."""
+        if self.raw_uint8:
+            batch = cached_batch(self, indices)
+            if batch is not None:
+                return batch
+        return [self[i] for i in indices]

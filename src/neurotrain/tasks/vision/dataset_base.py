@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from neurotrain.errors import DataError
+from neurotrain.tasks.vision.cache import CachedItems
 from neurotrain.tasks.vision.data_config import DatasetSpec, TaskKind
 
 log = logging.getLogger(__name__)
@@ -306,11 +307,12 @@ def resize_pair(image: torch.Tensor, mask: torch.Tensor | None, size: tuple[int,
 # --------------------------------------------------------------------------- base dataset
 
 
-class VisionDataset(Dataset, ABC):
+class VisionDataset(CachedItems, Dataset, ABC):
     """Base of every vision dataset: sample dicts, bad-file policy, per-sample labels.
 
     Subclasses implement ``__len__``, ``item_path(i)`` and ``load(i)`` (may raise DataError),
-    and may override ``sample_labels()``.
+    and may override ``sample_labels()``; those of image folders decode through the cache
+    (:class:`cache.CachedItems`: ``open_cache``, ``cached_image``, ``cached_mask``, batched ``__getitems__``).
     """
 
     kind: TaskKind = "segmentation"
@@ -321,53 +323,8 @@ class VisionDataset(Dataset, ABC):
         self.skipped: list[tuple[str, str]] = []
         self.class_names: list[str] = []
         self._bad: set[int] = set()
-        self._cache: Any = None  # a cache.DecodedCache once open_cache() ran
-        #: True: images come as stored (uint8) and masks as uint8, for the training loaders; the task scales them
-        #: on the device (VisionTask.on_batch). Only honoured when the cache holds uint8 images only.
-        self.raw = False
-
-    # ------------------------------------------------------------------ decoded-image cache (cache.py)
-    def open_cache(self, files: Sequence[Sequence[Path | None]], decode: Any, options: dict[str, Any]) -> None:
-        """Open (or build on first use) the decoded cache of ``files`` (per item: image path, mask path or None);
-        ``decode(i)`` gives item i as ``(stored image, stored mask or None)``. Items the build found bad are
-        skipped like bad files (``on_bad_file``)."""
-        from neurotrain.tasks.vision.cache import DecodedCache, cache_key, default_cache_dir
-
-        spec = self.spec
-        opts = {"class": type(self).__name__, "channels": spec.channels, "convert_gray": spec.convert_gray,
-                "n_classes": spec.n_classes, "label_map": spec.label_map, "size": spec.size, **options}
-        key = cache_key(files, opts)
-        where = Path(spec.cache_dir) if spec.cache_dir is not None else default_cache_dir(spec.root)
-        self._cache = DecodedCache.build_or_open(where, f"{type(self).__name__.lower()}-{self.split}", key,
-                                                 len(files), decode, spec.on_bad_file, spec.cache_workers)
-        for i, reason in sorted(self._cache.skipped.items()):
-            if spec.on_bad_file == "error":  # a cache built under "skip" still stops an "error" run
-                raise DataError(reason)
-            self._bad.add(i)
-            self.skip(self.item_path(i), reason)
-
-    @property
-    def raw_uint8(self) -> bool:
-        """Whether samples carry uint8 images / masks (``raw`` asked for and the cache holds uint8 only)."""
-        return bool(self.raw and self._cache is not None and self._cache.all_uint8)
-
-    def cached_image(self, i: int) -> torch.Tensor:
-        """Item i's image from the cache: uint8 (C, H, W) when :attr:`raw_uint8`, else float32 in [0, 1]."""
-        arr = self._cache.image(i)
-        if arr is None:  # never served: bad items are in self._bad
-            raise DataError(f"{self.item_path(i)}: cache: expected a decoded image (got a bad file)")
-        if self.raw_uint8:
-            return torch.from_numpy(np.array(arr))  # a copy: the map is read-only and shared
-        return torch.from_numpy(stored_to_unit(np.array(arr)))
-
-    def cached_mask(self, i: int) -> torch.Tensor:
-        """Item i's mask from the cache: uint8 (H, W) when :attr:`raw_uint8` (<= 256 classes), else int64."""
-        arr = self._cache.mask(i)
-        if arr is None:
-            raise DataError(f"{self.item_path(i)}: cache: expected a decoded mask (got a bad file)")
-        if self.raw_uint8 and arr.dtype == np.uint8:
-            return torch.from_numpy(np.array(arr))
-        return torch.from_numpy(arr.astype(np.int64))
+        self._cache = None  # cache.DecodedCache once open_cache() ran
+        self.raw = False  # cache.CachedItems.raw
 
     @abstractmethod
     def __len__(self) -> int:
@@ -411,18 +368,6 @@ class VisionDataset(Dataset, ABC):
             sample.setdefault("path", self.item_path(j))
             return sample
         raise DataError(f"{self.spec.root}: files: expected at least one readable sample (got {n} bad files)")
-
-    def __getitems__(self, indices: Sequence[Any]) -> Any:
-        """A whole batch of indices at once (DataLoader's batched fetch): with :attr:`raw_uint8`, one pre-collated
-        batch dict straight from the cache (``cache.cached_batch``; the task's loaders collate with
-        ``datasets.vision_collate``, which passes it through); otherwise the list of samples."""
-        if self.raw_uint8:
-            from neurotrain.tasks.vision.cache import cached_batch
-
-            batch = cached_batch(self, indices)
-            if batch is not None:
-                return batch
-        return [self[i] for i in indices]
 
     def sample_labels(self) -> torch.Tensor:
         """int64 (N,) one group per sample for the samplers: the class (classification) or
