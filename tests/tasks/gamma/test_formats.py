@@ -246,3 +246,22 @@ def test_predict_input_folder_and_output_in_the_way(tmp_path: Path, tiny) -> Non
         predict_files(cfg, model, [src], tmp_path / "taken", plot=False, verbose=False)
     out = predict_files(cfg, model, [src], tmp_path / "out", plot=False, verbose=False)
     assert sorted(p.name for p in out) == ["cs_enhanced.csv", "cs_enhanced.h5", "cs_enhanced.n42", "cs_peaks.csv"]
+
+
+def test_default_law_far_from_the_files_peaks_gets_a_notice(tmp_path: Path, tiny) -> None:
+    from neurotrain.tasks.gamma.predict import check_inputs
+
+    cfg, _ = tiny
+    e = 1.0 + 2.0 * np.arange(1024)
+    lam = 300 * np.exp(-e / 500) + 20
+    for line, amp in ((662.0, 3000.0), (1173.0, 2000.0), (1332.0, 2000.0)):  # 18 % FWHM at 662 keV (E^0.5 law)
+        sig = 0.18 * 662 * (line / 662) ** 0.5 / 2.3548
+        lam = lam + amp * np.exp(-0.5 * ((e - line) / sig) ** 2)
+    wide = gio.write_iec1455(tmp_path / "wide.iec", np.random.default_rng(2).poisson(lam).astype(float), [0.0, 2.0], 100.0, 100.0)
+    (spec, ev, note), = check_inputs(cfg, [wide], tmp_path / "o")
+    assert ev.n_peaks >= 2 and 0.12 < ev.r662 < 0.24
+    assert note is not None and "the model is told 10.0 % (the default law)" in note
+    (_, _, note2), = check_inputs(cfg, [wide], tmp_path / "o", fwhm_662=0.18)
+    assert note2 is None  # the user set the law: no notice
+    (_, _, note3), = check_inputs(cfg, [_scint_file(tmp_path)], tmp_path / "o")
+    assert note3 is None  # 7 % peaks with the 10 % default: close enough

@@ -41,6 +41,8 @@ def _parse_calibration(value: Any) -> list[float] | None:
     return [float(v) for v in value]
 
 
+#: a scintillator file whose peaks' FWHM differs from the law in use by more than this factor gets a notice
+RESOLUTION_NOTICE_RATIO = 1.5
 #: options that are not keys of the predict config section
 EXTRA_OPTIONS = ("calibration", "verbose", "debug")
 
@@ -265,10 +267,17 @@ def check_inputs(cfg: Any, inputs: list[Path], output: Path | None, **options: A
     calibration = _parse_calibration(options.get("calibration"))
     files = expand_inputs(inputs)
     _output_names(files, output)
+    r662, _ = fwhm_law(cfg, popt.model_dump(exclude_none=True))
     checked = []
     for path in files:  # a few small spectra
         spec = gio.read_spectrum(path, calibration)
-        checked.append((spec, *check_detector(cfg, spec, popt, popt.crystal)))
+        ev, warning = check_detector(cfg, spec, popt, popt.crystal)
+        if warning is None and popt.crystal is None and popt.fwhm_662 is None and ev.source == "peaks" and ev.n_peaks >= 2 \
+                and not 1 / RESOLUTION_NOTICE_RATIO < ev.r662 / r662 < RESOLUTION_NOTICE_RATIO:
+            # the default law runs silently otherwise (issue 21): say so when the file's peaks disagree with it
+            warning = (f"{spec.path}: note: its peaks look ~{100 * ev.r662:.1f} % FWHM at 662 keV, the model is told "
+                       f"{100 * r662:.1f} % (the default law); --opt crystal=... or fwhm_662=... sets the input detector")
+        checked.append((spec, ev, warning))
     return checked
 
 
