@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from neurotrain.tasks.gamma.simulate import (
-    broaden, channel_edges, hpge_coefficients, hpge_fwhm, scint_fwhm,
+    broaden, channel_edges, hpge_fwhm, scint_fwhm,
 )
 
 
@@ -88,11 +88,14 @@ def gold_path(y: Tensor, a: Tensor, iterations: int, repetitions: int, boost: fl
 
 
 def show_at_target(cfg: Any, x: Tensor) -> Tensor:
-    """Deconvolved deposits (B, N) shown at the target's resolution (the simulator's HPGe law), (B, N)."""
+    """Deconvolved deposits (B, N) shown at the target detector's resolution (``eval_score.target_law``: the
+    germanium law with the HPGe target, the ``hpge_fwhm_anchors`` fit otherwise), (B, N)."""
+    from neurotrain.tasks.gamma.eval_score import target_law
+
     sim = cfg.simulate
     edges = channel_edges(sim, x.device)
     centers = 0.5 * (edges[1:] + edges[:-1])
-    fw = hpge_fwhm(centers, hpge_coefficients(sim.hpge_fwhm_anchors)).unsqueeze(0).expand(x.shape[0], -1)
+    fw = hpge_fwhm(centers, target_law(cfg)).unsqueeze(0).expand(x.shape[0], -1)
     return broaden(x, edges, fw)
 
 

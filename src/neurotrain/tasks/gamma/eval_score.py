@@ -42,6 +42,16 @@ def target_is_hpge(cfg: Any) -> bool:
     return kind in ("hpge", "germanium", "hpge_detector")
 
 
+def target_law(cfg: Any) -> tuple[float, float, float]:
+    """(a, b, c) of the target detector's FWHM^2 = a + b E + c E^2: the germanium law of ``simulate.hpge`` with
+    the HPGe target (``hpge.target_fwhm_coefficients``), else the ``hpge_fwhm_anchors`` fit."""
+    try:
+        from neurotrain.tasks.gamma.hpge import target_fwhm_coefficients
+    except ImportError:  # a simulator without the separate HPGe detector
+        return hpge_coefficients(cfg.simulate.hpge_fwhm_anchors)
+    return target_fwhm_coefficients(cfg.simulate)
+
+
 def claimed_detector(cfg: Any, crystal: str, row: str) -> tuple[str, bool]:
     """(detector, holds Lu-176) that a row's spectrum claims to be: the input crystal for the input row, else
     the target detector (HPGe, or the crystal's own deposits with the resolution-only target)."""
@@ -86,7 +96,7 @@ def peak_counts(cfg: Any, crystal: str, row: str, found: dict[str, Tensor], batc
         r662, power = _law(batch)
         width = lambda x: scint_fwhm(x, r662, power)  # noqa: E731
     else:
-        coeffs = hpge_coefficients(cfg.simulate.hpge_fwhm_anchors)
+        coeffs = target_law(cfg)
         width = lambda x: hpge_fwhm(x, coeffs)  # noqa: E731
     windows = exemption_windows(batch, detector, cfg.simulate.detector.slab_material, tol, width, lu)
     kinds = classify_false_peaks(e, false, windows)
@@ -131,7 +141,8 @@ def score_rows(cfg: Any, crystal: str, spectra: dict[str, Tensor], batch: dict[s
     scale = batch["scale"].view(-1, 1)
     det = batch["line_detectable"].bool() & batch["line_mask"].bool()
     truth_t = batch["line_area"] * scale
-    truth_in = batch["line_area_input"] * scale if "line_area_input" in batch else truth_t
+    # the input's own expected peak areas (counts; the input detector's efficiency), where the simulator gives them
+    truth_in = batch["line_area_input"] if "line_area_input" in batch else truth_t
     counts, lines = {}, {}
     for name, spec in spectra.items():
         found = found_peaks(cfg, spec, batch, measured_domain=name == "input")
