@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 import torch
 
+from neurotrain.errors import DataError
 from neurotrain.tasks.deflare.io import EventWriter, read_events
 from neurotrain.tasks.deflare.postprocess import identity_fn, model_fn, process_file
 
@@ -70,12 +71,12 @@ def test_diverged_network_is_refused_not_written(tmp_path):
     assert not out.exists()
 
 
-def test_empty_recording_gives_an_empty_file_of_the_same_layout(tmp_path):
+def test_empty_recording_is_refused_not_written_as_an_empty_file(tmp_path):
+    """issue 21: an empty event file gave an empty output with no notice."""
     src = tmp_path / "empty.h5"
     with EventWriter(src, attrs={"sensor_size": [24, 32]}):
         pass
     out = tmp_path / "o.h5"
-    r = process_file(src, out, identity_fn, small_cfg(tmp_path))
-    assert r.events_in == r.events_out == r.segments == 0
-    with h5py.File(out) as h:
-        assert all(h[f"events/{k}"].shape == (0,) for k in "txyp")
+    with pytest.raises(DataError, match="empty.h5: events: expected at least one event"):
+        process_file(src, out, identity_fn, small_cfg(tmp_path))
+    assert not out.exists()
