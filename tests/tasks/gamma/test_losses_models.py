@@ -86,6 +86,7 @@ def test_conditioning_changes_output_once_trained() -> None:
     cfg = GammaConfig(simulate={"n_channels": 128}, model={"base_channels": 8, "depth": 2})
     m = models.build_model(cfg)
     torch.nn.init.normal_(m.film.net[-1].weight, std=0.5)
+    torch.nn.init.normal_(m.full_out[-1].weight, std=0.5)  # the default network starts flat (zero output layer)
     m.eval()
     x = torch.rand(1, 3, 128)
     a = m(x, torch.tensor([[0.08, 0.5]]))

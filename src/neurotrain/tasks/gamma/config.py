@@ -157,8 +157,12 @@ class ModelSection(Section):
     #: unfolded by the head, so the network works on a grid this much coarser; n_channels must be divisible by
     #: stem_stride * 2**depth. 8 channels of the 4096-channel 20-3000 keV grid are 5.8 keV, below the narrowest
     #: input line (LaBr3 3 % at 662 keV, power 0.5: 8.5 keV FWHM at 122 keV, 12 channels) and 4.9x below
-    #: LYSO's there (28 keV); at train.yaml's size it cuts the multiply-adds 7.7x (bench/gamma.py)
+    #: LYSO's there (28 keV); at train.yaml's size the network needs 7.2x fewer multiply-adds (bench/gamma.py)
     stem_stride: int = Field(8, ge=1)
+    #: FastSpectralUNet1D: features per channel of its one full-resolution level (input convolution, skip and
+    #: a residual block after depth-to-space), which sharpens a line alike wherever it falls in a stem block;
+    #: 0: none (pure space-to-depth in and depth-to-space out)
+    full_channels: int = Field(16, ge=0)
 
 
 class LossSection(Section):

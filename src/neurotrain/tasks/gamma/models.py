@@ -1,6 +1,8 @@
-"""Spectral residual U-Nets of the seed system (``models/resnet1d_improved.py`` there), built from ``nn.blocks``.
+"""Spectral residual U-Nets: the seed system's (``models/resnet1d_improved.py`` there) and the default
+:class:`FastSpectralUNet1D`, which runs the same design on a grid ``stem_stride`` times coarser; built from
+``nn.blocks``.
 
-Both networks map (B, C_in, N) normalised input spectra to (B, 1, N) enhanced spectra (same normalisation,
+All networks map (B, C_in, N) normalised input spectra to (B, 1, N) enhanced spectra (same normalisation,
 non-negative through softplus):
 
 * encoder: stem convolution, then ``depth`` strided (x1/2) residual stages doubling the width (up to
@@ -10,9 +12,11 @@ non-negative through softplus):
 * decoder: ConvTranspose1d up-sampling (kernel ``up_kernel``, 4 = overlapping) with *additive* skip
   connections;
 * head: ``SpectralResNet1D`` uses one 1x1 convolution; ``ImprovedSpectralResNet1D`` the seed's progressive
-  head (C -> C/2 -> C/4 -> 1 with activations) and SE attention in every block.
+  head (C -> C/2 -> C/4 -> 1 with activations) and SE attention in every block; ``FastSpectralUNet1D``
+  depth-to-space back to the full grid and one residual block there.
 
-``N`` must be divisible by 2**depth.
+``N`` must be divisible by 2**depth (``FastSpectralUNet1D``: by stem_stride * 2**depth). The seed networks
+stay available by name (``model.name``) so that their checkpoints load.
 """
 
 from __future__ import annotations
@@ -147,32 +151,40 @@ def _round8(c: int) -> int:
 
 
 class FastSpectralUNet1D(nn.Module):
-    """The seed's residual U-Net run where the information is: at 1/``stem_stride`` of the channel grid.
+    """The seed's residual U-Net run where the information is: at 1/``stem_stride`` of the channel grid, with
+    one thin level at full resolution.
 
     A scintillator's lines are broad (LYSO FWHM 10 % at 662 keV = 66 keV = 90 channels of a 4096-channel
-    0-3 MeV grid), so the input carries no detail on the scale of a few channels beyond Poisson noise; the old
-    networks nevertheless spent their widest convolutions at full and half resolution. Here:
+    20-3000 keV grid), yet the seed networks spent their widest convolutions at full and half resolution
+    (2.36 GMAC per 4096-channel spectrum at train.yaml's size, 0.31 GMAC here). Here:
 
-    * stem: lossless 1D space-to-depth (:func:`pixel_unshuffle_1d`, ``stem_stride`` s, 4 by default: 3 x 4096
-      -> 12 x 1024) and one convolution to ``base_channels``;
+    * full-resolution level: one convolution to ``full_channels`` (16) features per channel, kept as a skip;
+    * stem: lossless 1D space-to-depth (:func:`pixel_unshuffle_1d`) of those features by ``stem_stride`` (8:
+      16 x 4096 -> 128 x 512) and a convolution to ``base_channels``;
     * encoder / bottleneck / decoder as in :class:`SpectralResNet1D` (strided residual stages doubling the
       width up to ``max_channels``, FiLM on the FWHM law at the bottleneck and at the top of the decoder,
-      transposed-convolution up-sampling, additive skips), without SE attention (its global pool is a
-      reduction over every position that splits each block into two memory passes);
-    * head: two convolutions to ``s`` channels, then depth-to-space (:func:`pixel_shuffle_1d`) back to the
-      full grid: the network's output keeps full channel resolution (HPGe FWHM 1.3 keV at 662 keV = 1.8
-      channels), each position emitting its ``s`` channels.
+      transposed-convolution up-sampling, additive skips), without SE attention (its global pool over every
+      position splits each block into two memory passes);
+    * head: a convolution to ``full_channels * stem_stride`` channels, depth-to-space
+      (:func:`pixel_shuffle_1d`) back to the full grid, the full-resolution skip added, one residual block
+      at full resolution and a 1x1 convolution to the spectrum. The full-resolution block is the same filter
+      at every channel, so a line is sharpened the same way whatever its position within a stem block
+      (space-to-depth alone needs ``stem_stride`` phase-specific filters, which the quickstart did not learn);
+      the output keeps full channel resolution (HPGe FWHM 1.3 keV at 662 keV = 1.8 channels).
 
-    Widths are rounded to multiples of 8. Input length ``N`` must be divisible by ``stem_stride * 2**depth``.
-    The forward pass has static shapes and no data-dependent branch (torch.compile / CUDA graphs friendly).
+    ``full_channels`` 0 drops the full-resolution level (space-to-depth of the input, depth-to-space of the
+    output). Widths are rounded to multiples of 8 (tensor-core tiles). Input length ``N`` must be divisible by
+    ``stem_stride * 2**depth``. The forward pass has static shapes and no data-dependent branch
+    (one graph for torch.compile, CUDA graphs possible).
     """
 
     def __init__(
         self,
         in_channels: int = 3,
-        base_channels: int = 64,
-        depth: int = 4,
-        stem_stride: int = 4,
+        base_channels: int = 32,
+        depth: int = 5,
+        stem_stride: int = 8,
+        full_channels: int = 16,
         blocks_per_level: int = 1,
         bottleneck_blocks: int = 2,
         kernel_size: int = 7,
@@ -189,8 +201,13 @@ class FastSpectralUNet1D(nn.Module):
         widths = [_round8(min(base_channels * 2**i, cap)) for i in range(depth + 1)]
         self.widths = widths
         k = kernel_size
+        fc = _round8(full_channels) if full_channels > 0 else 0
+        self.full_in: nn.Module = (
+            nn.Sequential(nn.Conv1d(in_channels, fc, k, padding=k // 2, bias=False), nn.BatchNorm1d(fc), nn.ReLU(inplace=True))
+            if fc else nn.Identity()
+        )
         self.stem = nn.Sequential(
-            nn.Conv1d(in_channels * stem_stride, widths[0], k, padding=k // 2, bias=False),
+            nn.Conv1d((fc or in_channels) * stem_stride, widths[0], 3, padding=1, bias=False),
             nn.BatchNorm1d(widths[0]),
             nn.ReLU(inplace=True),
             *[ResidualBlock(widths[0], widths[0], 1, k, 1, None) for _ in range(blocks_per_level)],
@@ -204,10 +221,16 @@ class FastSpectralUNet1D(nn.Module):
         self.film = FiLM(cond_dim, widths[-1]) if condition else None
         self.film_out = FiLM(cond_dim, widths[0]) if condition else None
         self.up = nn.ModuleList([UpBlock(widths[i + 1], widths[i], 1, k, None, up_kernel) for i in reversed(range(depth))])
-        mid = _round8(widths[0] // 2)
-        self.head = nn.Sequential(
-            nn.Conv1d(widths[0], mid, 3, padding=1), nn.ReLU(inplace=True), nn.Conv1d(mid, stem_stride, 3, padding=1)
+        self.to_full = nn.Conv1d(widths[0], (fc or 1) * stem_stride, 3, padding=1)
+        self.full_out: nn.Module = (
+            nn.Sequential(ResidualBlock(fc, fc, 1, k, 1, None), nn.Conv1d(fc, 1, 1)) if fc else nn.Identity()
         )
+        # Start from a flat spectrum, softplus(0) = 0.69 per channel: with the default initialisation the first
+        # steps at the quickstart's lr 3e-3 swung the output to 7x the target's area and then to exactly zero,
+        # where softplus has no gradient left (the network stayed dead; the seed network survived the swing).
+        last = self.full_out[-1] if fc else self.to_full
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
         # the FWHM law the FiLM layers see when a caller gives none (LYSO, r662 = 0.10, power 0.5)
         self.register_buffer("default_cond", torch.tensor([[0.10, 0.5]]), persistent=False)
 
@@ -222,7 +245,8 @@ class FastSpectralUNet1D(nn.Module):
         if cond is None:
             cond = self.default_cond.to(x.dtype).expand(x.shape[0], -1)
         c = SpectralResNet1D._cond(cond)
-        h = self.stem(pixel_unshuffle_1d(x, self.stem_stride))
+        full = self.full_in(x)
+        h = self.stem(pixel_unshuffle_1d(full, self.stem_stride))
         skips = [h]
         for stage in self.down:
             h = stage(h)
@@ -234,7 +258,10 @@ class FastSpectralUNet1D(nn.Module):
             h = up(h, skips.pop())
         if self.film_out is not None:
             h = self.film_out(h, c)
-        return F.softplus(pixel_shuffle_1d(self.head(h), self.stem_stride))
+        h = pixel_shuffle_1d(self.to_full(h), self.stem_stride)
+        if isinstance(self.full_out, nn.Sequential):
+            h = self.full_out(h + full)
+        return F.softplus(h)
 
 
 def build_model(cfg: object) -> nn.Module:
@@ -252,6 +279,6 @@ def build_model(cfg: object) -> nn.Module:
         up_kernel=m.up_kernel, max_channels=m.max_channels,
     )
     if fast:
-        return FastSpectralUNet1D(stem_stride=m.stem_stride, **common)
+        return FastSpectralUNet1D(stem_stride=m.stem_stride, full_channels=m.full_channels, **common)
     cls = {"SpectralResNet1D": SpectralResNet1D, "ImprovedSpectralResNet1D": ImprovedSpectralResNet1D}[m.name]
     return cls(se_reduction=m.se_reduction, **common)
