@@ -50,7 +50,7 @@ SYNC_DEBUG_STEPS = 30
 NVLS_OFF = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
 
 # Runs `neurotrain train` with the device's sync debug mode on from the moment a training batch is simulated
-# to the end of its optimiser step, and writes where synchronising calls came from (first neurotrain frame).
+# to the end of its optimiser step, and writes where synchronising calls came from (innermost non-torch frame).
 SYNC_LAUNCHER = """
 import collections, json, sys, traceback, warnings
 import torch
@@ -62,9 +62,12 @@ _show = warnings.showwarning
 def show(message, category, filename, lineno, file=None, line=None):
     if "synchronizing CUDA operation" not in str(message):
         return _show(message, category, filename, lineno, file, line)
-    ours = [f for f in traceback.extract_stack()[:-1] if "/neurotrain/" in f.filename]
-    where = f"{{ours[-1].filename.split('/neurotrain/')[-1]}}:{{ours[-1].lineno}} ({{ours[-1].line}})" if ours else "lightning/torch"
-    hits[where] += 1
+    # the innermost frame outside torch: the neurotrain or Lightning line that asked for the value
+    frames = [f for f in traceback.extract_stack()[:-1]
+              if "/torch/" not in f.filename and "warnings" not in f.filename and f.filename != __file__]
+    f = frames[-1] if frames else None
+    name = f.filename.split("site-packages/")[-1].split("/src/")[-1] if f else "?"
+    hits[f"{{name}}:{{f.lineno}} ({{f.line}})" if f else "?"] += 1
 warnings.showwarning = show
 warnings.simplefilter("always")
 
