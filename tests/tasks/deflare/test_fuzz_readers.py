@@ -318,3 +318,16 @@ def test_evt2_random_words_decode_or_are_refused_never_crash(tmp_path, words):
         assert "rand.raw" in str(e) and "\n" not in str(e)
         return
     assert len(ev) > 0 and ev.x.max() < W and ev.y.max() < H
+
+
+@pytest.mark.parametrize("name,data", [("cut.raw", EVT2_CASES["cut_word_10_1"]), ("hdr.raw", EVT3_CASES["cut_header_49"])])
+def test_header_level_problems_fail_before_the_network_is_built(tmp_path, name, data):
+    """``neurotrain predict`` calls ``check_predict_inputs`` before loading the checkpoint's weights."""
+    f = tmp_path / name
+    f.write_bytes(data)
+    with pytest.raises(DataError, match=name):
+        TASKS.get("deflare").check_predict_inputs(small_cfg(tmp_path), [f], tmp_path / "o")
+    empty = _h5(tmp_path / "none.h5", {k: v[:0] for k, v in _valid_columns().items()})
+    with pytest.raises(DataError, match="none.h5: events: expected at least one event"):
+        TASKS.get("deflare").check_predict_inputs(small_cfg(tmp_path), [empty], None)
+    assert not (tmp_path / "o").exists()

@@ -23,10 +23,10 @@ from neurotrain.tasks.deflare.io import inspect_events, list_h5
 from neurotrain.tasks.deflare.postprocess import DebugHook, VoxelFn, process_file
 
 
-def predict_files(
-    cfg: Any, fn: VoxelFn, inputs: list[Path] | None, output: Path | None, device: torch.device, hook: DebugHook | None = None
-) -> list[Path]:
-    """Deflare ``inputs`` with the voxel function ``fn``; returns the output paths.
+def plan_jobs(cfg: Any, inputs: list[Path] | None, output: Path | None) -> list[tuple[Path, Path]]:
+    """``(input, output)`` file pairs of a predict call, after every input's header-level
+    checks (nothing is read past the headers, nothing is written): a bad file in a folder
+    fails in a second, before the network is built and before the good files are done.
 
     ``output``: a file (one input file), a directory (same file names, ``.raw`` -> ``.h5``),
     or ``None`` (``<input_dir>output/`` for a directory, ``<stem>_deflared.h5`` beside a
@@ -57,8 +57,6 @@ def predict_files(
             jobs.append((src, dst))
         else:
             raise DataError(f"{src}: input file or directory not found")
-    # every input's header-level checks before anything is written: a bad file in a folder
-    # fails in a second, not after the good files before it
     for src, dst in jobs:
         if src.resolve() == dst.resolve():
             raise DataError(f"{src}: output would overwrite the input; choose another --output")
@@ -66,6 +64,14 @@ def predict_files(
             inspect_raw(src)
         elif inspect_events(src).num_events == 0:
             raise DataError(f"{src}: events: expected at least one event (the file holds none; nothing to deflare)")
+    return jobs
+
+
+def predict_files(
+    cfg: Any, fn: VoxelFn, inputs: list[Path] | None, output: Path | None, device: torch.device, hook: DebugHook | None = None
+) -> list[Path]:
+    """Deflare ``inputs`` (see :func:`plan_jobs`) with the voxel function ``fn``; returns the output paths."""
+    jobs = plan_jobs(cfg, inputs, output)
     outs: list[Path] = []
     # folders this call creates; a failed input must not leave an empty one behind
     created = _missing_dirs(dst.parent for _, dst in jobs)

@@ -191,6 +191,12 @@ class DeflareTask(Task):
 
         return hook
 
+    def check_predict_inputs(self, cfg: DeflareConfig, inputs: list[Path], output: Path | None, **options: Any) -> None:  # type: ignore[override]
+        """Header-level checks of every input before the network is built (:func:`predict.plan_jobs`)."""
+        from neurotrain.tasks.deflare.predict import plan_jobs
+
+        plan_jobs(cfg, inputs, output)
+
     def predict(self, cfg: DeflareConfig, model: nn.Module | None, inputs: list[Path], output: Path | None, **options: Any) -> list[Path]:  # type: ignore[override]
         """Deflare H5 files (or Prophesee ``.raw`` EVT 2.0/3.0 files) or directories of H5 files
         (:func:`predict.predict_files`). Options: ``debug`` (figures to ``pipeline.debug_dir``),
