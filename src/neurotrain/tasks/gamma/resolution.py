@@ -101,9 +101,11 @@ def broaden(
     u_tot = u_edges[:, -1:]
     n_u = int(min(max(math.ceil(float(u_tot.max()) * points_per_fwhm), n), 8 * n))
     grid = torch.linspace(0, 1, n_u + 1, device=hist.device).unsqueeze(0) * u_tot  # (B, n_u+1)
-    cdf = torch.cat([torch.zeros(b, 1, device=hist.device), torch.cumsum(hist, 1)], 1)
+    # cumulative sums in float64: in float32 a 1e7-count spectrum's differences would step by ~1 count per channel
+    f64 = torch.float64
+    cdf = torch.cat([torch.zeros(b, 1, device=hist.device, dtype=f64), torch.cumsum(hist.to(f64), 1)], 1)
     cdf_u = batched_interp(grid, u_edges, cdf)
-    counts_u = cdf_u[:, 1:] - cdf_u[:, :-1]
+    counts_u = (cdf_u[:, 1:] - cdf_u[:, :-1]).to(hist.dtype)
     du = u_tot / n_u  # (B,1) u units per bin
     sigma_bins = (1.0 / 2.3548200450309493) / du  # (B,1)
     half = int(math.ceil(4 * float(sigma_bins.max())))
@@ -116,12 +118,12 @@ def broaden(
     out_u = torch.nn.functional.conv1d(
         counts_u.unsqueeze(0), kern.flip(1).unsqueeze(1), padding=half, groups=b
     ).squeeze(0)
-    cdf_back = torch.cat([torch.zeros(b, 1, device=hist.device), torch.cumsum(out_u, 1)], 1)
+    cdf_back = torch.cat([torch.zeros(b, 1, device=hist.device, dtype=f64), torch.cumsum(out_u.to(f64), 1)], 1)
     target_edges = out_true_edges if out_true_edges is not None else edges.unsqueeze(0).expand(b, -1)
     u_at = batched_interp(target_edges, edges, u_edges)
     cdf_out = batched_interp(u_at, grid, cdf_back)
     # energies outside the grid: clamp to the cumulative ends (no counts created)
-    return (cdf_out[:, 1:] - cdf_out[:, :-1]).clamp_min(0)
+    return (cdf_out[:, 1:] - cdf_out[:, :-1]).clamp_min(0).to(hist.dtype)
 
 
 def gaussian_lines(
@@ -191,9 +193,10 @@ def resample(hist: torch.Tensor, edges: torch.Tensor, out_true_edges: torch.Tens
     ``out_true_edges`` (B, N+1) (gain/offset jitter), through the cumulative sum: counts are conserved inside the
     grid."""
     b = hist.shape[0]
-    cdf = torch.cat([torch.zeros(b, 1, device=hist.device, dtype=hist.dtype), torch.cumsum(hist, 1)], 1)
+    f64 = torch.float64  # as in broaden: float32 cumulative sums of 1e7 counts step by ~1 count
+    cdf = torch.cat([torch.zeros(b, 1, device=hist.device, dtype=f64), torch.cumsum(hist.to(f64), 1)], 1)
     out = batched_interp(out_true_edges, edges.unsqueeze(0).expand(b, -1), cdf)
-    return (out[:, 1:] - out[:, :-1]).clamp_min(0)
+    return (out[:, 1:] - out[:, :-1]).clamp_min(0).to(hist.dtype)
 
 
 def bin_lines(energy: torch.Tensor, area: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
