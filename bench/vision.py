@@ -9,7 +9,7 @@ same widths (32, 64, 128, 256, 512), strides 2 and two residual units per level 
 the closest MONAI configuration in size. Forward cost at 512x512 per image (``torch.utils.flop_counter``,
 CPU): classic 111.6 GFLOP, lean 24.7, MONAI 24.2.
 
-    python bench/vision.py --out bench/results/vision.json          # CUDA when available (about 3 min, H200)
+    python bench/vision.py --repeats 5 --out bench/results/vision.json   # CUDA when available (expected < 4 min, H200)
     python bench/vision.py --loader-only --device cpu                # CPU: what the loader delivers, no model
     python bench/vision.py --tiny                                    # CPU smoke run (64 px, tiny nets)
 
@@ -137,7 +137,8 @@ def loader_set(args: argparse.Namespace) -> Path:
     return write_segmentation_set(root, n=args.loader_files, size=args.size, seed=0)
 
 
-def make_loader(args: argparse.Namespace, root: Path, device: torch.device, cache: bool) -> tuple[Any, float]:
+def make_loader(args: argparse.Namespace, root: Path, device: torch.device, cache: bool,
+                prefetch: int = 4) -> tuple[Any, float]:
     """The task's training loader over ``root`` as a config gives it: the decoded cache (built here, timed) with
     uint8 samples, ``args.workers`` persistent workers, pinned memory, prefetching; or (``cache`` False) the
     files decoded in the workers. Returns (loader, seconds spent building the cache)."""
@@ -151,11 +152,16 @@ def make_loader(args: argparse.Namespace, root: Path, device: torch.device, cach
     build_s = time.perf_counter() - t0
     if cache:
         set_raw(ds)
-    extra = dict(persistent_workers=True, prefetch_factor=4) if args.workers > 0 else {}
+    extra = dict(persistent_workers=True, prefetch_factor=prefetch) if args.workers > 0 else {}
     loader = torch.utils.data.DataLoader(ds, batch_size=args.train_batch, shuffle=True, num_workers=args.workers,
                                          pin_memory=device.type == "cuda", drop_last=True,
                                          collate_fn=vision_collate, **extra)
     return loader, build_s
+
+
+def ahead(loader: Any) -> int:
+    """Batches the loader's workers hold ready (workers x prefetch factor), plus two."""
+    return loader.num_workers * (loader.prefetch_factor or 0) + 2
 
 
 def batches(loader: Any, n: int) -> Any:
@@ -172,11 +178,14 @@ def batches(loader: Any, n: int) -> Any:
 def bench_loader_only(args: argparse.Namespace, loader: Any, device: torch.device, steps: int) -> float:
     """Images/s the loader delivers onto ``device`` with no model: the most it can feed. On a GPU the copy
     (non-blocking, from pinned memory) and the uint8 -> float scaling count; on the CPU there is no copy and the
-    scaling is left out, as training does it on the GPU."""
+    scaling is left out, as training does it on the GPU. The batches the workers load ahead are taken before
+    the clock starts, so it times the steady rate, not the prefetch queue."""
     from neurotrain.tasks.vision.augment import to_float_batch
 
-    it = batches(loader, steps + 2)
-    next(it), next(it)  # workers started, first prefetch done
+    warm = ahead(loader)
+    it = batches(loader, steps + warm)
+    for _ in range(warm):
+        next(it)
     t0 = time.perf_counter()
     n = 0
     for b in it:
@@ -197,8 +206,9 @@ def bench_loader_train(args: argparse.Namespace, loader: Any, net: torch.nn.Modu
     aug = build_augment(AugmentSection(enabled=True, p_intensity=0.0), "segmentation")
     net = net.to(device).train().to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
-    it = batches(loader, args.loader_steps + 2)
-    for b in (next(it), next(it)):  # warm-up: workers, cuDNN autotuning
+    warm = ahead(loader)
+    it = batches(loader, args.loader_steps + warm)
+    for b in (next(it) for _ in range(warm)):  # warm-up: workers, cuDNN autotuning, the prefetch queue
         b = aug(to_float_batch({k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in b.items()}))
         train_step(net, opt, b["image"].contiguous(memory_format=torch.channels_last), b["mask"], bf16)
     sync(device)
@@ -235,7 +245,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--workers", type=int, default=8)
     ap.add_argument("--loader-files", type=int, default=128, help="PNG pairs written for the loader rows")
     ap.add_argument("--loader-steps", type=int, default=150, help="batches timed in each loader row")
-    ap.add_argument("--png-steps", type=int, default=6, help="batches timed decoding PNGs (no cache); 0 skips")
+    ap.add_argument("--png-steps", type=int, default=16, help="batches timed decoding PNGs (no cache); 0 skips")
     ap.add_argument("--loader-only", action="store_true", help="only the loader rows, no training")
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows")
     ap.add_argument("--tiny", action="store_true", help="CPU smoke run: 64 px, base 8, depth 2, few repeats")
@@ -263,7 +273,7 @@ def main(argv: list[str]) -> int:
 
     root = loader_set(args)
     if args.png_steps:
-        png, _ = make_loader(args, root, device, cache=False)
+        png, _ = make_loader(args, root, device, cache=False, prefetch=1)
         record("loader_png_images_per_s", round(bench_loader_only(args, png, device, args.png_steps), 1))
         del png
     loader, build_s = make_loader(args, root, device, cache=True)
