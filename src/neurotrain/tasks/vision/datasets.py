@@ -105,7 +105,7 @@ class SegmentationFolder(VisionDataset):
                 hm, wm, _ = image_header(msk)
                 if (hi, wi) != (hm, wm):
                     raise DataError(f"{msk}: mask shape: expected {hi}x{wi} like its image {img.name} (got {hm}x{wm})")
-                if self.spec.validate_files == "full":
+                if self.spec.validate_files == "full" and not self.spec.cache:  # the cache build decodes all
                     self._load_pair(img, msk)
             except DataError as exc:
                 if self.spec.on_bad_file == "error":
@@ -170,7 +170,7 @@ class _ClassificationBase(VisionDataset):
         good = []
         for p, c in items:
             try:
-                if self.spec.validate_files == "full":
+                if self.spec.validate_files == "full" and not self.spec.cache:  # the cache build decodes all
                     read_image(p, self.spec.channels, self.spec.convert_gray)
                 else:
                     image_header(p)
