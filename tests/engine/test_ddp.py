@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import traceback
 from collections import Counter
 from pathlib import Path
 
@@ -311,3 +312,55 @@ def test_hdf5_evaluation_rows_are_split_once_each(tmp_path: Path) -> None:
     assert n_val % 2 == 1  # an odd split: the ranks differ by one row
     both = torch.cat([rows[0], rows[1]])
     assert len(both) == n_val and len(torch.unique(both, dim=0)) == n_val
+
+
+@pytest.mark.parametrize("progress_bar", [False, True])
+def test_training_step_reads_nothing_back_to_the_host(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, progress_bar: bool
+) -> None:
+    """A CPU stand-in for ``torch.cuda.set_sync_debug_mode``: from a batch's simulation to the end of its
+    optimiser step, no tensor is turned into a Python value (each would stall a GPU's queue), except the
+    optimiser's step counters (CPU tensors on a GPU too) and, with a progress bar shown, the loss it shows.
+    Off logging steps (``log_every_n_steps`` above the run's length)."""
+    from lightning.pytorch.callbacks import Callback
+
+    from neurotrain.engine import module
+
+    active = {"on": False}
+    reads: Counter = Counter()
+
+    def counting(name: str):
+        orig = getattr(torch.Tensor, name)
+
+        def read(self, *a, **k):
+            if active["on"]:
+                stack = traceback.extract_stack()[:-1]
+                if not any("/torch/optim/" in f.filename for f in stack):
+                    f = [f for f in stack if "/torch/" not in f.filename][-1]
+                    reads[f"{name} {f.filename.split('site-packages/')[-1]}:{f.lineno}"] += 1
+            return orig(self, *a, **k)
+
+        return read
+
+    for name in ("item", "tolist", "__int__", "__float__", "__bool__", "__index__"):
+        monkeypatch.setattr(torch.Tensor, name, counting(name))
+    after = module.TaskModule.on_after_batch_transfer
+
+    def timed_after(self, batch, idx):
+        active["on"] = self.trainer.training and self.trainer.global_step >= 2  # past Lightning's first-step work
+        return after(self, batch, idx)
+
+    class Stop(Callback):
+        def on_train_batch_end(self, *args: object) -> None:
+            active["on"] = False
+
+    callbacks = module.TaskModule.configure_callbacks
+    monkeypatch.setattr(module.TaskModule, "on_after_batch_transfer", timed_after)
+    monkeypatch.setattr(module.TaskModule, "configure_callbacks", lambda self: callbacks(self) + [Stop()])
+    cfg = load_config(_toy_cfg(tmp_path), ["trainer.max_epochs=1", "logging.log_every_n_steps=1000",
+                                           f"trainer.progress_bar={str(progress_bar).lower()}"])
+    api.train(cfg)
+    if progress_bar:
+        assert reads and all("apply_func" in k for k in reads), reads  # Lightning reading the shown loss
+    else:
+        assert not reads, reads
