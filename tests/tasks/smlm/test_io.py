@@ -77,7 +77,7 @@ def test_tiff_compressed_is_read_page_by_page(tmp_path) -> None:
     import tifffile
 
     data = np.arange(4 * 6 * 7, dtype=np.uint16).reshape(4, 6, 7)
-    tifffile.imwrite(tmp_path / "c.tif", data, compression="zlib")
+    tifffile.imwrite(tmp_path / "c.tif", data, compression="zlib", photometric="minisblack")  # a camera stack, not RGBA
     s = TiffStack(tmp_path / "c.tif")
     assert not s.memory_mapped and len(s) == 4
     np.testing.assert_array_equal(s[1:3], data[1:3])

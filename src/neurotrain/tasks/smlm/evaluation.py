@@ -14,6 +14,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from neurotrain.errors import DataError
 from neurotrain.io.atomic import atomic_path
 from neurotrain.task import EvalResult
 
@@ -164,13 +165,19 @@ def evaluate_simulated(cfg: Any, model: nn.Module | None, report: Path, baseline
 
 
 def evaluate_files(cfg: Any, pred: Path, truth: Path, report: Path) -> EvalResult:
-    """Score any localisation table (ours, ThunderSTORM CSV, Picasso HDF5) against a ground-truth table."""
+    """Score any localisation table (ours, ThunderSTORM CSV, Picasso HDF5) against a ground-truth table.
+
+    Both tables are read cell by cell (``read_locs``: numbers only, finite frames and positions) and must
+    hold rows; ``report`` is the folder the caller chose (``evaluate -o``), never another run's."""
     from neurotrain.tasks.smlm.io import read_locs, render
     from neurotrain.tasks.smlm.task import truth_with_crlb
 
     px = cfg.simulate.pixel_size_nm
     locs = read_locs(pred, pixel_size_nm=None if pred.suffix.lower() != ".hdf5" or pred.with_suffix(".yaml").is_file() else px)
     tdf = read_locs(truth)
+    for path, table, what in ((truth, tdf, "ground truth"), (pred, locs, "prediction")):
+        if len(table) == 0:
+            raise DataError(f"{path}: no localisations (header only); the {what} table needs rows to score")
     t = truth_with_crlb(cfg, tdf, None)
     if not np.isfinite(locs["prob"].to_numpy()).all():
         locs["prob"] = locs["prob"].fillna(1.0)

@@ -1,4 +1,4 @@
-"""SMLM file formats: TIFF movies (memory-mapped, chunked) and localisation tables.
+"""SMLM file formats: localisation tables (TIFF movies live in ``tiff.py``, re-exported here).
 
 Localisation tables, one row per localisation; our canonical columns (``LOC_COLUMNS``):
 ``frame`` (0-based), ``x_nm``, ``y_nm``, ``z_nm``, ``photons``, ``bg`` (photons/px), ``prob``,
@@ -38,6 +38,9 @@ import pandas as pd
 from neurotrain.errors import DataError
 from neurotrain.io.atomic import atomic_path
 from neurotrain.tasks.smlm.postprocess import LOC_COLUMNS, MC_COLUMNS, PSF_COLUMNS
+from neurotrain.tasks.smlm.tiff import TiffMovieWriter, TiffStack
+
+__all__ = ["TiffMovieWriter", "TiffStack", "LocWriter", "read_locs", "write_locs", "render", "save_render", "format_for"]
 
 EXTRA_COLUMNS = PSF_COLUMNS + MC_COLUMNS
 """Optional columns carried by every format when a table has them."""
@@ -53,100 +56,6 @@ PICASSO_3D = (("z", "f4"), ("lpz", "f4"))
 """Picasso's 3D fields (``zfit``): z and its precision in nm."""
 PICASSO_MC = (("lpx_mc", "f4"), ("lpy_mc", "f4"), ("lpz_mc", "f4"), ("photons_unc_mc", "f4"))
 """Ours: MC-dropout spreads in Picasso's units (px, px, nm, photons)."""
-
-
-# --------------------------------------------------------------------------- TIFF movies
-
-
-class TiffStack:
-    """A TIFF movie as ``[n_frames, H, W]`` float32, read lazily.
-
-    Uncompressed contiguous files are memory-mapped (``tifffile.memmap``); others are read page by
-    page for the requested frames only, so a movie of any length is processed with flat memory.
-    Supports ``len()`` and ``stack[a:b]`` (returns a NumPy array).
-    """
-
-    def __init__(self, path: str | Path) -> None:
-        import tifffile
-
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise DataError(f"{self.path}: file not found")
-        try:
-            self._tif = tifffile.TiffFile(self.path)
-            series = self._tif.series[0]
-        except Exception as exc:  # tifffile raises several types for corrupt files
-            raise DataError(f"{self.path}: not a readable TIFF ({exc})") from None
-        shape = tuple(series.shape)
-        if len(shape) < 2:
-            raise DataError(f"{self.path}: expected frames of 2D images (got shape {shape})")
-        self.height, self.width = int(shape[-2]), int(shape[-1])
-        self.n_frames = int(np.prod(shape[:-2])) if len(shape) > 2 else 1
-        self._mm: np.ndarray | None = None
-        try:
-            mm = tifffile.memmap(self.path, mode="r")
-            self._mm = mm.reshape(self.n_frames, self.height, self.width)
-        except Exception:
-            self._pages = series.pages if len(series.pages) == self.n_frames else None
-            if self._pages is None:
-                self._all = series.asarray().reshape(self.n_frames, self.height, self.width)
-
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        return (self.n_frames, self.height, self.width)
-
-    @property
-    def memory_mapped(self) -> bool:
-        return self._mm is not None
-
-    def __len__(self) -> int:
-        return self.n_frames
-
-    def __getitem__(self, idx: slice | int) -> np.ndarray:
-        if isinstance(idx, int):
-            return self[idx:idx + 1][0]
-        start, stop, step = idx.indices(self.n_frames)
-        if self._mm is not None:
-            return np.asarray(self._mm[start:stop:step], dtype=np.float32)
-        if self._pages is None:
-            return np.asarray(self._all[start:stop:step], dtype=np.float32)
-        frames = [self._pages[i].asarray() for i in range(start, stop, step)]
-        if not frames:
-            return np.zeros((0, self.height, self.width), np.float32)
-        return np.stack(frames).astype(np.float32)
-
-    def close(self) -> None:
-        self._mm = None
-        self._tif.close()
-
-
-class TiffMovieWriter:
-    """Write a movie chunk by chunk to one contiguous (memory-mappable) TIFF, atomically."""
-
-    def __init__(self, path: str | Path, dtype: str = "uint16") -> None:
-        self.path = Path(path)
-        self.dtype = dtype
-        self._stack = ExitStack()
-        self._tw: Any = None
-
-    def __enter__(self) -> TiffMovieWriter:
-        import tifffile
-
-        tmp = self._stack.enter_context(atomic_path(self.path))
-        self._tw = self._stack.enter_context(tifffile.TiffWriter(tmp, bigtiff=True))
-        return self
-
-    def write(self, frames: np.ndarray) -> None:
-        arr = np.asarray(frames)
-        if self.dtype == "uint16":
-            arr = np.clip(np.round(arr), 0, 65535).astype(np.uint16)
-        else:
-            arr = arr.astype(self.dtype)
-        for f in arr:
-            self._tw.write(f, contiguous=True, photometric="minisblack")
-
-    def __exit__(self, *exc: Any) -> None:
-        self._stack.__exit__(*exc)
 
 
 # --------------------------------------------------------------------------- localisation tables
@@ -470,6 +379,11 @@ class LocWriter:
             # Picasso >= 0.11 reads this copy when the .yaml is missing
             self._f.create_dataset("metadata", data=json.dumps(info))
         self._stack.__exit__(exc_type, *rest)
+        if exc_type is not None and self.fmt == "h5":
+            from neurotrain.io.hdf5 import part_path
+
+            # a table is never resumed (predict starts each movie afresh): no half file stays behind
+            part_path(self.path).unlink(missing_ok=True)
         if info is not None:
             import yaml
 
@@ -485,77 +399,11 @@ def write_locs(df: pd.DataFrame, path: str | Path, fmt: str = "auto", meta: dict
 
 
 def read_locs(path: str | Path, fmt: str = "auto", pixel_size_nm: float | None = None) -> pd.DataFrame:
-    """Read ours, ThunderSTORM CSV, Picasso HDF5 or a ground-truth CSV into canonical columns
-    (plus the ``EXTRA_COLUMNS`` the file has)."""
-    import h5py
+    """Read ours, ThunderSTORM CSV, Picasso HDF5 or a ground-truth CSV into canonical columns (plus the
+    ``EXTRA_COLUMNS`` the file has), checked cell by cell: see :func:`neurotrain.tasks.smlm.table_read.read_table`."""
+    from neurotrain.tasks.smlm.table_read import read_table
 
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
-    kind = format_for(path, fmt)
-    try:
-        if kind == "csv":
-            raw = pd.read_csv(path)
-            if any(_TS_LABEL.match(str(c)) and str(c).startswith("x [") for c in raw.columns):
-                d = _from_thunderstorm(raw, path, pixel_size_nm)
-            elif {"frame", "x_nm", "y_nm"} <= set(raw.columns):
-                d = raw
-            else:
-                raise DataError(f"{path}: CSV has neither ThunderSTORM columns ('x [nm]') nor frame/x_nm/y_nm "
-                                f"(got {list(raw.columns)[:8]})")
-            return _canonical(d).assign(**{c: d[c] for c in d.columns if c not in LOC_COLUMNS})
-        with h5py.File(path, "r") as f:
-            if kind == "picasso" or "locs" in f:
-                if "locs" not in f:
-                    raise DataError(f"{path}: Picasso HDF5 needs a 'locs' dataset (got {list(f.keys())})")
-                rec = f["locs"][()]
-                embedded = f["metadata"][()] if "metadata" in f else None
-            else:
-                missing = [c for c in ("frame", "x_nm", "y_nm") if c not in f]
-                if missing:
-                    raise DataError(f"{path}: localisation HDF5 lacks datasets {missing}")
-                cols = {c: f[c][()] for c in (*LOC_COLUMNS, *EXTRA_COLUMNS) if c in f}
-                return _canonical(pd.DataFrame(cols)).assign(**{c: cols[c] for c in EXTRA_COLUMNS if c in cols})
-        return _from_picasso(rec, pixel_size_nm or _picasso_pixel_size(path, embedded))
-    except (OSError, KeyError, ValueError) as exc:
-        raise DataError(f"{path}: cannot read localisation table ({exc})") from None
-
-
-def _from_picasso(rec: np.ndarray, px: float) -> pd.DataFrame:
-    names = rec.dtype.names or ()
-
-    def get(name: str, scale: float = 1.0) -> np.ndarray | float:
-        return rec[name].astype(np.float64) * scale if name in names else np.nan
-
-    d = pd.DataFrame({"frame": rec["frame"].astype("int64"), "x_nm": get("x", px), "y_nm": get("y", px),
-                      "z_nm": get("z") if "z" in names else 0.0, "photons": get("photons"), "bg": get("bg"),
-                      "prob": get("prob") if "prob" in names else 1.0, "sigma_x_nm": get("lpx", px),
-                      "sigma_y_nm": get("lpy", px), "sigma_z_nm": get("lpz"), "sigma_photons": get("photons_unc")})
-    out = _canonical(d)
-    if "sx" in names and "sy" in names:
-        out["psf_sigma_x_nm"], out["psf_sigma_y_nm"] = get("sx", px), get("sy", px)
-    if "lpx_mc" in names:
-        out["x_mc_sigma_nm"], out["y_mc_sigma_nm"] = get("lpx_mc", px), get("lpy_mc", px)
-        out["z_mc_sigma_nm"], out["photons_mc_sigma"] = get("lpz_mc"), get("photons_unc_mc")
-    return out
-
-
-def _picasso_pixel_size(path: Path, embedded: Any = None) -> float:
-    import json
-
-    import yaml
-
-    side = path.with_suffix(".yaml")
-    docs: list[Any] = []
-    if side.is_file():
-        docs = list(yaml.safe_load_all(side.read_text(encoding="utf-8")))
-    elif embedded is not None:
-        docs = json.loads(embedded.decode("utf-8") if isinstance(embedded, bytes) else str(embedded))
-    for doc in reversed(docs):  # Picasso's get_from_metadata: the last document wins
-        if isinstance(doc, dict) and "Pixelsize" in doc:
-            return float(doc["Pixelsize"])
-    raise DataError(f"{path}: Picasso file without 'Pixelsize' in {side.name} or its metadata; "
-                    "pass the pixel size")
+    return read_table(path, fmt, pixel_size_nm)
 
 
 def render(x_nm: np.ndarray, y_nm: np.ndarray, width_nm: float, height_nm: float, px_nm: float = 10.0,

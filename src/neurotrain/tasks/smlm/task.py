@@ -72,6 +72,26 @@ def truth_with_crlb(cfg: SMLMConfig, truth: pd.DataFrame, bg_map: torch.Tensor |
     return t
 
 
+def missing_dirs(dirs: list[Path]) -> list[Path]:
+    """The folders (and parents) among ``dirs`` that do not exist yet, deepest first."""
+    out: set[Path] = set()
+    for d in dirs:
+        d = Path(d)
+        while not d.exists() and d.parent != d:
+            out.add(d)
+            d = d.parent
+    return sorted(out, key=lambda p: len(p.parts), reverse=True)
+
+
+def remove_empty_dirs(dirs: list[Path]) -> None:
+    """Remove those of ``dirs`` (deepest first) that are empty; others stay."""
+    for d in dirs:
+        try:
+            d.rmdir()
+        except OSError:
+            pass
+
+
 class SMLMPredictOptions(TaskOptions):
     """``neurotrain predict`` options of smlm (``--opt key=value``); unset keys fall back to ``predict.*``."""
 
@@ -185,13 +205,45 @@ class SMLMTask(Task):
                 first = False
         return output
 
+    def _output_for(self, cfg: SMLMConfig, inp: Path, inputs: list[Path], output: Path | None, fmt: str) -> Path:
+        ext = {"h5": ".h5", "csv": ".csv", "picasso": ".hdf5", "auto": ".h5"}[fmt]
+        if output is None:
+            return inp.with_name(inp.stem + "_locs" + ext)
+        if Path(output).suffix and len(inputs) == 1:
+            return Path(output)
+        return Path(output) / (inp.stem + "_locs" + ext)
+
+    def check_predict_inputs(self, cfg: Any, inputs: list[Path], output: Path | None, **options: Any) -> None:
+        """Before the network is built: every movie's header (size, truncation, colour, pixel type, first
+        frame finite; see :class:`~neurotrain.tasks.smlm.tiff.TiffStack`), frames at least ``baseline.box``
+        px on a side (the smallest area that holds one PSF with its background ring), and every output
+        place writable."""
+        from neurotrain.engine.api import check_output_dir
+        from neurotrain.tasks.smlm.io import TiffStack, format_for
+
+        cfg = _cfg(cfg)
+        if not inputs:
+            raise DataError("predict: no input movies given")
+        fmt = options.get("format") or cfg.predict.format
+        for inp in inputs:
+            stack = TiffStack(inp)
+            stack.close()
+            side = cfg.baseline.box
+            if min(stack.height, stack.width) < side:
+                raise DataError(f"{inp}: frames of {stack.height}x{stack.width} px: expected at least {side}x{side} px "
+                                "(baseline.box: one spot with its background)")
+            out = self._output_for(cfg, Path(inp), inputs, output, fmt)
+            if out.is_dir():
+                raise DataError(f"{out}: is a folder; -o names the table file for one movie, or a folder without "
+                                "a suffix for several")
+            format_for(out, fmt)
+            check_output_dir(out.parent, "-o" if output is not None else "the movie's folder")
+
     def predict(self, cfg: Any, model: nn.Module, inputs: list[Path], output: Path | None, **options: Any) -> list[Path]:
         """Localise TIFF movies. Options: ``format`` (auto/h5/csv/picasso), ``threshold``, ``render``,
         ``mc_samples`` (MC-dropout passes, default ``predict.mc_samples``; 0 = off)."""
-        from neurotrain.tasks.smlm.camera import excess_noise_factor
-        from neurotrain.tasks.smlm.infer import check_mc_samples, localise_movie
-        from neurotrain.tasks.smlm.io import LocWriter, TiffStack, format_for, render, save_render
-        from neurotrain.tasks.smlm.simulate import is_3d
+        from neurotrain.tasks.smlm.infer import check_mc_samples
+        from neurotrain.tasks.smlm.io import TiffStack, render, save_render
 
         cfg = _cfg(cfg)
         mc = options.get("mc_samples")
@@ -200,45 +252,56 @@ class SMLMTask(Task):
         fmt = options.get("format") or cfg.predict.format
         do_render = options.get("render")
         do_render = cfg.predict.render if do_render is None else bool(do_render)
-        ext = {"h5": ".h5", "csv": ".csv", "picasso": ".hdf5", "auto": ".h5"}[fmt]
         inputs = [Path(p) for p in inputs]
         if not inputs:
             raise DataError("predict: no input movies given")
         written: list[Path] = []
-        for inp in inputs:
-            if output is None:
-                out = inp.with_name(inp.stem + "_locs" + ext)
-            elif Path(output).suffix and len(inputs) == 1:
-                out = Path(output)
-            else:
-                out = Path(output) / (inp.stem + "_locs" + ext)
-            stack = TiffStack(inp)
-            if len(stack) == 0 or stack.height * stack.width == 0:
-                raise DataError(f"{inp}: no frames (shape {stack.shape})")
-            px = cfg.simulate.pixel_size_nm
-            meta = {"pixel_size_nm": px, "width": stack.width, "height": stack.height, "n_frames": len(stack),
-                    "three_d": is_3d(cfg), "excess_noise_factor": excess_noise_factor(cfg.camera),
-                    "movie": inp.name, "model": cfg.model.name, "mc_samples": mc}
-            xs: list[Any] = []
-            ys: list[Any] = []
-            with LocWriter(out, format_for(out, fmt if fmt != "auto" else "auto"), meta) as w:
-                def sink(df: pd.DataFrame, xs: list[Any] = xs, ys: list[Any] = ys) -> None:
-                    w.append(df)
-                    xs.append(df["x_nm"].to_numpy())
-                    ys.append(df["y_nm"].to_numpy())
+        created = missing_dirs([self._output_for(cfg, inp, inputs, output, fmt).parent for inp in inputs])
+        try:
+            for inp in inputs:
+                out = self._output_for(cfg, inp, inputs, output, fmt)
+                stack = TiffStack(inp)
+                try:
+                    xs, ys = self._localise_to(cfg, model, stack, inp, out, fmt, mc, options)
+                finally:
+                    stack.close()
+                written.append(out)
+                if do_render:
+                    import numpy as np
 
-                localise_movie(stack, cfg, model, threshold=options.get("threshold"), sink=sink,
-                               progress=bool(options.get("progress", True)) and len(stack) > 1, mc_samples=mc)
-            stack.close()
-            written.append(out)
-            if do_render:
-                import numpy as np
-
-                img = render(np.concatenate(xs) if xs else np.zeros(0), np.concatenate(ys) if ys else np.zeros(0),
-                             stack.width * px, stack.height * px, cfg.predict.render_px_nm)
-                for suf in (".png", ".tif"):
-                    written.append(save_render(img, out.with_name(out.stem + "_render" + suf)))
+                    px = cfg.simulate.pixel_size_nm
+                    img = render(np.concatenate(xs) if xs else np.zeros(0), np.concatenate(ys) if ys else np.zeros(0),
+                                 stack.width * px, stack.height * px, cfg.predict.render_px_nm)
+                    for suf in (".png", ".tif"):
+                        written.append(save_render(img, out.with_name(out.stem + "_render" + suf)))
+        except BaseException:
+            remove_empty_dirs(created)  # a failed run leaves no empty output folder behind
+            raise
         return written
+
+    def _localise_to(self, cfg: SMLMConfig, model: nn.Module, stack: Any, inp: Path, out: Path, fmt: str, mc: int,
+                     options: dict[str, Any]) -> tuple[list[Any], list[Any]]:
+        """One movie -> its table at ``out`` (atomic); returns the x/y chunks for the render."""
+        from neurotrain.tasks.smlm.camera import excess_noise_factor
+        from neurotrain.tasks.smlm.infer import localise_movie
+        from neurotrain.tasks.smlm.io import LocWriter, format_for
+        from neurotrain.tasks.smlm.simulate import is_3d
+
+        px = cfg.simulate.pixel_size_nm
+        meta = {"pixel_size_nm": px, "width": stack.width, "height": stack.height, "n_frames": len(stack),
+                "three_d": is_3d(cfg), "excess_noise_factor": excess_noise_factor(cfg.camera),
+                "movie": inp.name, "model": cfg.model.name, "mc_samples": mc}
+        xs: list[Any] = []
+        ys: list[Any] = []
+        with LocWriter(out, format_for(out, fmt), meta) as w:
+            def sink(df: pd.DataFrame) -> None:
+                w.append(df)
+                xs.append(df["x_nm"].to_numpy())
+                ys.append(df["y_nm"].to_numpy())
+
+            localise_movie(stack, cfg, model, threshold=options.get("threshold"), sink=sink,
+                           progress=bool(options.get("progress", True)) and len(stack) > 1, mc_samples=mc)
+        return xs, ys
 
     def evaluate(self, cfg: Any, model: nn.Module | None, run_dir: Path, **options: Any) -> EvalResult:
         """Score the network, its untrained twin and the baseline on a seeded simulated movie, or
