@@ -98,6 +98,15 @@ def gmac_per_spectrum(m: nn.Module, n: int, device: torch.device) -> float:
     return round(f.get_total_flops() / 2e9, 3)
 
 
+def trained_like(m: nn.Module) -> None:
+    """Give the layers that start at zero (the output layer, FiLM's last layer) default random weights, as a
+    trained network has: a zero layer makes the output constant, which would hide errors in the optimised
+    path's comparison."""
+    for mod in m.modules():
+        if isinstance(mod, (nn.Conv1d, nn.Linear)) and not mod.weight.detach().any():
+            mod.reset_parameters()
+
+
 def matched_plain(target: int, depth: int, k: int) -> PlainUNet1D:
     """The plain U-Net whose base width gives the parameter count closest to ``target``."""
     best = min(range(2, 129), key=lambda c: abs(n_params(PlainUNet1D(c, depth, k)) - target))
@@ -172,6 +181,7 @@ def inference(args: argparse.Namespace, cfg, device: torch.device, res: dict) ->
     n, b = args.channels, args.batch
     cuda = device.type == "cuda"
     model = build_model(cfg).to(device).eval()
+    trained_like(model)
     plain = matched_plain(n_params(model), args.plain_depth, args.plain_kernel).to(device).eval()
     seed = ImprovedSpectralResNet1D(base_channels=32, depth=5, max_channels=256, bottleneck_blocks=2,
                                     kernel_size=7).to(device).eval()
