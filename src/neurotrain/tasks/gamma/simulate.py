@@ -335,13 +335,16 @@ def simulate_batch(
 
 
 def simulate_throughput(cfg: Any, batch_size: int = 1024, device: torch.device | str = "cpu", repeats: int = 5) -> float:
-    """Spectra per second of :func:`simulate_batch` at ``cfg``'s size on ``device``, responses and tables built and
-    cached first (one warm-up batch, then ``repeats`` timed batches, synchronised on CUDA).
+    """Training spectra per second of :func:`simulate_batch` at ``cfg``'s size on ``device``: the responses and
+    tables of every ``train_crystals`` entry are built first, then one warm-up batch and ``repeats`` timed batches
+    (synchronised on CUDA).
 
-    GPU measurement (H200, 4096 channels, the train.yaml simulator)::
+    GPU measurement (H200, 4096 channels, the train.yaml simulator; the photon count only sets the untimed
+    response build)::
 
         python -c "from neurotrain.config import load_config; from neurotrain.tasks.gamma.simulate import \\
-            simulate_throughput as t; print(t(load_config('configs/gamma/train.yaml'), 1024, 'cuda'))"
+            simulate_throughput as t; print(t(load_config('configs/gamma/train.yaml', \\
+            ['simulate.response_photons=4000']), 1024, 'cuda', 20))"
     """
     device = torch.device(device)
     gen = torch.Generator(device=device)
@@ -352,6 +355,8 @@ def simulate_throughput(cfg: Any, batch_size: int = 1024, device: torch.device |
             torch.cuda.synchronize(device)
 
     with torch.no_grad():
+        for crystal in cfg.simulate.train_crystals:  # every training crystal's responses and tables, untimed
+            simulate_batch(cfg, 2, gen, device, Scene(crystal=crystal))
         simulate_batch(cfg, batch_size, gen, device)
         sync()
         t0 = time.perf_counter()
