@@ -98,11 +98,10 @@ class VisionTask(Task):
 
     def loader_options(self, cfg: Config, split: str, dataset: Any) -> dict[str, Any]:
         """Collate (detection), sampler (train), epoch tags for datasets that draw per epoch, prefetching."""
-        c: VisionConfig = cfg  # type: ignore[assignment]
-        opts: dict[str, Any] = {}
         from neurotrain.tasks.vision.datasets import detection_collate, vision_collate
 
-        opts["collate_fn"] = detection_collate if c.task_kind == "detection" else vision_collate
+        c: VisionConfig = cfg  # type: ignore[assignment]
+        opts: dict[str, Any] = {"collate_fn": detection_collate if c.task_kind == "detection" else vision_collate}
         if split == "train":
             from neurotrain.tasks.vision.samplers import EpochSampler, build_sampler
 
