@@ -120,3 +120,12 @@ def test_self_convolution_puts_sums_at_the_sum_energy() -> None:
     assert float(out[0].sum()) == pytest.approx(4.0)
     assert mean == pytest.approx((201.0 + 2 * 401.0 + 601.0) / 4, abs=0.01)
     assert float(out[0][(c - 401.0).abs() < 1].sum()) == pytest.approx(2.0)
+
+
+def test_cascades_with_a_photon_off_the_grid_do_not_sum(wide) -> None:
+    """Ba-133 on a 100-600 keV grid: the 81.0 keV partner has no response there, so no 437 keV sum line."""
+    cfg = wide(e_min_kev=100.0, e_max_kev=600.0, n_channels=512)
+    b = S.simulate_batch(cfg, 1, torch.Generator().manual_seed(6), torch.device("cpu"),
+                         S.Scene(sources=["Ba-133"], counts=1e5, **QUIET))
+    assert not bool(((b["line_energy"][0] - 437.01).abs() < 0.5)[b["line_mask"][0]].any())
+    assert bool(torch.isfinite(b["target"]).all()) and float(b["clean_target"].min()) >= 0

@@ -240,7 +240,10 @@ def simulate_batch(
     else:
         scat = torch.zeros(b, n, device=device)
     g = hpge.solid_angle_fraction(sim.source_distance_cm, sim.detector.radius_cm)
-    sc: dict[str, Any] = {"w": sl.pair_w * k_src, "idx": sl.pair_idx, "slot1": sl.slot1, "slot2": sl.slot2, "tables": None}
+    # a cascade sums only when both photons are on the grid (the responses know no other energies)
+    on_grid = (sl.pair_e1 >= e_lo) & (sl.pair_e1 < e_hi) & (sl.pair_e2 >= e_lo) & (sl.pair_e2 < e_hi)
+    sc: dict[str, Any] = {"w": sl.pair_w * k_src * on_grid, "idx": sl.pair_idx, "slot1": sl.slot1, "slot2": sl.slot2,
+                          "tables": None}
     summing = sim.coincidence_summing and bool(sl.cascades)
     sum_e = sl.pair_e1 + sl.pair_e2
 
