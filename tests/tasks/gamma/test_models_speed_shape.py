@@ -13,6 +13,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from neurotrain.config import load_config
 from neurotrain.errors import ConfigError
+from neurotrain.registry import MODELS
 from neurotrain.tasks.gamma import models
 from neurotrain.tasks.gamma.config import GammaConfig
 
@@ -127,6 +128,7 @@ def test_default_is_fast_and_seed_names_still_build_and_load() -> None:
         a, b = models.build_model(cfg), models.build_model(cfg)
         b.load_state_dict(a.state_dict())  # a checkpoint of the seed network loads by its name
         assert type(a).__name__ == name
+        assert MODELS.get(f"gamma:{name}") is type(a)
 
 
 def test_counts_are_conserved_through_predict(tmp_path: Path) -> None:

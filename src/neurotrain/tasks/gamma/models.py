@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from neurotrain.errors import ConfigError
 from neurotrain.nn.blocks import ResidualBlock, UpBlock
+from neurotrain.registry import MODELS
 
 
 class FiLM(nn.Module):
@@ -203,7 +204,9 @@ class FastSpectralUNet1D(nn.Module):
         k = kernel_size
         fc = _round8(full_channels) if full_channels > 0 else 0
         self.full_in: nn.Module = (
-            nn.Sequential(nn.Conv1d(in_channels, fc, k, padding=k // 2, bias=False), nn.BatchNorm1d(fc), nn.ReLU(inplace=True))
+            nn.Sequential(
+                nn.Conv1d(in_channels, fc, k, padding=k // 2, bias=False), nn.BatchNorm1d(fc), nn.ReLU(inplace=True)
+            )
             if fc else nn.Identity()
         )
         self.stem = nn.Sequential(
@@ -217,10 +220,14 @@ class FastSpectralUNet1D(nn.Module):
             stage = [ResidualBlock(widths[i], widths[i + 1], 1, k, 2, None)]
             stage += [ResidualBlock(widths[i + 1], widths[i + 1], 1, k, 1, None) for _ in range(blocks_per_level - 1)]
             self.down.append(nn.Sequential(*stage))
-        self.bottleneck = nn.Sequential(*[ResidualBlock(widths[-1], widths[-1], 1, 3, 1, None) for _ in range(bottleneck_blocks)])
+        self.bottleneck = nn.Sequential(
+            *[ResidualBlock(widths[-1], widths[-1], 1, 3, 1, None) for _ in range(bottleneck_blocks)]
+        )
         self.film = FiLM(cond_dim, widths[-1]) if condition else None
         self.film_out = FiLM(cond_dim, widths[0]) if condition else None
-        self.up = nn.ModuleList([UpBlock(widths[i + 1], widths[i], 1, k, None, up_kernel) for i in reversed(range(depth))])
+        self.up = nn.ModuleList(
+            [UpBlock(widths[i + 1], widths[i], 1, k, None, up_kernel) for i in reversed(range(depth))]
+        )
         self.to_full = nn.Conv1d(widths[0], (fc or 1) * stem_stride, 3, padding=1)
         self.full_out: nn.Module = (
             nn.Sequential(ResidualBlock(fc, fc, 1, k, 1, None), nn.Conv1d(fc, 1, 1)) if fc else nn.Identity()
@@ -241,7 +248,9 @@ class FastSpectralUNet1D(nn.Module):
 
     def forward(self, x: Tensor, cond: Tensor | None = None) -> Tensor:
         if x.shape[-1] % self.multiple:
-            raise ValueError(f"spectrum length {x.shape[-1]} is not divisible by stem_stride * 2**depth = {self.multiple}")
+            raise ValueError(
+                f"spectrum length {x.shape[-1]} is not divisible by stem_stride * 2**depth = {self.multiple}"
+            )
         if cond is None:
             cond = self.default_cond.to(x.dtype).expand(x.shape[0], -1)
         c = SpectralResNet1D._cond(cond)
@@ -278,7 +287,12 @@ def build_model(cfg: object) -> nn.Module:
         bottleneck_blocks=m.bottleneck_blocks, kernel_size=m.kernel_size, condition=m.condition,
         up_kernel=m.up_kernel, max_channels=m.max_channels,
     )
-    if fast:
-        return FastSpectralUNet1D(stem_stride=m.stem_stride, full_channels=m.full_channels, **common)
-    cls = {"SpectralResNet1D": SpectralResNet1D, "ImprovedSpectralResNet1D": ImprovedSpectralResNet1D}[m.name]
-    return cls(se_reduction=m.se_reduction, **common)
+    extra = (
+        {"stem_stride": m.stem_stride, "full_channels": m.full_channels} if fast else {"se_reduction": m.se_reduction}
+    )
+    return MODELS.build(f"gamma:{m.name}", **common, **extra)
+
+
+# the networks by name (``model.name``), so that a checkpoint of any of them loads
+for _cls in (FastSpectralUNet1D, SpectralResNet1D, ImprovedSpectralResNet1D):
+    MODELS.register(f"gamma:{_cls.__name__}")(_cls)
