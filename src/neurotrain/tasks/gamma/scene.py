@@ -41,10 +41,12 @@ def _uniform(lo: float, hi: float, n: int, gen: torch.Generator, device: torch.d
 
 
 def merge_lines(
-    energy: torch.Tensor, area: torch.Tensor, detectable: torch.Tensor, merge_kev: float
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    energy: torch.Tensor, area: torch.Tensor, detectable: torch.Tensor, merge_kev: float,
+    extra: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, ...]:
     """Merge lines closer than ``merge_kev`` (B, L): summed areas at the area-weighted energy; a merged line
-    is detectable when the summed area was detectable for any member. Emptied slots get area 0."""
+    is detectable when the summed area was detectable for any member. Emptied slots get area 0. ``extra``
+    (B, L), e.g. the same lines' areas in another detector, is summed over the same groups and returned fourth."""
     b, n_l = energy.shape
     e_sorted, order = torch.sort(torch.where(area > 0, energy, torch.full_like(energy, 1e9)), dim=1)
     a_sorted = area.gather(1, order)
@@ -56,7 +58,10 @@ def merge_lines(
     ea_sum = torch.zeros_like(a_sum).scatter_add_(1, gid, a_sorted * e_sorted)
     d_any = torch.zeros_like(a_sum).scatter_add_(1, gid, d_sorted.to(area.dtype)) > 0
     e_out = torch.where(a_sum > 0, ea_sum / a_sum.clamp_min(1e-30), torch.zeros_like(a_sum))
-    return e_out, a_sum, d_any & (a_sum > 0)
+    out: tuple[torch.Tensor, ...] = (e_out, a_sum, d_any & (a_sum > 0))
+    if extra is not None:
+        out = (*out, torch.zeros_like(a_sum).scatter_add_(1, gid, extra.gather(1, order).to(area.dtype)))
+    return out
 
 
 @dataclass

@@ -307,8 +307,8 @@ def simulate_batch(
     cum = torch.cat([torch.zeros(b, 1, device=device), torch.cumsum(clean_in, 1)], 1)
     under = (cum.gather(1, hi_idx + 1) - cum.gather(1, lo_idx) - all_in).clamp_min(0)  # continuum under the peak
     detectable = (all_in >= sim.detect_sigma * torch.sqrt(under + all_in).clamp_min(1.0)) & (all_in >= 10)
-    m_e, m_a, m_d = merge_lines(meas_e, all_t * inside, detectable & inside, sim.line_merge_kev)
-    _, m_ai, _ = merge_lines(meas_e, all_in * inside, detectable & inside, sim.line_merge_kev)
+    # one grouping for both detectors (a line the germanium's dead layer hides is no truth line of the target)
+    m_e, m_a, m_d, m_ai = merge_lines(meas_e, all_t * inside, detectable & inside, sim.line_merge_kev, all_in * inside)
     lm = sim.max_lines
     order = torch.argsort(m_a, dim=1, descending=True)[:, :lm]
     le, la, ld, lai = (t.gather(1, order) for t in (m_e, m_a, m_d, m_ai))
