@@ -39,9 +39,9 @@ class HPGeSection(Section):
     """The germanium detector of the ``hpge`` target (``hpge.py``): a p-type closed-end coaxial crystal.
 
     Default 60 mm x 60 mm with a 10 mm x 45 mm core and a 0.7 mm lithium-diffused outer contact: 166 cm^3
-    active, a ~35-40 % relative efficiency (relative efficiency ~ active volume / 4.3 cm^3, Gilmore,
-    "Practical Gamma-ray Spectrometry", 2nd ed. 2008, sec. 4.6; ORTEC GEM40-class crystals are ~60-62 mm x
-    ~60 mm). FWHM^2 = noise^2 + 2.355^2 F w E + (ccl E)^2: electronic noise 0.85 keV FWHM, Fano factor
+    active, ~40 % relative efficiency by the rule relative efficiency ~ active volume / 4.3 cm^3 (Gilmore,
+    "Practical Gamma-ray Spectrometry", 2nd ed. 2008); the transport gives 50 % (hpge.relative_efficiency).
+    FWHM^2 = noise^2 + 2.355^2 F w E + (ccl E)^2: electronic noise 0.85 keV FWHM, Fano factor
     F = 0.12 and w = 2.96 eV per electron-hole pair at 77 K (Knoll, 4th ed., sec. 12.IV), charge-collection
     term 2.4e-4 x E: 0.98 / 1.43 / 1.86 keV at 122 / 662 / 1332 keV, a typical GEM40 specification."""
 
@@ -80,6 +80,8 @@ class SimulateSection(Section):
     counts_range: tuple[float, float] = (1e3, 1e7)
     fwhm_662_range: tuple[float, float] = (0.06, 0.12)
     power_range: tuple[float, float] = (0.45, 0.65)
+    #: (keV, FWHM keV) anchors of the ``resolution_only`` target's law FWHM^2 = a + b E + c E^2 (the ``hpge``
+    #: target uses the germanium law of ``hpge`` instead: hpge.target_fwhm_coefficients)
     hpge_fwhm_anchors: list[tuple[float, float]] = Field(
         default_factory=lambda: [(122.0, 0.9), (662.0, 1.3), (1332.0, 1.9)]
     )
@@ -99,7 +101,8 @@ class SimulateSection(Section):
     detect_sigma: float = Field(5.0, gt=0)
     #: slots of the per-spectrum true-line list (strongest kept). 128 holds the worst case of the library without
     #: merging: environment K-40 + Th-232 (40 lines) + Ra-226 (30) = 71, the four largest lab sources
-    #: (Eu-152 19, Ba-133 11, Cd-109 5 with its Ag K x-rays, Y-88 4) = 39, and max_random_lines 6: 116 (82 after 3 keV merging).
+    #: (Eu-152 19, Ba-133 11, Cd-109 5 with its Ag K x-rays, Y-88 4) = 39, and max_random_lines 6: 116 (82 after 3 keV merging);
+    #: with the true-coincidence sum lines of data/cascades.csv (Eu-152 5, Ba-133 2, Y-88 1) 124.
     max_lines: int = Field(128, ge=8)
     line_merge_kev: float = Field(3.0, ge=0)
     response_photons: int = Field(2000, ge=10)
