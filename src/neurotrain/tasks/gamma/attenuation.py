@@ -34,7 +34,7 @@ Data and physics (sources):
   (as in EGS4 / Geant4's G4KleinNishinaCompton).
 * Crystal densities: Saint-Gobain Crystals datasheets (PreLude 420 LYSO 7.1, NaI(Tl) 3.67, CsI(Tl) 4.51,
   BrilLanCe 380 LaBr3(Ce) 5.08 g/cm^3); LYSO stoichiometry Lu1.8Y0.2SiO5. Germanium 5.323 g/cm^3 (CRC Handbook
-  of Chemistry and Physics, 97th ed., 4-63); its mu/rho from NIST SRD 126 Table 3 (Z = 32), its coherent and
+  of Chemistry and Physics, section 4); its mu/rho from NIST SRD 126 Table 3 (Z = 32), its coherent and
   incoherent parts from xraylib like the other elements.
 * Germanium K x-rays: Ka1 9.886 / Ka2 9.855 keV (intensity-weighted mean 9.876 keV), Kb1 10.982 keV (X-ray Data
   Booklet Table 1-2); K fluorescence yield 0.535 (Krause 1979); K-beta share 0.12 of K x-rays (Kb/Ka = 0.136,
