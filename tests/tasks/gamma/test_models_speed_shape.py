@@ -106,7 +106,6 @@ def test_widths_are_multiples_of_eight() -> None:
     assert widths and all(w % 8 == 0 for w in widths)
 
 
-@pytest.mark.slow  # dynamo's first trace costs ~15 s on a loaded 2-core machine
 def test_the_forward_is_one_graph_for_torch_compile() -> None:
     m = _fast().eval()
     compiled = torch.compile(m, backend="eager", fullgraph=True, dynamic=False)
