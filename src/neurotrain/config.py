@@ -211,6 +211,14 @@ def _short(value: Any) -> str:
     return text if len(text) <= MAX_SHOWN_CHARS else text[: MAX_SHOWN_CHARS - 3] + "..."
 
 
+def _parse_problem(exc: Exception) -> str:
+    """YAML's problem and where (line, column; 1-based), or TOML's own one-line message."""
+    problem, mark = getattr(exc, "problem", None), getattr(exc, "problem_mark", None)
+    if problem and mark is not None:
+        return f"{problem} (line {mark.line + 1}, column {mark.column + 1})"
+    return (str(exc).strip().splitlines() or ["unknown error"])[0]
+
+
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """Read a YAML (``.yaml``/``.yml``) or TOML (``.toml``) file into a plain dict.
 
@@ -243,8 +251,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     try:
         data = tomllib.loads(text) if suffix == ".toml" else yaml.safe_load(text)
     except (yaml.YAMLError, tomllib.TOMLDecodeError) as exc:
-        first = (str(exc).strip().splitlines() or ["unknown error"])[0]
-        raise ConfigError(f"config error in {path}: cannot parse: {first}") from None
+        raise ConfigError(f"config error in {path}: cannot parse: {_parse_problem(exc)}") from None
     except RecursionError:
         raise ConfigError(f"config error in {path}: cannot parse: nested too deeply") from None
     if data is None:
@@ -293,7 +300,7 @@ def _format_validation_error(exc: ValidationError, source: str) -> str:
             lines.append(f"config error in {source}: {loc}: {msg}")
             continue
         got = err.get("input")
-        if err["type"] != "missing" and not isinstance(got, dict):
+        if err["type"] != "missing" and not isinstance(got, dict) and "(got " not in msg:
             msg = f"{msg} (got {_short(got)})"
         lines.append(f"config error in {source}: {loc}: {msg}")
     return "\n".join(lines)
@@ -310,8 +317,10 @@ def config_class_for(task: str) -> type[Config]:
 def validate_config(data: dict[str, Any], source: str = "<dict>") -> Config:
     """Validate a plain dict against the schema of the task it names."""
     task = data.get("task")
-    if not isinstance(task, str):
+    if task is None:
         raise ConfigError(f"config error in {source}: task: Field required (one of the registered task names)")
+    if not isinstance(task, str):
+        raise ConfigError(f"config error in {source}: task: expected a task name (got {_short(task)})")
     from neurotrain.errors import UnknownNameError
 
     try:

@@ -130,7 +130,12 @@ class TiffStack:
             self._pages = series.pages if len(series.pages) == self.n_frames else None
             if self._pages is None:
                 self._check_memory(self.n_frames * self.height * self.width * FLOAT_BYTES, "the whole movie")
-                self._all = series.asarray().reshape(self.n_frames, self.height, self.width)
+                try:
+                    self._all = series.asarray().reshape(self.n_frames, self.height, self.width)
+                except Exception as exc:  # damaged strips: tifffile and its codecs raise many types
+                    self._close_quietly()
+                    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+                    raise DataError(f"{self.path}: cannot read the frames ({first})") from None
         try:
             self[0]  # the first frame: NaN/inf, unreadable strips, before any network is built
         except BaseException:
@@ -203,7 +208,9 @@ class TiffStack:
                 if not frames:
                     return np.zeros((0, self.height, self.width), np.float32)
                 arr = np.stack(frames).astype(np.float32)
-        except (OSError, ValueError, RuntimeError, IndexError) as exc:
+        except DataError:
+            raise
+        except Exception as exc:  # damaged strips: tifffile and its codecs raise many types
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
             raise DataError(f"{self.path}: frames {start}-{stop - 1}: cannot read ({first})") from None
         return self._finite(arr, start)
