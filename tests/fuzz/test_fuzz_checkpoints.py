@@ -52,7 +52,7 @@ def test_good_checkpoint_loads(tmp_path: Path, good_bytes: bytes) -> None:
 def test_truncated(tmp_path: Path, good_bytes: bytes, frac: float) -> None:
     p = tmp_path / "cut.ckpt"
     p.write_bytes(good_bytes[: int(len(good_bytes) * frac)])
-    raises_one_line(lambda: load_model(p), p, CheckpointError)
+    assert "holds code" not in raises_one_line(lambda: load_model(p), p, CheckpointError)
 
 
 @pytest.mark.parametrize("content", [b"hello\n", b"PK", b"\x80", seeded_bytes(1, 500), seeded_bytes(2, 5000),
@@ -61,7 +61,7 @@ def test_truncated(tmp_path: Path, good_bytes: bytes, frac: float) -> None:
 def test_garbage(tmp_path: Path, content: bytes) -> None:
     p = tmp_path / "junk.ckpt"
     p.write_bytes(content)
-    raises_one_line(lambda: load_model(p), p, CheckpointError)
+    assert "holds code" not in raises_one_line(lambda: load_model(p), p, CheckpointError)
 
 
 def _zip_with(path: Path, files: dict[str, bytes]) -> Path:
@@ -86,15 +86,14 @@ def test_malicious_pickle_is_refused_and_never_runs(tmp_path: Path, how: str, to
     elif how == "in_config":
         torch.save({"state_dict": {}, "hyper_parameters": {"config": evil}}, p)
     elif how == "zip_data_pkl":
-        _zip_with(p, {"archive/data.pkl": pickle.dumps({"state_dict": evil}), "archive/version": b"3\n"})
+        _zip_with(p, {"archive/data.pkl": pickle.dumps({"state_dict": evil}, protocol=2), "archive/version": b"3\n"})
     else:
         buf = io.BytesIO()
         pickle.dump({"state_dict": {}, "x": _EvalCall()}, buf, protocol=2)
         p.write_bytes(buf.getvalue())
     msg = raises_one_line(lambda: load_model(p), p, CheckpointError)
     assert not marker.exists(), "pickled code ran"
-    if how in ("torch_save", "in_state_dict", "in_config", "legacy_pickle", "eval_global"):
-        assert "holds code (pickled objects) and was refused; only weights are loaded" in msg
+    assert "holds code (pickled objects) and was refused; only weights are loaded" in msg
 
 
 class _EvalCall:

@@ -27,8 +27,9 @@ PICKLE_MAGIC = b"\x80"
 """First byte of a protocol >= 2 pickle: the legacy ``torch.save`` format."""
 MIN_CHECKPOINT_BYTES = 22
 """The smallest zip archive (an empty end-of-central-directory record) is 22 bytes."""
-CODE_MARKERS = ("weights only load failed", "unsupported global", "unsupported operand")
-"""Phrases of torch's weights-only unpickler when a pickle names an object (code) rather than data."""
+CODE_MARKERS = ("unsupported global", "not an allowed global", "unsupported class")
+"""Phrases of torch's weights-only unpickler when a pickle names an object (code) rather than data; its other
+refusals ("Unsupported operand 39") mean a damaged pickle."""
 
 
 def code_refused(path: str | Path) -> CheckpointError:
@@ -72,7 +73,8 @@ def load_checkpoint(path: str | Path, *, mmap: bool = False) -> dict[str, Any]:
         text = str(exc).lower()
         if any(m in text for m in CODE_MARKERS):
             raise code_refused(path) from None
-        raise CheckpointError(f"{path}: not a readable checkpoint (corrupt pickle)") from None
+        detail = next((ln.strip() for ln in str(exc).splitlines() if "unsupported" in ln.lower()), "")[:80]
+        raise CheckpointError(f"{path}: not a readable checkpoint (damaged pickle{': ' + detail if detail else ''})") from None
     except (zipfile.BadZipFile, RuntimeError, EOFError, ValueError, KeyError, IndexError, TypeError,
             AttributeError, UnicodeDecodeError, OSError, OverflowError, MemoryError) as exc:
         # a damaged archive or legacy pickle: torch raises any of these, none of them readable to a user
