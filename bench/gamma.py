@@ -12,7 +12,7 @@ Sizes follow ``configs/gamma/train.yaml`` (its ``model:`` block and batch), at `
 * ours, eager: bf16 autocast, no compile;
 * the reference: :class:`PlainUNet1D`, a plain eager 1D U-Net (Ronneberger et al. 2015: two convolution-BN-ReLU
   per level at the full channel grid, max-pool, transposed convolution, concatenated skips, 1x1 head, softplus),
-  depth ``--plain-depth``, kernel ``--plain-kernel``, its base width chosen to match our parameter count; bf16
+  depth ``--plain-depth``, kernel ``--plain-kernel``, base width matching our parameter count (to a multiple of 8); bf16
   autocast, same batch;
 * the seed model: ``ImprovedSpectralResNet1D`` as the previous train.yaml had it (base 32, depth 5, widths capped
   at 256), eager bf16: the issue's "23,800 spectra/s today".
@@ -109,9 +109,17 @@ def trained_like(m: nn.Module) -> None:
 
 
 def matched_plain(target: int, depth: int, k: int) -> PlainUNet1D:
-    """The plain U-Net whose base width gives the parameter count closest to ``target``."""
-    best = min(range(2, 129), key=lambda c: abs(n_params(PlainUNet1D(c, depth, k)) - target))
-    return PlainUNet1D(best, depth, k)
+    """The plain U-Net whose base width gives the parameter count closest to ``target`` (rounded to a multiple
+    of 8)."""
+    best, c = 2, 2
+    while True:  # the count grows with c: stop at the first width past the target
+        p = n_params(PlainUNet1D(c, depth, k))
+        if abs(p - target) < abs(n_params(PlainUNet1D(best, depth, k)) - target):
+            best = c
+        if p > target:
+            # widths in multiples of 8 like ours, so that odd channel counts do not slow the reference down
+            return PlainUNet1D(8 * round(best / 8) if best >= 8 else best, depth, k)
+        c += 1
 
 
 def main(argv: list[str]) -> int:
