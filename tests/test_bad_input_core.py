@@ -140,3 +140,19 @@ def test_evaluate_output_folder(toy_cfg_file: Path, tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert (tmp_path / "ev" / "metrics.json").is_file()
     assert not (tmp_path / "runs" / "toy" / "t" / "metrics.json").exists()
+
+
+def test_wrong_checkpoint_or_config_answers_before_torch_is_imported(tmp_path: Path) -> None:
+    """The cheap checks run before ``import torch`` (seconds on a busy machine): a text file as checkpoint,
+    a missing input, a binary config."""
+    import subprocess
+    import sys
+
+    (tmp_path / "text.ckpt").write_text("hello\n")
+    (tmp_path / "bin.yaml").write_bytes(b"\xff\xfe\x00")
+    code = ("import sys; from neurotrain import cli\n"
+            "try:\n    cli.main()\nexcept SystemExit as e:\n    print('exit', e.code, 'torch' in sys.modules)")
+    for argv in (["predict", "text.ckpt", "movie.tif"], ["predict", "missing.ckpt", "m.tif"], ["train", "bin.yaml"]):
+        proc = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, cwd=tmp_path)
+        assert proc.stdout.split() in (["exit", "1", "False"], ["exit", "2", "False"]), (argv, proc.stdout, proc.stderr)
+        assert proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1, proc.stderr

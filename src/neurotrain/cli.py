@@ -240,9 +240,9 @@ def train(
     ),
 ) -> None:
     """Train a model; writes runs/<task>/<name>/ (config, checkpoints, logs, metrics.json)."""
+    cfg = _load(config, overrides)
     from neurotrain.engine import api
 
-    cfg = _load(config, overrides)
     labels = split_names(elements)
     if not labels:
         run_dir = api.train(cfg, resume=resume, overwrite=overwrite, debug=debug)
@@ -272,9 +272,9 @@ def prepare(
     debug: bool = typer.Option(False, "--debug", help=DEBUG_HELP),
 ) -> None:
     """Read and preprocess the field's files into training-ready HDF5 (resumable: rerun to continue)."""
+    cfg = _load(config, overrides)
     from neurotrain.engine import api
 
-    cfg = _load(config, overrides)
     summary = api.prepare(cfg)
     _print_metrics({k: v for k, v in summary.items() if isinstance(v, (int, float))}, f"prepare {cfg.task}")
 
@@ -289,9 +289,9 @@ def analyze(
     debug: bool = typer.Option(False, "--debug", help=DEBUG_HELP),
 ) -> None:
     """Feature importance and residual analysis of a trained model; writes <run>/analysis/."""
+    cfg = _load(config, overrides)
     from neurotrain.engine import api
 
-    cfg = _load(config, overrides)
     summary = api.analyze(cfg, ckpt, **_parse_options(opt))
     say(f"analysis: {cfg.run_dir / 'analysis'}")
     _print_metrics({k: v for k, v in summary.items() if isinstance(v, (int, float))}, f"analyze {cfg.task}")
@@ -308,9 +308,9 @@ def test(
     opt: Optional[list[str]] = typer.Option(None, "--opt", help="Task option key=value (repeatable)."),
 ) -> None:
     """Score a checkpoint (or the baseline) on the test data; writes metrics.json."""
+    cfg = _load(config, overrides)
     from neurotrain.engine import api
 
-    cfg = _load(config, overrides)
     metrics = api.test(cfg, ckpt, baseline=baseline, debug=debug, **_parse_options(opt))
     _print_metrics(metrics, f"test {cfg.task}")
 
@@ -328,11 +328,20 @@ def predict(
     debug: bool = typer.Option(False, "--debug", help="Write the task's debug figures; show the traceback of an error."),
 ) -> None:
     """Run a trained network on field files; the checkpoint alone is enough."""
-    from neurotrain.engine import api
+    from neurotrain.engine.checkpoint import check_checkpoint_file
+    from neurotrain.errors import DataError
 
     files = list(inputs or []) + list(input_ or [])
     if not files:
         raise ConfigError("config error in predict: no input files given")
+    # before torch is imported (seconds): a wrong checkpoint or a missing input answers at once
+    check_checkpoint_file(ckpt)
+    for f in files:
+        if not Path(f).exists():
+            raise DataError(f"{f}: input file or folder not found")
+    from neurotrain.engine import api
+
+
     options = _parse_options(opt)
     if debug:
         options["debug"] = True

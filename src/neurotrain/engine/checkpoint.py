@@ -12,14 +12,15 @@ from __future__ import annotations
 import pickle
 import zipfile
 from pathlib import Path
-from typing import Any
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from neurotrain.config import Config, validate_config
 from neurotrain.errors import CheckpointError, ConfigError
 from neurotrain.registry import TASKS
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 ZIP_MAGIC = b"PK\x03\x04"
 """First bytes of a zip archive: ``torch.save``'s format since PyTorch 1.6."""
@@ -65,6 +66,8 @@ def load_checkpoint(path: str | Path, *, mmap: bool = False) -> dict[str, Any]:
     ``mmap``: map the tensors instead of reading them (zip checkpoints only): checks a big
     checkpoint's structure in a fraction of a second.
     """
+    import torch  # here, not at the top: check_checkpoint_file answers before torch is imported
+
     path = check_checkpoint_file(path)
     is_zip = zipfile.is_zipfile(path)
     try:
@@ -109,6 +112,8 @@ def model_state(ckpt: dict[str, Any]) -> dict[str, torch.Tensor]:
 
 def check_weights(model: nn.Module, state: dict[str, Any], path: str | Path) -> None:
     """Every weight the model needs, in the shape it needs; names the first tensor that is not."""
+    import torch
+
     own = model.state_dict()
     # state a model added later and fills in itself when an older checkpoint lacks it
     optional = set(getattr(model, "optional_state", ()))
