@@ -157,7 +157,7 @@ class FastSpectralUNet1D(nn.Module):
 
     A scintillator's lines are broad (LYSO FWHM 10 % at 662 keV = 66 keV = 90 channels of a 4096-channel
     20-3000 keV grid), yet the seed networks spent their widest convolutions at full and half resolution
-    (2.36 GMAC per 4096-channel spectrum at train.yaml's size, 0.31 GMAC here). Here:
+    (2.36 GMAC per 4096-channel spectrum at train.yaml's size; 0.33 GMAC here). Here:
 
     * full-resolution level: one convolution to ``full_channels`` (16) features per channel, kept as a skip;
     * stem: lossless 1D space-to-depth (:func:`pixel_unshuffle_1d`) of those features by ``stem_stride`` (8:
@@ -170,8 +170,8 @@ class FastSpectralUNet1D(nn.Module):
       (:func:`pixel_shuffle_1d`) back to the full grid, the full-resolution skip added, one residual block
       at full resolution and a 1x1 convolution to the spectrum. The full-resolution block is the same filter
       at every channel, so a line is sharpened the same way whatever its position within a stem block
-      (space-to-depth alone needs ``stem_stride`` phase-specific filters, which the quickstart did not learn);
-      the output keeps full channel resolution (HPGe FWHM 1.3 keV at 662 keV = 1.8 channels).
+      (depth-to-space alone has ``stem_stride`` separate output filters, one per position in the block); the
+      output keeps full channel resolution (HPGe FWHM 1.3 keV at 662 keV = 1.8 channels).
 
     ``full_channels`` 0 drops the full-resolution level (space-to-depth of the input, depth-to-space of the
     output). Widths are rounded to multiples of 8 (tensor-core tiles). Input length ``N`` must be divisible by
