@@ -64,12 +64,18 @@ def calibration_set(cfg: StellarConfig, device: torch.device) -> dict[str, Tenso
 
 
 def calibrate_model(cfg: StellarConfig, model: nn.Module, data: dict[str, Tensor] | None = None) -> Tensor:
-    """Fit and set ``model.sigma_scale`` on the calibration set (drawn when ``data`` is None); returns it."""
+    """Fit and set ``model.sigma_scale`` on the calibration set (drawn when ``data`` is None), with the
+    network run at ``inference.precision``; returns the factors."""
+    from neurotrain.engine.inference import autocast
+
     device = next(model.parameters()).device
     data = calibration_set(cfg, device) if data is None else data
-    scale = sigma_scale_factors(
-        model, data["input"], data["target"], data["target_mask"], cfg.calibration.coverage, cfg.calibration.chunk
-    )
+    # the factors are fitted in the arithmetic that evaluate and predict use (``inference.precision``):
+    # bf16 rounding adds error that the sigma must cover
+    with autocast(device, cfg.inference.precision):
+        scale = sigma_scale_factors(
+            model, data["input"], data["target"], data["target_mask"], cfg.calibration.coverage, cfg.calibration.chunk
+        )
     model.sigma_scale.copy_(scale.to(model.sigma_scale))
     return scale
 
