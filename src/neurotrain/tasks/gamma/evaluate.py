@@ -15,6 +15,8 @@ held-out simulated sets and written as ``metrics.json`` content, ``report/report
 from __future__ import annotations
 
 import math
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -142,6 +144,7 @@ def evaluate(cfg: Any, model: nn.Module | None, run_dir: Path, **options: Any) -
     tuned_at: dict[tuple[str, float], dict[str, Any]] = {}
     examples: dict[str, tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]] = {}
     home = cfg.simulate.detector.crystal
+    t0 = time.perf_counter()
     for ci, crystal in enumerate(ev.crystals):
         r662, power = _law(cfg, crystal)
         for li, level in enumerate(ev.count_levels):
@@ -162,6 +165,7 @@ def evaluate(cfg: Any, model: nn.Module | None, run_dir: Path, **options: Any) -
                 metrics["mc_noise"][key] = mc_noise_check(cfg, n, seed, scene, device)
             if crystal == home:
                 examples[f"{crystal}_{key}"] = (batch, spectra)
+            print(f"gamma evaluate: {crystal} {key} counts done ({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
     _named_sets(cfg, ecfg, model, seed0, device, tuned_at, metrics, examples)
     head = _headline(metrics, home)
     metrics["headline"] = head
