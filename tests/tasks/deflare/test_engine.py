@@ -57,25 +57,35 @@ def test_train_checkpoint_predict_and_loss_curve(tmp_path):
     assert res.headline_network is not None and res.report_path.is_file()
 
 
+@pytest.fixture(scope="module")
+def quickstart_run(tmp_path_factory):
+    """The quickstart model, trained once for the slow tests (~50 min on 2 busy CPU cores, ~2 min
+    quiet). ``DEFLARE_QUICKSTART_RUN=<run dir>`` reuses a run trained with the same config (e.g. on
+    a GPU) instead; its evaluation then writes into that run's ``report/``."""
+    import os
+
+    api = pytest.importorskip("neurotrain.engine.api")
+    tmp = tmp_path_factory.mktemp("quickstart")
+    given = os.environ.get("DEFLARE_QUICKSTART_RUN")
+    if given:
+        run = Path(given)
+        cfg = load_config(REPO / "configs" / "deflare" / "quickstart.yaml", [f"run.output_dir={run.parent.parent}", f"run.name={run.name}"])
+        return cfg, run, tmp
+    cfg = load_config(REPO / "configs" / "deflare" / "quickstart.yaml", [f"run.output_dir={tmp / 'runs'}"])
+    return cfg, api.train(cfg), tmp
+
+
 @pytest.mark.slow
-def test_quickstart_model_beats_tuned_filters_and_keeps_real_recordings(tmp_path):
-    """Issue 18's 'done when': the trained quickstart model beats every classical filter tuned on
-    validation (per-event flare F1 on the disjoint test set), and on the real flare-free
-    recordings it keeps >= 97% of the events, each identical to its input row.
-    ~10 min on 2 CPU cores."""
+def test_quickstart_model_keeps_real_flare_free_recordings(quickstart_run):
+    """Issue 18: on the real flare-free recordings (EVT 2.0 and 3.0) the trained quickstart model
+    keeps >= 97% of the events, each identical to its input row, in order."""
     import h5py
     import numpy as np
 
-    api = pytest.importorskip("neurotrain.engine.api")
+    from neurotrain.engine import api
     from neurotrain.tasks.deflare.evt import raw_to_h5
 
-    cfg = load_config(REPO / "configs" / "deflare" / "quickstart.yaml", [f"run.output_dir={tmp_path / 'runs'}"])
-    run_dir = api.train(cfg)
-    res = api.evaluate(cfg)
-    print(res.extra["table_markdown"])
-    table = res.metrics["methods"]
-    best_filter = max(table[m]["flare_f1"] for m in ("ba_filter", "stcf", "afk"))
-    assert table["network"]["flare_f1"] > best_filter
+    _, run_dir, tmp_path = quickstart_run
     events = REPO / ".." / "shared" / "realdata" / "events"
     for name in ("evt2_sample.raw", "evt3_sample.raw"):
         raw = events / name
@@ -86,6 +96,7 @@ def test_quickstart_model_beats_tuned_filters_and_keeps_real_recordings(tmp_path
         with h5py.File(src) as a, h5py.File(out) as b:
             cin = {k: a[f"events/{k}"][:] for k in "txyp"}
             cout = {k: b[f"events/{k}"][:] for k in "txyp"}
+
         def key(c):
             return ((c["t"].astype(np.int64) * 2048 + c["y"]) * 2048 + c["x"]) * 2 + (c["p"] == 1)
 
@@ -93,3 +104,18 @@ def test_quickstart_model_beats_tuned_filters_and_keeps_real_recordings(tmp_path
         kept = len(cout["t"]) / len(cin["t"])
         print(f"{name}: kept {kept:.4f} of {len(cin['t'])} events")
         assert kept >= 0.97
+
+
+@pytest.mark.slow
+def test_quickstart_model_beats_tuned_filters(quickstart_run):
+    """Issue 18's 'done when': the trained quickstart model beats every classical filter tuned on
+    validation (per-event flare F1 on the disjoint test set). Not met on 2026-12-03 (see
+    docs/results/deflare.md): kept as the target."""
+    from neurotrain.engine import api
+
+    cfg, _, _ = quickstart_run
+    res = api.evaluate(cfg)
+    print(res.extra["table_markdown"])
+    table = res.metrics["methods"]
+    best_filter = max(table[m]["flare_f1"] for m in ("ba_filter", "stcf", "afk"))
+    assert table["network"]["flare_f1"] > best_filter
