@@ -153,10 +153,10 @@ class PostprocessSection(Section):
     the original t, x, y, p and dtypes. ``mode="decode"``: the seed's decoder (cell values
     rounded to counts, timestamps drawn uniformly in the 2.5 ms bin).
 
-    ``keep_threshold`` default: 0.5, the value of the sweep 0.05..0.95 that maximised
-    per-event flare F1 on the validation set of the trained quickstart model
-    (``neurotrain evaluate configs/deflare/quickstart.yaml`` re-tunes it on validation and
-    reports it as ``params.network.keep_threshold``).
+    ``keep_threshold`` default: 0.5. ``neurotrain evaluate`` re-tunes it on validation for the
+    issue's objective (``evaluate.network_objective``) and reports it as
+    ``params.network.keep_threshold``: 0.55 for the quickstart model of 2026-12-03, which at 0.5
+    keeps 0.985 / 1.000 of the real EVT 2.0 / 3.0 recordings (``docs/results/deflare.md``).
     """
 
     mode: Literal["mask", "decode"] = "mask"
