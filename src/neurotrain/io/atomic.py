@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -62,3 +62,25 @@ def _remove_quietly(p: Path) -> None:
             p.unlink(missing_ok=True)
     except OSError:
         pass
+
+
+def missing_dirs(dirs: Iterable[Path]) -> list[Path]:
+    """Every folder on the way to each of ``dirs`` that does not exist yet, deepest first: what a run is
+    about to create, so that a failed run can remove what it made (:func:`remove_empty_dirs`)."""
+    out: set[Path] = set()
+    for d in dirs:
+        d = Path(d).absolute()
+        while not d.exists() and d != d.parent:
+            out.add(d)
+            d = d.parent
+    return sorted(out, key=lambda p: len(p.parts), reverse=True)
+
+
+def remove_empty_dirs(dirs: list[Path]) -> None:
+    """Remove those of ``dirs`` (deepest first) that are still empty; others (an earlier input's finished
+    output) stay."""
+    for d in dirs:
+        try:
+            d.rmdir()
+        except OSError:
+            pass

@@ -11,13 +11,13 @@ empty, and an error about a decoded ``.raw`` file names the ``.raw`` file.
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from neurotrain.errors import ConfigError, DataError
+from neurotrain.io.atomic import missing_dirs, remove_empty_dirs
 from neurotrain.tasks.deflare.evt import inspect_raw, raw_to_h5
 from neurotrain.tasks.deflare.io import inspect_events, list_h5
 from neurotrain.tasks.deflare.postprocess import DebugHook, VoxelFn, process_file
@@ -74,7 +74,7 @@ def predict_files(
     jobs = plan_jobs(cfg, inputs, output)
     outs: list[Path] = []
     # folders this call creates; a failed input must not leave an empty one behind
-    created = _missing_dirs(dst.parent for _, dst in jobs)
+    created = missing_dirs(dst.parent for _, dst in jobs)
     try:
         for src, dst in jobs:
             if src.suffix.lower() == ".raw":  # Prophesee EVT 2.0 / 3.0: decode to HDF5 first
@@ -88,26 +88,8 @@ def predict_files(
                 process_file(src, dst, fn, cfg, device, hook)
             outs.append(dst)
     except BaseException:
-        _remove_empty_dirs(created)
+        remove_empty_dirs(created)
         raise
     return outs
 
 
-def _missing_dirs(parents: Iterable[Path]) -> list[Path]:
-    """Every folder on the way to each of ``parents`` that does not exist yet, deepest first."""
-    out: set[Path] = set()
-    for d in parents:
-        d = Path(d).absolute()
-        while not d.exists() and d != d.parent:
-            out.add(d)
-            d = d.parent
-    return sorted(out, key=lambda p: len(p.parts), reverse=True)
-
-
-def _remove_empty_dirs(dirs: list[Path]) -> None:
-    """Remove the folders of :func:`_missing_dirs` that are (still) empty, deepest first."""
-    for d in dirs:
-        try:
-            d.rmdir()
-        except OSError:  # not empty (a finished output of an earlier input) or already gone
-            pass

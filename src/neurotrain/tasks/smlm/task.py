@@ -16,6 +16,7 @@ from pydantic import Field
 from torch import nn
 
 from neurotrain.errors import ConfigError, DataError
+from neurotrain.io.atomic import missing_dirs, remove_empty_dirs
 from neurotrain.registry import TASKS
 from neurotrain.task import EvalResult, Task, TaskOptions
 from neurotrain.tasks.smlm.config import SMLMConfig
@@ -70,26 +71,6 @@ def truth_with_crlb(cfg: SMLMConfig, truth: pd.DataFrame, bg_map: torch.Tensor |
         c = crlb(x, y, t["z_nm"].double(), t["photons"].double(), bgv, cfg.psf, px, excess_noise_factor(cfg.camera))
         t.update(crlb_x_nm=c["x_nm"], crlb_y_nm=c["y_nm"], crlb_z_nm=c["z_nm"])
     return t
-
-
-def missing_dirs(dirs: list[Path]) -> list[Path]:
-    """The folders (and parents) among ``dirs`` that do not exist yet, deepest first."""
-    out: set[Path] = set()
-    for d in dirs:
-        d = Path(d)
-        while not d.exists() and d.parent != d:
-            out.add(d)
-            d = d.parent
-    return sorted(out, key=lambda p: len(p.parts), reverse=True)
-
-
-def remove_empty_dirs(dirs: list[Path]) -> None:
-    """Remove those of ``dirs`` (deepest first) that are empty; others stay."""
-    for d in dirs:
-        try:
-            d.rmdir()
-        except OSError:
-            pass
 
 
 class SMLMPredictOptions(TaskOptions):
