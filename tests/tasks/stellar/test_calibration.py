@@ -87,3 +87,4 @@ def test_a_checkpoint_without_sigma_scale_loads_uncalibrated() -> None:
     fresh.sigma_scale.copy_(torch.tensor([1.0, 2.0, 3.0]))
     _, sigma = fresh.to_physical(out)
     assert torch.allclose(sigma[0] / sigma[0, 0], torch.tensor([1.0, 2.0, 3.0]))
+

@@ -34,12 +34,19 @@ class GammaPredictOptions(TaskOptions):
     min_peak_sigma: float | None = Field(None, description="drop listed peaks below this significance (sigma)")
 
 
+class GammaEvaluateOptions(TaskOptions):
+    """``neurotrain evaluate`` options of gamma."""
+
+    n: int | None = Field(None, ge=1, description="held-out spectra per count level (default: evaluate.spectra_per_level)")
+
+
 class GammaTask(Task):
     """LYSO/NaI/CsI/LaBr3 -> HPGe-like spectrum enhancement."""
 
     name = "gamma"
     config_cls = GammaConfig
     predict_options = GammaPredictOptions
+    evaluate_options = GammaEvaluateOptions
 
     def build_model(self, cfg: Config) -> nn.Module:
         from neurotrain.tasks.gamma.models import build_model

@@ -13,11 +13,11 @@ through) or from a prepared HDF5 file (``neurotrain prepare``: catalogue labels 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator
 from torch import nn
 
 from neurotrain.config import Config
@@ -133,12 +133,33 @@ class StellarPredictOptions(TaskOptions):
     mc_samples: int | None = Field(None, ge=0, description="MC-dropout passes (overrides uncertainty.mc_samples)")
 
 
+class StellarEvaluateOptions(TaskOptions):
+    """``neurotrain evaluate`` options of stellar."""
+
+    methods: list[Literal["xgboost", "lightgbm", "cannon"]] | None = Field(
+        None, description="baselines to score (default: baseline.methods)")
+    figures: bool | None = Field(None, description="write the report's figures (default: evaluate.figures)")
+
+    @field_validator("methods", mode="before")
+    @classmethod
+    def _comma_list(cls, v: Any) -> Any:
+        return [m.strip() for m in v.split(",") if m.strip()] if isinstance(v, str) else v
+
+
+class StellarSimulateOptions(TaskOptions):
+    """``neurotrain simulate`` options of stellar."""
+
+    seed: int | None = Field(None, description="random seed of the spectra (default: the config's seed)")
+
+
 class StellarTask(Task):
     """Stellar labels (Teff, log g, [Fe/H], [X/Fe]) with uncertainties from LAMOST low-resolution spectra."""
 
     name = "stellar"
     config_cls = StellarConfig
     predict_options = StellarPredictOptions
+    evaluate_options = StellarEvaluateOptions
+    simulate_options = StellarSimulateOptions
 
     def build_model(self, cfg: Config) -> nn.Module:
         from neurotrain.tasks.stellar.models import build_model
