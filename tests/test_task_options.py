@@ -1,4 +1,4 @@
-"""Evaluate and simulate --opt schemas of stellar and gamma: typed values, unknown keys refused."""
+"""Evaluate and simulate --opt schemas of stellar, gamma, deflare and vision: typed values, unknown keys refused."""
 
 from __future__ import annotations
 
@@ -20,3 +20,16 @@ def test_evaluate_and_simulate_options_are_a_schema() -> None:
     assert check_options(StellarTask(), "simulate", {"seed": "3"}) == {"seed": 3}
     with pytest.raises(ConfigError, match="sed: unknown option"):
         check_options(GammaTask(), "evaluate", {"sed": "3"})
+
+
+def test_deflare_simulate_options_and_optionless_evaluate() -> None:
+    from neurotrain.tasks.deflare.task import DeflareTask
+    from neurotrain.tasks.vision.task import VisionTask
+
+    assert check_options(DeflareTask(), "simulate", {"n_test": "2"}) == {"n_test": 2}
+    with pytest.raises(ConfigError, match="ntest: unknown option"):
+        check_options(DeflareTask(), "simulate", {"ntest": "2"})
+    for task in (DeflareTask(), VisionTask()):
+        assert check_options(task, "evaluate", {}) == {}
+        with pytest.raises(ConfigError, match="known: none"):
+            check_options(task, "evaluate", {"baseline": "true"})

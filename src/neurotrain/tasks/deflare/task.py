@@ -74,10 +74,23 @@ class DeflarePredictOptions(TaskOptions):
     baseline: bool | None = Field(None, description="encode -> decode only (method=codec)")
 
 
+class DeflareSimulateOptions(TaskOptions):
+    """``neurotrain simulate`` options of deflare."""
+
+    n_test: int | None = Field(None, ge=0, description="file pairs in the *_test folders (default: simulate.test_fraction)")
+    device: str | None = Field(None, description="cpu or cuda (default: inference.device)")
+
+
+class DeflareEvaluateOptions(TaskOptions):
+    """``neurotrain evaluate`` of deflare takes no options: every knob is in the config's ``evaluate.*``."""
+
+
 class DeflareTask(Task):
     name = "deflare"
     config_cls = DeflareConfig
     predict_options = DeflarePredictOptions
+    simulate_options = DeflareSimulateOptions
+    evaluate_options = DeflareEvaluateOptions
 
     # ------------------------------------------------------------------ building blocks
     def build_model(self, cfg: DeflareConfig) -> nn.Module:  # type: ignore[override]

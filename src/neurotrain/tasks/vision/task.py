@@ -27,12 +27,17 @@ class VisionPredictOptions(TaskOptions):
     """``neurotrain predict`` of vision takes no ``--opt`` keys: its settings are the config's ``predict.*``."""
 
 
+class VisionEvaluateOptions(TaskOptions):
+    """``neurotrain evaluate`` of vision takes no options: every knob is in the config's ``evaluate.*``."""
+
+
 class VisionTask(Task):
     """Images (2D, or 3D volumes) -> masks, labels or boxes."""
 
     name = "vision"
     config_cls = VisionConfig
     predict_options = VisionPredictOptions
+    evaluate_options = VisionEvaluateOptions
 
     def __init__(self) -> None:
         self._augmenters: dict[str, Any] = {}
