@@ -33,3 +33,14 @@ def test_deflare_simulate_options_and_optionless_evaluate() -> None:
         assert check_options(task, "evaluate", {}) == {}
         with pytest.raises(ConfigError, match="known: none"):
             check_options(task, "evaluate", {"baseline": "true"})
+
+
+def test_test_and_analyze_options_are_refused_unless_declared() -> None:
+    from neurotrain.tasks.smlm.task import SMLMTask
+
+    with pytest.raises(ConfigError, match="known: none"):
+        check_options(SMLMTask(), "test", {"treshold": "0.3"})
+    assert check_options(StellarTask(), "analyze", {"snr": "20", "labels": "FE_H,MG_FE"}) == {
+        "snr": 20.0, "labels": ["FE_H", "MG_FE"]}
+    with pytest.raises(ConfigError, match="sn: unknown option"):
+        check_options(StellarTask(), "analyze", {"sn": "20"})

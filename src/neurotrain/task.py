@@ -99,8 +99,9 @@ class Task:
     predict_options: ClassVar[type[TaskOptions] | None] = None
     evaluate_options: ClassVar[type[TaskOptions] | None] = None
     simulate_options: ClassVar[type[TaskOptions] | None] = None
-    test_options: ClassVar[type[TaskOptions] | None] = None
-    analyze_options: ClassVar[type[TaskOptions] | None] = None
+    #: ``test`` and ``analyze`` read no ``--opt`` unless a task declares them (``--baseline``/``--debug`` are flags)
+    test_options: ClassVar[type[TaskOptions] | None] = TaskOptions
+    analyze_options: ClassVar[type[TaskOptions] | None] = TaskOptions
 
     def options_schema(self, command: str) -> type[TaskOptions] | None:
         """The ``--opt`` schema of ``command`` (one of :data:`OPTION_COMMANDS`), or ``None``."""

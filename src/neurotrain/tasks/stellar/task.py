@@ -152,6 +152,23 @@ class StellarSimulateOptions(TaskOptions):
     seed: int | None = Field(None, description="random seed of the spectra (default: the config's seed)")
 
 
+class StellarAnalyzeOptions(TaskOptions):
+    """``neurotrain analyze`` options of stellar (``spectra``/``wave`` only from Python)."""
+
+    snr: float | None = Field(None, gt=0, description="S/N of the held-out synthetic spectra (default 50)")
+    labels: list[str] | None = Field(None, description="labels to explain (default: all)")
+    figures: bool | None = Field(None, description="write the figures (default: true)")
+    synthetic: bool | None = Field(None, description="explain synthetic spectra even when data.path is set")
+    device: str | None = Field(None, description="cpu or cuda")
+    spectra: Any = Field(None, description="(Python) a dict of tensors to explain instead")
+    wave: Any = Field(None, description="(Python) rest wavelengths of the input pixels")
+
+    @field_validator("labels", mode="before")
+    @classmethod
+    def _comma_list(cls, v: Any) -> Any:
+        return [m.strip() for m in v.split(",") if m.strip()] if isinstance(v, str) else v
+
+
 class StellarTask(Task):
     """Stellar labels (Teff, log g, [Fe/H], [X/Fe]) with uncertainties from LAMOST low-resolution spectra."""
 
@@ -160,6 +177,7 @@ class StellarTask(Task):
     predict_options = StellarPredictOptions
     evaluate_options = StellarEvaluateOptions
     simulate_options = StellarSimulateOptions
+    analyze_options = StellarAnalyzeOptions
 
     def build_model(self, cfg: Config) -> nn.Module:
         from neurotrain.tasks.stellar.models import build_model
