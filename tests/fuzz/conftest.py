@@ -2,20 +2,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from tiny_configs import tiny_smlm_config
 
 
 @pytest.fixture(scope="module")
 def smlm_cfg():
-    from neurotrain.tasks.smlm.config import SMLMConfig
-
-    return SMLMConfig(
-        simulate={"frame_size": (16, 16), "density_per_um2": 1.0},
-        model={"name": "SigmaMUNet", "depth_shared": 1, "depth_union": 1, "initial_features": 8, "inter_features": 8},
-        evaluate={"n_frames": 12},
-        inference={"device": "cpu", "max_memory_gb": 0.5},
-        data={"batch_size": 8},
-        predict={"render": False},
-    )
+    return tiny_smlm_config(predict={"render": False})
 
 
 @pytest.fixture(scope="module")

@@ -90,15 +90,20 @@ def _calibration(path: Path, sec: dict[str, str]) -> tuple[list[float] | None, s
     return coeffs, "present"
 
 
+def _text_lines_of(path: Path, fmt: str, expected: str) -> str:
+    """The file as text with newlines normalised; empty or binary content is refused naming ``fmt``."""
+    raw = path.read_bytes()
+    if not raw.strip():
+        raise DataError(f"{path}: file is empty ({len(raw)} bytes; expected {expected})")
+    if b"\x00" in raw[:65536]:
+        raise DataError(f"{path}: cannot parse as {fmt}: binary content (expected {expected.split(' with ')[0]})")
+    return raw.decode("latin-1").replace("\r\n", "\n").replace("\r", "\n")
+
+
 def read_spe(path: Path, max_channels: int) -> SpeContent:
     """Parse an ORTEC / IAEA SPE text file; the ``$DATA`` block must hold exactly the declared channels, at most
     ``max_channels`` (checked before the counts are parsed)."""
-    raw = path.read_bytes()
-    if not raw.strip():
-        raise DataError(f"{path}: file is empty ({len(raw)} bytes; expected an SPE text file with a $DATA: section)")
-    if b"\x00" in raw[:65536]:
-        raise DataError(f"{path}: cannot parse as SPE: binary content (expected $-keyword text sections)")
-    text = raw.decode("latin-1").replace("\r\n", "\n").replace("\r", "\n")
+    text = _text_lines_of(path, "SPE", "an SPE text file with a $DATA: section")
     sec = _sections(text)
     if "DATA" not in sec:
         raise DataError(f"{path}: $DATA: section not found (expected an SPE text file with $DATA:)")
@@ -133,12 +138,8 @@ def read_spe(path: Path, max_channels: int) -> SpeContent:
 def read_iec1455(path: Path, max_channels: int) -> SpeContent:
     """Parse an IEC 1455 file: the spectral records must hold exactly the declared channels, at most
     ``max_channels`` (checked before the counts are parsed)."""
-    raw = path.read_bytes()
-    if not raw.strip():
-        raise DataError(f"{path}: file is empty ({len(raw)} bytes; expected IEC 1455 'A004' records)")
-    if b"\x00" in raw[:65536]:
-        raise DataError(f"{path}: cannot parse as IEC 1455: binary content (expected 'A004' text records)")
-    lines = [ln for ln in raw.decode("latin-1").replace("\r\n", "\n").replace("\r", "\n").split("\n") if ln.strip()]
+    text = _text_lines_of(path, "IEC 1455", "IEC 1455 'A004' text records")
+    lines = [ln for ln in text.split("\n") if ln.strip()]
     if not lines or not all(ln.startswith("A004") for ln in lines):
         bad = next((i for i, ln in enumerate(lines) if not ln.startswith("A004")), 0)
         raise DataError(f"{path}: record {bad + 1}: expected an 'A004' IEC 1455 record (got {lines[bad][:20]!r})")
