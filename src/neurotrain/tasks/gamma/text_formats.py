@@ -96,7 +96,7 @@ def _text_lines_of(path: Path, fmt: str, expected: str) -> str:
     if not raw.strip():
         raise DataError(f"{path}: file is empty ({len(raw)} bytes; expected {expected})")
     if b"\x00" in raw[:65536]:
-        raise DataError(f"{path}: cannot parse as {fmt}: binary content (expected {expected.split(' with ')[0]})")
+        raise DataError(f"{path}: cannot parse as {fmt}: binary content (expected {expected})")
     return raw.decode("latin-1").replace("\r\n", "\n").replace("\r", "\n")
 
 
