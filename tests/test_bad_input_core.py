@@ -50,7 +50,9 @@ def _fail_with(monkeypatch: pytest.MonkeyPatch, exc: BaseException) -> None:
     def boom(*a, **k):
         raise exc
 
-    monkeypatch.setattr(cli, "_load", boom)
+    import neurotrain.config
+
+    monkeypatch.setattr(neurotrain.config, "load_config", boom)  # what every verb reads its config with
 
 
 @pytest.mark.parametrize("exc,code,expect", [

@@ -1,0 +1,5 @@
+"""``python -m neurotrain``: the same as the ``neurotrain`` console script."""
+
+from neurotrain.cli import main
+
+main()
