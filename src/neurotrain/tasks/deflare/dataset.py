@@ -17,7 +17,8 @@ import torch
 from torch.utils.data import Dataset
 
 from neurotrain.errors import DataError
-from neurotrain.tasks.deflare.io import EventChunk, inspect_events, list_h5, read_events
+from neurotrain.tasks.deflare.events import EventChunk
+from neurotrain.tasks.deflare.h5read import inspect_events, list_h5, read_events
 from neurotrain.tasks.deflare.simulate import light_mask_from_attrs
 from neurotrain.tasks.deflare.voxel import events_to_voxel
 

@@ -50,7 +50,7 @@ from pathlib import Path
 import numpy as np
 
 from neurotrain.errors import DataError
-from neurotrain.tasks.deflare.io import EventChunk, check_sensor_size
+from neurotrain.tasks.deflare.events import EventChunk, check_sensor_size
 
 # sensor sizes (height, width) of Prophesee sensor generations, by plugin name
 _PLUGIN_SIZES = {"gen3": (480, 640), "gen31": (480, 640), "gen4": (720, 1280), "gen41": (720, 1280), "imx636": (720, 1280), "imx646": (720, 1280)}
@@ -254,7 +254,7 @@ def read_raw(path: str | Path) -> tuple[EventChunk, tuple[int, int] | None]:
 
 def raw_to_h5(src: str | Path, dst: str | Path, sensor_size: tuple[int, int] | None = None) -> Path:
     """Convert a Prophesee ``.raw`` file into the seed's HDF5 layout (``events/t,x,y,p``, p in {0, 1})."""
-    from neurotrain.tasks.deflare.io import EventWriter
+    from neurotrain.tasks.deflare.h5write import EventWriter
 
     ev, size = read_raw(src)
     size = sensor_size or size

@@ -38,15 +38,9 @@ import torch
 from neurotrain.engine.inference import autocast
 from neurotrain.errors import DataError
 from neurotrain.io.background import BackgroundSink, prefetch
-from neurotrain.tasks.deflare.io import (
-    EventChunk,
-    EventFileInfo,
-    EventWriter,
-    Segment,
-    inspect_events,
-    iter_chunks,
-    iter_segments,
-)
+from neurotrain.tasks.deflare.events import EventChunk, EventFileInfo, Segment, iter_segments
+from neurotrain.tasks.deflare.h5read import inspect_events, iter_chunks
+from neurotrain.tasks.deflare.h5write import EventWriter
 from neurotrain.tasks.deflare.voxel import active_bins_mask, event_cells, events_to_voxel, keep_fraction, voxel_to_events
 
 VoxelFn = Callable[[torch.Tensor], torch.Tensor]

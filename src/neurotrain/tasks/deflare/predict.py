@@ -19,7 +19,7 @@ import torch
 from neurotrain.errors import ConfigError, DataError
 from neurotrain.io.atomic import missing_dirs, remove_empty_dirs
 from neurotrain.tasks.deflare.evt import inspect_raw, raw_to_h5
-from neurotrain.tasks.deflare.io import inspect_events, list_h5
+from neurotrain.tasks.deflare.h5read import inspect_events, list_h5
 from neurotrain.tasks.deflare.postprocess import DebugHook, VoxelFn, process_file
 
 

@@ -157,7 +157,7 @@ def write_pair_dirs(
     file holds the same events minus the flare ones. Each file lasts ``sim.file_duration_us``
     and carries ``sensor_size`` and the light source's geometry as attributes.
     """
-    from neurotrain.tasks.deflare.io import EventWriter
+    from neurotrain.tasks.deflare.h5write import EventWriter
 
     suffix = {"train": ""}.get(split, f"_{split}")
     d_f = root / f"background_with_flare_events{suffix}"

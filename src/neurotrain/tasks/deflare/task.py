@@ -230,7 +230,7 @@ class DeflareTask(Task):
         Returns the flat metrics (plus ``files``, event totals and ``output_dir``); the
         per-file detail goes to ``metrics.json`` in the output directory.
         """
-        from neurotrain.tasks.deflare.io import list_h5
+        from neurotrain.tasks.deflare.h5read import list_h5
         from neurotrain.tasks.deflare.postprocess import process_file
 
         src = cfg.paths.val_noisy_dir
@@ -262,7 +262,7 @@ class DeflareTask(Task):
     def score_dirs(self, cfg: DeflareConfig, noisy_dir: Path, clean_dir: Path, out_dir: Path) -> dict[str, float]:
         """Metrics of the files in ``out_dir`` against their clean partners, per segment."""
         from neurotrain.tasks.deflare.dataset import pair_files
-        from neurotrain.tasks.deflare.io import inspect_events
+        from neurotrain.tasks.deflare.h5read import inspect_events
         from neurotrain.tasks.deflare.metrics import build_metrics, compute_all, update_all
         from neurotrain.tasks.deflare.postprocess import iter_file_voxels, resolve_sensor_size
         from neurotrain.tasks.deflare.simulate import light_mask_from_attrs
