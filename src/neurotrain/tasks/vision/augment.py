@@ -2,26 +2,31 @@
 
 ``build_augment(section, kind)`` returns a callable ``aug(batch, seed=None) -> batch`` on
 batch dicts (see ``datasets``): ``image`` (B, C, H, W) or (B, C, D, H, W) float in [0, 1];
-segmentation ``mask`` (B, H, W) / (B, D, H, W) int64; detection ``image``/``boxes``/
-``labels``[/``masks``] as lists (``detection_collate``); classification ``label`` untouched.
+segmentation ``mask`` (B, H, W) / (B, D, H, W) integer class indices (uint8 from the cached loaders,
+returned as int64); detection ``image``/``boxes``/``labels``[/``masks``] as lists
+(``detection_collate``); classification ``label`` untouched.
 
-2D: one kornia ``AugmentationSequential`` (flips, 90-degree turns, rotation, elastic, crop)
+2D segmentation and classification (the training hot path): one fused warp per batch
+(``augment2d.warp2d``): flips, quarter turns, rotation and crop composed into one affine matrix per
+sample, the elastic field a coarse random grid upsampled once, image bilinear and mask nearest through
+the same ``grid_sample``; every random number drawn on the batch's device, no host synchronisation.
+
+2D detection: one kornia ``AugmentationSequential`` per image (flips, 90-degree turns, rotation, crop)
 with data keys ``input``, ``mask`` and ``bbox_xyxy``, so all targets share the same random
-parameters; masks are resampled nearest and come back as int64. Boxes are torchvision's
-continuous xyxy (x2 = x1 + width); kornia's ``bbox_xyxy`` counts x2 as the last pixel, so
-1 px is taken off before and added back after. Boxes are clipped to the image and dropped
-(with their labels and masks) when less than ``MIN_BOX_PX`` wide or high after a crop.
-Elastic deformation does not move boxes (kornia's rule), so it is off for detection.
+parameters. Boxes are torchvision's continuous xyxy (x2 = x1 + width); kornia's ``bbox_xyxy`` counts
+x2 as the last pixel, so 1 px is taken off before and added back after. Boxes are clipped to the
+image and dropped (with their labels and masks) when less than ``MIN_BOX_PX`` wide or high after a
+crop. Elastic deformation does not move boxes, so it is off for detection.
 
 3D (kornia cannot warp 3D masks): flips along D, H, W and 90-degree turns in the H-W plane
 are exact index operations chosen per sample; rotation about the D axis and the elastic
 field share one ``grid_sample`` (image trilinear, mask nearest). The elastic field is white
-noise smoothed by a Gaussian of ``elastic_sigma`` voxels, scaled to ``elastic_alpha`` voxels.
+noise smoothed by a Gaussian of ``elastic_sigma`` voxels, scaled to at most ``elastic_alpha`` voxels.
 
 Intensity (both): x' = clamp((x * s + b) ** gamma, 0, 1), s, b, gamma uniform in the
 configured ranges, per sample, with probability ``p_intensity``.
 
-Randomness: kornia draws from torch's global generator; ``seed`` forks it (CPU and the
+Randomness: drawn from torch's global generators (kornia too); ``seed`` forks them (CPU and the
 batch's CUDA device), so a seeded call is reproducible and leaves the global stream as it was.
 """
 
@@ -34,6 +39,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from neurotrain.tasks.vision.augment2d import warp2d
 from neurotrain.tasks.vision.data_config import AugmentSection, TaskKind
 
 MIN_BOX_PX = 1.0
@@ -76,7 +82,7 @@ class BatchAugment:
     def __init__(self, section: AugmentSection, kind: TaskKind) -> None:
         self.s = section
         self.kind = kind
-        self._seq2d: dict[tuple[int, int, bool], Any] = {}
+        self._seq2d: dict[tuple[int, int], Any] = {}
 
     # ------------------------------------------------------------------ entry
 
@@ -97,20 +103,20 @@ class BatchAugment:
             if img.ndim == 5:
                 img, mask = self._geometry3d(img, mask)
             else:
-                img, mask, _ = self._geometry2d(img, mask, None)
+                img, mask = warp2d(self.s, img, mask)
             out["image"] = self._intensity(img)
             if mask is not None:
                 out["mask"] = mask
             return out
 
-    # ------------------------------------------------------------------ 2D (kornia)
+    # ------------------------------------------------------------------ 2D detection (kornia, per image)
 
-    def _sequence(self, hw: tuple[int, int], with_boxes: bool) -> Any:
+    def _sequence(self, hw: tuple[int, int]) -> Any:
+        """The kornia pipeline for detection images of size ``hw`` (no elastic: it would not move boxes)."""
         import kornia.augmentation as K
 
-        key = (hw[0], hw[1], with_boxes)
-        if key in self._seq2d:
-            return self._seq2d[key]
+        if hw in self._seq2d:
+            return self._seq2d[hw]
         s, ops = self.s, []
         if s.hflip:
             ops.append(K.RandomHorizontalFlip(p=s.p_flip))
@@ -120,20 +126,16 @@ class BatchAugment:
             ops.append(K.RandomRotation90(times=(0, 3), p=s.p_rotate90))
         if s.rotate_deg > 0:
             ops.append(K.RandomRotation(degrees=s.rotate_deg, p=s.p_rotate))
-        if s.elastic_alpha > 0 and not with_boxes:
-            k = 2 * min(int(ELASTIC_KERNEL_SIGMAS * s.elastic_sigma), (min(hw) - 1) // 2) + 1
-            ops.append(K.RandomElasticTransform(kernel_size=(k, k), sigma=(s.elastic_sigma,) * 2,
-                                                alpha=(s.elastic_alpha,) * 2, p=s.p_elastic))
         if s.crop_size is not None:
             ops.append(K.RandomCrop(tuple(s.crop_size), p=1.0))
         seq = K.AugmentationSequential(*ops, data_keys=None, random_apply=False) if ops else None
-        self._seq2d[key] = seq
+        self._seq2d[hw] = seq
         return seq
 
     def _geometry2d(self, img: torch.Tensor, mask: torch.Tensor | None,
                     boxes: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        """img (B, C, H, W); mask (B, H, W) int or (B, K, H, W) uint8 instance masks; boxes (B, N, 4)."""
-        seq = self._sequence(tuple(img.shape[-2:]), boxes is not None)
+        """Detection: img (B, C, H, W); mask (B, H, W) int or (B, K, H, W) uint8 instance masks; boxes (B, N, 4)."""
+        seq = self._sequence((int(img.shape[-2]), int(img.shape[-1])))
         if seq is None:
             return img, mask, boxes
         inputs: dict[str, torch.Tensor] = {"input": img}
@@ -249,13 +251,16 @@ class BatchAugment:
             return img
         shape = (B,) + (1,) * (img.ndim - 1)
 
-        def uniform(lo_hi: tuple[float, float]) -> torch.Tensor:
-            lo, hi = lo_hi
-            return (lo + (hi - lo) * torch.rand(shape, device=dev)).to(img.dtype)
+        r = torch.rand(4, *shape, device=dev)  # one draw for scale, shift, gamma and on/off (one kernel)
 
-        scale, shift, gamma = uniform(s.intensity_scale), uniform(s.intensity_shift), uniform(s.intensity_gamma)
+        def uniform(u: torch.Tensor, lo_hi: tuple[float, float]) -> torch.Tensor:
+            lo, hi = lo_hi
+            return (u * (hi - lo) + lo).to(img.dtype)
+
+        scale, shift = uniform(r[0], s.intensity_scale), uniform(r[1], s.intensity_shift)
+        gamma = uniform(r[2], s.intensity_gamma)
         out = (img * scale + shift).clamp(0, 1) ** gamma
-        on = torch.rand(shape, device=dev) < s.p_intensity
+        on = r[3] < s.p_intensity
         return torch.where(on, out, img).clamp(0, 1)
 
 

@@ -210,12 +210,14 @@ class SamplerSection(Section):
 
 
 class AugmentSection(Section):
-    """Augmentations applied on the device to image and target together (kornia).
+    """Augmentations applied on the device to image and target together (``augment.py``, ``augment2d.py``).
 
     Angles in degrees, sizes in pixels; each ``p_*`` is the per-sample probability.
     Intensity: ``x' = clamp(((x * s + b) ** gamma), 0, 1)`` with s ~ U(scale), b ~ U(shift),
-    gamma ~ U(gamma). Elastic: kornia's random elastic field, ``elastic_alpha`` the displacement
-    scale (in units of half the image size), ``elastic_sigma`` the Gaussian smoothing (px).
+    gamma ~ U(gamma). Elastic: a smooth random displacement of scale ``elastic_alpha`` px whose
+    correlation length is about ``elastic_sigma`` px (2D: U(-1, 1) * alpha on a control grid of one
+    point per sigma px, upsampled bicubically, rms about alpha / 2; 3D: white noise smoothed by a
+    Gaussian of sigma voxels, scaled to a largest displacement of alpha voxels); off for detection.
     Masks are resampled nearest and stay integer; boxes follow the geometry.
     """
 
@@ -230,8 +232,8 @@ class AugmentSection(Section):
     p_rotate: float = Field(0.5, ge=0, le=1)
     crop_size: tuple[int, int] | None = None  # random crop (H, W); 3D: (D, H, W) via crop_size_3d
     crop_size_3d: tuple[int, int, int] | None = None
-    elastic_alpha: float = Field(0.0, ge=0)  # 0: off
-    elastic_sigma: float = Field(8.0, gt=0)
+    elastic_alpha: float = Field(0.0, ge=0)  # displacement scale, px; 0: off
+    elastic_sigma: float = Field(8.0, gt=0)  # correlation length of the field, px
     p_elastic: float = Field(0.3, ge=0, le=1)
     intensity_scale: tuple[float, float] = (0.9, 1.1)
     intensity_shift: tuple[float, float] = (-0.05, 0.05)
