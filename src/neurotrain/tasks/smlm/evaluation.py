@@ -73,7 +73,7 @@ def _clean(v: Any) -> Any:
 
 def _write_outputs(report: Path, metrics: dict[str, Any], arrays: dict[str, dict[str, Any]], crlb: dict[str, dict[str, float]],
                    renders: dict[str, np.ndarray], header: str) -> Path:
-    from neurotrain.tasks.smlm.io import save_render
+    from neurotrain.tasks.smlm.render import save_render
     from neurotrain.tasks.smlm.plots import plot_errors_vs_crlb, plot_pr_curves
 
     report.mkdir(parents=True, exist_ok=True)
@@ -105,7 +105,7 @@ def evaluate_simulated(cfg: Any, model: nn.Module | None, report: Path, baseline
     """Simulate ``evaluate.n_frames`` frames (seed ``evaluate.seed``) and score every method on it."""
     from neurotrain.engine.inference import resolve_device
     from neurotrain.tasks.smlm.infer import localise_movie
-    from neurotrain.tasks.smlm.io import render
+    from neurotrain.tasks.smlm.render import render
     from neurotrain.tasks.smlm.models import build_model
     from neurotrain.tasks.smlm.simulate import simulate_movie
     from neurotrain.tasks.smlm.task import truth_with_crlb
@@ -169,7 +169,8 @@ def evaluate_files(cfg: Any, pred: Path, truth: Path, report: Path) -> EvalResul
 
     Both tables are read cell by cell (``read_locs``: numbers only, finite frames and positions) and must
     hold rows; ``report`` is the folder the caller chose (``evaluate -o``), never another run's."""
-    from neurotrain.tasks.smlm.io import read_locs, render
+    from neurotrain.tasks.smlm.io import read_locs
+    from neurotrain.tasks.smlm.render import render
     from neurotrain.tasks.smlm.task import truth_with_crlb
 
     px = cfg.simulate.pixel_size_nm

@@ -15,15 +15,9 @@ import numpy as np
 import pandas as pd
 
 from neurotrain.errors import DataError
-from neurotrain.tasks.smlm.io import (
-    _TS_LABEL,
-    EXTRA_COLUMNS,
-    LOC_COLUMNS,
-    TS_MC,
-    _canonical,
-    _from_thunderstorm,
-    format_for,
-)
+from neurotrain.tasks.smlm.loc_table import EXTRA_COLUMNS, canonical, format_for
+from neurotrain.tasks.smlm.postprocess import LOC_COLUMNS
+from neurotrain.tasks.smlm.thunderstorm import TS_LABEL, TS_MC, from_thunderstorm
 
 REQUIRED_FINITE = ("frame", "x_nm", "y_nm", "z_nm")
 """Columns every localisation needs as finite numbers: without a frame and a position nothing can be
@@ -112,21 +106,21 @@ def read_table(path: str | Path, fmt: str = "auto", pixel_size_nm: float | None 
                 raise DataError(f"{path}: no header line, expected a localisation table") from None
             except UnicodeDecodeError:
                 raise DataError(f"{path}: not UTF-8 text; expected a CSV localisation table") from None
-            if any(_TS_LABEL.match(str(c)) and str(c).startswith("x [") for c in raw.columns):
-                used = [c for c in raw.columns if (m := _TS_LABEL.match(str(c))) is not None and m.group(1) in TS_USED]
+            if any(TS_LABEL.match(str(c)) and str(c).startswith("x [") for c in raw.columns):
+                used = [c for c in raw.columns if (m := TS_LABEL.match(str(c))) is not None and m.group(1) in TS_USED]
                 raw = _numeric(raw, used, path)
-                by_base = {m.group(1): str(c) for c in raw.columns if (m := _TS_LABEL.match(str(c))) is not None}
+                by_base = {m.group(1): str(c) for c in raw.columns if (m := TS_LABEL.match(str(c))) is not None}
                 canon = {"frame": "frame", "x_nm": "x", "y_nm": "y", "z_nm": "z"}
                 view = pd.DataFrame({k: raw[by_base[b]] for k, b in canon.items() if b in by_base})
                 _check_positions(view, path, {k: by_base[b] for k, b in canon.items() if b in by_base}, first_frame=1)
-                d = _from_thunderstorm(raw, path, pixel_size_nm)
+                d = from_thunderstorm(raw, path, pixel_size_nm)
             elif {"frame", "x_nm", "y_nm"} <= set(raw.columns):
                 d = _numeric(raw, [c for c in raw.columns if c in (*LOC_COLUMNS, *EXTRA_COLUMNS)], path)
                 _check_positions(d, path)
             else:
                 raise DataError(f"{path}: CSV has neither ThunderSTORM columns ('x [nm]') nor frame/x_nm/y_nm "
                                 f"(got {[str(c) for c in raw.columns][:8]})")
-            return _canonical(d).assign(**{c: d[c] for c in d.columns if c not in LOC_COLUMNS})
+            return canonical(d).assign(**{c: d[c] for c in d.columns if c not in LOC_COLUMNS})
         with h5py.File(path, "r") as f:
             if kind == "picasso" or "locs" in f:
                 if "locs" not in f:
@@ -149,7 +143,7 @@ def read_table(path: str | Path, fmt: str = "auto", pixel_size_nm: float | None 
                 cols = {c: _h5_column(f, c, path, n) for c in (*LOC_COLUMNS, *EXTRA_COLUMNS) if c in f}
                 d = _numeric(pd.DataFrame(cols), list(cols), path)
                 _check_positions(d, path)
-                return _canonical(d).assign(**{c: d[c] for c in EXTRA_COLUMNS if c in d})
+                return canonical(d).assign(**{c: d[c] for c in EXTRA_COLUMNS if c in d})
         view = pd.DataFrame({k: rec[c].astype(np.float64) for k, c in
                              (("frame", "frame"), ("x_nm", "x"), ("y_nm", "y"), ("z_nm", "z")) if c in names})
         _check_positions(view, path, {"x_nm": "x", "y_nm": "y", "z_nm": "z"})
@@ -180,7 +174,7 @@ def _from_picasso(rec: np.ndarray, px: float) -> pd.DataFrame:
                       "z_nm": get("z") if "z" in names else 0.0, "photons": get("photons"), "bg": get("bg"),
                       "prob": get("prob") if "prob" in names else 1.0, "sigma_x_nm": get("lpx", px),
                       "sigma_y_nm": get("lpy", px), "sigma_z_nm": get("lpz"), "sigma_photons": get("photons_unc")})
-    out = _canonical(d)
+    out = canonical(d)
     if "sx" in names and "sy" in names:
         out["psf_sigma_x_nm"], out["psf_sigma_y_nm"] = get("sx", px), get("sy", px)
     if "lpx_mc" in names:

@@ -167,7 +167,7 @@ class SMLMTask(Task):
         """Write an ``n``-frame movie (uint16 ADU TIFF) and its ground truth CSV
         (``frame`` 0-based, ``x_nm``, ``y_nm``, ``z_nm``, ``photons``, ``emitter_id``) next to it."""
         from neurotrain.io.atomic import atomic_path
-        from neurotrain.tasks.smlm.io import TiffMovieWriter
+        from neurotrain.tasks.smlm.tiff import TiffMovieWriter
         from neurotrain.tasks.smlm.simulate import simulate_movie
 
         cfg = _cfg(cfg)
@@ -200,7 +200,8 @@ class SMLMTask(Task):
         px on a side (the smallest area that holds one PSF with its background ring), and every output
         place writable."""
         from neurotrain.engine.api import check_output_dir
-        from neurotrain.tasks.smlm.io import TiffStack, format_for
+        from neurotrain.tasks.smlm.loc_table import format_for
+        from neurotrain.tasks.smlm.tiff import TiffStack
 
         cfg = _cfg(cfg)
         if not inputs:
@@ -224,7 +225,8 @@ class SMLMTask(Task):
         """Localise TIFF movies. Options: ``format`` (auto/h5/csv/picasso), ``threshold``, ``render``,
         ``mc_samples`` (MC-dropout passes, default ``predict.mc_samples``; 0 = off)."""
         from neurotrain.tasks.smlm.infer import check_mc_samples
-        from neurotrain.tasks.smlm.io import TiffStack, render, save_render
+        from neurotrain.tasks.smlm.render import render, save_render
+        from neurotrain.tasks.smlm.tiff import TiffStack
 
         cfg = _cfg(cfg)
         mc = options.get("mc_samples")
@@ -265,7 +267,8 @@ class SMLMTask(Task):
         """One movie -> its table at ``out`` (atomic); returns the x/y chunks for the render."""
         from neurotrain.tasks.smlm.camera import excess_noise_factor
         from neurotrain.tasks.smlm.infer import localise_movie
-        from neurotrain.tasks.smlm.io import LocWriter, format_for
+        from neurotrain.tasks.smlm.loc_table import format_for
+        from neurotrain.tasks.smlm.loc_writer import LocWriter
         from neurotrain.tasks.smlm.simulate import is_3d
 
         px = cfg.simulate.pixel_size_nm
