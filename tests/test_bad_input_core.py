@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from neurotrain import cli
 from neurotrain.cli import app
 from neurotrain.errors import ConfigError, DataError
 
