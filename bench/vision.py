@@ -1,8 +1,14 @@
-"""vision benchmark at 512x512: the data loader (decoded cache, uint8, workers, pinned memory) alone and feeding
-training (with the GPU utilisation, pynvml else nvidia-smi, so a starved GPU shows), then U-Net training images/s
-(bf16 autocast + channels-last) and peak memory per row, inference images/s with and without ``torch.compile``,
-our U-Net (lean layout, the vision default; and the classic full-resolution layout, training only) against a
-plain eager MONAI UNet of the same widths in the same run.
+"""vision benchmark at 512x512: the data pipeline stage by stage (``_vision_pipeline.py``: the augmentation alone
+on the device, the H2D copy, the loader alone, then one training loop fed by a device-resident batch, by the
+loader without and with augmentation, and by the loader through a copy stream; each with the GPU busy % from
+NVML and the host's ms per step in each stage, so a starved GPU shows where it waits), then U-Net training
+images/s (bf16 autocast + channels-last) and peak memory per row, inference images/s with and without
+``torch.compile``, our U-Net (lean layout, the vision default; and the classic full-resolution layout, training
+only) against a plain eager MONAI UNet of the same widths in the same run.
+
+The issue's requirement, "data loading must not starve the GPU", reads off
+``train_loop_loader_fraction_of_synthetic``: loader-fed training with augmentation over the same loop fed by a
+device-resident batch (target >= 0.9).
 
 Sizes: our U-Net depth 4, base 32 (widths 32..512; lean 7.77 M parameters, classic 7.85 M); MONAI UNet with the
 same widths (32, 64, 128, 256, 512), strides 2 and two residual units per level (num_res_units=2, 6.50 M),
@@ -11,6 +17,7 @@ CPU): classic 111.6 GFLOP, lean 24.7, MONAI 24.2.
 
     python bench/vision.py --repeats 5 --out bench/results/vision.json   # CUDA when available (expected < 4 min, H200)
     python bench/vision.py --loader-only --device cpu                # CPU: what the loader delivers, no model
+    python bench/vision.py --pipeline-only --repeats 5               # only the data-pipeline rows (about 1 min, H200)
     python bench/vision.py --tiny                                    # CPU smoke run (64 px, tiny nets)
 
 Prints each number as it is measured, then JSON and a markdown table; ``--out`` also writes the JSON.
@@ -19,60 +26,15 @@ Prints each number as it is measured, then JSON and a markdown table; ``--out`` 
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 from _timing import peak_mem_gb, reset_mem, sync, timed, write_report
-
-
-class GpuSampler:
-    """GPU utilisation (%) sampled every ``period`` s in a thread while active (pynvml, else nvidia-smi)."""
-
-    def __init__(self, index: int = 0, period: float = 0.1) -> None:
-        self.index, self.period, self.samples = index, period, []
-        self._stop = threading.Event()
-        self._read = self._reader()
-
-    def _reader(self):
-        try:
-            import pynvml
-
-            pynvml.nvmlInit()
-            h = pynvml.nvmlDeviceGetHandleByIndex(self.index)
-            return lambda: float(pynvml.nvmlDeviceGetUtilizationRates(h).gpu)
-        except Exception:  # noqa: BLE001 - no NVML: fall back to the command line tool
-            def smi() -> float:
-                out = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits",
-                                      "-i", str(self.index)], capture_output=True, text=True, timeout=5)
-                return float(out.stdout.strip().splitlines()[0])
-            return smi
-
-    def __enter__(self) -> GpuSampler:
-        def loop() -> None:
-            while not self._stop.is_set():
-                try:
-                    self.samples.append(self._read())
-                except Exception:  # noqa: BLE001
-                    return
-                time.sleep(self.period)
-
-        self._thread = threading.Thread(target=loop, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=2)
-
-    @property
-    def mean(self) -> float | None:
-        return round(sum(self.samples) / len(self.samples), 1) if self.samples else None
+from _vision_pipeline import ahead, bench_augment, bench_pipeline, cycle, to_device
 
 
 LEAN = {"stem_stride": 2, "down": "stride", "upsample": "transpose", "up_channels": "skip"}  # models.UNET_LAYOUTS
@@ -159,79 +121,23 @@ def make_loader(args: argparse.Namespace, root: Path, device: torch.device, cach
     return loader, build_s
 
 
-def ahead(loader: Any) -> int:
-    """Batches the loader's workers hold ready (workers x prefetch factor), plus two."""
-    return loader.num_workers * (loader.prefetch_factor or 0) + 2
-
-
-def batches(loader: Any, n: int) -> Any:
-    """``n`` batches, cycling over epochs (workers persist)."""
-    k = 0
-    while True:
-        for b in loader:
-            yield b
-            k += 1
-            if k >= n:
-                return
-
-
 def bench_loader_only(args: argparse.Namespace, loader: Any, device: torch.device, steps: int) -> float:
     """Images/s the loader delivers onto ``device`` with no model: the most it can feed. On a GPU the copy
     (non-blocking, from pinned memory) and the uint8 -> float scaling count; on the CPU there is no copy and the
     scaling is left out, as training does it on the GPU. The batches the workers load ahead are taken before
     the clock starts, so it times the steady rate, not the prefetch queue."""
-    from neurotrain.tasks.vision.augment import to_float_batch
-
     warm = ahead(loader)
-    it = batches(loader, steps + warm)
+    it = cycle(loader, steps + warm)
     for _ in range(warm):
         next(it)
     t0 = time.perf_counter()
     n = 0
     for b in it:
         if device.type != "cpu":
-            b = to_float_batch({k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in b.items()})
+            b = to_device(b, device)
         n += b["image"].shape[0]
     sync(device)
     return n / (time.perf_counter() - t0)
-
-
-def bench_loader_train(args: argparse.Namespace, loader: Any, net: torch.nn.Module, device: torch.device,
-                       bf16: bool) -> dict:
-    """Train from the loader as the task does (uint8 -> float on the device, flips + 90-degree turns on the GPU
-    with kornia): images/s and the GPU utilisation while it runs."""
-    from neurotrain.tasks.vision.augment import build_augment, to_float_batch
-    from neurotrain.tasks.vision.data_config import AugmentSection
-
-    aug = build_augment(AugmentSection(enabled=True, p_intensity=0.0), "segmentation")
-    net = net.to(device).train().to(memory_format=torch.channels_last)
-    opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
-    warm = ahead(loader)
-    it = batches(loader, args.loader_steps + warm)
-    for b in (next(it) for _ in range(warm)):  # warm-up: workers, cuDNN autotuning, the prefetch queue
-        b = aug(to_float_batch({k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in b.items()}))
-        train_step(net, opt, b["image"].contiguous(memory_format=torch.channels_last), b["mask"], bf16)
-    sync(device)
-    steps = 0
-    sampler = GpuSampler(device.index or 0) if device.type == "cuda" else None
-    t0 = time.perf_counter()
-    with sampler if sampler is not None else _Null():
-        for b in it:
-            b = aug(to_float_batch({k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in b.items()}))
-            train_step(net, opt, b["image"].contiguous(memory_format=torch.channels_last), b["mask"], bf16)
-            steps += 1
-        sync(device)
-    dt = time.perf_counter() - t0
-    return {"loader_train_images_per_s": round(steps * args.train_batch / dt, 1),
-            "loader_gpu_util_percent": sampler.mean if sampler is not None else None}
-
-
-class _Null:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 def main(argv: list[str]) -> int:
@@ -247,6 +153,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--loader-steps", type=int, default=150, help="batches timed in each loader row")
     ap.add_argument("--png-steps", type=int, default=16, help="batches timed decoding PNGs (no cache); 0 skips")
     ap.add_argument("--loader-only", action="store_true", help="only the loader rows, no training")
+    ap.add_argument("--pipeline-only", action="store_true", help="only the data-pipeline rows, not the model table")
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows")
     ap.add_argument("--tiny", action="store_true", help="CPU smoke run: 64 px, base 8, depth 2, few repeats")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -283,9 +190,12 @@ def main(argv: list[str]) -> int:
     if args.loader_only:
         write_report(res, args.out)
         return 0
-    for key, value in bench_loader_train(args, loader, build_nets(args)["neurotrain_unet"], device, cuda).items():
-        record(key, value)
+    bench_augment(args, device, record)
+    bench_pipeline(args, loader, build_nets(args)["neurotrain_unet"], train_step, device, record)
     del loader
+    if args.pipeline_only:
+        write_report(res, args.out)
+        return 0
 
     g = torch.Generator().manual_seed(0)
     x = torch.rand(args.train_batch, 3, args.size, args.size, generator=g).to(device)

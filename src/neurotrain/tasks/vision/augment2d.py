@@ -28,8 +28,9 @@ The map, per sample, from an output pixel to the input (pixels; x along W, y alo
   sigma 16 px on 8 fields of 256x256, rms 1.97 px, largest 5.7 px, largest displacement gradient 0.75; a
   gradient below 1 does not fold the image).
 
-The image is resampled bilinearly, the mask (class indices) nearest, with the same grid, so labels stay in the
-class set and move with their pixels.
+The image is resampled bilinearly (nearest when neither rotation nor elastic is on: the map then lands on pixel
+centres and nearest copies them exactly), the mask (class indices) nearest, with the same grid, so labels stay
+in the class set and move with their pixels.
 """
 
 from __future__ import annotations
@@ -130,7 +131,10 @@ def warp2d(section: Any, image: torch.Tensor, mask: torch.Tensor | None) -> tupl
                          align_corners=False)
     if section.elastic_alpha > 0 and section.p_elastic > 0:
         grid = grid + elastic_field(section, B, hw, (oh, ow), image.device).to(grid.dtype)  # a no-op in fp32
-    out = F.grid_sample(image, grid, mode="bilinear", padding_mode="zeros", align_corners=False).clamp_(0, 1)
+    # flips, quarter turns and integer crops land on pixel centres: nearest copies them exactly (and is cheaper)
+    smooth = (section.rotate_deg > 0 and section.p_rotate > 0) or (section.elastic_alpha > 0 and section.p_elastic > 0)
+    out = F.grid_sample(image, grid, mode="bilinear" if smooth else "nearest", padding_mode="zeros",
+                        align_corners=False).clamp_(0, 1)
     if mask is None:
         return out, None
     m = F.grid_sample(mask[:, None].to(grid.dtype), grid, mode="nearest", padding_mode="zeros", align_corners=False)
