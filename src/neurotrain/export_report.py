@@ -216,6 +216,9 @@ def export_for_deploy(
 
     s = cfg.export
     path = Path(path)
+    own = task.export_model(cfg, model, path, opset=opset, atol=atol)  # e.g. vision detectors
+    if own is not None:
+        return own
     net = model if all(p.device.type == "cpu" for p in model.parameters()) else copy.deepcopy(model).cpu()
     was_training = net.training
     net.eval()

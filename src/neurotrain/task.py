@@ -261,6 +261,13 @@ class Task:
                 scores[str(name)] = float(value)
         return scores
 
+    def export_model(self, cfg: Config, model: nn.Module, path: Path, *, opset: int, atol: float) -> Any | None:
+        """``neurotrain export`` of a network that is not tensor in / tensors out (a detector takes a list of
+        images and returns a box count per image): write the ONNX file, its sidecar and report the task's own
+        way and return an ``export_report.DeployReport``. ``None`` (the default): the generic export from
+        :meth:`example_input`."""
+        return None
+
     def export_dynamic_spatial(self, cfg: Config) -> bool:
         """Export with every input axis after the channel axis dynamic (a fully convolutional network that
         ``predict`` runs on inputs of any size); the default keeps the example's size fixed."""

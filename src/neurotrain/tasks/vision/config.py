@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, PositiveInt
 
 from neurotrain.config import Config, Section
 from neurotrain.tasks.vision.data_config import (
@@ -104,6 +104,9 @@ class PredictSection(Section):
     recursive: bool = False
     suffixes: list[str] = Field(default_factory=lambda: [".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp", ".nii", ".nii.gz"])
     explain: Literal["none", "gradcam", "integrated_gradients"] = "none"  # classification: write attribution overlays
+    #: detection: the fixed (H, W) the ONNX graph of ``neurotrain export`` takes (images are resized to it, boxes
+    #: scaled back; the sidecar says how); None: ``data_source.size``
+    export_size: tuple[PositiveInt, PositiveInt] | None = None
 
 
 class EvaluateSection(Section):

@@ -103,7 +103,8 @@ def vision_export_metadata(cfg: Any) -> dict[str, Any]:
 
 class OnnxPredictor:
     """An exported vision network with its sidecar: ``predict(image)`` -> mask (segmentation) or class index
-    (classification), as ``neurotrain predict`` gives them.
+    (classification), ``detect(image)`` -> boxes, scores and labels (detection), as ``neurotrain predict`` gives
+    them.
 
     Args:
         onnx_path: the ``.onnx`` file (fp32 or int8); its sidecar is ``<stem>.json`` next to it.
@@ -224,7 +225,24 @@ class OnnxPredictor:
             return postprocess(probs, section)[0].numpy()
         if self.kind == "classification":
             return int(probs[0].argmax())
-        raise DataError(f"{self.path}: kind: expected segmentation or classification (got {self.kind!r})")
+        raise DataError(f"{self.path}: kind: expected segmentation or classification (got {self.kind!r}; "
+                        "a detector's boxes come from detect())")
+
+    def detect(self, image: np.ndarray) -> dict[str, np.ndarray]:
+        """Detector: one image as stored -> ``boxes`` (K, 4) xyxy in the image's own pixels, ``scores`` (K,),
+        ``labels`` (K,) int64, as ``neurotrain predict`` gives them: resized to the sidecar's size (bilinear),
+        run, detections below ``postprocess.score_threshold`` dropped, boxes scaled back."""
+        if self.kind != "detection":
+            raise DataError(f"{self.path}: kind: expected detection for detect() (got {self.kind!r})")
+        x = torch.from_numpy(self.preprocess(image))
+        h0, w0 = x.shape[-2:]
+        h, w = self.meta["preprocess"]["resize"]["size"]
+        if (h0, w0) != (h, w):
+            x = torch.nn.functional.interpolate(x[None], size=(h, w), mode="bilinear", align_corners=False)[0]
+        boxes, scores, labels = self.session.run(["boxes", "scores", "labels"], {self.input_name: x[None].numpy()})
+        keep = scores >= float(self.meta["postprocess"]["score_threshold"])
+        scale = np.array([w0 / w, h0 / h, w0 / w, h0 / h], dtype=np.float32)
+        return {"boxes": boxes[keep] * scale, "scores": scores[keep], "labels": labels[keep].astype(np.int64)}
 
     def label(self, image: np.ndarray) -> str:
         """Classifier: the class name of :meth:`predict`."""

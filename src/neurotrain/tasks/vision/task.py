@@ -161,13 +161,20 @@ class VisionTask(Task):
         c: VisionConfig = cfg  # type: ignore[assignment]
         if c.task_kind == "detection":
             raise NotAvailableError(
-                "neurotrain export: vision detectors take image lists and return a box count per image, so they "
-                "export for one fixed-size image with neurotrain.tasks.vision.detection_export.export_detector("
-                "model, path, (H, W)) (boxes, scores, labels; checked against torch in onnxruntime)")
+                "vision detectors take image lists and return a box count per image: they export through "
+                "VisionTask.export_model (neurotrain export; detection_export.export_detector), not from an example input")
         return (torch.rand(1, c.in_channels, *example_size(c)),)
 
-
     # ------------------------------------------------------------------ deploy (neurotrain export)
+    def export_model(self, cfg: Config, model: nn.Module, path: Path, *, opset: int, atol: float) -> Any:
+        """Detectors export their own way (one fixed-size image in, boxes / scores / labels out); the rest: None."""
+        c: VisionConfig = cfg  # type: ignore[assignment]
+        if c.task_kind != "detection":
+            return None
+        from neurotrain.tasks.vision.detection_export import export_detection_for_deploy
+
+        return export_detection_for_deploy(c, model, path, opset=opset, atol=atol)
+
     def export_inputs(self, cfg: Config, batch: Any) -> Any:
         from neurotrain.tasks.vision.deploy import vision_export_inputs
 
