@@ -5,10 +5,12 @@ The reference is the issue's: a plain eager PyTorch net shaped like SpectralResC
 groups of full-length Conv1d-BN-ReLU blocks, fully connected head) with the same number of parameters as ours,
 run in bf16 autocast at the same batch. Ours is ``models.SpectralResCNN`` from ``configs/stellar/train.yaml``
 (strided groups, segment pooling) under ``engine.inference.optimise_for_inference`` (bf16 weights, BN folded,
-torch.compile). End to end: ``n_files`` LAMOST-layout FITS files written by the generator, read by ``io.read_many``
-(fast FITS path, ``--workers`` threads), preprocessed and predicted by ``predict.predict_files``.
+torch.compile). End to end: ``n_files`` LAMOST-layout FITS files written by the generator, read by ``stream.iter_batches``
+(fast FITS path, ``--workers`` reader processes), preprocessed and predicted by ``predict.run_pipeline``; each
+stage is also timed alone (reading, device, writing) and the pipeline reports its own stage times.
 
     python bench/stellar.py --out bench/results/stellar.json           # CUDA when available
+    python bench/stellar.py --only-e2e --n-files 20000                 # FITS -> labels stages only
     python bench/stellar.py --tiny                                     # CPU smoke run
 
 Prints JSON and a markdown table; ``--out`` also writes the JSON.
@@ -79,6 +81,8 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--train-batch", type=int, default=512)
     ap.add_argument("--n-files", type=int, default=20000, help="FITS files for the end-to-end run")
     ap.add_argument("--workers", type=int, default=16, help="readers end to end")
+    ap.add_argument("--predict-batch", type=int, default=0, help="spectra per device batch end to end "
+                    "(default: the config's predict.batch_size)")
     ap.add_argument("--threads", action="store_true", help="read with threads instead of processes (read.processes)")
     ap.add_argument("--only-e2e", action="store_true", help="only the FITS -> labels part")
     ap.add_argument("--repeats", type=int, default=5)
@@ -179,24 +183,75 @@ def _no_grad(net: nn.Module, x: torch.Tensor) -> None:
 
 
 def end_to_end(args: argparse.Namespace, cfg, model: nn.Module, res: dict) -> None:
-    """``n_files`` generator spectra written as LAMOST FITS, then read alone and predicted end to end."""
-    from neurotrain.tasks.stellar.predict import predict_files
+    """``n_files`` generator spectra written as LAMOST FITS, then each stage of ``predict`` alone and the whole
+    pipeline: reading (batched readers, and the per-Spectrum ``read_many`` path for comparison), moving +
+    preprocessing + predicting read batches on the device, formatting + writing rows, end to end (with the
+    pipeline's own stage times, so that a run shows which stage limits)."""
+    from neurotrain.tasks.stellar.predict import infer_batch, run_pipeline, table_columns
+    from neurotrain.tasks.stellar.stream import SpectraBatch, iter_batches
+    from neurotrain.tasks.stellar.table_csv import TableWriter
 
+    device = torch.device(args.device)
     tmp = Path(tempfile.mkdtemp(prefix="stellar-bench-"))
     try:
+        t0 = time.perf_counter()
         written = sio.write_simulated_fits(cfg, tmp / "fits", args.n_files, seed=1)
+        res["end_to_end_files_written_s"] = round(time.perf_counter() - t0, 1)
         cfg.catalog.read_workers = args.workers
         cfg.predict.plot = False
-        paths = sio.find_spectra([tmp / "fits"], cfg.read.patterns)
+        if args.predict_batch:
+            cfg.predict.batch_size = args.predict_batch
+        size = cfg.predict.batch_size
+        res["end_to_end_batch"] = size
+        paths = sio.find_spectra([tmp / "fits"], ["*.fits"])
         sio.read_many(paths[: 4 * args.workers], cfg.read, args.workers)  # start the reader pool
+
+        # 1. reading alone: the pipeline's batched readers, and the per-file object path it replaced
+        t0 = time.perf_counter()
+        held: list[SpectraBatch] = []
+        for b in iter_batches(paths, cfg.read, args.workers, size):
+            if len(held) < 4:
+                held.append(b)
+        res["read_only_files_per_s"] = round(len(paths) / (time.perf_counter() - t0), 1)
         t0 = time.perf_counter()
         sio.read_many(paths, cfg.read, args.workers)
-        res["read_only_files_per_s"] = round(len(paths) / (time.perf_counter() - t0), 1)
-        predict_files(cfg, model, [tmp / "fits"], tmp / "warm.csv")  # warm-up (cuDNN autotuning, caches)
+        res["read_many_files_per_s"] = round(len(paths) / (time.perf_counter() - t0), 1)
+
+        # 2. device alone: host batch -> device, preprocess, predict (synchronised)
+        model = model.to(device).eval()
+        mc = cfg.uncertainty.mc_samples
+
+        def device_stage() -> list[dict]:
+            return [infer_batch(cfg, model, b.to_raw(device), mc, []) for b in held]
+
+        results = device_stage()  # warm-up (cuDNN autotuning, caches)
+        t = timed(device_stage, device, args.repeats, warmup=0)
+        res["device_stage_spectra_per_s"] = round(sum(len(b) for b in held) / t, 1)
+
+        # 3. writing alone: results on the host -> columns -> CSV text -> file, n_files rows
+        names = list(cfg.labels.names)
+        host = [{k: v.cpu() for k, v in r.items()} for r in results]
+        items = [(b.without_arrays(), r) for b, r in zip(held, host)]
+        rows = 0
         t0 = time.perf_counter()
-        predict_files(cfg, model, [tmp / "fits"], tmp / "labels.csv")
+        w = TableWriter(tmp / "write_only.csv", prepare=lambda it: table_columns(names, *it))
+        while rows < len(paths):
+            for it in items:
+                w.put(it)
+                rows += len(it[0])
+        w.close()
+        res["write_only_rows_per_s"] = round(rows / (time.perf_counter() - t0), 1)
+
+        # 4. end to end, with the pipeline's stage times
+        run_pipeline(cfg, model, [tmp / "fits"], tmp / "warm.csv", mc_samples=mc)  # warm-up
+        stats: dict = {}
+        t0 = time.perf_counter()
+        run_pipeline(cfg, model, [tmp / "fits"], tmp / "labels.csv", mc_samples=mc, stats=stats)
         res["end_to_end_files_per_s"] = round(len(written) / (time.perf_counter() - t0), 1)
         res["end_to_end_files"] = len(written)
+        res["end_to_end_vs_read_only"] = round(res["end_to_end_files_per_s"] / res["read_only_files_per_s"], 3)
+        for k in ("read_wait_s", "device_s", "writer_busy_s", "writer_wait_s", "total_s"):
+            res[f"end_to_end_{k}"] = round(stats[k], 3)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

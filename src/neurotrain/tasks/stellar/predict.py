@@ -5,8 +5,9 @@ the heteroscedastic head's sigma, combined with MC-dropout / ensemble spread whe
 
 Files that cannot be read are not predicted; they are listed with the reason in ``<stem>_skipped.csv`` and
 counted on the console. Spectra the pipeline flags (S/N below ``preprocess.min_snr``, too few good pixels)
-are predicted but carry the flag, so that a user can cut on it. Reading the next chunk of files overlaps
-with the device work on the current one.
+are predicted but carry the flag, so that a user can cut on it. Reading, device work and writing run at once
+(:func:`run_pipeline`): reader processes read the next batches while the device preprocesses and predicts the
+current one and a writer thread formats and appends the rows of the previous one; rows keep the input order.
 
 Options (``--opt key=value``): ``mc_samples`` (MC-dropout passes, overrides ``uncertainty.mc_samples``).
 """
@@ -14,7 +15,7 @@ Options (``--opt key=value``): ``mc_samples`` (MC-dropout passes, overrides ``un
 from __future__ import annotations
 
 import sys
-from concurrent.futures import ThreadPoolExecutor
+import time
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ import torch
 from torch import nn
 
 from neurotrain.errors import ConfigError, DataError
+from neurotrain.tasks.stellar.catalog import write_labels_csv
 from neurotrain.tasks.stellar.config import StellarConfig
 
 PREDICT_OPTIONS = ("mc_samples",)
@@ -72,89 +74,156 @@ def _meta_value(meta: dict[str, Any], key: str) -> Any:
     return v
 
 
-def _rows(cfg: StellarConfig, spectra: list[Any], pre: dict[str, torch.Tensor], labels: dict[str, torch.Tensor]) -> pd.DataFrame:
-    from neurotrain.tasks.stellar.preprocess import REASONS
-
-    reason = pre["reason"].cpu().numpy().astype(int)
-    table: dict[str, Any] = {
-        "id": [s.id for s in spectra],
-        "file": [str(s.path) for s in spectra],
-        "obsid": [_meta_value(s.meta, "OBSID") for s in spectra],
-        "ra": np.array([_meta_value(s.meta, "RA") for s in spectra], dtype=float),
-        "dec": np.array([_meta_value(s.meta, "DEC") for s in spectra], dtype=float),
-        "snr": pre["snr"].cpu().numpy().astype(float),
-        "flag": ["" if r == 0 else REASONS[r] for r in reason],
-    }
-    mean = labels["mean"].float().cpu().numpy()
-    sigma = labels["sigma"].float().cpu().numpy()
-    for j, name in enumerate(cfg.labels.names):
-        table[name] = mean[:, j]
-        table[f"{name}_ERR"] = sigma[:, j]
-    return pd.DataFrame(table)
+def _meta_float(meta: list[dict[str, Any]], key: str) -> np.ndarray:
+    """A header value per spectrum as float64, NaN where missing or not a number."""
+    return pd.to_numeric(pd.Series([_meta_value(m, key) for m in meta], dtype=object), errors="coerce").to_numpy(np.float64)
 
 
 @torch.no_grad()
+def infer_batch(cfg: StellarConfig, model: nn.Module, raw: dict[str, torch.Tensor], mc_samples: int,
+                ensemble: list[nn.Module]) -> dict[str, torch.Tensor]:
+    """Preprocess a raw batch and predict its labels, on the raw batch's device: ``snr`` (B,), ``reason`` (B,)
+    (codes of ``preprocess.REASONS``), ``mean`` / ``sigma`` (B, L) physical units. On CUDA this only queues the
+    work; reading the results (``.cpu()``) waits for it."""
+    from neurotrain.engine.inference import autocast
+    from neurotrain.tasks.stellar.postprocess import predict_labels
+    from neurotrain.tasks.stellar.preprocess import network_input, preprocess_batch
+
+    pre = preprocess_batch(raw, cfg.preprocess)
+    x = network_input(pre, cfg.model.in_channels, cfg.preprocess)
+    with autocast(raw["flux"].device, cfg.inference.precision):
+        labels = predict_labels(model, x, mc_samples=mc_samples, ensemble=ensemble)
+    return {"snr": pre["snr"], "reason": pre["reason"], "mean": labels["mean"], "sigma": labels["sigma"]}
+
+
+def table_columns(label_names: list[str], batch: Any, result: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """The labels table's columns of one batch: id, file, obsid, ra, dec, snr, flag, then each label and its
+    ``_ERR``. ``batch`` is a ``stream.SpectraBatch``, ``result`` :func:`infer_batch`'s output (any device)."""
+    from neurotrain.tasks.stellar.preprocess import REASONS
+
+    names = np.array(["", *REASONS[1:]], dtype=object)  # code 0 (kept): an empty flag
+    mean = result["mean"].float().cpu().numpy()
+    sigma = result["sigma"].float().cpu().numpy()
+    cols: dict[str, Any] = {
+        "id": batch.ids, "file": batch.files, "obsid": [_meta_value(m, "OBSID") for m in batch.meta],
+        "ra": _meta_float(batch.meta, "RA"), "dec": _meta_float(batch.meta, "DEC"),
+        "snr": result["snr"].float().cpu().numpy().astype(np.float64),
+        "flag": list(names[result["reason"].cpu().numpy().astype(np.int64)]),
+    }
+    for j, name in enumerate(label_names):
+        cols[name] = mean[:, j].astype(np.float64)
+        cols[f"{name}_ERR"] = sigma[:, j].astype(np.float64)
+    return cols
+
+
 def predict_spectra(
     cfg: StellarConfig, model: nn.Module, spectra: list[Any], device: torch.device, mc_samples: int,
     ensemble: list[nn.Module],
 ) -> pd.DataFrame:
-    """Labels for already-read spectra (one batch)."""
-    from neurotrain.engine.inference import autocast
-    from neurotrain.tasks.stellar.io import stack_spectra
-    from neurotrain.tasks.stellar.postprocess import predict_labels
-    from neurotrain.tasks.stellar.preprocess import network_input, preprocess_batch
+    """Labels for already-read spectra (one batch) as a table (the columns of :func:`table_columns`)."""
+    from neurotrain.tasks.stellar.stream import stack
 
-    raw = stack_spectra(spectra, device)
-    pre = preprocess_batch(raw, cfg.preprocess)
-    x = network_input(pre, cfg.model.in_channels, cfg.preprocess)
-    with autocast(device, cfg.inference.precision):
-        labels = predict_labels(model, x, mc_samples=mc_samples, ensemble=ensemble)
-    return _rows(cfg, spectra, pre, labels)
+    batch = stack(spectra)
+    return pd.DataFrame(table_columns(list(cfg.labels.names), batch,
+                                      infer_batch(cfg, model, batch.to_raw(device), mc_samples, ensemble)))
 
 
 def predict_files(
     cfg: StellarConfig, model: nn.Module, inputs: list[Path], output: Path | None, **options: Any
 ) -> list[Path]:
     """Spectra files / folders -> a labels table (CSV or HDF5) and, when ``predict.plot``, a Kiel diagram."""
-    from neurotrain.engine.inference import resolve_device
-    from neurotrain.tasks.stellar.io import find_spectra, read_many, write_labels_csv, write_labels_h5
-
     opts = _check_options(dict(options))
+    mc = opts.get("mc_samples")
+    return run_pipeline(cfg, model, inputs, output, mc_samples=cfg.uncertainty.mc_samples if mc is None else int(mc))
+
+
+def run_pipeline(
+    cfg: StellarConfig, model: nn.Module, inputs: list[Path], output: Path | None, *, mc_samples: int,
+    stats: dict[str, float] | None = None,
+) -> list[Path]:
+    """The streaming pipeline behind :func:`predict_files`, three stages working at once:
+
+    1. readers (``catalog.read_workers`` processes with ``read.processes``, else threads) read and stack the
+       files of the next batches (``stream.iter_batches``, input order);
+    2. this thread moves batch k to the device, preprocesses and predicts it (queued on the GPU);
+    3. a writer thread copies batch k-1's results to the host, formats its rows as whole arrays
+       (``table_csv.format_rows``) and appends them to a temporary file, renamed into place at the end.
+
+    ``stats`` (when given) receives the stage times in seconds: ``read_wait_s`` (this thread waiting for the
+    readers), ``device_s`` (moving, preprocessing and predicting, synchronised on CUDA so that it is the
+    device's time), ``writer_busy_s``, ``writer_wait_s`` (this thread waiting for the writer), ``total_s``,
+    and ``files``, ``rows``, ``skipped``."""
+    from neurotrain.engine.inference import resolve_device
+    from neurotrain.tasks.stellar.io import find_spectra
+    from neurotrain.tasks.stellar.stream import iter_batches
+    from neurotrain.tasks.stellar.table_csv import TableWriter
+
+    t_start = time.perf_counter()
     table_path, fmt = output_paths(output)
-    paths = find_spectra([Path(p) for p in inputs], cfg.read.patterns)
+    paths = find_spectra([Path(p) for p in inputs], cfg.read.patterns, recursive=cfg.read.recursive)
     if not paths:
         raise DataError(f"{', '.join(str(p) for p in inputs)}: no spectra found (patterns {cfg.read.patterns})")
     device = resolve_device(cfg.inference.device, model)
     model = model.to(device).eval()
     ensemble = load_ensemble(cfg, device)
-    mc = int(opts.get("mc_samples", cfg.uncertainty.mc_samples))
-    size = cfg.predict.batch_size
-    chunks = [paths[i:i + size] for i in range(0, len(paths), size)]
-    frames: list[pd.DataFrame] = []
+    names = list(cfg.labels.names)
+    plot = cfg.predict.plot and {"TEFF", "LOGG"} <= set(names)
+    keep = [n for n in ("TEFF", "LOGG", "FE_H") if plot and n in names]
     skipped: list[tuple[Path, str]] = []
-    workers = cfg.catalog.read_workers
-    with ThreadPoolExecutor(max_workers=1) as prefetch:
-        pending = prefetch.submit(read_many, chunks[0], cfg.read, workers)
-        for k in range(len(chunks)):
-            spectra, bad = pending.result()
-            if k + 1 < len(chunks):
-                pending = prefetch.submit(read_many, chunks[k + 1], cfg.read, workers)
-            skipped += bad
-            if spectra:
-                frames.append(predict_spectra(cfg, model, spectra, device, mc, ensemble))
-    if not frames:
-        first = f" (first: {skipped[0][0]}: {skipped[0][1]})" if skipped else ""
-        raise DataError(f"{', '.join(str(p) for p in inputs)}: none of {len(paths)} files could be read{first}")
-    table = pd.concat(frames, ignore_index=True)
-    table_path.parent.mkdir(parents=True, exist_ok=True)
-    written = [write_labels_csv(table_path, table) if fmt == "csv" else write_labels_h5(table_path, table)]
+    read_wait = device_s = 0.0
+    writer: TableWriter | None = None
+    batches = iter_batches(paths, cfg.read, cfg.catalog.read_workers, cfg.predict.batch_size)
+    try:
+        while True:
+            t0 = time.perf_counter()
+            batch = next(batches, None)
+            t1 = time.perf_counter()
+            read_wait += t1 - t0
+            if batch is None:
+                break
+            skipped += batch.skipped
+            if not len(batch):
+                continue
+            result = infer_batch(cfg, model, batch.to_raw(device), mc_samples, ensemble)
+            if stats is not None and device.type == "cuda":
+                torch.cuda.synchronize(device)
+            device_s += time.perf_counter() - t1
+            if writer is None:  # started after the first batch, so that reader processes fork before it exists
+                writer = TableWriter(table_path, fmt, prepare=_Prepare(names), keep=keep)
+            writer.put((batch.without_arrays(), result))
+        if writer is None:
+            first = f" (first: {skipped[0][0]}: {skipped[0][1]})" if skipped else ""
+            raise DataError(f"{', '.join(str(p) for p in inputs)}: none of {len(paths)} files could be read{first}")
+        written = [writer.close()]
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
+    finally:
+        batches.close()
     if skipped:
         skip_path = table_path.with_name(f"{table_path.stem}_skipped.csv")
-        written.append(write_labels_csv(skip_path, pd.DataFrame({"file": [str(p) for p, _ in skipped], "reason": [r for _, r in skipped]})))
+        written.append(write_labels_csv(skip_path, pd.DataFrame({"file": [str(p) for p, _ in skipped],
+                                                                 "reason": [r for _, r in skipped]})))
         print(f"skipped {len(skipped)} of {len(paths)} files (reasons in {skip_path})", file=sys.stderr)
-    if cfg.predict.plot and {"TEFF", "LOGG"} <= set(cfg.labels.names):
+    if plot:
         from neurotrain.tasks.stellar.plots import plot_kiel
 
-        written.append(plot_kiel(table, table_path.with_name(f"{table_path.stem}_kiel.png")))
+        kiel = pd.DataFrame({k: np.concatenate(v) for k, v in writer.kept.items()})
+        written.append(plot_kiel(kiel, table_path.with_name(f"{table_path.stem}_kiel.png")))
+    if stats is not None:
+        stats.update(read_wait_s=read_wait, device_s=device_s, writer_busy_s=writer.busy_s,
+                     writer_wait_s=writer.wait_s, total_s=time.perf_counter() - t_start, files=len(paths),
+                     rows=writer.rows, skipped=len(skipped))
     return [Path(p) for p in written]
 
+
+class _Prepare:
+    """The writer thread's step: ``(batch, device results)`` -> the table's columns."""
+
+    def __init__(self, names: list[str]) -> None:
+        self.names = names
+
+    def __call__(self, item: tuple[Any, dict[str, torch.Tensor]]) -> dict[str, Any]:
+        batch, result = item
+        return table_columns(self.names, batch, result)

@@ -1,0 +1,87 @@
+"""Batched parallel reading (``stream.py``): input order, counted skips, the same arrays as ``read_many`` +
+``stack_spectra`` with threads and with processes, bounded batches."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from neurotrain.tasks.stellar import io, stream
+from neurotrain.tasks.stellar.config import ReadSection
+
+from .conftest import make_arrays
+
+
+@pytest.fixture
+def files(tmp_path: Path, new_fits, old_fits) -> list[Path]:
+    """Nine files in name order, three of them unusable (junk, truncated, no Z) and one older layout."""
+    paths = [new_fits(f"f{i}.fits", seed=i, obsid=100 + i) for i in range(6)]
+    paths.append(old_fits("f6.fits", seed=6))
+    (tmp_path / "f2b.fits").write_text("junk")
+    data = paths[0].read_bytes()
+    (tmp_path / "f4b.fits").write_bytes(data[: len(data) // 3])
+    new_fits("f5b.fits", z=None)
+    return io.find_spectra([tmp_path], ["*.fits"])
+
+
+@pytest.mark.parametrize("processes", [False, True])
+def test_batches_keep_input_order_and_equal_read_many(files: list[Path], processes: bool) -> None:
+    cfg = ReadSection(processes=processes)
+    batches = list(stream.iter_batches(files, cfg, workers=2, batch_size=4, per_task=3))
+    # one batch per 4 input paths, tasks of 3 never straddle two batches
+    assert len(batches) == 3
+    good, skipped = io.read_many(files, ReadSection(), workers=1)
+    assert [i for b in batches for i in b.ids] == [s.id for s in good] == ["f0", "f1", "f2", "f3", "f4", "f5", "f6"]
+    assert [p for b in batches for p, _ in b.skipped] == [p for p, _ in skipped]
+    assert {p.name for p, _ in skipped} == {"f2b.fits", "f4b.fits", "f5b.fits"}
+    assert any("Z:" in r for b in batches for _, r in b.skipped)
+    whole = stream.SpectraBatch.concat(batches)
+    want = io.stack_spectra(good)
+    got = whole.to_raw()
+    for k in ("wave", "flux", "ivar", "mask", "z"):
+        assert got[k].dtype == want[k].dtype, k
+        torch.testing.assert_close(got[k], want[k], rtol=0, atol=0, equal_nan=True)
+    assert whole.wave.dtype == np.float32  # the files' float32 WAVELENGTH travels as float32, exactly
+    assert [m["OBSID"] for m in whole.meta[:2]] == [100, 101]
+
+
+def test_batch_is_compact_to_send(files: list[Path]) -> None:
+    """A reader task returns stacked arrays: ~3 float32 values per pixel, not per-file objects."""
+    b = stream.read_batch(files[:4], ReadSection())
+    per_file = len(pickle.dumps(b, protocol=5)) / len(b)
+    assert per_file < 3909 * 4 * 3 * 1.05
+    assert len(b.skipped) == 1
+
+
+def test_mixed_lengths_and_float64_wavelengths_are_padded(tmp_path: Path, new_fits) -> None:
+    a = make_arrays(n=3000)
+    short = new_fits("a.fits", arrays=a)
+    full = new_fits("b.fits", with_wavelength=False)  # wavelength from COEFF0/1: float64
+    parts = [stream.read_batch([short], ReadSection()), stream.read_batch([full], ReadSection())]
+    assert parts[0].wave.dtype == np.float32 and parts[1].wave.dtype == np.float64
+    both = stream.SpectraBatch.concat(parts)
+    want = io.stack_spectra([io.read_spectrum(short), io.read_spectrum(full)])
+    got = both.to_raw()
+    for k in ("wave", "flux", "ivar", "mask", "z"):
+        torch.testing.assert_close(got[k], want[k], rtol=0, atol=0, equal_nan=True)
+    assert bool(got["mask"][0, 3000:].all()) and bool((got["wave"][0].diff() > 0).all())
+
+
+def test_nothing_readable_gives_empty_batches_with_skips(tmp_path: Path) -> None:
+    bad = [tmp_path / f"{i}.fits" for i in range(3)]
+    for p in bad:
+        p.write_text("junk")
+    batches = list(stream.iter_batches(bad, ReadSection(), workers=2, batch_size=2))
+    assert [len(b) for b in batches] == [0, 0]
+    assert [p for b in batches for p, _ in b.skipped] == bad
+
+
+def test_files_per_task() -> None:
+    assert stream.files_per_task(1024, 16) == 64
+    assert stream.files_per_task(100, 16) == 7
+    assert stream.files_per_task(8192, 4) == stream.FILES_PER_TASK_MAX
+    assert stream.files_per_task(1, 8) == 1
