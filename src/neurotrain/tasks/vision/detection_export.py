@@ -23,6 +23,7 @@ detector is refused in one line: only fp32 exports.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -96,9 +97,12 @@ def export_detector(model: nn.Module, path: str | Path, image_size: tuple[int, i
             refs = [wrapper(x) for x in xs]
         with atomic_path(path) as tmp:
             try:
-                torch.onnx.export(wrapper, (xs[0],), str(tmp), dynamo=False, opset_version=opset,
-                                  input_names=["image"], output_names=OUTPUT_NAMES, do_constant_folding=True,
-                                  dynamic_axes={n: {0: "detections"} for n in OUTPUT_NAMES})
+                with warnings.catch_warnings():
+                    # the tracer's notes on torchvision's size arithmetic: the size is fixed by design here
+                    warnings.simplefilter("ignore")
+                    torch.onnx.export(wrapper, (xs[0],), str(tmp), dynamo=False, opset_version=opset,
+                                      input_names=["image"], output_names=OUTPUT_NAMES, do_constant_folding=True,
+                                      dynamic_axes={n: {0: "detections"} for n in OUTPUT_NAMES})
             except Exception as exc:  # noqa: BLE001 - any exporter failure is one line
                 first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
                 raise ExportError(f"{path}: torch.onnx export of the detector failed: {first}") from exc
@@ -137,14 +141,14 @@ def refuse_int8(cfg: Any) -> None:
 
 def check_images(cfg: Any, size: tuple[int, int], n: int) -> tuple[list[torch.Tensor], str]:
     """Up to ``n`` images of the validation split resized (bilinear) to ``size``, each (1, C, H, W) in [0, 1],
-    and where they came from; random images when the config's data cannot be read here."""
+    and where they came from; none, and why, when the config's data cannot be read here."""
     from neurotrain.registry import TASKS
     from neurotrain.tasks.vision.augment import to_float_batch
 
     try:
         batches = TASKS.get("vision").calibration_batches(cfg, n, "val")
     except (NeurotrainError, OSError) as exc:
-        return [], f"random images (no validation data: {str(exc).splitlines()[0]})"
+        return [], f"no validation data to check on ({str(exc).splitlines()[0]}): checked on random images"
     out: list[torch.Tensor] = []
     for b in batches:
         imgs = to_float_batch(b)["image"]
@@ -205,10 +209,11 @@ def export_detection_for_deploy(cfg: Any, model: nn.Module, path: str | Path, *,
                           images=images or None)
     checks = res["checks"]
     worst = max(c["max_box_error_px"] for c in checks)
+    notes = [] if images else [source]
     if not images:
-        source = f"2 {source}"
-    notes = [f"detections per check image, torch / onnx: {[(c['n_torch'], c['n_onnx']) for c in checks]}",
-             f"largest score difference {max(c['max_score_error'] for c in checks):.3g}; labels equal"]
+        source = f"{len(checks)} random images"
+    notes += [f"detections per check image, torch / onnx: {[(c['n_torch'], c['n_onnx']) for c in checks]}",
+              f"largest score difference {max(c['max_score_error'] for c in checks):.3g}; labels equal"]
     rep = ExportReport(path=path, exporter="torchscript", opset=res["opset"], input_names=["image"],
                        output_names=list(OUTPUT_NAMES), dynamic_batch=False, file_bytes=onnx_file_bytes(path),
                        max_abs_error=worst, atol=tol,
