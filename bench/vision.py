@@ -37,6 +37,7 @@ from _timing import peak_mem_gb, reset_mem, sync, timed, write_report
 from _vision_pipeline import ahead, bench_augment, bench_pipeline, cycle, to_device
 
 
+EPOCH_SAMPLES = 1_000_000  # indices per loader epoch (drawn lazily): no epoch boundary inside a timed row
 LEAN = {"stem_stride": 2, "down": "stride", "upsample": "transpose", "up_channels": "skip"}  # models.UNET_LAYOUTS
 
 
@@ -103,7 +104,11 @@ def make_loader(args: argparse.Namespace, root: Path, device: torch.device, cach
                 prefetch: int = 4) -> tuple[Any, float]:
     """The task's training loader over ``root`` as a config gives it: the decoded cache (built here, timed) with
     uint8 samples, ``args.workers`` persistent workers, pinned memory, prefetching; or (``cache`` False) the
-    files decoded in the workers. Returns (loader, seconds spent building the cache)."""
+    files decoded in the workers. Returns (loader, seconds spent building the cache).
+
+    The epoch is made long (indices drawn with replacement, ``EPOCH_SAMPLES``): with the bench's 128 files a
+    shuffled epoch is 8 batches, and at every epoch boundary the persistent workers stop and refill their queue, a
+    stall a real data set of thousands of images has once per epoch, not every 8 steps."""
     from neurotrain.tasks.vision.data_config import DatasetSpec
     from neurotrain.tasks.vision.datasets import build_dataset, set_raw, vision_collate
 
@@ -115,7 +120,9 @@ def make_loader(args: argparse.Namespace, root: Path, device: torch.device, cach
     if cache:
         set_raw(ds)
     extra = dict(persistent_workers=True, prefetch_factor=prefetch) if args.workers > 0 else {}
-    loader = torch.utils.data.DataLoader(ds, batch_size=args.train_batch, shuffle=True, num_workers=args.workers,
+    sampler = torch.utils.data.RandomSampler(ds, replacement=True, num_samples=EPOCH_SAMPLES,
+                                             generator=torch.Generator().manual_seed(0))
+    loader = torch.utils.data.DataLoader(ds, batch_size=args.train_batch, sampler=sampler, num_workers=args.workers,
                                          pin_memory=device.type == "cuda", drop_last=True,
                                          collate_fn=vision_collate, **extra)
     return loader, build_s
