@@ -5,8 +5,9 @@ Per batch the path is: worker copies the batch out of the decoded cache (shared 
 it -> pin-memory thread copies it into pinned memory -> non-blocking H2D copy -> uint8 -> float on the device ->
 augmentation on the device -> forward / backward / AdamW. Each row times a prefix or a piece of that chain:
 
-* ``augment_*``: the augmentation alone on a device batch: device time (ms / batch, synchronised) and host time
-  (ms / batch to *issue* it, not synchronised: what it takes from the Python thread that also feeds the GPU),
+* ``augment_*``: the augmentation alone on a device batch: device time (ms / batch, synchronised), host time
+  (ms / batch to *issue* it, not synchronised: what it takes from the Python thread that also feeds the GPU) and
+  ``host_sync`` (the first synchronising call under ``torch.cuda.set_sync_debug_mode("error")``, or "none"),
   for the task's fused warp and, for comparison, kornia's ``AugmentationSequential`` (the path before);
 * ``h2d_ms``: a pinned uint8 batch copied to the device and scaled to float;
 * ``loader_*`` (``vision.py``): the loader alone;
@@ -144,8 +145,8 @@ def bench_augment(args: Any, device: torch.device, record: Callable[[str, object
     except Exception as exc:  # noqa: BLE001 - the comparison row is optional
         record("augment_kornia_flips_error", f"{type(exc).__name__}: {exc}")
     for name, fn in fns.items():
-        if device.type == "cuda" and name.startswith("augment_fused"):
-            fn()  # the first call builds; the second must not wait for the GPU
+        if device.type == "cuda":  # does a call make the host wait for the GPU? (kornia's too, for the record)
+            fn()  # the first call builds; the second is checked
             torch.cuda.synchronize(device)
             torch.cuda.set_sync_debug_mode("error")
             try:
