@@ -204,14 +204,16 @@ def end_to_end(args: argparse.Namespace, cfg, model: nn.Module, res: dict) -> No
         size = cfg.predict.batch_size
         res["end_to_end_batch"] = size
         paths = sio.find_spectra([tmp / "fits"], ["*.fits"])
-        sio.read_many(paths[: 4 * args.workers], cfg.read, args.workers)  # start the reader pool
+        sio.read_many(paths[: 4 * args.workers], cfg.read, args.workers)  # start both reader pools
+        for _ in iter_batches(paths[: 4 * args.workers], cfg.read, args.workers, size):
+            pass
 
         # 1. reading alone: the pipeline's batched readers, and the per-file object path it replaced
         t0 = time.perf_counter()
         held: list[SpectraBatch] = []
         for b in iter_batches(paths, cfg.read, args.workers, size):
             if len(held) < 4:
-                held.append(b)
+                held.append(b.copy())  # a batch from shared reading is only valid until the next one
         res["read_only_files_per_s"] = round(len(paths) / (time.perf_counter() - t0), 1)
         t0 = time.perf_counter()
         sio.read_many(paths, cfg.read, args.workers)

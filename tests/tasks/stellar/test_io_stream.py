@@ -85,3 +85,26 @@ def test_files_per_task() -> None:
     assert stream.files_per_task(100, 16) == 7
     assert stream.files_per_task(8192, 4) == stream.FILES_PER_TASK_MAX
     assert stream.files_per_task(1, 8) == 1
+
+
+def test_processes_share_pixels_and_fall_back_for_odd_files(tmp_path: Path, files: list[Path], new_fits) -> None:
+    """Reader processes write into a shared buffer (the batch's arrays are views of it until the next batch);
+    a task with a shorter spectrum or float64 wavelengths sends its arrays instead; the result is the same."""
+    cfg = ReadSection(processes=True)
+    it = stream.iter_batches(files, cfg, workers=2, batch_size=2, per_task=2)  # 5 batches, 3 slots: reused
+    first = next(it)
+    assert first.full is not None  # shared rows, no per-file transfer
+    kept = first.copy()
+    rest = list(it)
+    good, _ = io.read_many(files, ReadSection(), workers=1)
+    torch.testing.assert_close(kept.to_raw()["flux"], io.stack_spectra(good[: len(kept)])["flux"], equal_nan=True)
+    assert [i for b in [kept, *rest] for i in b.ids] == [s.id for s in good]
+
+    odd = [new_fits("o0.fits", seed=1), new_fits("o1.fits", arrays=make_arrays(n=3000)),
+           new_fits("o2.fits", with_wavelength=False), new_fits("o3.fits", seed=2)]
+    got = stream.SpectraBatch.concat([b.copy() for b in stream.iter_batches(odd, cfg, workers=2, batch_size=4,
+                                                                          per_task=1)]).to_raw()
+    want = io.stack_spectra([io.read_spectrum(p) for p in odd])
+    for k in ("wave", "flux", "ivar", "mask", "z"):
+        assert got[k].dtype == want[k].dtype, k
+        torch.testing.assert_close(got[k], want[k], rtol=0, atol=0, equal_nan=True)

@@ -39,7 +39,7 @@ def test_text_columns_quote_like_pandas() -> None:
             "v": np.array([1.5, np.nan, 3e-7, -2.0])}
     assert format_rows(cols, header=True) == _pandas(cols)
     assert format_rows({}) == b""
-    with pytest.raises(ValueError, match="rows"):
+    with pytest.raises(ValueError, match="different lengths"):
         format_rows({"a": np.ones(2), "b": np.ones(3)})
 
 

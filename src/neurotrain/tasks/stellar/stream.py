@@ -15,9 +15,12 @@ come out in input order whatever order the readers finish in.
 
 from __future__ import annotations
 
+import atexit
+import mmap
+import multiprocessing
 from collections import deque
 from collections.abc import Iterator, Sequence
-from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +55,10 @@ class SpectraBatch:
     z: np.ndarray
     meta: list[dict[str, Any]]
     skipped: list[tuple[Path, str]] = field(default_factory=list)
+    #: (3, B, SHARED_WIDTH) contiguous rows of the shared buffer the arrays are views of (None: own arrays)
+    full: np.ndarray | None = field(default=None, repr=False)
+    #: set by a reader process that wrote its arrays into the shared buffer: (first row, pixels)
+    shared_at: tuple[int, int] | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -60,11 +67,22 @@ class SpectraBatch:
         """The raw batch dict of the stellar contract (as ``io.stack_spectra``) on ``device``: ``wave`` float64,
         ``flux``/``ivar`` float32, ``mask`` bool, ``z`` float64 (0 where the file has none)."""
         dev = torch.device(device)
-        wave = torch.from_numpy(self.wave).to(dev, non_blocking=True).double()
-        ivar = torch.from_numpy(self.ivar).to(dev, non_blocking=True)
         z = torch.from_numpy(np.nan_to_num(self.z, nan=0.0)).to(dev)
-        return {"wave": wave, "flux": torch.from_numpy(self.flux).to(dev, non_blocking=True), "ivar": ivar,
-                "mask": ivar == 0, "z": z}
+        if self.full is not None:
+            # one contiguous copy of the shared rows (a view cannot outlive the next batch), columns cut after
+            n = self.flux.shape[1]
+            block = torch.from_numpy(self.full)
+            block = block.clone() if dev.type == "cpu" else block.to(dev)
+            wave, flux, ivar = (block[i, :, :n].contiguous() for i in range(3))
+            return {"wave": wave.double(), "flux": flux, "ivar": ivar, "mask": ivar == 0, "z": z}
+        wave = torch.from_numpy(self.wave).to(dev).double()
+        ivar = torch.from_numpy(self.ivar).to(dev)
+        return {"wave": wave, "flux": torch.from_numpy(self.flux).to(dev), "ivar": ivar, "mask": ivar == 0, "z": z}
+
+    def copy(self) -> SpectraBatch:
+        """The batch with arrays of its own (a batch from shared reading is only valid until the next one)."""
+        return SpectraBatch(self.ids, self.files, self.wave.copy(), self.flux.copy(), self.ivar.copy(),
+                            self.z.copy(), self.meta, self.skipped)
 
     def without_arrays(self) -> SpectraBatch:
         """The same batch without its pixel arrays (what a table row needs; frees the memory early)."""
@@ -160,26 +178,116 @@ def files_per_task(batch_size: int, workers: int) -> int:
     return max(1, min(FILES_PER_TASK_MAX, -(-batch_size // max(1, workers))))
 
 
+# ---------------------------------------------------------------- shared buffer between reader processes
+#: pixels per row of the shared buffer: LAMOST low-resolution spectra have 3,909; a longer spectrum's task (or
+#: one whose wavelengths are not float32) sends its arrays through the pipe instead
+SHARED_WIDTH = 4096
+#: the largest shared buffer (all batch slots) that is allocated; a larger batch reads through the pipe
+SHARED_MAX_BYTES = 2 << 30
+_ARENA: mmap.mmap | None = None  # anonymous MAP_SHARED memory, inherited by the forked readers
+_SHARED: dict[str, Any] = {}
+
+
+def _slot_views(arena: mmap.mmap, slot: int, rows: int) -> np.ndarray:
+    """(3, rows, SHARED_WIDTH) float32 view of one batch slot: wavelength, flux, ivar."""
+    n = 3 * rows * SHARED_WIDTH
+    return np.frombuffer(arena, np.float32, count=n, offset=slot * n * 4).reshape(3, rows, SHARED_WIDTH)
+
+
+def read_batch_shared(paths: Sequence[str | Path], cfg: ReadSection, slot: int, rows: int, row0: int) -> SpectraBatch:
+    """:func:`read_batch` in a reader process that writes the arrays into rows ``row0...`` of batch slot
+    ``slot`` of the shared buffer and returns only the names and header values (``shared_at`` set).
+    Spectra wider than :data:`SHARED_WIDTH` or with float64 wavelengths come back whole through the pipe."""
+    b = read_batch(paths, cfg)
+    n = b.flux.shape[1]
+    if _ARENA is None or not len(b) or n > SHARED_WIDTH or b.wave.dtype != np.float32:
+        return b
+    view = _slot_views(_ARENA, slot, rows)
+    r = slice(row0, row0 + len(b))
+    view[0, r, :n], view[1, r, :n], view[2, r, :n] = b.wave, b.flux, b.ivar
+    out = b.without_arrays()
+    out.shared_at = (row0, n)
+    return out
+
+
+def _shared_pool(workers: int, nbytes: int) -> ProcessPoolExecutor | None:
+    """A pool of ``workers`` forked reader processes that share a buffer of at least ``nbytes`` with this one
+    (kept between calls; replaced when a call needs more). None where ``fork`` is not available."""
+    global _ARENA
+    if "fork" not in multiprocessing.get_all_start_methods() or nbytes > SHARED_MAX_BYTES:
+        return None
+    if _SHARED.get("workers") == workers and _SHARED.get("nbytes", 0) >= nbytes:
+        return _SHARED["pool"]
+    if "pool" in _SHARED:
+        _SHARED.pop("pool").shutdown(wait=True, cancel_futures=True)
+    _ARENA = mmap.mmap(-1, nbytes)  # before the fork, so that every reader maps the same pages
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork"))
+    list(pool.map(_noop_arg, range(workers)))  # fork the readers now, while _ARENA is this buffer
+    _SHARED.update(workers=workers, nbytes=nbytes, pool=pool)
+    atexit.register(pool.shutdown, wait=False, cancel_futures=True)
+    return pool
+
+
+def _noop_arg(_: int) -> None:
+    return None
+
+
+def _assemble(parts: list[SpectraBatch], slot: int, rows: int) -> SpectraBatch:
+    """One batch from its tasks' results: views into the shared slot when every task wrote there with the same
+    width (the common case), else the tasks' arrays copied out and concatenated."""
+    full = [p for p in parts if len(p)]
+    skipped = [s for p in parts for s in p.skipped]
+    if not full:
+        return SpectraBatch.empty(skipped)
+    if _ARENA is None or any(p.shared_at is None for p in full) or len({p.shared_at[1] for p in full}) > 1:  # type: ignore[index]
+        if _ARENA is not None:
+            view = _slot_views(_ARENA, slot, rows)
+            for p in full:
+                if p.shared_at is not None:
+                    r0, n = p.shared_at
+                    r = slice(r0, r0 + len(p))
+                    p.wave, p.flux, p.ivar = view[0, r, :n].copy(), view[1, r, :n].copy(), view[2, r, :n].copy()
+        return SpectraBatch.concat(parts)
+    view = _slot_views(_ARENA, slot, rows)
+    n = full[0].shared_at[1]  # type: ignore[index]
+    starts = [p.shared_at[0] for p in full]  # type: ignore[index]
+    total = sum(len(p) for p in full)
+    if starts == list(np.cumsum([0] + [len(p) for p in full[:-1]])):
+        block = view[:, :total]  # contiguous rows: no copy
+    else:  # a task had unreadable files: its rows end early; gather the written rows
+        block = view[:, np.concatenate([np.arange(s, s + len(p)) for s, p in zip(starts, full)])]
+    return SpectraBatch(
+        ids=[i for p in full for i in p.ids], files=[f for p in full for f in p.files],
+        wave=block[0, :, :n], flux=block[1, :, :n], ivar=block[2, :, :n], z=np.concatenate([p.z for p in full]),
+        meta=[m for p in full for m in p.meta], skipped=skipped, full=block,
+    )
+
+
 def iter_batches(
     paths: Sequence[str | Path], cfg: ReadSection, workers: int, batch_size: int, *,
     per_task: int | None = None, prefetch_batches: int = 2,
 ) -> Iterator[SpectraBatch]:
     """Read ``paths`` with ``workers`` readers (processes when ``cfg.processes``, else threads) and yield one
     :class:`SpectraBatch` per ``batch_size`` consecutive paths, in input order, while the readers already work
-    on the next ``prefetch_batches`` batches (tasks in flight are bounded, so memory stays flat)."""
+    on the next ``prefetch_batches`` batches (memory stays flat).
+
+    With processes the readers write the pixels into a buffer shared with this process, and a yielded batch's
+    arrays are views into it: they stay valid until the next batch is asked for (``to_raw`` copies them; keep a
+    batch with :meth:`SpectraBatch.copy`)."""
     paths = [Path(p) for p in paths]
     per = per_task or files_per_task(batch_size, workers)
     # tasks never straddle two output batches: batch k is paths[k*B:(k+1)*B] cut into tasks of ``per``
-    tasks: list[tuple[int, list[Path]]] = []
+    tasks: list[tuple[int, int, list[Path]]] = []
     for k, s in enumerate(range(0, len(paths), batch_size)):
         chunk = paths[s:s + batch_size]
-        tasks += [(k, chunk[i:i + per]) for i in range(0, len(chunk), per)]
-    tasks_per_batch = -(-batch_size // per)
-    limit = max(2 * workers, (prefetch_batches + 1) * tasks_per_batch)
+        tasks += [(k, i, chunk[i:i + per]) for i in range(0, len(chunk), per)]
+    slots = prefetch_batches + 1  # batch k is held by the caller while k+1 ... k+prefetch are being read
     with ExitStack() as stack_:
         ex: Executor
+        shared = None
         if cfg.processes and workers > 1 and len(paths) > 1:
-            ex = _process_pool(workers)
+            shared = _shared_pool(workers, slots * 3 * batch_size * SHARED_WIDTH * 4)
+            ex = shared or _process_pool(workers)
         else:
             ex = stack_.enter_context(ThreadPoolExecutor(max_workers=max(1, workers)))
         pending: deque[tuple[int, Future[SpectraBatch]]] = deque()
@@ -188,17 +296,21 @@ def iter_batches(
             parts: list[SpectraBatch] = []
             current = 0
             while nxt < len(tasks) or pending:
-                while nxt < len(tasks) and len(pending) < limit:
-                    k, chunk = tasks[nxt]
-                    pending.append((k, ex.submit(read_batch, chunk, cfg)))
+                while nxt < len(tasks) and tasks[nxt][0] < current + slots:
+                    k, row0, chunk = tasks[nxt]
+                    fut = (ex.submit(read_batch_shared, chunk, cfg, k % slots, batch_size, row0) if shared
+                           else ex.submit(read_batch, chunk, cfg))
+                    pending.append((k, fut))
                     nxt += 1
-                k, fut = pending.popleft()
+                k, fut = pending[0]
                 if k != current:
-                    yield SpectraBatch.concat(parts)
+                    yield _assemble(parts, current % slots, batch_size) if shared else SpectraBatch.concat(parts)
                     parts, current = [], k
+                    continue  # the caller is done with the previous batch: its slot may be refilled
+                pending.popleft()
                 parts.append(fut.result())
             if parts:
-                yield SpectraBatch.concat(parts)
+                yield _assemble(parts, current % slots, batch_size) if shared else SpectraBatch.concat(parts)
         finally:
             for _, fut in pending:  # the consumer stopped early (an error): drop what was not started
                 fut.cancel()

@@ -40,21 +40,35 @@ def _bytes_matrix(cells: Sequence[bytes]) -> np.ndarray:
     return np.frombuffer(arr.astype(f"S{width}").tobytes(), np.uint8).reshape(len(cells), width)
 
 
+_SPECIAL = np.frombuffer(b',"\n\r', np.uint8)
+
+
 def _quote(cell: str) -> str:
     if any(c in cell for c in ',"\n\r'):
         return '"' + cell.replace('"', '""') + '"'
     return cell
 
 
+def _text(v: Any) -> str:
+    if v is None or (isinstance(v, float) and v != v):
+        return ""
+    return v.decode(errors="replace") if isinstance(v, bytes) else str(v)
+
+
 def text_column(values: Sequence[Any]) -> np.ndarray:
     """Text cells -> uint8 matrix: ``None``/NaN empty, other values ``str()``, UTF-8, quoted when needed."""
-    cells = []
-    for v in values:  # one str() per cell of a text column (a handful of columns)
-        if v is None or (isinstance(v, float) and v != v):
-            cells.append(b"")
-        else:
-            cells.append(_quote(v.decode(errors="replace") if isinstance(v, bytes) else str(v)).encode())
-    return _bytes_matrix(cells)
+    cells = [v if type(v) is str else _text(v) for v in values]
+    try:
+        mat = _bytes_matrix(cells)  # numpy encodes ASCII in C
+    except UnicodeEncodeError:
+        mat = _bytes_matrix([c.encode() for c in cells])
+    special = np.isin(mat, _SPECIAL).any(axis=1)
+    if special.any():  # only the cells with a comma, quote or line break are quoted (QUOTE_MINIMAL)
+        enc = [bytes(row[row != _NUL]) for row in mat]
+        for i in np.flatnonzero(special):
+            enc[i] = _quote(enc[i].decode()).encode()
+        mat = _bytes_matrix(enc)
+    return mat
 
 
 #: the three digit characters of 0..999, and the number of trailing zeros of each (3 for 0)
@@ -134,15 +148,19 @@ def float_column(x: np.ndarray) -> np.ndarray:
 def format_rows(columns: Mapping[str, Any], header: bool = False) -> bytes:
     """CSV text of a table given as ``{name: column}``: float arrays are formatted as ``%.6g``, anything
     else as text. ``header``: start with the line of column names."""
-    mats = []
-    n = None
-    for name, col in columns.items():
-        arr = np.asarray(col) if not isinstance(col, list) else None
-        mat = float_column(arr) if arr is not None and arr.dtype.kind == "f" else text_column(list(col))
-        if n is not None and mat.shape[0] != n:
-            raise ValueError(f"format_rows: column {name} has {mat.shape[0]} rows (expected {n})")
-        n = mat.shape[0]
-        mats.append(mat)
+    names = list(columns)
+    arrays = {k: (np.asarray(v) if not isinstance(v, list) else None) for k, v in columns.items()}
+    floats = [k for k in names if arrays[k] is not None and arrays[k].dtype.kind == "f"]
+    lengths = {k: len(columns[k]) for k in names}
+    if len(set(lengths.values())) > 1:
+        raise ValueError(f"format_rows: columns have different lengths {lengths}")
+    n = next(iter(lengths.values()), 0)
+    mats: list[np.ndarray] = []
+    if floats:  # every float column in one call: the per-call overhead is paid once, not per column
+        cells = float_column(np.stack([arrays[k].reshape(-1) for k in floats], axis=1))
+        per = dict(zip(floats, np.moveaxis(cells.reshape(n, len(floats), -1), 1, 0)))
+    for k in names:
+        mats.append(per[k] if k in floats else text_column(list(columns[k])))
     if not mats:
         return b""
     sep = np.full((n, 1), _COMMA, np.uint8)
