@@ -8,6 +8,7 @@ augmentation on the device -> forward / backward / AdamW. Each row times a prefi
 * ``augment_*``: the augmentation alone on a device batch: device time (ms / batch, synchronised), host time
   (ms / batch to *issue* it, not synchronised: what it takes from the Python thread that also feeds the GPU) and
   ``host_sync`` (the first synchronising call under ``torch.cuda.set_sync_debug_mode("error")``, or "none"),
+  ``ops`` (aten operations per call, and the compute kernels among them),
   for the task's fused warp and, for comparison, kornia's ``AugmentationSequential`` (the path before);
 * ``h2d_ms``: a pinned uint8 batch copied to the device and scaled to float;
 * ``loader_*`` (``vision.py``): the loader alone;
@@ -129,6 +130,24 @@ def kornia_flips(batch: dict[str, Any]) -> Callable[[dict[str, Any]], Any]:
     return run
 
 
+VIEW_OPS = {"aten::select", "aten::slice", "aten::view", "aten::unsqueeze", "aten::permute", "aten::expand",
+            "aten::as_strided", "aten::alias", "aten::t", "aten::transpose", "aten::reshape", "aten::_unsafe_view",
+            "aten::squeeze", "aten::detach", "aten::lift_fresh", "aten::empty", "aten::empty_strided",
+            "aten::empty_like", "aten::resolve_conj", "aten::resolve_neg", "aten::result_type", "aten::is_nonzero"}
+
+
+def op_counts(fn: Callable[[], object]) -> dict[str, int]:
+    """Operations of one call (``torch.profiler``, host side): ``dispatched`` every aten call, ``kernels`` the
+    innermost ones that compute (views and allocations left out: on a GPU, roughly one launch each)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    ops = [e for e in prof.events() if e.name.startswith("aten::")]
+    leaf = [e for e in ops if e.name not in VIEW_OPS and not any(c.name.startswith("aten::") for c in e.cpu_children)]
+    return {"dispatched": len(ops), "kernels": len(leaf)}
+
+
 def bench_augment(args: Any, device: torch.device, record: Callable[[str, object], None]) -> None:
     """Device and host ms per batch of the augmentation alone, on a uint8-born batch of the bench's size."""
     from neurotrain.tasks.vision.augment import build_augment
@@ -157,6 +176,7 @@ def bench_augment(args: Any, device: torch.device, record: Callable[[str, object
             finally:
                 torch.cuda.set_sync_debug_mode("default")
         record(f"{name}_device_ms", round(1e3 * timed(fn, device, args.repeats * 4, warmup=3), 3))
+        record(f"{name}_ops", op_counts(fn))
         n = max(args.repeats * 4, 8)
         sync(device)
         t0 = time.perf_counter()
