@@ -166,8 +166,14 @@ class SimulateSection(Section):
     #: sky-line residual amplitude in units of the local noise sigma (unaccounted for in ivar), and where they start
     sky_residual_sigma: float = Field(3.0, ge=0)
     sky_residual_min_aa: float = Field(6800.0, gt=0)
-    #: telluric O2 A/B and H2O absorption in the observed frame (LAMOST LRS spectra are not telluric-corrected)
+    #: telluric O2 A/B and H2O bands in the observed frame
     tellurics: bool = True
+    #: the spectra were telluric-corrected by their pipeline (LAMOST DR10 LRS: the 25 real spectra show an O2 A-band
+    #: depth of +0.5 % median, 16-84 % range -1.4..+5.0 %, docs/results/stellar.md), so only a correction residual
+    #: is drawn: the band optical depth times a per-spectrum factor N(0, ``telluric_residual``) (either sign:
+    #: under- or over-correction). False: full uncorrected bands (LSS-GAC-style spectra, Xiang et al. 2015)
+    telluric_corrected: bool = True
+    telluric_residual: float = Field(0.05, ge=0)
     #: label prior shape with ``physical_hr``: fraction of giants (RGB + red clump), of red clump among giants,
     #: of subgiants among dwarfs, and the scatter about the sequences (log g dex, Teff K)
     giant_fraction: float = Field(0.45, ge=0, le=1)

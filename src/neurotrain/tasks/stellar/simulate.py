@@ -20,7 +20,9 @@ Units: wavelength Angstrom in vacuum, Teff K, log g dex (cgs), abundances dex; l
   radial velocity uniform in ``rv_range_kms`` -> z = sqrt((1+b)/(1-b)) - 1; SED x model x flux-calibration
   error (a smooth Legendre curve per spectrum of rms ``response_error`` in log, plus a small different offset
   and tilt per arm, blue/red split at ``arm_split_aa``); telluric O2 A/B and H2O bands scaled by airmass
-  and water vapour; noise: photon noise through a LAMOST-like throughput (falling below 4000 A and above
+  and water vapour, by default only as the residual of the pipeline's telluric correction (LAMOST DR10
+  spectra carry no A band: ``telluric_corrected``); noise: photon noise through a LAMOST-like throughput
+  (falling below 4000 A and above
   8800 A, a dip at the dichroic crossover ~5850 A; after Cui et al. 2012, RAA 12, 1197) plus a sky/read
   background, scaled so the median S/N per pixel over ``snr_band_aa`` (g band) equals the asked S/N;
   ivar = 1/sigma^2; bad pixels (cosmic spikes or dead pixels, mask True, ivar 0); sky-line residuals
@@ -194,7 +196,9 @@ def _window(wave: torch.Tensor, centre: float, width: float, edge: torch.Tensor)
 
 
 def _tellurics(wave: torch.Tensor, b: int, cfg: SimulateSection, g: torch.Generator) -> torch.Tensor:
-    """Telluric transmission (B, N) in the observed frame, O2 ~ airmass, H2O ~ airmass x water vapour."""
+    """Telluric transmission (B, N) in the observed frame, O2 ~ airmass, H2O ~ airmass x water vapour. With
+    ``cfg.telluric_corrected`` only the pipeline's correction residual: the optical depth times a per-spectrum
+    factor drawn from N(0, ``cfg.telluric_residual``), so the band is left slightly too deep or too shallow."""
     dev = wave.device
     airmass = _uniform(b, *AIRMASS_RANGE, g, dev)[:, None]
     pwv = _uniform(b, *PWV_RANGE, g, dev)[:, None]
@@ -204,6 +208,8 @@ def _tellurics(wave: torch.Tensor, b: int, cfg: SimulateSection, g: torch.Genera
         if f.kind == "telluric":
             scale = airmass * (pwv if f.name.startswith("H2O") else 1.0)
             tau = tau + TELLURIC_TAU[f.name] * scale * _window(wave, f.vacuum_aa, f.width_aa, edge)
+    if cfg.telluric_corrected:
+        tau = tau * cfg.telluric_residual * torch.randn(b, 1, generator=g, device=dev, dtype=torch.float64)
     return torch.exp(-tau)
 
 

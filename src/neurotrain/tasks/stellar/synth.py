@@ -76,8 +76,19 @@ COG_NODES, COG_XMAX = 24, 6.5  # 0.6 % worst-case error against 200 nodes, monot
 LOG_TAU_CLAMP = (-8.0, 12.0)
 #: most quadrature elements evaluated at once (memory cap of the curve of growth)
 COG_CHUNK = 1 << 26
-#: the weak-line forest: fixed count, seed and rest range (vacuum A)
-FOREST_SEED, FOREST_N, FOREST_RANGE = 20_240_517, 2400, (3600.0, 9400.0)
+#: the line forest: fixed count, seed and rest range (vacuum A), and its density ~ lambda^-FOREST_DENSITY_POWER.
+#: Count, density and the log tau_sun ranges of ``FOREST_SPECIES`` are set so that the model's line blanketing
+#: at solar labels follows ``SOLAR_BLANKETING`` (with 2400 lines ~ lambda^-3 it was 2-3x too weak: the Lick
+#: Fe5270 index of a 5800 K dwarf came out 0.4 A against ~2.4 A in real LAMOST G dwarfs)
+FOREST_SEED, FOREST_N, FOREST_RANGE = 20_240_517, 6000, (3600.0, 9400.0)
+FOREST_DENSITY_POWER = 5.0
+#: approximate line blanketing of the Sun as a star: the fraction of the continuum flux that all absorption lines
+#: remove, averaged over each band (vacuum A). It falls from ~20 % in the blue to a few % in the near-IR (solar
+#: flux atlas against its continuum, e.g. Neckel & Labs 1984, Sol. Phys. 90, 205; uncertain by ~30 % per band)
+SOLAR_BLANKETING: tuple[tuple[float, float, float], ...] = (
+    (4000.0, 4500.0, 0.20), (4500.0, 5000.0, 0.12), (5000.0, 5500.0, 0.10), (5500.0, 6000.0, 0.07),
+    (6000.0, 6500.0, 0.05), (6500.0, 7500.0, 0.03), (7500.0, 8800.0, 0.025),
+)
 #: the Saha-Boltzmann temperature slopes of metal lines are tempered by this factor (the line-forming layer's
 #: temperature varies less than Teff); it matches Mg b and Fe 5270 growing ~2-3x from the Sun to a K5 dwarf
 #: (Lick indices, Worthey et al. 1994, ApJS 94, 687)
@@ -152,20 +163,24 @@ LINE_TABLE: tuple[LineStrength, ...] = (
     LineStrength("Ca II 8542", 8542.09, "CA", "ion", 1.69, 0, 3.66, -2.0, 0.2, _CA),
     LineStrength("Ca II 8662", 8662.14, "CA", "ion", 1.69, 0, 2.60, -2.0, 0.2, _CA),
 )
-#: band-specific constants: d log tau / d theta, d log tau / d log g, reference (Teff, log g) of ``ew_sun_aa``
-BAND_PARAMS: dict[str, tuple[float, float, float, float]] = {
-    "CH": (1.5, 0.0, TEFF_SUN, LOGG_SUN),
-    "TiO": (8.0, 1.0 / 3.0, 3800.0, 4.7),
+#: band-specific constants: d log tau / d theta, d log tau / d log g, reference (Teff, log g) of ``ew_sun_aa``, and
+#: the theta where the band's strength peaks (None: no peak). CH peaks near 5000 K (theta 1.0): below that carbon
+#: is locked into CO and the G band stops growing; the Lick G4300 index of dwarfs rises from F to early K and
+#: flattens or falls in late K and M dwarfs (Worthey et al. 1994, ApJS 94, 687, G4300 fitting function). The
+#: quadratic term is set so the slope is 0 at the peak: CH in a 4000 K dwarf is 0.3 dex weaker than at 5040 K.
+BAND_PARAMS: dict[str, tuple[float, float, float, float, float | None]] = {
+    "CH": (1.5, 0.0, TEFF_SUN, LOGG_SUN, 1.0),
+    "TiO": (8.0, 1.0 / 3.0, 3800.0, 4.7, None),
 }
 #: [X/Fe] label of each element (metals without their own label follow [Fe/H])
 ELEMENT_LABEL = {"C": "C_FE", "MG": "MG_FE", "CA": "CA_FE", "NA": "NA_FE", "TI": "TI_FE"}
 #: forest species: element, species, chi_ion (eV), fraction, chi_exc range (eV), log tau_sun range, mass
 FOREST_SPECIES = (
-    ("FE", "neutral", 7.90, 0.62, (0.0, 5.0), (-1.0, 1.7), _FE),
-    ("FE", "ion", 16.2, 0.12, (2.5, 4.0), (-1.0, 0.9), _FE),
-    ("TI", "neutral", 6.83, 0.12, (0.0, 2.2), (-1.2, 1.2), 47.87),
-    ("CA", "neutral", 6.11, 0.08, (1.5, 3.0), (-1.2, 0.9), _CA),
-    ("MG", "neutral", 7.65, 0.06, (4.0, 6.0), (-1.2, 0.9), _MG),
+    ("FE", "neutral", 7.90, 0.62, (0.0, 5.0), (-0.7, 2.3), _FE),
+    ("FE", "ion", 16.2, 0.12, (2.5, 4.0), (-0.7, 1.5), _FE),
+    ("TI", "neutral", 6.83, 0.12, (0.0, 2.2), (-0.9, 1.8), 47.87),
+    ("CA", "neutral", 6.11, 0.08, (1.5, 3.0), (-0.9, 1.5), _CA),
+    ("MG", "neutral", 7.65, 0.06, (4.0, 6.0), (-0.9, 1.5), _MG),
 )
 
 
@@ -302,7 +317,8 @@ def forest_lines() -> _Lines:
     frac = np.array([s[3] for s in FOREST_SPECIES])
     kind = rng.choice(len(FOREST_SPECIES), size=FOREST_N, p=frac / frac.sum())
     lo, hi = FOREST_RANGE
-    vac = np.sort(rng.uniform(hi**-2, lo**-2, FOREST_N) ** -0.5)  # density ~ lambda^-3: crowded in the blue
+    k = FOREST_DENSITY_POWER - 1.0  # inverse-CDF draw of a density ~ lambda^-FOREST_DENSITY_POWER
+    vac = np.sort(rng.uniform(hi**-k, lo**-k, FOREST_N) ** (-1.0 / k))
     pick = [FOREST_SPECIES[k] for k in kind]
     chi = np.array([rng.uniform(*p[4]) for p in pick])
     log_tau = np.array([rng.uniform(*p[5]) for p in pick])
@@ -351,10 +367,15 @@ def _pseudo_voigt(x: torch.Tensor, sigma: torch.Tensor, gamma: torch.Tensor) -> 
 
 
 def _band_log_tau(row: LineStrength, labels: torch.Tensor) -> torch.Tensor:
-    t_slope, g_slope, t_ref, g_ref = BAND_PARAMS[row.species]
+    t_slope, g_slope, t_ref, g_ref, theta_peak = BAND_PARAMS[row.species]
     teff, logg = labels[:, 0], labels[:, 1]
     xh = labels[:, label_index("FE_H")] + labels[:, label_index(ELEMENT_LABEL[row.element])]
-    return math.log10(row.ew_sun_aa) + xh + t_slope * (5040.0 / teff - 5040.0 / t_ref) + g_slope * (logg - g_ref)
+    dth = 5040.0 / teff - 5040.0 / t_ref
+    log_tau = math.log10(row.ew_sun_aa) + xh + t_slope * dth + g_slope * (logg - g_ref)
+    if theta_peak is not None:  # d log tau / d theta = t_slope - 2 c dth falls to 0 at theta_peak
+        curv = t_slope / (2.0 * (theta_peak - 5040.0 / t_ref))
+        log_tau = log_tau - curv * dth * dth
+    return log_tau
 
 
 def absorption(labels: torch.Tensor, wave: torch.Tensor, resolution: float) -> torch.Tensor:
