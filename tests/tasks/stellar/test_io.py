@@ -190,3 +190,15 @@ def test_fast_header_values():
     assert _value("'LAMOST J0912+27'") == "LAMOST J0912+27"
     assert _value("   -5.617D-05 / z") == pytest.approx(-5.617e-05)
     assert _value("12 / n") == 12 and _value("T") is True and _value("F") is False
+
+
+def test_andmask_any_bit_is_the_integer_part(new_fits):
+    """``andmask_bits=0``: a pixel is bad when the mask's integer part is non-zero or the mask is NaN."""
+    a = make_arrays()
+    a["andmask"][:] = 0
+    a["andmask"][10:16] = [0.5, 1.0, np.nan, 32.0, -2.0, -0.75]
+    s = io.read_spectrum(new_fits("m.fits", arrays=a))
+    assert s.mask[10:16].tolist() == [False, True, True, True, True, False]
+    assert s.mask.sum() == 4 and (s.ivar[s.mask] == 0).all()
+    assert io.read_spectrum(new_fits("m2.fits", arrays=a), ReadSection(andmask_bits=32)).mask[10:16].tolist() == [
+        False, False, False, True, True, False]  # NaN counts as bit 1; -2 has every high bit set

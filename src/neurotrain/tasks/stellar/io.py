@@ -237,9 +237,11 @@ def read_spectrum(path: str | Path, cfg: ReadSection | None = None) -> Spectrum:
         raise DataError(f"{path}: WAVELENGTH: expected strictly increasing values (not at pixel {i + 1}: "
                         f"{wave[i]:.3f} -> {wave[i + 1]:.3f})")
     mask = ~np.isfinite(flux) | ~np.isfinite(ivar) | (ivar <= 0)
-    if andmask is not None:
+    if andmask is not None and cfg.andmask_bits:
         am = np.nan_to_num(np.asarray(andmask, dtype=np.float64), nan=1.0).astype(np.int64)
-        mask |= (am & cfg.andmask_bits) != 0 if cfg.andmask_bits else am != 0
+        mask |= (am & cfg.andmask_bits) != 0
+    elif andmask is not None:  # any bit: the integer part is non-zero, or NaN (a third of the read's checks)
+        mask |= ~(np.abs(np.asarray(andmask)) < 1)
     if mask.all():
         raise DataError(f"{path}: IVAR: expected some unmasked pixels with ivar > 0 (all {n} are 0 or masked)")
     ivar = np.where(mask, np.float32(0), ivar)
