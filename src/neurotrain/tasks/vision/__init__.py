@@ -9,8 +9,9 @@ postprocess.py, predict.py, evaluate.py, plots.py):
 * ``layouts.py``: named local layouts (DRIVE, CHASE_DB1, STARE, ISIC, BTCV, BraTS, MNIST, CIFAR);
 * ``samplers.py``: weighted, class-balanced and priority samplers;
 * ``augment.py``: batch augmentations on the device (image and target together);
+* ``augment2d.py``: the 2D geometry as one fused warp (one affine ``grid_sample``, random numbers on the device);
 * ``cache.py``: the decode-once, memory-mapped cache of 2D image folders and its batched fetch;
-* ``detection_export.py``: ONNX export of torchvision detectors for one fixed-size image;
+* ``detection_export.py``: ONNX export of torchvision detectors for one fixed-size image (``neurotrain export``);
 * ``synthetic.py``: the demo's synthetic shape sets;
 * ``explain.py``: Grad-CAM and integrated-gradients maps for classifiers (captum).
 """
