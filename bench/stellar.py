@@ -252,7 +252,7 @@ def end_to_end(args: argparse.Namespace, cfg, model: nn.Module, res: dict) -> No
         res["end_to_end_files_per_s"] = round(len(written) / (time.perf_counter() - t0), 1)
         res["end_to_end_files"] = len(written)
         res["end_to_end_vs_read_only"] = round(res["end_to_end_files_per_s"] / res["read_only_files_per_s"], 3)
-        for k in ("read_wait_s", "device_s", "writer_busy_s", "writer_wait_s", "total_s"):
+        for k in ("read_wait_s", "device_s", "device_host_s", "writer_busy_s", "writer_wait_s", "total_s"):
             res[f"end_to_end_{k}"] = round(stats[k], 3)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

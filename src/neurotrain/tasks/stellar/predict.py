@@ -150,9 +150,10 @@ def run_pipeline(
        (``table_csv.format_rows``) and appends them to a temporary file, renamed into place at the end.
 
     ``stats`` (when given) receives the stage times in seconds: ``read_wait_s`` (this thread waiting for the
-    readers), ``device_s`` (moving, preprocessing and predicting, synchronised on CUDA so that it is the
-    device's time), ``writer_busy_s``, ``writer_wait_s`` (this thread waiting for the writer), ``total_s``,
-    and ``files``, ``rows``, ``skipped``."""
+    readers), ``device_s`` (moving, preprocessing and predicting the batches: on CUDA the stream's time
+    between events around each batch, so that the overlap is not disturbed; on the CPU the wall time),
+    ``device_host_s`` (this thread's time issuing that work), ``writer_busy_s``, ``writer_wait_s`` (this thread
+    waiting for the writer), ``total_s``, and ``files``, ``rows``, ``skipped``."""
     from neurotrain.engine.inference import resolve_device
     from neurotrain.tasks.stellar.io import find_spectra
     from neurotrain.tasks.stellar.stream import iter_batches
@@ -171,6 +172,8 @@ def run_pipeline(
     keep = [n for n in ("TEFF", "LOGG", "FE_H") if plot and n in names]
     skipped: list[tuple[Path, str]] = []
     read_wait = device_s = 0.0
+    timing = stats is not None and device.type == "cuda"
+    events: list[tuple[Any, Any]] = []
     writer: TableWriter | None = None
     batches = iter_batches(paths, cfg.read, cfg.catalog.read_workers, cfg.predict.batch_size)
     try:
@@ -184,9 +187,12 @@ def run_pipeline(
             skipped += batch.skipped
             if not len(batch):
                 continue
+            if timing:  # CUDA events time the device's stream without making this thread wait for it
+                events.append((torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)))
+                events[-1][0].record()
             result = infer_batch(cfg, model, batch.to_raw(device), mc_samples, ensemble)
-            if stats is not None and device.type == "cuda":
-                torch.cuda.synchronize(device)
+            if timing:
+                events[-1][1].record()
             device_s += time.perf_counter() - t1
             if writer is None:  # started after the first batch, so that reader processes fork before it exists
                 writer = TableWriter(table_path, fmt, prepare=_Prepare(names), keep=keep)
@@ -212,7 +218,10 @@ def run_pipeline(
         kiel = pd.DataFrame({k: np.concatenate(v) for k, v in writer.kept.items()})
         written.append(plot_kiel(kiel, table_path.with_name(f"{table_path.stem}_kiel.png")))
     if stats is not None:
-        stats.update(read_wait_s=read_wait, device_s=device_s, writer_busy_s=writer.busy_s,
+        if timing:
+            torch.cuda.synchronize(device)
+        gpu_s = sum(a.elapsed_time(b) for a, b in events) / 1e3 if timing else device_s
+        stats.update(read_wait_s=read_wait, device_s=gpu_s, device_host_s=device_s, writer_busy_s=writer.busy_s,
                      writer_wait_s=writer.wait_s, total_s=time.perf_counter() - t_start, files=len(paths),
                      rows=writer.rows, skipped=len(skipped))
     return [Path(p) for p in written]
