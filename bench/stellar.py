@@ -195,7 +195,7 @@ def end_to_end(args: argparse.Namespace, cfg, model: nn.Module, res: dict) -> No
     tmp = Path(tempfile.mkdtemp(prefix="stellar-bench-"))
     try:
         t0 = time.perf_counter()
-        written = sio.write_simulated_fits(cfg, tmp / "fits", args.n_files, seed=1)
+        written = sio.write_simulated_fits(cfg, tmp / "fits", args.n_files, seed=1, chunk=2048, device=device)
         res["end_to_end_files_written_s"] = round(time.perf_counter() - t0, 1)
         cfg.catalog.read_workers = args.workers
         cfg.predict.plot = False

@@ -354,12 +354,14 @@ def _one_line(exc: BaseException | str) -> str:
 
 
 
-def write_simulated_fits(cfg: Any, out_dir: str | Path, n: int, seed: int = 0, chunk: int = 512) -> list[Path]:
+def write_simulated_fits(cfg: Any, out_dir: str | Path, n: int, seed: int = 0, chunk: int = 512,
+                         device: str | torch.device = "cpu") -> list[Path]:
     """``n`` generator spectra as LAMOST files of the newer layout (``sim-<i>.fits``: ``FLUX``, ``IVAR``,
     ``WAVELENGTH``, ``ANDMASK``, ``ORMASK`` on LAMOST's observed grid; ``OBSID``, ``Z``, ``SNRG``, ``COEFF0``,
     ``COEFF1`` in the header) and ``catalog.csv`` with every generator label by spectrum id (the seed's
     ``X_FE.csv`` with a ``spec`` column), so that prepare / train / predict run on files as on LAMOST's.
-    ``cfg`` is a ``StellarConfig``. The folder is filled under a temporary name, then renamed into place."""
+    ``cfg`` is a ``StellarConfig``. The folder is filled under a temporary name, then renamed into place.
+    ``device``: where the generator runs (a GPU draws other random numbers than the CPU for the same seed)."""
     import shutil
 
     import pandas as pd
@@ -373,14 +375,16 @@ def write_simulated_fits(cfg: Any, out_dir: str | Path, n: int, seed: int = 0, c
     tmp = out.with_name(f".{out.name}.part")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    gen = torch.Generator().manual_seed(int(seed))
+    dev = torch.device(device)
+    gen = torch.Generator(device=dev).manual_seed(int(seed))
     rows, paths = [], []
     sim = cfg.simulate
     for start in range(0, n, chunk):
         b = min(chunk, n - start)
-        labels = sample_labels(b, sim, gen, "cpu")
-        snr = sample_snr(b, sim, gen, "cpu")
-        raw = {k: v.cpu().numpy() for k, v in simulate_raw(labels, snr, sim, gen, torch.device("cpu")).items()}
+        labels = sample_labels(b, sim, gen, dev)
+        snr = sample_snr(b, sim, gen, dev)
+        raw = {k: v.cpu().numpy() for k, v in simulate_raw(labels, snr, sim, gen, dev).items()}
+        labels, snr = labels.cpu(), snr.cpu()
         for j in range(b):
             i = start + j
             name = f"sim-{i:08d}"
