@@ -169,3 +169,30 @@ def test_task_loaders_tag_hybrid_indices_with_lightnings_epoch(seg_folder: Path)
     batch = task.on_batch(cfg, next(iter(loader)), training=False)
     assert sets["train"].epoch == 3 and batch["image"].dtype == torch.float32
     assert sorted(batch["source"].tolist()) == [0] * 6 + [1] * 2
+
+
+def test_a_cached_batch_is_one_storage_and_travels_as_one_descriptor(seg_folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """image, mask and index are views of one storage: a worker's batch crosses to the main process as one
+    shared-memory segment (one file descriptor), not one per tensor."""
+    import io
+    import multiprocessing.reduction as mpr
+
+    from torch.multiprocessing.reductions import init_reductions
+
+    from neurotrain.tasks.vision import cache as cache_mod
+
+    ds = build_dataset(seg(seg_folder), "train")
+    assert set_raw(ds)
+    monkeypatch.setattr(torch.utils.data, "get_worker_info", lambda: object())  # as inside a loader worker
+    batch = cache_mod.cached_batch(ds, [3, 0, 2])
+    tensors = [batch[k] for k in ("image", "mask", "index")]
+    assert len({t.untyped_storage().data_ptr() for t in tensors}) == 1 and batch["image"].is_shared()
+    assert batch["index"].tolist() == [3, 0, 2] and batch["index"].dtype == torch.int64
+    ref = torch.utils.data.default_collate([ds[i] for i in [3, 0, 2]])
+    assert torch.equal(batch["image"], ref["image"]) and torch.equal(batch["mask"], ref["mask"])
+    sent = []
+    real = mpr.DupFd
+    monkeypatch.setattr(mpr, "DupFd", lambda fd: sent.append(fd) or real(fd))
+    init_reductions()
+    mpr.ForkingPickler(io.BytesIO()).dump(batch)
+    assert len(sent) == 1
