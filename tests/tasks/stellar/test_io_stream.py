@@ -108,3 +108,16 @@ def test_processes_share_pixels_and_fall_back_for_odd_files(tmp_path: Path, file
     for k in ("wave", "flux", "ivar", "mask", "z"):
         assert got[k].dtype == want[k].dtype, k
         torch.testing.assert_close(got[k], want[k], rtol=0, atol=0, equal_nan=True)
+
+
+def test_stopping_early_then_reading_again(files: list[Path]) -> None:
+    """A consumer that stops after one batch (an error downstream) leaves the shared readers clean."""
+    cfg = ReadSection(processes=True)
+    it = stream.iter_batches(files, cfg, workers=2, batch_size=2, per_task=1)
+    next(it)
+    it.close()
+    again = [b.copy() for b in stream.iter_batches(files, cfg, workers=2, batch_size=2, per_task=1)]
+    good, _ = io.read_many(files, ReadSection(), workers=1)
+    want = io.stack_spectra(good)
+    got = stream.SpectraBatch.concat(again).to_raw()
+    torch.testing.assert_close(got["flux"], want["flux"], rtol=0, atol=0, equal_nan=True)

@@ -128,3 +128,19 @@ def test_failure_mid_run_leaves_the_previous_table(tmp_path: Path, folder: Path,
         predict.predict_files(_cfg(), model, [folder], out)
     assert out.read_text() == "previous table\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["labels.csv", "spectra"]
+
+
+@pytest.mark.gpu
+def test_pipeline_on_cuda_matches_batchwise(tmp_path: Path, folder: Path, model) -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    cfg = _cfg(read={"processes": True}, inference={"device": "cuda"})
+    out = tmp_path / "labels.csv"
+    stats: dict = {}
+    predict.run_pipeline(cfg, model, [folder], out, mc_samples=0, stats=stats)
+    spectra, _ = io.read_many(io.find_spectra([folder], ["*.fits"]), cfg.read, workers=1)
+    ref = predict.predict_spectra(cfg, model.cuda(), spectra, torch.device("cuda"), 0, [])
+    table = pd.read_csv(out)
+    assert table["id"].tolist() == ref["id"].tolist()
+    np.testing.assert_allclose(table["TEFF"], ref["TEFF"], rtol=1e-5)
+    assert stats["device_s"] > 0 and stats["rows"] == 8

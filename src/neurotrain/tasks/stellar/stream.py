@@ -20,7 +20,7 @@ import mmap
 import multiprocessing
 from collections import deque
 from collections.abc import Iterator, Sequence
-from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -314,3 +314,5 @@ def iter_batches(
         finally:
             for _, fut in pending:  # the consumer stopped early (an error): drop what was not started
                 fut.cancel()
+            if shared:  # and let the started ones finish, so that none writes into a slot the next call uses
+                wait([f for _, f in pending if not f.cancelled()])
