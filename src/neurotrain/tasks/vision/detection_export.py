@@ -155,6 +155,8 @@ def check_images(cfg: Any, size: tuple[int, int], n: int) -> tuple[list[torch.Te
         for im in imgs if isinstance(imgs, (list, tuple)) else list(imgs):
             if len(out) < n:
                 out.append(resize_image(im.float(), size)[None])
+    if not out:
+        return [], "no validation images to check on: checked on random images"
     return out, f"{len(out)} validation images resized to {size[0]}x{size[1]}"
 
 
