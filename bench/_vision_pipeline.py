@@ -156,8 +156,8 @@ def bench_augment(args: Any, device: torch.device, record: Callable[[str, object
     b = {"image": torch.randint(0, 256, (args.train_batch, 3, args.size, args.size), generator=g, dtype=torch.uint8),
          "mask": torch.randint(0, 2, (args.train_batch, args.size, args.size), generator=g, dtype=torch.uint8)}
     dev = to_device(b, device)
-    fns = {f"augment_fused_{w}": (lambda aug: lambda: aug(dict(dev)))(build_augment(_augment_section(w), "segmentation"))
-           for w in ("flips", "all")}
+    augs = {w: build_augment(_augment_section(w), "segmentation") for w in ("flips", "all")}
+    fns = {f"augment_fused_{w}": (lambda aug: lambda: aug(dict(dev)))(a) for w, a in augs.items()}
     try:
         kf = kornia_flips(dev)
         fns["augment_kornia_flips"] = lambda: kf(dev)

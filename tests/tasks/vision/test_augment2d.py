@@ -114,7 +114,8 @@ def test_geometry_is_a_few_dozen_operations() -> None:
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         warp2d(sec, batch["image"], batch["mask"])
     views = {"aten::select", "aten::slice", "aten::view", "aten::unsqueeze", "aten::permute", "aten::expand"}
-    top = [e.name for e in prof.events() if e.cpu_parent is None and e.name.startswith("aten::") and e.name not in views]
+    top = [e.name for e in prof.events()
+           if e.cpu_parent is None and e.name.startswith("aten::") and e.name not in views]
     assert len(top) < 80, len(top)
 
 

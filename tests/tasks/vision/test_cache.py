@@ -171,7 +171,8 @@ def test_task_loaders_tag_hybrid_indices_with_lightnings_epoch(seg_folder: Path)
     assert sorted(batch["source"].tolist()) == [0] * 6 + [1] * 2
 
 
-def test_a_cached_batch_is_one_storage_and_travels_as_one_descriptor(seg_folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_cached_batch_is_one_storage_and_travels_as_one_descriptor(seg_folder: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """image, mask and index are views of one storage: a worker's batch crosses to the main process as one
     shared-memory segment (one file descriptor), not one per tensor."""
     import io

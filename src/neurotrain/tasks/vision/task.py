@@ -162,7 +162,8 @@ class VisionTask(Task):
         if c.task_kind == "detection":
             raise NotAvailableError(
                 "vision detectors take image lists and return a box count per image: they export through "
-                "VisionTask.export_model (neurotrain export; detection_export.export_detector), not from an example input")
+                "VisionTask.export_model (neurotrain export; detection_export.export_detector), "
+                "not from an example input")
         return (torch.rand(1, c.in_channels, *example_size(c)),)
 
     # ------------------------------------------------------------------ deploy (neurotrain export)
