@@ -218,3 +218,22 @@ def test_alpha_trend_and_snr_prior():
     snr = S.sample_snr(3000, CFG, g, "cpu")
     assert snr.min() >= CFG.snr_range[0] and snr.max() <= CFG.snr_range[1]
     assert abs(float(torch.log(snr).mean()) - sum(math.log(v) for v in CFG.snr_range) / 2) < 0.1  # log-uniform
+
+
+def test_ivar_is_estimated_from_the_noisy_counts_not_the_true_spectrum() -> None:
+    """Same star, same flux scale, no calibration error, tellurics or bad pixels: only the noise differs between
+    two draws. A pipeline's ivar comes from the counts it measured, so it must differ with the noise (by ~1/SNR
+    relative per pixel) and follow the flux draw by draw; the true sigma would be the same in both (a noise-free
+    copy of the lines, which a network can read at any S/N)."""
+    cfg = SimulateSection(rv_range_kms=(0.0, 0.0), flux_scale_range=(1000.0, 1000.0), response_error=0.0,
+                          response_jump=0.0, tellurics=False, sky_residuals=False, bad_pixel_fraction=0.0)
+    lab = star(5800.0, 4.4).float().expand(2, -1)
+    snr = torch.full((2,), 5.0)
+    a = S.simulate_raw(lab, snr, cfg, torch.Generator().manual_seed(1), "cpu")
+    b = S.simulate_raw(lab, snr, cfg, torch.Generator().manual_seed(2), "cpu")
+    var_a, var_b = 1 / a["ivar"].double(), 1 / b["ivar"].double()
+    rel = ((var_a - var_b).abs() / var_a).median()
+    assert rel > 0.05, f"ivar did not change with the noise draw (median relative change {rel:.3g})"
+    # where a draw measured more counts, its estimated variance is larger: the ivar follows the measured flux
+    up = (a["flux"] > b["flux"]).flatten()
+    assert bool(((var_a > var_b).flatten() == up).double().mean() > 0.95)

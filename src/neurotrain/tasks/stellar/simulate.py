@@ -25,7 +25,8 @@ Units: wavelength Angstrom in vacuum, Teff K, log g dex (cgs), abundances dex; l
   (falling below 4000 A and above
   8800 A, a dip at the dichroic crossover ~5850 A; after Cui et al. 2012, RAA 12, 1197) plus a sky/read
   background, scaled so the median S/N per pixel over ``snr_band_aa`` (g band) equals the asked S/N;
-  ivar = 1/sigma^2; bad pixels (cosmic spikes or dead pixels, mask True, ivar 0); sky-line residuals
+  ivar = 1/sigma_est^2 with sigma_est the same noise law on the *observed* counts (what a pipeline can
+  estimate; the true sigma would hand the network a noise-free copy of the lines); bad pixels (cosmic spikes or dead pixels, mask True, ivar 0); sky-line residuals
   above ``sky_residual_min_aa`` that ivar does not account for (as in real sky subtraction).
 """
 
@@ -148,10 +149,17 @@ def throughput(wave: torch.Tensor) -> torch.Tensor:
             * (1.0 - dd * torch.exp(-0.5 * ((wave - d0) / dw) ** 2)))
 
 
-def noise_sigma(signal: torch.Tensor, wave: torch.Tensor, snr: torch.Tensor, cfg: SimulateSection) -> torch.Tensor:
+def noise_sigma(signal: torch.Tensor, wave: torch.Tensor, snr: torch.Tensor, cfg: SimulateSection,
+                observed: torch.Tensor | None = None) -> torch.Tensor:
     """Per-pixel noise sigma (B, N) of flux ``signal`` (B, N) at observed wavelengths ``wave`` (N,): photon
     noise through ``throughput`` plus a background of ``sky_background`` x the median band counts, scaled so
-    that the median of signal / sigma over ``snr_band_aa`` equals ``snr`` (B,)."""
+    that the median of signal / sigma over ``snr_band_aa`` equals ``snr`` (B,).
+
+    With ``observed`` (B, N), the noisy flux, it returns the sigma a reduction pipeline *estimates*: the same
+    noise law evaluated on the observed counts (clipped at 0) instead of the true ones, as LAMOST's 1D pipeline
+    derives its inverse variance from the measured object + sky counts. The true sigma is a noise-free copy of
+    the spectrum: handed to the network as ivar it leaks every line's depth at any S/N (a network trained on
+    it beat the Cramér-Rao bound of the flux 4x at S/N 10 and lost it all when that channel was flattened)."""
     thr = throughput(wave).to(signal.dtype)
     counts = signal.clamp(min=0) * thr
     band = (wave >= cfg.snr_band_aa[0]) & (wave <= cfg.snr_band_aa[1])
@@ -161,6 +169,8 @@ def noise_sigma(signal: torch.Tensor, wave: torch.Tensor, snr: torch.Tensor, cfg
     var_rel = counts + bkg  # variance in units of 1/kappa (kappa: counts per flux unit)
     sn_rel = (signal * thr / var_rel.sqrt())[:, band].median(1, keepdim=True).values
     root_kappa = snr.to(signal.dtype).unsqueeze(1) / sn_rel.clamp(min=1e-30)
+    if observed is not None:
+        var_rel = observed.to(signal.dtype).clamp(min=0) * thr + bkg
     return var_rel.sqrt() / (root_kappa * thr.clamp(min=1e-6))
 
 
@@ -294,6 +304,8 @@ def simulate_raw(labels: torch.Tensor, snr: torch.Tensor, cfg: SimulateSection, 
         signal = signal * _tellurics(wave, b, cfg, g)
     sigma = noise_sigma(signal, wave, snr, cfg)
     flux = signal + sigma * torch.randn(signal.shape, generator=g, device=dev, dtype=torch.float64)
+    # the file's ivar is what the pipeline estimates from the noisy counts, never the true sigma (noise_sigma)
+    sigma_est = noise_sigma(signal, wave, snr, cfg, observed=flux)
     if cfg.sky_residuals and cfg.sky_residual_sigma > 0 and cfg.sky_residual_min_aa < float(wave[-1]):
         lam, inten = _sky_lines(cfg.sky_residual_min_aa, SKY_MAX_AA)
         lam_t = torch.as_tensor(lam, device=dev)
@@ -302,7 +314,7 @@ def simulate_raw(labels: torch.Tensor, snr: torch.Tensor, cfg: SimulateSection, 
         amp = torch.randn(b, lam.size, generator=g, device=dev, dtype=torch.float64)
         amp = amp * torch.as_tensor(inten, device=dev) * cfg.sky_residual_sigma
         flux = flux + (amp @ basis) * sigma
-    ivar = 1.0 / sigma**2
+    ivar = 1.0 / sigma_est**2
     bad = torch.rand(signal.shape, generator=g, device=dev) < cfg.bad_pixel_fraction
     spike = torch.rand(signal.shape, generator=g, device=dev) < 0.5
     jump = SPIKE_SIGMA[0] + (SPIKE_SIGMA[1] - SPIKE_SIGMA[0]) * torch.rand(signal.shape, generator=g, device=dev,
