@@ -174,6 +174,11 @@ class SimulateSection(Section):
     #: under- or over-correction). False: full uncorrected bands (LSS-GAC-style spectra, Xiang et al. 2015)
     telluric_corrected: bool = True
     telluric_residual: float = Field(0.05, ge=0)
+    #: the line forest's wavelengths are pseudo-random, not a real line list: each spectrum's forest is shifted by a
+    #: random amount, uniform within +- this (log10 lambda; 0.005 = +-1.2 %, ~+-60 A at 5000 A), so that a network
+    #: learns the forest's blanketing and line density, not the positions of lines that real stars do not have
+    #: (``generator: lines`` only; 0 = fixed forest, as ``normalised_model`` and the CRLB use)
+    forest_shift_log10: float = Field(0.005, ge=0)
     #: label prior shape with ``physical_hr``: fraction of giants (RGB + red clump), of red clump among giants,
     #: of subgiants among dwarfs, and the scatter about the sequences (log g dex, Teff K)
     giant_fraction: float = Field(0.45, ge=0, le=1)
@@ -349,6 +354,11 @@ class EvaluateSection(Section):
     sim_chunk: int = Field(512, ge=1)
     #: points drawn per panel in the scatter figures (a random subset beyond that)
     max_points: int = Field(3000, ge=10)
+    #: keep the baselines' held-out predictions in ``<output>/baseline_cache/`` keyed by everything that
+    #: determines them (config sections, sizes, seeds, methods, device kind, the stellar code): a later
+    #: evaluate of another network in the same folder reuses them instead of refitting the trees (XGBoost
+    #: took 223 of 300 s on an H200 host with 12 threads)
+    baseline_cache: bool = True
 
 
 class AnalyzeSection(Section):

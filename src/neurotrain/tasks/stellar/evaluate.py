@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from neurotrain.task import EvalResult
+from neurotrain.tasks.stellar import baseline_cache
 from neurotrain.tasks.stellar.config import GENERATOR_LABELS, StellarConfig
 from neurotrain.tasks.stellar.metrics import ONE_SIGMA, label_metrics, to_floats
 
@@ -230,13 +231,24 @@ def evaluate(cfg: StellarConfig, model: nn.Module | None, run_dir: Path, **optio
         ensemble = load_ensemble(cfg, device)
         preds["network"] = [network_predictions(cfg, model, t["input"], ensemble) for t in tests]
         timing["network_s"] = round(time.perf_counter() - t1, 2)
-    if methods:
+    cached = None
+    if methods and ev.baseline_cache:
+        cache_key = baseline_cache.cache_key(cfg, methods, device)
+        cache_file = baseline_cache.cache_path(run_dir, cache_key)
+        cached = baseline_cache.load(cache_file, cache_key)
+    if cached is not None:
+        preds.update({m: [{k: v.to(device) for k, v in d.items()} for d in ps] for m, ps in cached[0].items()})
+        timing.update({f"{m}_s": v for m, v in cached[1].items()})
+        timing["baselines_from_cache"] = 1.0
+    elif methods:
         t2 = time.perf_counter()
         train = draw_set(cfg, ev.baseline_train_size, base_seed + BASELINE_SEED_SHIFT, device, chunk=ev.sim_chunk)
         timing["simulate_baseline_train_s"] = round(time.perf_counter() - t2, 2)
         bl_preds, bl_time = _fit_baselines(cfg, methods, train, tests)
         preds.update(bl_preds)
         timing.update({f"{m}_s": v for m, v in bl_time.items()})
+        if ev.baseline_cache:
+            baseline_cache.save(cache_file, cache_key, bl_preds, bl_time)
 
     t3 = time.perf_counter()
     crlbs: list[torch.Tensor | None] = []
