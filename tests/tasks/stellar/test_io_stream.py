@@ -31,7 +31,10 @@ def files(tmp_path: Path, new_fits, old_fits) -> list[Path]:
 @pytest.mark.parametrize("processes", [False, True])
 def test_batches_keep_input_order_and_equal_read_many(files: list[Path], processes: bool) -> None:
     cfg = ReadSection(processes=processes)
-    batches = list(stream.iter_batches(files, cfg, workers=2, batch_size=4, per_task=3))
+    batches, shared = [], []
+    for b in stream.iter_batches(files, cfg, workers=2, batch_size=4, per_task=3):
+        shared.append(b.full is not None)
+        batches.append(b.copy() if processes else b)  # a shared batch is only valid until the next one
     # one batch per 4 input paths, tasks of 3 never straddle two batches
     assert len(batches) == 3
     good, skipped = io.read_many(files, ReadSection(), workers=1)
@@ -45,7 +48,10 @@ def test_batches_keep_input_order_and_equal_read_many(files: list[Path], process
     for k in ("wave", "flux", "ivar", "mask", "z"):
         assert got[k].dtype == want[k].dtype, k
         torch.testing.assert_close(got[k], want[k], rtol=0, atol=0, equal_nan=True)
-    assert whole.wave.dtype == np.float32  # the files' float32 WAVELENGTH travels as float32, exactly
+    # threads: the files' float32 WAVELENGTH travels as float32, exactly; processes: float64 rows of the shared
+    # buffer, padded by the reader so that spectra of different lengths need no copy
+    assert whole.wave.dtype == (np.float64 if processes else np.float32)
+    assert shared == [processes] * 3
     assert [m["OBSID"] for m in whole.meta[:2]] == [100, 101]
 
 
@@ -89,7 +95,7 @@ def test_files_per_task() -> None:
 
 def test_processes_share_pixels_and_fall_back_for_odd_files(tmp_path: Path, files: list[Path], new_fits) -> None:
     """Reader processes write into a shared buffer (the batch's arrays are views of it until the next batch);
-    a task with a shorter spectrum or float64 wavelengths sends its arrays instead; the result is the same."""
+    a task with a spectrum wider than the buffer's rows sends its arrays instead; the result is the same."""
     cfg = ReadSection(processes=True)
     it = stream.iter_batches(files, cfg, workers=2, batch_size=2, per_task=2)  # 5 batches, 3 slots: reused
     first = next(it)
@@ -100,8 +106,9 @@ def test_processes_share_pixels_and_fall_back_for_odd_files(tmp_path: Path, file
     torch.testing.assert_close(kept.to_raw()["flux"], io.stack_spectra(good[: len(kept)])["flux"], equal_nan=True)
     assert [i for b in [kept, *rest] for i in b.ids] == [s.id for s in good]
 
+    # shorter and COEFF-wavelength spectra share the buffer; one wider than SHARED_WIDTH comes by pipe
     odd = [new_fits("o0.fits", seed=1), new_fits("o1.fits", arrays=make_arrays(n=3000)),
-           new_fits("o2.fits", with_wavelength=False), new_fits("o3.fits", seed=2)]
+           new_fits("o2.fits", with_wavelength=False), new_fits("o3.fits", arrays=make_arrays(n=stream.SHARED_WIDTH + 9))]
     got = stream.SpectraBatch.concat([b.copy() for b in stream.iter_batches(odd, cfg, workers=2, batch_size=4,
                                                                           per_task=1)]).to_raw()
     want = io.stack_spectra([io.read_spectrum(p) for p in odd])
@@ -121,3 +128,19 @@ def test_stopping_early_then_reading_again(files: list[Path]) -> None:
     want = io.stack_spectra(good)
     got = stream.SpectraBatch.concat(again).to_raw()
     torch.testing.assert_close(got["flux"], want["flux"], rtol=0, atol=0, equal_nan=True)
+
+
+def test_real_spectra_of_different_lengths_share_the_buffer(stellar_realdata: Path) -> None:
+    """The 25 real LAMOST DR10 files have 3,902-3,909 pixels: readers pad them in the shared rows exactly as
+    ``stack_spectra`` pads a batch."""
+    files = sorted(stellar_realdata.glob("*.fits"))
+    batches = []
+    for b in stream.iter_batches(files, ReadSection(processes=True), workers=2, batch_size=16, per_task=4):
+        assert b.full is not None
+        batches.append(b.copy())
+    first = [io.read_spectrum(f) for f in files[:16]]
+    assert len({len(s) for s in first}) > 1
+    want = io.stack_spectra(first)
+    got = batches[0].to_raw()
+    for k in ("wave", "flux", "ivar", "mask", "z"):
+        torch.testing.assert_close(got[k], want[k], rtol=0, atol=0, equal_nan=True)

@@ -55,8 +55,9 @@ class SpectraBatch:
     z: np.ndarray
     meta: list[dict[str, Any]]
     skipped: list[tuple[Path, str]] = field(default_factory=list)
-    #: (3, B, SHARED_WIDTH) contiguous rows of the shared buffer the arrays are views of (None: own arrays)
-    full: np.ndarray | None = field(default=None, repr=False)
+    #: (wave, flux, ivar), each (B, SHARED_WIDTH) contiguous rows of the shared buffer that the arrays are
+    #: column views of (None: the batch owns its arrays)
+    full: tuple[np.ndarray, np.ndarray, np.ndarray] | None = field(default=None, repr=False)
     #: set by a reader process that wrote its arrays into the shared buffer: (first row, pixels)
     shared_at: tuple[int, int] | None = None
 
@@ -69,12 +70,11 @@ class SpectraBatch:
         dev = torch.device(device)
         z = torch.from_numpy(np.nan_to_num(self.z, nan=0.0)).to(dev)
         if self.full is not None:
-            # one contiguous copy of the shared rows (a view cannot outlive the next batch), columns cut after
+            # contiguous copies of the shared rows (a view cannot outlive the next batch), columns cut after
             n = self.flux.shape[1]
-            block = torch.from_numpy(self.full)
-            block = block.clone() if dev.type == "cpu" else block.to(dev)
-            wave, flux, ivar = (block[i, :, :n].contiguous() for i in range(3))
-            return {"wave": wave.double(), "flux": flux, "ivar": ivar, "mask": ivar == 0, "z": z}
+            wave, flux, ivar = ((torch.from_numpy(a).clone() if dev.type == "cpu" else torch.from_numpy(a).to(dev))
+                                [:, :n].contiguous() for a in self.full)
+            return {"wave": wave, "flux": flux, "ivar": ivar, "mask": ivar == 0, "z": z}
         wave = torch.from_numpy(self.wave).to(dev).double()
         ivar = torch.from_numpy(self.ivar).to(dev)
         return {"wave": wave, "flux": torch.from_numpy(self.flux).to(dev), "ivar": ivar, "mask": ivar == 0, "z": z}
@@ -179,34 +179,56 @@ def files_per_task(batch_size: int, workers: int) -> int:
 
 
 # ---------------------------------------------------------------- shared buffer between reader processes
-#: pixels per row of the shared buffer: LAMOST low-resolution spectra have 3,909; a longer spectrum's task (or
-#: one whose wavelengths are not float32) sends its arrays through the pipe instead
+#: pixels per row of the shared buffer: LAMOST low-resolution spectra have 3,902-3,909; a task with a longer
+#: spectrum sends its arrays through the pipe instead
 SHARED_WIDTH = 4096
+#: bytes per pixel in the shared buffer: wavelength float64 (padding continues it exactly), flux, ivar float32
+_PIXEL_BYTES = 8 + 4 + 4
 #: the largest shared buffer (all batch slots) that is allocated; a larger batch reads through the pipe
 SHARED_MAX_BYTES = 2 << 30
 _ARENA: mmap.mmap | None = None  # anonymous MAP_SHARED memory, inherited by the forked readers
 _SHARED: dict[str, Any] = {}
 
 
-def _slot_views(arena: mmap.mmap, slot: int, rows: int) -> np.ndarray:
-    """(3, rows, SHARED_WIDTH) float32 view of one batch slot: wavelength, flux, ivar."""
-    n = 3 * rows * SHARED_WIDTH
-    return np.frombuffer(arena, np.float32, count=n, offset=slot * n * 4).reshape(3, rows, SHARED_WIDTH)
+def _slot_views(arena: mmap.mmap, slot: int, rows: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """wavelength (float64), flux, ivar (float32) views, each (rows, SHARED_WIDTH), of one batch slot."""
+    px = rows * SHARED_WIDTH
+    base = slot * px * _PIXEL_BYTES
+    wave = np.frombuffer(arena, np.float64, count=px, offset=base).reshape(rows, SHARED_WIDTH)
+    flux = np.frombuffer(arena, np.float32, count=px, offset=base + 8 * px).reshape(rows, SHARED_WIDTH)
+    ivar = np.frombuffer(arena, np.float32, count=px, offset=base + 12 * px).reshape(rows, SHARED_WIDTH)
+    return wave, flux, ivar
 
 
 def read_batch_shared(paths: Sequence[str | Path], cfg: ReadSection, slot: int, rows: int, row0: int) -> SpectraBatch:
-    """:func:`read_batch` in a reader process that writes the arrays into rows ``row0...`` of batch slot
-    ``slot`` of the shared buffer and returns only the names and header values (``shared_at`` set).
-    Spectra wider than :data:`SHARED_WIDTH` or with float64 wavelengths come back whole through the pipe."""
-    b = read_batch(paths, cfg)
-    n = b.flux.shape[1]
-    if _ARENA is None or not len(b) or n > SHARED_WIDTH or b.wave.dtype != np.float32:
-        return b
-    view = _slot_views(_ARENA, slot, rows)
-    r = slice(row0, row0 + len(b))
-    view[0, r, :n], view[1, r, :n], view[2, r, :n] = b.wave, b.flux, b.ivar
-    out = b.without_arrays()
-    out.shared_at = (row0, n)
+    """Read ``paths`` in a reader process and write each spectrum into rows ``row0...`` of batch slot ``slot``
+    of the shared buffer, padded to the full row as :func:`stack` pads (flux NaN, ivar 0, the wavelength
+    continued with its last log step, so that any first ``n`` columns equal ``stack``'s padding to ``n``).
+    Returns only names, header values and skips, with ``shared_at = (row0, longest spectrum)``; a task with a
+    spectrum longer than :data:`SHARED_WIDTH` returns its stacked arrays instead."""
+    good: list[Spectrum] = []
+    skipped: list[tuple[Path, str]] = []
+    for p in paths:
+        r = _try_read(Path(p), cfg)
+        if isinstance(r, Spectrum):
+            good.append(r)
+        else:
+            skipped.append((Path(p), r))
+    if _ARENA is None or not good or max(len(s) for s in good) > SHARED_WIDTH:
+        return stack(good, skipped)
+    wave, flux, ivar = _slot_views(_ARENA, slot, rows)
+    for i, sp in enumerate(good, start=row0):  # one row copy per spectrum, no per-pixel work
+        k = len(sp)
+        wave[i, :k] = sp.wavelength
+        wave[i, k:] = _extend_wave(sp.wavelength, k, SHARED_WIDTH)
+        flux[i, :k] = sp.flux
+        flux[i, k:] = np.nan
+        ivar[i, :k] = sp.ivar
+        ivar[i, k:] = 0
+    out = stack([], skipped)
+    out.ids, out.files, out.meta = [s.id for s in good], [str(s.path) for s in good], [s.meta for s in good]
+    out.z = np.array([np.nan if s.z is None else s.z for s in good], np.float64)
+    out.shared_at = (row0, max(len(s) for s in good))
     return out
 
 
@@ -222,44 +244,43 @@ def _shared_pool(workers: int, nbytes: int) -> ProcessPoolExecutor | None:
         _SHARED.pop("pool").shutdown(wait=True, cancel_futures=True)
     _ARENA = mmap.mmap(-1, nbytes)  # before the fork, so that every reader maps the same pages
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork"))
-    list(pool.map(_noop_arg, range(workers)))  # fork the readers now, while _ARENA is this buffer
+    list(pool.map(_noop, range(workers)))  # fork the readers now, while _ARENA is this buffer
     _SHARED.update(workers=workers, nbytes=nbytes, pool=pool)
     atexit.register(pool.shutdown, wait=False, cancel_futures=True)
     return pool
 
 
-def _noop_arg(_: int) -> None:
+def _noop(_: int) -> None:
     return None
 
 
 def _assemble(parts: list[SpectraBatch], slot: int, rows: int) -> SpectraBatch:
-    """One batch from its tasks' results: views into the shared slot when every task wrote there with the same
-    width (the common case), else the tasks' arrays copied out and concatenated."""
+    """One batch from its tasks' results: column views of the shared slot when every task wrote there (the
+    common case; rows gathered when a task skipped files), else the tasks' arrays concatenated."""
     full = [p for p in parts if len(p)]
     skipped = [s for p in parts for s in p.skipped]
     if not full:
         return SpectraBatch.empty(skipped)
-    if _ARENA is None or any(p.shared_at is None for p in full) or len({p.shared_at[1] for p in full}) > 1:  # type: ignore[index]
-        if _ARENA is not None:
-            view = _slot_views(_ARENA, slot, rows)
-            for p in full:
-                if p.shared_at is not None:
-                    r0, n = p.shared_at
-                    r = slice(r0, r0 + len(p))
-                    p.wave, p.flux, p.ivar = view[0, r, :n].copy(), view[1, r, :n].copy(), view[2, r, :n].copy()
+    assert _ARENA is not None
+    views = _slot_views(_ARENA, slot, rows)
+    if any(p.shared_at is None for p in full):  # a very long spectrum came by pipe: copy the others out
+        for p in full:
+            if p.shared_at is not None:
+                r0, n = p.shared_at
+                p.wave, p.flux, p.ivar = (v[r0:r0 + len(p), :n].copy() for v in views)
         return SpectraBatch.concat(parts)
-    view = _slot_views(_ARENA, slot, rows)
-    n = full[0].shared_at[1]  # type: ignore[index]
+    n = max(p.shared_at[1] for p in full)  # type: ignore[index]
     starts = [p.shared_at[0] for p in full]  # type: ignore[index]
     total = sum(len(p) for p in full)
     if starts == list(np.cumsum([0] + [len(p) for p in full[:-1]])):
-        block = view[:, :total]  # contiguous rows: no copy
+        block = tuple(v[:total] for v in views)  # contiguous rows: no copy
     else:  # a task had unreadable files: its rows end early; gather the written rows
-        block = view[:, np.concatenate([np.arange(s, s + len(p)) for s, p in zip(starts, full)])]
+        idx = np.concatenate([np.arange(s, s + len(p)) for s, p in zip(starts, full)])
+        block = tuple(v[idx] for v in views)
     return SpectraBatch(
         ids=[i for p in full for i in p.ids], files=[f for p in full for f in p.files],
-        wave=block[0, :, :n], flux=block[1, :, :n], ivar=block[2, :, :n], z=np.concatenate([p.z for p in full]),
-        meta=[m for p in full for m in p.meta], skipped=skipped, full=block,
+        wave=block[0][:, :n], flux=block[1][:, :n], ivar=block[2][:, :n], z=np.concatenate([p.z for p in full]),
+        meta=[m for p in full for m in p.meta], skipped=skipped, full=block,  # type: ignore[arg-type]
     )
 
 
@@ -286,7 +307,7 @@ def iter_batches(
         ex: Executor
         shared = None
         if cfg.processes and workers > 1 and len(paths) > 1:
-            shared = _shared_pool(workers, slots * 3 * batch_size * SHARED_WIDTH * 4)
+            shared = _shared_pool(workers, slots * batch_size * SHARED_WIDTH * _PIXEL_BYTES)
             ex = shared or _process_pool(workers)
         else:
             ex = stack_.enter_context(ThreadPoolExecutor(max_workers=max(1, workers)))
