@@ -144,3 +144,17 @@ def test_real_spectra_of_different_lengths_share_the_buffer(stellar_realdata: Pa
     got = batches[0].to_raw()
     for k in ("wave", "flux", "ivar", "mask", "z"):
         torch.testing.assert_close(got[k], want[k], rtol=0, atol=0, equal_nan=True)
+
+
+def test_threads_pad_tasks_of_different_widths_like_one_stack(stellar_realdata: Path) -> None:
+    """Tasks whose longest spectra differ (3,909 vs 3,906 pixels) are widened row by row from each spectrum's
+    own last pixel (a 3,902-pixel row in the 3,906-wide task too), so the batch equals ``stack_spectra`` of all
+    its spectra bit for bit."""
+    real = sorted(stellar_realdata.glob("*.fits"))
+    files = [real[0], real[1], real[14], real[15]]  # 3909, 3909 | 3906, 3902 in two tasks
+    batch = next(stream.iter_batches(files, ReadSection(), workers=2, batch_size=4, per_task=2))
+    assert batch.full is None and batch.row_lengths().tolist() == [3909, 3909, 3906, 3902]
+    want = io.stack_spectra([io.read_spectrum(f) for f in files])
+    got = batch.to_raw()
+    for k in ("wave", "flux", "ivar", "mask", "z"):
+        torch.testing.assert_close(got[k], want[k], rtol=0, atol=0, equal_nan=True)

@@ -60,6 +60,8 @@ class SpectraBatch:
     full: tuple[np.ndarray, np.ndarray, np.ndarray] | None = field(default=None, repr=False)
     #: set by a reader process that wrote its arrays into the shared buffer: (first row, pixels)
     shared_at: tuple[int, int] | None = None
+    #: (B,) pixels of each spectrum before padding (None: every row is full)
+    lengths: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -82,12 +84,16 @@ class SpectraBatch:
     def copy(self) -> SpectraBatch:
         """The batch with arrays of its own (a batch from shared reading is only valid until the next one)."""
         return SpectraBatch(self.ids, self.files, self.wave.copy(), self.flux.copy(), self.ivar.copy(),
-                            self.z.copy(), self.meta, self.skipped)
+                            self.z.copy(), self.meta, self.skipped, lengths=self.row_lengths())
+
+    def row_lengths(self) -> np.ndarray:
+        """(B,) pixels of each spectrum before padding."""
+        return self.lengths if self.lengths is not None else np.full(len(self), self.flux.shape[1], np.int64)
 
     def without_arrays(self) -> SpectraBatch:
         """The same batch without its pixel arrays (what a table row needs; frees the memory early)."""
         e = np.zeros((len(self), 0), np.float32)
-        return SpectraBatch(self.ids, self.files, e, e, e, self.z, self.meta, self.skipped)
+        return SpectraBatch(self.ids, self.files, e, e, e, self.z, self.meta, self.skipped, lengths=self.lengths)
 
     @classmethod
     def concat(cls, parts: Sequence[SpectraBatch]) -> SpectraBatch:
@@ -109,6 +115,7 @@ class SpectraBatch:
             wave=np.concatenate([p.wave for p in full]).astype(wdt, copy=False),
             flux=np.concatenate([p.flux for p in full]), ivar=np.concatenate([p.ivar for p in full]),
             z=np.concatenate([p.z for p in full]), meta=[m for p in full for m in p.meta], skipped=skipped,
+            lengths=np.concatenate([p.row_lengths() for p in full]),
         )
 
     @classmethod
@@ -124,16 +131,19 @@ def _extend_wave(wave: np.ndarray, k: int, n: int) -> np.ndarray:
 
 
 def _pad_to(p: SpectraBatch, n: int) -> SpectraBatch:
+    """``p`` widened to ``n`` pixels, every row's wavelength continued from its own last real pixel (so that the
+    values equal ``stack_spectra``'s padding of the whole batch)."""
     b, k = p.flux.shape
+    lengths = p.row_lengths()
     wave = np.empty((b, n), np.float64)
     wave[:, :k] = p.wave
-    for i in range(b):  # one row per spectrum, only in the rare mixed-length case
-        wave[i, k:] = _extend_wave(wave[i], k, n)
+    for i in range(b):  # one row per spectrum, only when tasks of one batch differ in width
+        wave[i, lengths[i]:] = _extend_wave(wave[i], int(lengths[i]), n)
     flux = np.full((b, n), np.nan, np.float32)
     flux[:, :k] = p.flux
     ivar = np.zeros((b, n), np.float32)
     ivar[:, :k] = p.ivar
-    return SpectraBatch(p.ids, p.files, wave, flux, ivar, p.z, p.meta, p.skipped)
+    return SpectraBatch(p.ids, p.files, wave, flux, ivar, p.z, p.meta, p.skipped, lengths=lengths)
 
 
 def stack(spectra: Sequence[Spectrum], skipped: list[tuple[Path, str]] | None = None) -> SpectraBatch:
@@ -157,7 +167,8 @@ def stack(spectra: Sequence[Spectrum], skipped: list[tuple[Path, str]] | None = 
     wave_out = w32 if np.array_equal(w32, wave) else wave
     z = np.array([np.nan if s.z is None else s.z for s in spectra], np.float64)
     return SpectraBatch([s.id for s in spectra], [str(s.path) for s in spectra], wave_out, flux, ivar, z,
-                        [s.meta for s in spectra], list(skipped or []))
+                        [s.meta for s in spectra], list(skipped or []),
+                        lengths=np.array([len(s) for s in spectra], np.int64))
 
 
 def read_batch(paths: Sequence[str | Path], cfg: ReadSection) -> SpectraBatch:
@@ -228,7 +239,8 @@ def read_batch_shared(paths: Sequence[str | Path], cfg: ReadSection, slot: int, 
     out = stack([], skipped)
     out.ids, out.files, out.meta = [s.id for s in good], [str(s.path) for s in good], [s.meta for s in good]
     out.z = np.array([np.nan if s.z is None else s.z for s in good], np.float64)
-    out.shared_at = (row0, max(len(s) for s in good))
+    out.lengths = np.array([len(s) for s in good], np.int64)
+    out.shared_at = (row0, int(out.lengths.max()))
     return out
 
 
@@ -281,6 +293,7 @@ def _assemble(parts: list[SpectraBatch], slot: int, rows: int) -> SpectraBatch:
         ids=[i for p in full for i in p.ids], files=[f for p in full for f in p.files],
         wave=block[0][:, :n], flux=block[1][:, :n], ivar=block[2][:, :n], z=np.concatenate([p.z for p in full]),
         meta=[m for p in full for m in p.meta], skipped=skipped, full=block,  # type: ignore[arg-type]
+        lengths=np.concatenate([p.row_lengths() for p in full]),
     )
 
 
