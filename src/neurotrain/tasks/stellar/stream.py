@@ -1,16 +1,24 @@
 """Batched, parallel reading for the streaming ``predict`` pipeline: files -> stacked batches, in input order.
 
 Reading millions of small FITS files is limited by the process that collects them, not by the readers: with
-one ``Spectrum`` object per file, the parent unpickles ~67 kB and a dict per file and then stacks the rows again
-(~150 us per file on one core, which capped "reading alone" at ~6,500 files/s on 16 cores). Here every
-reader task reads ``files_per_task`` files and returns them already stacked (:class:`SpectraBatch`): three
-(b, N) arrays (wavelength as float32 when that is exact, which LAMOST's float32 columns are; the mask is not
-sent, since after :func:`~neurotrain.tasks.stellar.io.read_spectrum` ``mask == (ivar == 0)`` exactly), so the
-parent pays one large copy per task instead of per-file object traffic.
+one ``Spectrum`` object per file, the parent unpickles ~67 kB and a dict per file from a pipe and then stacks
+the rows again (~90-150 us per file of the parent's time on the shared CPU here, which capped "reading alone"
+at ~6,500 files/s on the H200's 16 cores). Here the work moves to the readers:
 
-:func:`iter_batches` keeps a bounded number of tasks in flight (memory stays flat however many files there
-are) and yields one batch per ``batch_size`` consecutive input paths, so that the rows of the labels table
-come out in input order whatever order the readers finish in.
+* with processes (``read.processes``), the readers are forked with an anonymous shared buffer
+  (``mmap``, :data:`SHARED_WIDTH` pixels x ``batch_size`` rows x ``prefetch_batches + 1`` slots). A reader
+  task reads ``files_per_task`` files and writes each spectrum straight into its rows, already padded
+  (wavelength float64, flux, ivar; no mask is sent, since after
+  :func:`~neurotrain.tasks.stellar.io.read_spectrum` ``mask == (ivar == 0)`` exactly); only names and
+  header values travel through the pipe, so the parent's share is ~15-40 us per file and a batch's arrays
+  are views of the buffer (no copy) until they are moved to the device;
+* with threads, or where ``fork`` is missing, a task returns its spectra already stacked
+  (:class:`SpectraBatch`, wavelength as float32 when that is exact, as LAMOST's float32 column is).
+
+:func:`iter_batches` keeps at most ``prefetch_batches`` batches in flight (memory stays flat however many
+files there are) and yields one batch per ``batch_size`` consecutive input paths, so that the rows of the
+labels table come out in input order whatever order the readers finish in. Every batch equals
+:func:`~neurotrain.tasks.stellar.io.stack_spectra` of its spectra bit for bit (the tests check it).
 """
 
 from __future__ import annotations
