@@ -1,5 +1,7 @@
 """Whole-array CSV formatting of a labels table, byte for byte what ``pandas.DataFrame.to_csv(index=False,
-float_format="%.6g")`` writes, about 10x faster, with no Python loop over stars or numeric cells.
+float_format="%.6g")`` writes, with no Python loop over stars or numeric cells: a 21-column labels table
+took 6-9 us per row against pandas' 29-30 us on the shared 2-core development machine (the text columns
+still cost one ``str()`` per cell).
 
 The idea: every column becomes a (rows, width) ``uint8`` matrix of its characters, padded with NUL bytes;
 the row is the columns side by side with ``,`` and ``\\n`` columns between them; dropping the NUL bytes of
