@@ -84,3 +84,35 @@ def test_tellurics_are_a_correction_residual_by_default():
     full = _a_band_depth(CFG.model_copy(update={"telluric_corrected": False}))
     assert corrected.abs().median() < 0.08 and corrected.min() < 0 < corrected.max()  # both signs
     assert full.min() > 0.3
+
+
+def test_solar_balmer_core_depth_at_lamost_resolution():
+    """The Sun's H alpha (flux atlas: residual ~0.17 at the centre, EW 4.0 A mostly in wings reaching +-10 A)
+    smoothed to R 1800 is ~0.3-0.35 deep; a black +-1 A core (the metal-line damping mapping) gave 0.47."""
+    c = float(synth.air_to_vacuum(np.asarray(6562.79)))
+    w = grid(c - 60, c + 60)
+    f = S.normalised_model(star(5777, 4.44), w, CFG)[0]
+    depth = 1 - float(f[(w - c).abs() < 2].min())
+    assert 0.28 < depth < 0.42, depth
+
+
+def test_forest_is_shifted_per_spectrum_named_lines_stay():
+    """The pseudo-random forest moves by up to ``forest_shift_log10`` between spectra of the same star; H alpha does
+    not; with 0 the spectra are identical (the forest's positions are not real, only its statistics are)."""
+    quiet = {"rv_range_kms": (0.0, 0.0), "response_error": 0.0, "response_jump": 0.0, "sky_residuals": False,
+             "bad_pixel_fraction": 0.0, "tellurics": False, "flux_scale_range": (100.0, 100.0)}
+    lab = torch.cat([star(5000, 4.6)] * 2).float()
+
+    def run(shift: float) -> tuple[torch.Tensor, torch.Tensor]:
+        cfg = CFG.model_copy(update={**quiet, "forest_shift_log10": shift})
+        raw = S.simulate_raw(lab, torch.full((2,), 1e6), cfg, torch.Generator().manual_seed(2), "cpu")
+        return raw["wave"][0], raw["flux"].double()
+
+    w, f = run(0.005)
+    _, f0 = run(0.0)
+    assert torch.allclose(f0[0], f0[1], rtol=1e-4)
+    forest = (w > 5300) & (w < 5500)
+    rel = (f[0, forest] - f[1, forest]).abs().mean() / f[0, forest].mean()
+    assert rel > 0.01, rel
+    ha = (w - float(synth.air_to_vacuum(np.asarray(6562.79)))).abs() < 1.0
+    assert torch.allclose(f[0, ha], f[1, ha], rtol=0.05)

@@ -11,7 +11,9 @@ Units: wavelength Angstrom in vacuum, Teff K, log g dex (cgs), abundances dex; l
   thick-disc/halo alpha plateau ([Mg,Ca,Ti/Fe] ~ +0.2..0.4 below [Fe/H] ~ -1).
 * ``normalised_model``: the continuum-normalised absorption spectrum at resolving power R (``synth.py``
   documents its physics: Saha-Boltzmann line strengths, curve of growth, LSF-convolved Voigt-like profiles,
-  CH and TiO bands, a fixed forest of ~2400 weak Fe/Ti/Ca/Mg lines; and its limits).
+  CH and TiO bands, a forest of 6000 Fe/Ti/Ca/Mg lines; and its limits).
+  In ``simulate_raw`` each spectrum's forest is shifted by a random amount (``forest_shift_log10``): its
+  wavelengths are not a real line list, so only its blanketing and line density should be learnt.
 * ``continuum_sed``: a Planck curve at Teff with a Balmer jump (up to 0.5 dex at ~9500 K, ~0.1 dex for the
   Sun) below 3646 A; no line blanketing of the continuum.
 * ``simulate_raw``: (with ``generator: payne`` the normalised model is the Payne emulator's, fed with the
@@ -280,6 +282,22 @@ def _fine_grid(cfg: SimulateSection) -> tuple[float, float, int]:
     return lo, step, int(math.ceil((hi - lo) / step)) + 1
 
 
+def _shifted_forest_model(labels: torch.Tensor, log0: float, step: float, n_fine: int, cfg: SimulateSection,
+                          g: torch.Generator) -> torch.Tensor:
+    """Normalised line model (B, n_fine) on the fine log grid with each spectrum's forest shifted by a random
+    whole number of fine pixels within +- ``cfg.forest_shift_log10``: the forest is computed once on a grid
+    extended by the largest shift and each row gathers its own window (no per-spectrum basis)."""
+    dev = labels.device
+    j = int(math.ceil(cfg.forest_shift_log10 / step))
+    fine = torch.pow(10.0, log0 + step * torch.arange(n_fine, device=dev, dtype=torch.float64))
+    ext = torch.pow(10.0, log0 + step * torch.arange(-j, n_fine + j, device=dev, dtype=torch.float64))
+    named = synth.absorption(labels, fine, cfg.resolution, forest=False)
+    forest = synth.forest_absorption(labels, ext, cfg.resolution)
+    shift = torch.randint(-j, j + 1, (labels.shape[0], 1), generator=g, device=dev)
+    idx = torch.arange(n_fine, device=dev)[None, :] + j - shift
+    return torch.exp(-(named + torch.gather(forest, 1, idx)))
+
+
 def simulate_raw(labels: torch.Tensor, snr: torch.Tensor, cfg: SimulateSection, generator: torch.Generator,
                  device: torch.device | str) -> dict[str, torch.Tensor]:
     """Raw observed-frame batch of the stellar contract for physical ``labels`` (B, 8) at S/N ``snr`` (B,):
@@ -297,7 +315,11 @@ def simulate_raw(labels: torch.Tensor, snr: torch.Tensor, cfg: SimulateSection, 
     # normalised model on one fine log-lambda rest grid covering every allowed shift, then interpolated per spectrum
     log0, step, n_fine = _fine_grid(cfg)
     fine = torch.pow(10.0, log0 + step * torch.arange(n_fine, device=dev, dtype=torch.float64))
-    model = _interp_log_grid(_model_for(cfg)(labels, fine), log0, step, wave_rest).double()
+    if cfg.generator == "lines" and cfg.forest_shift_log10 > 0:
+        flux_fine = _shifted_forest_model(labels, log0, step, n_fine, cfg, g)
+    else:
+        flux_fine = _model_for(cfg)(labels, fine)
+    model = _interp_log_grid(flux_fine, log0, step, wave_rest).double()
     scale = torch.exp(_uniform(b, *(math.log(v) for v in cfg.flux_scale_range), g, dev))[:, None]
     signal = scale * continuum_sed(labels.double(), wave_rest) * model * _response(wave, b, cfg, g)
     if cfg.tellurics:

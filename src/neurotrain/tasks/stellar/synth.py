@@ -34,16 +34,21 @@ Model (all torch, batch-first, differentiable in the labels; numbers and their s
 * **Profiles at resolution R.** The line-spread function is a Gaussian of FWHM lambda/R. A line of
   equivalent width W absorbs W [(1-eta) Gauss(sigma_LSF^2 + W_D^2/12) + eta pseudo-Voigt(sigma_LSF,
   gamma = W_L/4)] where eta is the damping share of W (the saturated core as a box of width W_D, the wings as
-  a Lorentzian matched to 1 - exp(-c/x^2) far out; pseudo-Voigt of Ida, Ando & Toraya 2000). Bands: CH as a
-  smooth 30 A box, TiO as a sharp head degrading redward (e-folding = the band width). Hundreds of weak
-  lines ("forest": Fe I 62 %, Fe II 12 %, Ti I 12 %, Ca I 8 %, Mg I 6 %) at fixed pseudo-random
-  wavelengths (density ~ lambda^-3, drawn once from ``FOREST_SEED``) each get a curve-of-growth W and an
-  LSF-wide Gaussian: one (B, L) @ (L, M) product. Transmissions multiply: flux = exp(-sum of absorptions).
+  a Lorentzian matched to 1 - exp(-c/x^2) far out; pseudo-Voigt of Ida, Ando & Toraya 2000); Balmer wings are
+  ``HYDROGEN_WING_SCALE`` (3) times wider (Stark wings: solar H alpha ~0.34 deep at R 1800, not 0.47). Bands:
+  CH as a smooth 30 A box peaking near 5000 K, TiO as a sharp head degrading redward (e-folding = the band
+  width). A forest of 6000 lines (Fe I 62 %, Fe II 12 %, Ti I 12 %, Ca I 8 %, Mg I 6 %) at fixed pseudo-random
+  wavelengths (density ~ lambda^-5, drawn once from ``FOREST_SEED``) each get a curve-of-growth W and an
+  LSF-wide Gaussian: one (B, L) @ (L, M) product; with the named lines it removes the Sun's line-blanketing
+  fraction per band (``SOLAR_BLANKETING``: ~20 % at 4000-4500 A falling to ~2.5 % beyond 7500 A).
+  Transmissions multiply: flux = exp(-sum of absorptions).
 
 Limits: no radiative transfer or model atmospheres (one-layer Schuster-Schwarzschild-like lines), no
 line-blanketing of the continuum, no chromospheric emission, no rotation, Lorentzian rather than Stark
 (lambda^-5/2) Balmer wings, molecules only CH and TiO (no CN, MgH, C2, VO), blends combine as exp(-sum)
-which underestimates the EW of overlapping saturated lines, forest wavelengths are not real line lists.
+which underestimates the EW of overlapping saturated lines, forest wavelengths are not real line lists (a
+least-squares fit of the model to a real spectrum is pulled towards a weak forest, and the blue blanketing of
+real K dwarfs grows ~2x from G2 to K3-K5 where the model's grows ~1.2x: docs/results/stellar.md).
 It is a label -> spectrum map with the right signs, sizes and non-linearities, not a synthesis code.
 """
 
@@ -94,6 +99,12 @@ SOLAR_BLANKETING: tuple[tuple[float, float, float], ...] = (
 #: (Lick indices, Worthey et al. 1994, ApJS 94, 687)
 THETA_TEMPER = 0.7
 BALMER_T_SLOPE = -3.5
+#: Balmer wings are Stark / self-broadened far beyond a saturated damping profile: with the metal-line mapping
+#: (Lorentzian HWHM = W_L / 4, a black core over +-1 A) the solar H alpha came out 0.47 deep at R 1800, but the
+#: Sun's H alpha (flux atlas, Kurucz et al. 1984: residual flux ~0.17 at the centre, ~0.6 at +-0.7 A, EW 4.0 A
+#: mostly in wings reaching +-10 A) smoothed to R 1800 is ~0.3-0.35 deep; real LAMOST G0-G3 dwarfs: 0.31 (H alpha)
+#: and 0.37 (H beta). Hydrogen's Lorentzian HWHM is this many times W_L / 4 (solar H alpha: 0.34 deep)
+HYDROGEN_WING_SCALE = 3.0
 #: half-width (A) of the window each named line is computed on, by solar EW (A): strong lines carry wide
 #: damping wings; the profile is tapered linearly to 0 over the outer 20 % of the window
 NAMED_WINDOW_AA = ((2.0, 400.0), (0.5, 150.0), (0.0, 60.0))
@@ -378,8 +389,9 @@ def _band_log_tau(row: LineStrength, labels: torch.Tensor) -> torch.Tensor:
     return log_tau
 
 
-def absorption(labels: torch.Tensor, wave: torch.Tensor, resolution: float) -> torch.Tensor:
-    """Total absorption A (B, M) at rest vacuum wavelengths ``wave`` (M,), increasing: normalised flux = exp(-A)."""
+def absorption(labels: torch.Tensor, wave: torch.Tensor, resolution: float, forest: bool = True) -> torch.Tensor:
+    """Total absorption A (B, M) at rest vacuum wavelengths ``wave`` (M,), increasing: normalised flux = exp(-A).
+    ``forest=False``: the named lines and bands only (:func:`forest_absorption` is the rest)."""
     wave = wave.to(labels.dtype)
     sig = lsf_sigma(wave, resolution)
     total = torch.zeros(labels.shape[0], wave.shape[0], dtype=labels.dtype, device=labels.device)
@@ -397,7 +409,8 @@ def absorption(labels: torch.Tensor, wave: torch.Tensor, resolution: float) -> t
         s_lsf = float(lam0) / (resolution * FWHM_PER_SIGMA)
         ew, eta = par["ew"][:, i : i + 1], par["eta"][:, i : i + 1]
         s_core = torch.sqrt(s_lsf**2 + par["ew_doppler"][:, i : i + 1] ** 2 / 12.0)
-        gamma = par["gamma"][:, i : i + 1].clamp(min=1e-6)
+        wing = HYDROGEN_WING_SCALE if named.species[i] == "hydrogen" else 1.0
+        gamma = par["gamma"][:, i : i + 1].clamp(min=1e-6) * wing
         prof = ew * taper * ((1 - eta) * _gauss(x, s_core)
                              + eta * _pseudo_voigt(x, torch.full_like(gamma, s_lsf), gamma))
         total = total + torch.nn.functional.pad(prof, (a, m - b))
@@ -413,8 +426,13 @@ def absorption(labels: torch.Tensor, wave: torch.Tensor, resolution: float) -> t
             h = row.width_aa / 2
             win = torch.sigmoid((wave - c + h) / edge) * torch.sigmoid((c + h - wave) / edge)
         total = total + tau * win
-    fpar = line_widths(forest_lines(), labels)
-    return total + fpar["ew"] @ forest_basis(wave, resolution)
+    return total + forest_absorption(labels, wave, resolution) if forest else total
+
+
+def forest_absorption(labels: torch.Tensor, wave: torch.Tensor, resolution: float) -> torch.Tensor:
+    """Absorption (B, M) of the line forest alone at rest vacuum wavelengths ``wave`` (M,), increasing."""
+    wave = wave.to(labels.dtype)
+    return line_widths(forest_lines(), labels)["ew"] @ forest_basis(wave, resolution)
 
 
 _BASIS_CACHE: dict[tuple, torch.Tensor] = {}
