@@ -179,8 +179,8 @@ def stack(spectra: Sequence[Spectrum], skipped: list[tuple[Path, str]] | None = 
                         lengths=np.array([len(s) for s in spectra], np.int64))
 
 
-def read_batch(paths: Sequence[str | Path], cfg: ReadSection) -> SpectraBatch:
-    """Read ``paths`` (one reader task) and stack the good ones; unreadable files become counted skips."""
+def _read_each(paths: Sequence[str | Path], cfg: ReadSection) -> tuple[list[Spectrum], list[tuple[Path, str]]]:
+    """Read each file: the spectra read, and (file, reason) for each unreadable one (a counted skip)."""
     good: list[Spectrum] = []
     skipped: list[tuple[Path, str]] = []
     for p in paths:
@@ -189,6 +189,12 @@ def read_batch(paths: Sequence[str | Path], cfg: ReadSection) -> SpectraBatch:
             good.append(r)
         else:
             skipped.append((Path(p), r))
+    return good, skipped
+
+
+def read_batch(paths: Sequence[str | Path], cfg: ReadSection) -> SpectraBatch:
+    """Read ``paths`` (one reader task) and stack the good ones; unreadable files become counted skips."""
+    good, skipped = _read_each(paths, cfg)
     return stack(good, skipped)
 
 
@@ -225,14 +231,7 @@ def read_batch_shared(paths: Sequence[str | Path], cfg: ReadSection, slot: int, 
     continued with its last log step, so that any first ``n`` columns equal ``stack``'s padding to ``n``).
     Returns only names, header values and skips, with ``shared_at = (row0, longest spectrum)``; a task with a
     spectrum longer than :data:`SHARED_WIDTH` returns its stacked arrays instead."""
-    good: list[Spectrum] = []
-    skipped: list[tuple[Path, str]] = []
-    for p in paths:
-        r = _try_read(Path(p), cfg)
-        if isinstance(r, Spectrum):
-            good.append(r)
-        else:
-            skipped.append((Path(p), r))
+    good, skipped = _read_each(paths, cfg)
     if _ARENA is None or not good or max(len(s) for s in good) > SHARED_WIDTH:
         return stack(good, skipped)
     wave, flux, ivar = _slot_views(_ARENA, slot, rows)
