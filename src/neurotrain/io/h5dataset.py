@@ -33,13 +33,18 @@ def dataset_length(path: str | Path, key: str) -> int:
     except OSError as exc:
         raise DataError(f"{path}: not a readable HDF5 file ({first_line(exc)})") from None
     with f:
-        obj = f.get(key)
-        if not isinstance(obj, h5py.Dataset):
-            have = sorted(k for k, v in f.items() if isinstance(v, h5py.Dataset))
-            raise DataError(f"{path}: {key}: dataset not found (the file holds {have})")
-        if obj.ndim == 0:
-            raise DataError(f"{path}: {key}: expected a dataset with a row axis (got a scalar)")
-        return int(obj.shape[0])
+        return int(row_dataset(f, path, key).shape[0])
+
+
+def row_dataset(f: h5py.File, path: str | Path, key: str) -> h5py.Dataset:
+    """Dataset ``key`` of the open file ``f`` with a row axis, or one ``DataError`` naming ``path`` and ``key``."""
+    obj = f.get(key)
+    if not isinstance(obj, h5py.Dataset):
+        have = sorted(k for k, v in f.items() if isinstance(v, h5py.Dataset))
+        raise DataError(f"{path}: {key}: dataset not found (the file holds {have})")
+    if obj.ndim == 0:
+        raise DataError(f"{path}: {key}: expected a dataset with a row axis (got a scalar)")
+    return obj
 
 
 class H5Dataset(Dataset):
@@ -96,12 +101,7 @@ class H5Dataset(Dataset):
             shapes: dict[str, tuple[int, ...]] = {}
             dtypes: dict[str, np.dtype] = {}
             for bkey, name in self.keys.items():
-                obj = f.get(name)
-                if not isinstance(obj, h5py.Dataset):
-                    have = sorted(k for k, v in f.items() if isinstance(v, h5py.Dataset))
-                    raise DataError(f"{self.path}: {name}: dataset not found (the file holds {have})")
-                if obj.ndim == 0:
-                    raise DataError(f"{self.path}: {name}: expected a dataset with a row axis (got a scalar)")
+                obj = row_dataset(f, self.path, name)
                 lengths[name] = obj.shape[0]
                 shapes[bkey] = tuple(obj.shape[1:])
                 dtypes[bkey] = obj.dtype
