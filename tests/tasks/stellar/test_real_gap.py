@@ -5,7 +5,8 @@ to each of them by least squares over Teff (log g on the dwarf sequence, [Fe/H] 
 what a perfect network trained on the generator would read from those pixels. Reference: the dwarf Teff of each
 star's LAMOST subclass (Pecaut & Mamajek 2013, ApJS 208, 9, table of dwarf colours and Teff, online version).
 
-``python tests/tasks/stellar/test_real_gap.py`` prints the table quoted in docs/results/stellar.md.
+``python tests/tasks/stellar/test_real_gap.py [FOLDER [LABELS_CSV]]`` prints the table quoted in docs/results/stellar.md
+and, given the CSV of ``neurotrain predict CKPT FOLDER -o LABELS_CSV``, scores the network's Teff the same way.
 """
 
 from __future__ import annotations
@@ -52,10 +53,11 @@ def load_real(folder: Path, cfg: PreprocessSection) -> tuple[list[str], np.ndarr
 
 
 def templates(teffs: np.ndarray, scfg: SimulateSection, pcfg: PreprocessSection, feh: float = 0.0) -> np.ndarray:
-    """Noiseless generator spectra (rest frame, no calibration error, no tellurics: a nuisance drawn per spectrum)
-    of dwarfs at ``teffs``, preprocessed like real ones: (T, M) normalised flux on the rest grid."""
+    """Noiseless generator spectra (rest frame, no calibration error, no tellurics, fixed forest: the nuisances
+    drawn per spectrum are left out) of dwarfs at ``teffs``, preprocessed like real ones: (T, M) normalised flux."""
     cfg = scfg.model_copy(update={"rv_range_kms": (0.0, 0.0), "response_error": 0.0, "response_jump": 0.0,
-                                  "bad_pixel_fraction": 0.0, "sky_residuals": False, "tellurics": False})
+                                  "bad_pixel_fraction": 0.0, "sky_residuals": False, "tellurics": False,
+                                  "forest_shift_log10": 0.0})
     lab = torch.zeros(len(teffs), len(GENERATOR_LABELS))
     lab[:, 0] = torch.as_tensor(teffs, dtype=torch.float32)
     lab[:, 1] = torch.as_tensor(ms_logg(teffs), dtype=torch.float32)
@@ -128,10 +130,31 @@ def test_generator_fit_recovers_subclass_teff_of_fgk_dwarfs(real):
     assert abs(float(np.median(balmer[fg] - truth[fg]))) < 550, balmer - truth
 
 
-def main(folder: str = "../shared/realdata/stellar") -> None:
-    """Print the fit table of docs/results/stellar.md ("Simulation to real") for the current generator."""
+def score_labels(csv: str, folder: str) -> None:
+    """Print a ``neurotrain predict`` labels table's Teff against the subclass Teff of each real spectrum."""
+    import pandas as pd
     from scipy.stats import spearmanr
 
+    spectra, _ = sio.read_many(sorted(Path(folder).glob("*.fits")), workers=1)
+    sub = {s.id: str(s.meta.get("SUBCLASS", "")).strip() for s in spectra}
+    d = pd.read_csv(csv)
+    d["sub"] = d["id"].astype(str).map(sub)
+    d = d[d["sub"].isin(list(PM13_TEFF))]
+    ref = d["sub"].map(PM13_TEFF).to_numpy(float)
+    off = d["TEFF"].to_numpy(float) - ref
+    fg = d["sub"].str[0].isin(["F", "G"]).to_numpy()
+    print(f"{csv}: {len(d)} stars, Teff {d.TEFF.min():.0f}-{d.TEFF.max():.0f} K, median offset {np.median(off):+.0f} K "
+          f"(F/G {np.median(off[fg]):+.0f}, K {np.median(off[~fg]):+.0f}), Spearman {spearmanr(d.TEFF, ref)[0]:.2f}, "
+          f"median log g {d.LOGG.median():.2f}, median [Fe/H] {d.FE_H.median():+.2f}")
+
+
+def main(folder: str = "../shared/realdata/stellar", labels_csv: str | None = None) -> None:
+    """Print the fit table of docs/results/stellar.md ("Simulation to real") for the current generator; with a
+    labels CSV from ``neurotrain predict`` also score the network's Teff against the subclasses."""
+    from scipy.stats import spearmanr
+
+    if labels_csv:
+        score_labels(labels_csv, folder)
     cfg = PreprocessSection()
     sub, flux, ivar, _ = load_real(Path(folder), cfg)
     teffs = np.arange(3800.0, 7001.0, 50.0)

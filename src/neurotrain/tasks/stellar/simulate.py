@@ -12,8 +12,8 @@ Units: wavelength Angstrom in vacuum, Teff K, log g dex (cgs), abundances dex; l
 * ``normalised_model``: the continuum-normalised absorption spectrum at resolving power R (``synth.py``
   documents its physics: Saha-Boltzmann line strengths, curve of growth, LSF-convolved Voigt-like profiles,
   CH and TiO bands, a forest of 6000 Fe/Ti/Ca/Mg lines; and its limits).
-  In ``simulate_raw`` each spectrum's forest is shifted by a random amount (``forest_shift_log10``): its
-  wavelengths are not a real line list, so only its blanketing and line density should be learnt.
+  With ``forest_shift_log10`` > 0, ``simulate_raw`` shifts each spectrum's forest by a random amount (its
+  wavelengths are not a real line list, so only its blanketing and line density are then learnt).
 * ``continuum_sed``: a Planck curve at Teff with a Balmer jump (up to 0.5 dex at ~9500 K, ~0.1 dex for the
   Sun) below 3646 A; no line blanketing of the continuum.
 * ``simulate_raw``: (with ``generator: payne`` the normalised model is the Payne emulator's, fed with the
