@@ -181,6 +181,9 @@ class LossSection(Section):
     anscombe_weight: float = Field(1.0, ge=0)
     #: the counting-noise term: Anscombe-domain chi^2 or Poisson deviance (losses.poisson_deviance)
     counting_term: Literal["anscombe", "deviance"] = "anscombe"
+    #: ``poisson_nll``: counts added to prediction and target before the logarithm (Anscombe's 3/8): finite
+    #: gradient at a zero prediction, channels with < 1 expected count softened (losses.PoissonNLLLoss)
+    deviance_offset_counts: float = Field(0.375, gt=0)
 
 
 class MetricsSection(Section):

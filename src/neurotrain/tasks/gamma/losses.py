@@ -12,8 +12,12 @@
   units of its own Poisson standard deviation (Anscombe, Biometrika 35 (1948) 246). Dips to zero beside a
   strong peak, overshoot lobes and a flat floor over an empty high-energy region cost what their
   significance against counting noise is - the quantity the peak search of the evaluation tests.
-* :class:`PoissonNLLLoss` - negative Poisson log-likelihood of the expected target counts under the
-  predicted rates (both rescaled to counts), per count.
+* :class:`PoissonNLLLoss` (``poisson_nll``) - Poisson deviance of the expected target counts under the
+  predicted rates (both rescaled to counts, offset ``deviance_offset_counts``), divided per spectrum by its
+  target counts: each spectrum weighs alike at 1e3 and at 1e7 counts, and a channel where the prediction
+  misses a line costs ~ t log(t / lambda), so sharp (2-channel) HPGe lines pull hard on the output. The loss
+  of ``configs/gamma/train.yaml``: with ``peak_weighted`` that network never left a near-flat output on the
+  HPGe target (docs/results/gamma.md, "GPU run 2026-12-03: dead network").
 """
 
 from __future__ import annotations
@@ -169,22 +173,41 @@ class CountingPeakWeightedLoss(PeakWeightedLoss):
 
 
 class PoissonNLLLoss(nn.Module):
-    """Poisson NLL of expected target counts t under predicted rates lambda (counts), divided by sum t;
-    Stirling constant dropped: (lambda - t log lambda) / sum t."""
+    """Per-spectrum normalised Poisson deviance (module docstring).
+
+    With lambda = pred x scale and t = target x scale in counts and c = ``offset`` counts, per spectrum
+    ``sum 2[(lambda + c) - (t + c) + (t + c) log((t + c) / (lambda + c))] / sum t``, mean over the batch. For
+    c << t it does not depend on the count level at all (both sums scale with the counts), so a 1e7-count
+    spectrum weighs what a 1e3-count one does; c (3/8, Anscombe's offset) keeps the gradient finite where the
+    prediction is zero and softens channels whose expected counts are below one (their shape is not
+    measurable). The minimiser under an uncertain target is its mean, and the minimum over a common factor
+    has sum lambda = sum t, so it also fixes the area. Computed per channel (no difference of two large
+    sums: float32 holds it at 1e7 counts)."""
+
+    def __init__(self, offset: float = ANSCOMBE_OFFSET) -> None:
+        super().__init__()
+        self.offset = offset
 
     def forward(self, pred: Tensor, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         with _no_autocast(pred.device):
             return self._forward(pred.float(), batch)
 
     def _forward(self, pred: Tensor, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        scale = batch["scale"].view(-1, 1, 1).float()
-        lam = pred * scale + 1e-6
-        t = batch["target"].float() * scale
-        nll = (lam - t * torch.log(lam)).sum(dim=(1, 2))
-        # subtract the value at the optimum lambda = t so the loss reaches 0
-        best = (t + 1e-6 - t * torch.log(t + 1e-6)).sum(dim=(1, 2))
-        loss = ((nll - best) / t.sum(dim=(1, 2)).clamp_min(1)).mean()
-        return {"loss": loss}
+        if "scale" not in batch:
+            raise ValueError("poisson_nll needs batch['scale'] (counts per normalised unit)")
+        s = batch["scale"].reshape(-1, 1, 1).float()
+        t = (batch["target"].float() * s).clamp_min(0)
+        lam = pred * s
+        # a negative prediction (a head without a positive link) is read as zero counts, gradient kept
+        lam = lam + (lam.detach().clamp_min(0) - lam.detach()) + self.offset
+        tc = t + self.offset
+        dev = (2.0 * (lam - tc + tc * torch.log(tc / lam))).sum(dim=(1, 2))
+        # per measured count (scale = measured counts per channel): not per target count, whose total is ~0.4 %
+        # of the measured one for a LYSO spectrum of mostly Lu-176 (the HPGe sees none): those spectra dominated
+        measured = (s.reshape(-1) * pred.shape[-1]).clamp_min(1.0)
+        loss = (dev / measured).mean()
+        area = ((lam - self.offset).sum(dim=(1, 2)) - t.sum(dim=(1, 2))).abs() / t.sum(dim=(1, 2)).clamp_min(1.0)
+        return {"loss": loss, "deviance": loss.detach(), "area": area.mean().detach()}
 
 
 class MSELoss(nn.Module):
@@ -207,5 +230,5 @@ def build_loss(cfg: Any) -> nn.Module:
     if c.name == "adaptive_peak_weighted":
         return AdaptivePeakWeightedLoss(**kw)
     if c.name == "poisson_nll":
-        return PoissonNLLLoss()
+        return PoissonNLLLoss(offset=c.deviance_offset_counts)
     return MSELoss()
