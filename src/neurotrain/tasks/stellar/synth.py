@@ -1,5 +1,7 @@
 """Line physics of the synthetic generator: line strengths from the labels, the curve of growth, the line
 profiles at LAMOST resolution, and the continuum-normalised absorption spectrum (used by ``simulate.py``).
+The tables it draws from (named lines and bands, the forest's species, the solar calibration numbers) are in
+``line_tables.py`` and re-exported here.
 
 Model (all torch, batch-first, differentiable in the labels; numbers and their sources):
 
@@ -62,10 +64,24 @@ import numpy as np
 import torch
 
 from neurotrain.tasks.stellar.config import GENERATOR_LABELS
+from neurotrain.tasks.stellar.line_tables import (  # noqa: F401  (re-exported: synth.<name> keeps working)
+    BALMER_FLUX_SCALE,
+    BAND_PARAMS,
+    ELEMENT_LABEL,
+    FOREST_DENSITY_POWER,
+    FOREST_N,
+    FOREST_RANGE,
+    FOREST_SEED,
+    FOREST_SPECIES,
+    LINE_TABLE,
+    LOGG_SUN,
+    SOLAR_BLANKETING,
+    TEFF_SUN,
+    LineStrength,
+)
 from neurotrain.tasks.stellar.lines import air_to_vacuum
 
 C_KMS = 299_792.458
-TEFF_SUN, LOGG_SUN = 5777.0, 4.44
 THETA_SUN = 5040.0 / TEFF_SUN
 #: thermal speed sqrt(2 k T / (A m_u)) = VTH_COEF sqrt(T / A) km/s
 VTH_COEF = 0.128_95
@@ -83,19 +99,6 @@ FOREST_COG_NODES = 12
 LOG_TAU_CLAMP = (-8.0, 12.0)
 #: most quadrature elements evaluated at once (memory cap of the curve of growth)
 COG_CHUNK = 1 << 26
-#: the line forest: fixed count, seed and rest range (vacuum A), and its density ~ lambda^-FOREST_DENSITY_POWER.
-#: Count, density and the log tau_sun ranges of ``FOREST_SPECIES`` are set so that the model's line blanketing
-#: at solar labels follows ``SOLAR_BLANKETING`` (with 2400 lines ~ lambda^-3 it was 2-3x too weak: the Lick
-#: Fe5270 index of a 5800 K dwarf came out 0.4 A against ~2.4 A in real LAMOST G dwarfs)
-FOREST_SEED, FOREST_N, FOREST_RANGE = 20_240_517, 6000, (3600.0, 9400.0)
-FOREST_DENSITY_POWER = 5.0
-#: approximate line blanketing of the Sun as a star: the fraction of the continuum flux that all absorption lines
-#: remove, averaged over each band (vacuum A). It falls from ~20 % in the blue to a few % in the near-IR (solar
-#: flux atlas against its continuum, e.g. Neckel & Labs 1984, Sol. Phys. 90, 205; uncertain by ~30 % per band)
-SOLAR_BLANKETING: tuple[tuple[float, float, float], ...] = (
-    (4000.0, 4500.0, 0.20), (4500.0, 5000.0, 0.12), (5000.0, 5500.0, 0.10), (5500.0, 6000.0, 0.07),
-    (6000.0, 6500.0, 0.05), (6500.0, 7500.0, 0.03), (7500.0, 8800.0, 0.025),
-)
 #: the Saha-Boltzmann temperature slopes of metal lines are tempered by this factor (the line-forming layer's
 #: temperature varies less than Teff); it matches Mg b and Fe 5270 growing ~2-3x from the Sun to a K5 dwarf
 #: (Lick indices, Worthey et al. 1994, ApJS 94, 687)
@@ -107,102 +110,10 @@ BALMER_T_SLOPE = -3.5
 #: mostly in wings reaching +-10 A) smoothed to R 1800 is ~0.3-0.35 deep; real LAMOST G0-G3 dwarfs: 0.31 (H alpha)
 #: and 0.37 (H beta). Hydrogen's Lorentzian HWHM is this many times W_L / 4 (solar H alpha: 0.34 deep)
 HYDROGEN_WING_SCALE = 3.0
-#: the Rowland equivalent widths of the Balmer lines (H alpha 4.0 A, H beta 3.7 A) are disk-centre intensities; a
-#: star is seen in flux, where the limb, whose Balmer wings are weaker, lowers them. The generator's solar Balmer
-#: EWs are the Rowland ones times this factor. 0.78 is the ratio measured at R 1800 through our preprocessing
-#: (+-12 A, H alpha and H beta) between the 8 real LAMOST G0-G3 dwarfs (Pecaut & Mamajek 2013 Teff 5805 K) and
-#: the generator at 5800 K (2.71 vs 3.47 A, 3.08 vs 4.06 A): the one constant set on the real sample (solar
-#: analogues; with it the generator's +-12 A EWs at 5800 K are 2.92 and 3.53 A); the Teff slope is not fitted
-#: (real F2-F5 / G0-G3 H alpha ratio 1.29, generator 1.39)
-BALMER_FLUX_SCALE = 0.78
 #: half-width (A) of the window each named line is computed on, by solar EW (A): strong lines carry wide
 #: damping wings; the profile is tapered linearly to 0 over the outer 20 % of the window
 NAMED_WINDOW_AA = ((2.0, 400.0), (0.5, 150.0), (0.0, 60.0))
 
-
-@dataclass(frozen=True)
-class LineStrength:
-    """Strength parameters of one feature (names match ``lines.FEATURES`` where they exist).
-
-    ``species``: ``neutral`` (minority neutral of an ionised metal), ``ion`` (majority ion), ``hydrogen``,
-    ``CH`` or ``TiO`` (bands). ``ew_sun_aa``: solar equivalent width (lines) or band optical depth at the
-    reference star (bands: the Sun for CH, a 3800 K / log g 4.7 dwarf for TiO). ``log_a``: log10 Voigt damping
-    parameter in the Sun; ``damp_logg``: d log a / d log g."""
-
-    name: str
-    air_aa: float
-    element: str
-    species: str
-    chi_exc: float = 0.0
-    chi_ion: float = 0.0
-    ew_sun_aa: float = 0.1
-    log_a: float = -1.8
-    damp_logg: float = 0.4
-    mass_amu: float = 55.85
-    width_aa: float = 0.0
-
-
-_H, _FE, _MG, _CA, _NA = 1.008, 55.85, 24.31, 40.08, 22.99
-LINE_TABLE: tuple[LineStrength, ...] = (
-    LineStrength("Ca II K", 3933.66, "CA", "ion", 0.0, 0, 20.0, -2.0, 0.4, _CA),
-    LineStrength("Ca II H", 3968.47, "CA", "ion", 0.0, 0, 15.0, -2.0, 0.4, _CA),
-    LineStrength("H theta", 3797.90, "H", "hydrogen", 10.2, 13.6, 2.0, -2.0, 1 / 3, _H),
-    LineStrength("H eta", 3835.38, "H", "hydrogen", 10.2, 13.6, 2.2, -2.0, 1 / 3, _H),
-    LineStrength("H zeta", 3889.05, "H", "hydrogen", 10.2, 13.6, 2.5, -2.0, 1 / 3, _H),
-    LineStrength("H epsilon", 3970.07, "H", "hydrogen", 10.2, 13.6, 2.8, -2.0, 1 / 3, _H),
-    LineStrength("Fe I 4046", 4045.81, "FE", "neutral", 1.485, 7.90, 0.80, -1.7, 0.4, _FE),
-    LineStrength("Sr II 4077", 4077.71, "FE", "ion", 0.0, 0, 0.43, -2.0, 0.4, 87.62),
-    LineStrength("H delta", 4101.73, "H", "hydrogen", 10.2, 13.6, 3.0, -2.0, 1 / 3, _H),
-    LineStrength("Ca I 4227", 4226.73, "CA", "neutral", 0.0, 6.11, 1.48, -1.5, 0.6, _CA),
-    LineStrength("CH G band", 4304.0, "C", "CH", 0, 0, 0.30, width_aa=30.0),
-    LineStrength("H gamma", 4340.46, "H", "hydrogen", 10.2, 13.6, 3.0, -2.0, 1 / 3, _H),
-    LineStrength("Fe I 4384", 4383.55, "FE", "neutral", 1.485, 7.90, 1.00, -1.7, 0.4, _FE),
-    LineStrength("Ba II 4554", 4554.03, "FE", "ion", 0.0, 0, 0.16, -2.0, 0.4, 137.3),
-    LineStrength("H beta", 4861.33, "H", "hydrogen", 10.2, 13.6, 3.7, -2.0, 1 / 3, _H),
-    LineStrength("Fe II 4924", 4923.93, "FE", "ion", 2.89, 0, 0.17, -2.0, 0.4, _FE),
-    LineStrength("TiO 4955", 4954.6, "TI", "TiO", 0, 0, 0.45, width_aa=80.0),
-    LineStrength("Fe II 5018", 5018.44, "FE", "ion", 2.89, 0, 0.20, -2.0, 0.4, _FE),
-    LineStrength("Mg b 5167", 5167.32, "MG", "neutral", 2.71, 7.65, 0.94, -1.5, 0.4, _MG),
-    LineStrength("Mg b 5173", 5172.68, "MG", "neutral", 2.71, 7.65, 1.26, -1.5, 0.4, _MG),
-    LineStrength("Mg b 5184", 5183.60, "MG", "neutral", 2.72, 7.65, 1.58, -1.5, 0.4, _MG),
-    LineStrength("Fe I 5270", 5269.54, "FE", "neutral", 0.86, 7.90, 0.48, -1.7, 0.4, _FE),
-    LineStrength("Fe I 5328", 5328.04, "FE", "neutral", 0.92, 7.90, 0.38, -1.7, 0.4, _FE),
-    LineStrength("Fe I 5406", 5405.77, "FE", "neutral", 0.99, 7.90, 0.34, -1.7, 0.4, _FE),
-    LineStrength("TiO 5448", 5448.0, "TI", "TiO", 0, 0, 0.50, width_aa=100.0),
-    LineStrength("Mg I 5528", 5528.40, "MG", "neutral", 4.35, 7.65, 0.29, -1.5, 0.4, _MG),
-    LineStrength("Na D2", 5889.95, "NA", "neutral", 0.0, 5.14, 0.75, -1.7, 0.6, _NA),
-    LineStrength("Na D1", 5895.92, "NA", "neutral", 0.0, 5.14, 0.56, -1.7, 0.6, _NA),
-    LineStrength("TiO 6159", 6158.0, "TI", "TiO", 0, 0, 0.60, width_aa=100.0),
-    LineStrength("Ca I 6162", 6162.17, "CA", "neutral", 1.90, 6.11, 0.22, -1.7, 0.6, _CA),
-    LineStrength("Fe I 6495", 6494.98, "FE", "neutral", 2.40, 7.90, 0.16, -1.7, 0.4, _FE),
-    LineStrength("H alpha", 6562.79, "H", "hydrogen", 10.2, 13.6, 4.0, -2.0, 1 / 3, _H),
-    LineStrength("TiO 7054", 7054.0, "TI", "TiO", 0, 0, 0.90, width_aa=120.0),
-    LineStrength("K I 7699", 7698.96, "FE", "neutral", 0.0, 4.34, 0.18, -1.7, 0.6, 39.10),
-    LineStrength("Na I 8183", 8183.26, "NA", "neutral", 2.10, 5.14, 0.23, -1.7, 0.6, _NA),
-    LineStrength("Na I 8195", 8194.82, "NA", "neutral", 2.10, 5.14, 0.30, -1.7, 0.6, _NA),
-    LineStrength("Ca II 8498", 8498.02, "CA", "ion", 1.69, 0, 1.46, -2.0, 0.2, _CA),
-    LineStrength("Ca II 8542", 8542.09, "CA", "ion", 1.69, 0, 3.66, -2.0, 0.2, _CA),
-    LineStrength("Ca II 8662", 8662.14, "CA", "ion", 1.69, 0, 2.60, -2.0, 0.2, _CA),
-)
-#: band-specific constants: d log tau / d theta, d log tau / d log g, reference (Teff, log g) of ``ew_sun_aa``, and
-#: the theta where the band's strength peaks (None: no peak). CH peaks near 5000 K (theta 1.0): below that carbon
-#: is locked into CO and the G band stops growing; the Lick G4300 index of dwarfs rises from F to early K and
-#: flattens or falls in late K and M dwarfs (Worthey et al. 1994, ApJS 94, 687, G4300 fitting function). The
-#: quadratic term is set so the slope is 0 at the peak: CH in a 4000 K dwarf is 0.3 dex weaker than at 5040 K.
-BAND_PARAMS: dict[str, tuple[float, float, float, float, float | None]] = {
-    "CH": (1.5, 0.0, TEFF_SUN, LOGG_SUN, 1.0),
-    "TiO": (8.0, 1.0 / 3.0, 3800.0, 4.7, None),
-}
-#: [X/Fe] label of each element (metals without their own label follow [Fe/H])
-ELEMENT_LABEL = {"C": "C_FE", "MG": "MG_FE", "CA": "CA_FE", "NA": "NA_FE", "TI": "TI_FE"}
-#: forest species: element, species, chi_ion (eV), fraction, chi_exc range (eV), log tau_sun range, mass
-FOREST_SPECIES = (
-    ("FE", "neutral", 7.90, 0.62, (0.0, 5.0), (-0.7, 2.3), _FE),
-    ("FE", "ion", 16.2, 0.12, (2.5, 4.0), (-0.7, 1.5), _FE),
-    ("TI", "neutral", 6.83, 0.12, (0.0, 2.2), (-0.9, 1.8), 47.87),
-    ("CA", "neutral", 6.11, 0.08, (1.5, 3.0), (-0.9, 1.5), _CA),
-    ("MG", "neutral", 7.65, 0.06, (4.0, 6.0), (-0.9, 1.5), _MG),
-)
 
 
 def label_index(name: str) -> int:
