@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from neurotrain.export import ExportError, _quiet
+from neurotrain.onnx_exporters import ExportError, _quiet
 from neurotrain.quantize_static import (
     ACT_QMAX,
     ACT_QMIN,
@@ -165,7 +165,7 @@ def export_qat(
     cannot run it, or it differs by more than :data:`QAT_TOLERANCE_STEPS` output grid steps."""
     import onnx
 
-    from neurotrain.export import _ort_run
+    from neurotrain.onnx_exporters import _ort_run
 
     dest = Path(dest)
     qat.eval()

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from neurotrain.export import ExportError, _quiet
+from neurotrain.onnx_exporters import ExportError, _quiet
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 ACT_QMIN, ACT_QMAX = 0, 255  # uint8 activations, asymmetric (onnxruntime's QDQ default)
