@@ -212,7 +212,7 @@ def export_for_deploy(
 
     ``report_data: False`` scores the example input instead of the task's data (errors and latency only).
     """
-    from neurotrain.quantize import quantize_static_onnx, resolve_reduce_range
+    from neurotrain.quantize_static import quantize_static_onnx, resolve_reduce_range
 
     s = cfg.export
     path = Path(path)
@@ -310,8 +310,8 @@ def _qat_export(task: Task, cfg: Config, net: nn.Module, example: tuple[torch.Te
                 in_names: list[str], out_names: list[str], opset: int, calib_inputs: Any) -> list[str]:
     """QAT fine-tuning, then the QDQ export of the fake-quant model, or (``qat_export: calibrate``, or when that
     export fails under ``auto``) the fine-tuned float weights quantised by static calibration."""
-    from neurotrain.quantize import (
-        _tmpdir_next_to, export_qat, float_weights, qat_finetune, quantize_static_onnx, resolve_reduce_range)
+    from neurotrain.qat import export_qat, float_weights, qat_finetune
+    from neurotrain.quantize_static import _tmpdir_next_to, quantize_static_onnx, resolve_reduce_range
 
     s = cfg.export
     try:
