@@ -14,7 +14,7 @@
   significance against counting noise is - the quantity the peak search of the evaluation tests.
 * :class:`PoissonNLLLoss` (``poisson_nll``) - Poisson deviance of the expected target counts under the
   predicted rates (both rescaled to counts, offset ``deviance_offset_counts``), divided per spectrum by its
-  target counts: each spectrum weighs alike at 1e3 and at 1e7 counts, and a channel where the prediction
+  measured counts: each spectrum weighs alike at 1e3 and at 1e7 counts, and a channel where the prediction
   misses a line costs ~ t log(t / lambda), so sharp (2-channel) HPGe lines pull hard on the output. The loss
   of ``configs/gamma/train.yaml``: with ``peak_weighted`` that network never left a near-flat output on the
   HPGe target (docs/results/gamma.md, "GPU run 2026-12-03: dead network").
@@ -176,7 +176,8 @@ class PoissonNLLLoss(nn.Module):
     """Per-spectrum normalised Poisson deviance (module docstring).
 
     With lambda = pred x scale and t = target x scale in counts and c = ``offset`` counts, per spectrum
-    ``sum 2[(lambda + c) - (t + c) + (t + c) log((t + c) / (lambda + c))] / sum t``, mean over the batch. For
+    ``sum 2[(lambda + c) - (t + c) + (t + c) log((t + c) / (lambda + c))] / N``, N the spectrum's measured
+    counts (``scale`` x channels), mean over the batch. For
     c << t it does not depend on the count level at all (both sums scale with the counts), so a 1e7-count
     spectrum weighs what a 1e3-count one does; c (3/8, Anscombe's offset) keeps the gradient finite where the
     prediction is zero and softens channels whose expected counts are below one (their shape is not
