@@ -61,3 +61,15 @@ def test_the_key_covers_the_held_out_sets(field: str) -> None:
     dev = torch.device("cpu")
     assert baseline_cache.cache_key(cfg, ["xgboost"], dev) != baseline_cache.cache_key(other, ["xgboost"], dev)
     assert baseline_cache.cache_key(cfg, ["xgboost"], dev) != baseline_cache.cache_key(cfg, ["xgboost"], torch.device("cuda"))
+
+
+def test_cache_key_covers_generator_sources_but_not_network_modules() -> None:
+    """The key's source list names every generator / preprocessing / baseline module that exists, and none of
+    the network-only ones (a change to the sigma calibration must not refit the trees)."""
+    here = Path(baseline_cache.__file__).parent
+    for name in baseline_cache.BASELINE_SOURCES:
+        assert (here / name).is_file(), name
+    for name in ("simulate.py", "synth.py", "preprocess.py", "baseline.py", "line_tables.py"):
+        assert name in baseline_cache.BASELINE_SOURCES
+    for name in ("models.py", "calibration.py", "postprocess.py", "losses.py", "eval_report.py"):
+        assert name not in baseline_cache.BASELINE_SOURCES

@@ -5,8 +5,11 @@ host), and their predictions do not depend on the network. ``evaluate --baseline
 while the network trains, and the evaluation of the trained network in the same ``--output`` folder reuses
 them. The key covers everything that determines the predictions: the generator, preprocessing, baseline and
 label sections, the held-out sizes, bins and seeds, the methods, the device kind the sets were drawn on
-(random streams differ between CPU and CUDA) and the source of the stellar package itself; ``baseline.n_jobs``
-is left out (threads do not change a fitted tree). A stale or unreadable entry is refitted, never trusted.
+(random streams differ between CPU and CUDA) and the source of the modules that draw, preprocess and fit them
+(``BASELINE_SOURCES``); ``baseline.n_jobs`` is left out (threads do not change a fitted tree). The network's
+own modules (model, loss, sigma calibration, post-processing, report) are not in the key, so that a change to
+them keeps the cache; config values reach the key through the sections' dumps, not through ``config.py``'s
+source. A stale or unreadable entry is refitted, never trusted.
 """
 
 from __future__ import annotations
@@ -19,17 +22,25 @@ from typing import Any
 import torch
 
 from neurotrain.io.atomic import atomic_path
-from neurotrain.tasks.stellar.config import StellarConfig
+from neurotrain.tasks.stellar.config import GENERATOR_LABELS, StellarConfig
 
 CACHE_DIR = "baseline_cache"
 
 
+# the modules whose code decides the baselines' held-out predictions: the generator and its line tables,
+# preprocessing, the held-out draw (evaluate, task) and the baselines themselves
+BASELINE_SOURCES = (
+    "baseline.py", "baseline_cache.py", "emulator.py", "evaluate.py", "line_tables.py", "lines.py",
+    "preprocess.py", "simulate.py", "synth.py", "task.py",
+)
+
+
 def _code_digest() -> str:
-    """SHA-256 of the stellar package's Python sources (generator, preprocessing and baselines live there)."""
+    """SHA-256 of ``BASELINE_SOURCES`` (the stellar modules that draw, preprocess and fit the baselines)."""
     h = hashlib.sha256()
-    for f in sorted(Path(__file__).parent.glob("*.py")):
-        h.update(f.name.encode())
-        h.update(f.read_bytes())
+    for name in BASELINE_SOURCES:
+        h.update(name.encode())
+        h.update((Path(__file__).parent / name).read_bytes())
     return h.hexdigest()
 
 
@@ -48,6 +59,7 @@ def cache_key(cfg: StellarConfig, methods: list[str], device: torch.device) -> d
         "seed": cfg.seed,
         "methods": sorted(methods),
         "device": device.type,
+        "generator_labels": list(GENERATOR_LABELS),
         "code": _code_digest(),
     }
 
