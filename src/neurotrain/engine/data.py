@@ -227,15 +227,10 @@ class TaskDataModule(L.LightningDataModule):
                 if world > 1:
                     field = "data.path" if self.cfg.data.path is not None else f"task {self.cfg.task} {split} set"
                     extra["sampler"] = EvalShardSampler(ds, world, rank, field=field)
-        return DataLoader(
-            ds,
-            shuffle=shuffle,
-            num_workers=workers,
-            pin_memory=d.pin_memory,
-            persistent_workers=d.persistent_workers and workers > 0,
-            drop_last=False,
-            **extra,
-        )
+        opts: dict[str, Any] = {"shuffle": shuffle, "num_workers": workers, "pin_memory": d.pin_memory,
+                                "persistent_workers": d.persistent_workers and workers > 0, "drop_last": False}
+        opts.update(extra)  # a task's options win (e.g. no workers for vision's device-resident training cache)
+        return DataLoader(ds, **opts)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

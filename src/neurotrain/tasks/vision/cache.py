@@ -267,6 +267,9 @@ class CachedItems:
     #: True: images come as stored (uint8) and masks as uint8, for the training loaders; the task scales them
     #: on the device (VisionTask.on_batch). Only honoured when the cache holds uint8 images only.
     raw = False
+    #: a device_cache.DeviceCache once the task put the training split on the device: batched fetches then
+    #: return index batches, gathered on the device by VisionTask.on_batch (device_cache.resolve)
+    device_cache: Any = None
 
     def open_cache(self, files: Sequence[Sequence[Path | None]], decode: Any, options: dict[str, Any]) -> None:
         """Open (or build on first use) the decoded cache of ``files`` (per item: image path, mask path or None);
@@ -313,7 +316,10 @@ class CachedItems:
     def __getitems__(self, indices: Sequence[Any]) -> Any:
         """A whole batch of indices at once (DataLoader's batched fetch): with :attr:`raw_uint8`, one pre-collated
         batch dict straight from the cache (``cache.cached_batch``; the task's loaders collate with
-        ``datasets.vision_collate``, which passes it through); otherwise the list of samples."""
+        ``datasets.vision_collate``, which passes it through); with a :attr:`device_cache`, the index batch the
+        device gathers from; otherwise the list of samples."""
+        if self.device_cache is not None:
+            return self.device_cache.index_batch(indices)
         if self.raw_uint8:
             batch = cached_batch(self, indices)
             if batch is not None:

@@ -252,10 +252,27 @@ class LoaderSection(Section):
     """How the task's datasets feed the training loaders (``data.num_workers``, ``data.pin_memory`` and
     ``data.persistent_workers`` are the engine's): ``raw_uint8`` hands cached 8-bit images and masks over as
     uint8 (4x fewer bytes to collate, pin and copy) and scales them on the device; ``prefetch_factor`` batches
-    per worker are loaded ahead (with workers)."""
+    per worker are loaded ahead (with workers).
+
+    ``device_cache`` (``device_cache.py``): the decoded training split uploaded once to the training device and
+    every batch gathered there by index (MONAI's "fast training" recipe: CacheDataset + ToDeviced +
+    ThreadDataLoader with no workers), so no worker, pinned copy or inter-process batch costs the Python thread
+    that issues the GPU's kernels anything per step. The sampler still chooses the indices; only where the bytes
+    come from changes. ``auto``: on when the accelerator is CUDA, the split is a 2D segmentation or
+    classification set served from the decoded uint8 cache (``data_source.cache``, ``raw_uint8``), every image
+    has one size after the configured resize (``data_source.size``) and the stacked bytes fit the budget;
+    otherwise the worker loader, as before (one log line says which and why). ``on``: whenever the set allows it,
+    on any device and whatever the budget (the CPU tests use it); a set that cannot is a config error. ``off``:
+    the worker loader. Budget: ``device_cache_max_gb`` GB, or when unset ``device_cache_memory_fraction`` of
+    the device's total memory (0.25: 35 GB of an H200's 141 GB, the rest left to the network's weights,
+    optimiser state, activations and cuDNN workspaces).
+    """
 
     raw_uint8: bool = True
     prefetch_factor: int = Field(4, ge=1)
+    device_cache: Literal["auto", "on", "off"] = "auto"
+    device_cache_max_gb: float | None = Field(None, gt=0)  # GB (1e9 bytes); None: the fraction below
+    device_cache_memory_fraction: float = Field(0.25, gt=0, le=1)  # of the device's total memory
 
 
 class PatchSection(Section):

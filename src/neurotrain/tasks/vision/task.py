@@ -102,12 +102,18 @@ class VisionTask(Task):
         return sets
 
     def loader_options(self, cfg: Config, split: str, dataset: Any) -> dict[str, Any]:
-        """Collate (detection), sampler (train), epoch tags for datasets that draw per epoch, prefetching."""
+        """Collate (detection), sampler (train), epoch tags for datasets that draw per epoch, prefetching.
+
+        Training from a device-resident cache (``loader.device_cache``, ``device_cache.py``): the same sampler,
+        but no workers and no pinning: the loader yields index batches, gathered on the device in :meth:`on_batch`.
+        """
         from neurotrain.tasks.vision.datasets import detection_collate, vision_collate
 
         c: VisionConfig = cfg  # type: ignore[assignment]
         opts: dict[str, Any] = {"collate_fn": detection_collate if c.task_kind == "detection" else vision_collate}
+        resident = False
         if split == "train":
+            from neurotrain.tasks.vision.device_cache import attach
             from neurotrain.tasks.vision.samplers import EpochSampler, build_sampler
 
             base = build_sampler(c.sampler, dataset) if c.sampler.kind != "none" else None
@@ -115,14 +121,20 @@ class VisionTask(Task):
                 base = EpochSampler(len(dataset), base, seed=c.seed)
             if base is not None:
                 opts["sampler"] = base
-        if cfg.data.num_workers > 0:
+            resident = attach(c, dataset) is not None
+        if resident:  # an index batch is a few bytes: a worker or a pinned copy would only cost the host time
+            opts.update(num_workers=0, pin_memory=False, persistent_workers=False)
+        elif cfg.data.num_workers > 0:
             opts["prefetch_factor"] = c.loader.prefetch_factor
         return opts
 
     def on_batch(self, cfg: Config, batch: Any, training: bool) -> Any:
         from neurotrain.tasks.vision.augment import to_float_batch
 
+        from neurotrain.tasks.vision.device_cache import resolve
+
         c: VisionConfig = cfg  # type: ignore[assignment]
+        batch = resolve(batch)  # an index batch of the device-resident cache: gathered here, on the device
         batch = to_float_batch(batch)  # cached loaders deliver uint8: scaled here, on the training device
         if not training or not c.augment.enabled:
             return batch
@@ -133,6 +145,13 @@ class VisionTask(Task):
 
             aug = self._augmenters[key] = build_augment(c.augment, c.task_kind)
         return aug(batch)
+
+    def calibration_batches(self, cfg: Config, n: int, split: str = "val") -> list[dict[str, Any]]:
+        """The base class's CPU batches; index batches of a device-resident training cache are read from the
+        memory-mapped cache instead (the worker loader's batches), never uploading the split for them."""
+        from neurotrain.tasks.vision.device_cache import resolve_on_host
+
+        return [resolve_on_host(b) for b in super().calibration_batches(cfg, n, split)]
 
     # ------------------------------------------------------------------ commands
     def test(self, cfg: Config, model: nn.Module | None, **options: Any) -> dict[str, Any] | None:
