@@ -271,9 +271,13 @@ class CalibrationSection(Section):
 
     After every validation epoch of training, each label's sigma is multiplied by the factor that puts
     ``coverage`` of a calibration set inside +-1 sigma (the quantile of |error| / sigma; Kuleshov et al. 2018,
-    ICML, "Accurate uncertainties for deep learning using calibrated regression", in its one-parameter
-    form). The calibration set is ``n_spectra`` generator spectra over the training S/N range, drawn from
-    its own seed (``seed_offset``), disjoint from training batches and from ``evaluate``'s held-out sets.
+    ICML, "Accurate uncertainties for deep learning using calibrated regression"), fitted once over the whole
+    set (the global factor) and once per S/N bin around each of ``snr_knots`` (the S/N-dependent factor,
+    interpolated linearly in log S/N between the knots and held constant outside them). The S/N is the
+    spectrum's own median S/N per LAMOST pixel, measured on the network input (``SpectralResCNN.input_snr``),
+    so real spectra get it too. The calibration set is ``n_spectra`` generator spectra over the training S/N
+    range, drawn from its own seed (``seed_offset``), disjoint from training batches and from ``evaluate``'s
+    held-out sets.
     """
 
     enabled: bool = True
@@ -283,6 +287,25 @@ class CalibrationSection(Section):
     seed_offset: int = 500_000_003
     #: spectra simulated and predicted per call
     chunk: int = Field(512, ge=1)
+    #: S/N per pixel at which the S/N-dependent factor is fitted (increasing). They span ``simulate.snr_range``
+    #: (5-150) and contain ``evaluate.snr_bins``; a spectrum counts towards the knot nearest in log S/N
+    #: (the measured S/N of a spectrum drawn at S/N 150 reaches ~200, so the last bin is open-ended). Empty:
+    #: the global factor only
+    snr_knots: list[float] = Field(default_factory=lambda: [5.0, 10.0, 20.0, 50.0, 100.0, 150.0])
+    #: a knot whose bin holds fewer usable spectra than this (per label) keeps the global factor; at 100 the
+    #: quantile's own error is ~10 % of sigma (binomial error of the 68 % quantile of |z|)
+    min_per_bin: int = Field(100, ge=1)
+    #: ``neurotrain evaluate`` refits the factors on the calibration set even when the checkpoint has them
+    #: (it always refits when a checkpoint predates the S/N-dependent factor); ``predict`` refits when this is
+    #: true or with ``--opt recalibrate=true``
+    refit_on_load: bool = False
+
+    @field_validator("snr_knots")
+    @classmethod
+    def _knots_increasing(cls, v: list[float]) -> list[float]:
+        if any(k <= 0 for k in v) or any(b <= a for a, b in zip(v, v[1:])):
+            raise ValueError(f"expected positive, strictly increasing S/N values (got {v})")
+        return v
 
 
 class CatalogSection(Section):

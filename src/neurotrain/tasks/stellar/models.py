@@ -16,7 +16,10 @@ Layout (the seed's "input conv, three residual groups, fully connected head"):
 
 Labels are learned in normalised units, ``(label - label_mean) / label_std`` per label; the buffers
 ``label_mean`` / ``label_std`` (physical units: K, dex) travel with the checkpoint and
-:meth:`SpectralResCNN.to_physical` converts the output back. The forward pass has no data-dependent control
+:meth:`SpectralResCNN.to_physical` converts the output back. The post-hoc sigma calibration
+(``calibration.py``) travels the same way: a global factor per label (``sigma_scale``, (L,)) and an
+S/N-dependent factor relative to it on the knots ``snr_knots`` (``sigma_scale_snr``, (K, L); ones until fitted),
+looked up at the spectrum's own S/N (:meth:`SpectralResCNN.input_snr`). The forward pass has no data-dependent control
 flow, so it exports to ONNX.
 
 Size at the defaults (``base_channels`` 16, two blocks per group, kernel 7, ``pool_size`` 16, ``hidden``
@@ -84,6 +87,9 @@ class SpectralResCNN(nn.Module):
         pool_size: wavelength segments kept by the pooling (1 = global average pooling).
         se_reduction: squeeze-and-excitation ratio in the residual blocks (``None`` = off).
         min_sigma: floor of the predicted sigma in normalised units (added in quadrature, as the loss does).
+        snr_knots: S/N per pixel of the S/N-dependent sigma factor (increasing; empty: global factor only).
+        snr_pixel_scale: network input -> S/N per LAMOST pixel: ``inv_sigma_scale x sqrt(LAMOST pixel / grid
+            pixel)`` (:func:`build_model`), so that the S/N does not depend on the rest grid's step.
     """
 
     def __init__(
@@ -102,6 +108,8 @@ class SpectralResCNN(nn.Module):
         pool_size: int = 16,
         se_reduction: int | None = None,
         min_sigma: float = 1e-3,
+        snr_knots: Sequence[float] = (),
+        snr_pixel_scale: float = 100.0,
     ) -> None:
         super().__init__()
         if kernel_size % 2 == 0:
@@ -121,6 +129,14 @@ class SpectralResCNN(nn.Module):
         self.register_buffer("label_std", std.clone())
         # post-hoc calibration of the predicted sigma (calibration.py): 1 until fitted on held-out spectra
         self.register_buffer("sigma_scale", torch.ones(n_labels))
+        knots = torch.as_tensor(list(snr_knots), dtype=torch.float32)
+        if knots.numel() and not bool(torch.all(knots > 0) and torch.all(knots[1:] > knots[:-1])):
+            raise ConfigError(f"calibration.snr_knots: expected positive, increasing values (got {knots.tolist()})")
+        self.snr_pixel_scale = float(snr_pixel_scale)
+        self.register_buffer("snr_knots", knots)
+        # factor relative to sigma_scale at each knot (ones: no S/N dependence), and whether it was fitted
+        self.register_buffer("sigma_scale_snr", torch.ones(knots.numel(), n_labels))
+        self.register_buffer("snr_calibrated", torch.zeros((), dtype=torch.bool))
 
         self.stem = nn.Sequential(
             nn.Conv1d(in_channels, base_channels, kernel_size, stride=downsample, padding=kernel_size // 2, bias=False),
@@ -156,26 +172,84 @@ class SpectralResCNN(nn.Module):
         return self.head(self.pool(self.groups(self.stem(x))))
 
     #: state that checkpoints older than the sigma calibration lack (``engine.checkpoint.check_weights``)
-    optional_state = ("sigma_scale",)
+    optional_state = ("sigma_scale", "snr_knots", "sigma_scale_snr", "snr_calibrated")
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
-        # checkpoints written before sigma calibration existed hold no scale: they load as uncalibrated (1)
+        # checkpoints written before the sigma calibration (or before its S/N dependence) existed load as
+        # uncalibrated (factor 1) or with the global factor alone (relative factors 1, not fitted)
         state_dict.setdefault(prefix + "sigma_scale", torch.ones_like(self.sigma_scale))
+        state_dict.setdefault(prefix + "snr_knots", self.snr_knots.clone())
+        knots = state_dict[prefix + "snr_knots"]
+        state_dict.setdefault(prefix + "sigma_scale_snr", self.sigma_scale_snr.new_ones(knots.shape[0], self.n_labels))
+        state_dict.setdefault(prefix + "snr_calibrated", torch.zeros((), dtype=torch.bool))
+        if knots.shape != self.snr_knots.shape:
+            # a table fitted on other knots (a recalibrated model): the checkpoint's knots win
+            self.set_snr_table(knots, state_dict[prefix + "sigma_scale_snr"])
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    def to_physical(self, out: Tensor) -> tuple[Tensor, Tensor]:
+    def set_snr_table(self, knots: Tensor, table: Tensor, fitted: bool | None = None) -> None:
+        """Set the S/N knots (K,) and relative factors (K, L). Same K: copied into the existing buffers (a
+        wrapper such as DDP keeps its references to them); another K: the buffers are replaced."""
+        if tuple(table.shape) != (knots.shape[0], self.n_labels):
+            raise ConfigError(
+                f"sigma_scale_snr: expected shape {[knots.shape[0], self.n_labels]} (got {list(table.shape)})")
+        if knots.shape == self.snr_knots.shape:
+            self.snr_knots.copy_(knots.detach())
+            self.sigma_scale_snr.copy_(table.detach())
+        else:
+            dev = self.sigma_scale.device
+            self.snr_knots = knots.detach().to(dev, torch.float32).clone()
+            self.sigma_scale_snr = table.detach().to(dev, torch.float32).clone()
+        if fitted is not None:
+            self.snr_calibrated.fill_(bool(fitted))
+
+    def input_snr(self, x: Tensor) -> Tensor | None:
+        """(B,) median S/N per LAMOST pixel of a batch of network inputs (B, C, M), or None without an
+        inverse-error channel (C = 1).
+
+        The LAMOST definition (SNRG/SNRR: median of flux x sqrt(ivar) over good pixels), taken over the whole
+        rest grid: channel 0 x channel 1 x ``snr_pixel_scale`` is the continuum-normalised flux times its
+        normalised inverse error, which equals the un-normalised flux x sqrt(ivar) on the grid. Pixels
+        without data (channel 1 = 0) are left out; a spectrum without any gets 0.
+        """
+        if x.shape[1] < 2:
+            return None
+        s = (x[:, 0].float() * x[:, 1].float()) * self.snr_pixel_scale
+        s = torch.where(x[:, 1] > 0, s, torch.full_like(s, float("nan")))
+        return torch.nan_to_num(torch.nanmedian(s, dim=-1).values, nan=0.0)
+
+    def snr_factor(self, snr: Tensor) -> Tensor:
+        """(B, L) S/N-dependent sigma factor relative to ``sigma_scale`` at S/N ``snr`` (B,): linear in
+        log S/N between ``snr_knots``, constant outside them; ones without knots or before fitting (the
+        table is then ones, so no host-device synchronisation is needed to tell)."""
+        k = self.snr_knots.numel()
+        if k == 0:
+            return self.sigma_scale_snr.new_ones(snr.shape[0], self.n_labels)
+        if k == 1:
+            return self.sigma_scale_snr[0].expand(snr.shape[0], -1)
+        logk = torch.log(self.snr_knots)
+        # S/N 0 or NaN (a spectrum without good pixels) sits below the first knot
+        u = torch.log(torch.nan_to_num(snr.float(), nan=0.0).clamp_min(1e-30)).clamp(logk[0], logk[-1])
+        i = (torch.searchsorted(logk, u.contiguous(), right=True) - 1).clamp(0, k - 2)
+        w = ((u - logk[i]) / (logk[i + 1] - logk[i])).unsqueeze(-1)
+        return self.sigma_scale_snr[i] * (1 - w) + self.sigma_scale_snr[i + 1] * w
+
+    def to_physical(self, out: Tensor, snr: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Network output -> (mean (B, L), sigma (B, L)) in physical units (K, dex).
 
-        sigma = sqrt(exp(log_var) + min_sigma^2) x label_std x sigma_scale (the loss's floor, then the
-        post-hoc calibration factor of :mod:`calibration`, 1 when none was fitted); the log variance is clamped
-        to :data:`LOGVAR_CLAMP` first, so the result is finite for any finite output. A mean-only model
-        returns sigma 0 (no aleatoric uncertainty predicted).
+        sigma = sqrt(exp(log_var) + min_sigma^2) x label_std x sigma_scale x snr_factor(snr) (the loss's
+        floor, then the post-hoc calibration factors of :mod:`calibration`, 1 when none was fitted; without
+        ``snr`` (B,) the global factor alone); the log variance is clamped to :data:`LOGVAR_CLAMP` first, so
+        the result is finite for any finite output. A mean-only model returns sigma 0 (no aleatoric
+        uncertainty predicted).
         """
         L = self.n_labels
         mean = out[:, :L].float() * self.label_std + self.label_mean
         if out.shape[1] >= 2 * L:
             logvar = out[:, L : 2 * L].float().clamp(*LOGVAR_CLAMP)
             sigma = torch.sqrt(torch.exp(logvar) + self.min_sigma**2) * self.label_std * self.sigma_scale
+            if snr is not None:
+                sigma = sigma * self.snr_factor(snr)
         else:
             sigma = torch.zeros_like(mean)
         return mean, sigma
@@ -239,7 +313,18 @@ def build_model(
         pool_size=m.pool_size,
         se_reduction=m.se_reduction,
         min_sigma=cfg.loss.min_sigma,
+        snr_knots=cfg.calibration.snr_knots,
+        snr_pixel_scale=snr_pixel_scale(cfg),
     )
+
+
+def snr_pixel_scale(cfg: StellarConfig) -> float:
+    """Factor from channel 0 x channel 1 of the network input to S/N per LAMOST pixel: ``inv_sigma_scale``
+    (channel 1 is sqrt(ivar) / inv_sigma_scale) x sqrt(``simulate.coeff1`` / ``preprocess.grid_step_log10``)
+    (a rest-grid pixel wider than LAMOST's 1e-4 dex pixel sums more photons: S/N grows as the square root of
+    the width). The quickstart's 2e-4 dex grid measured S/N 143 per grid pixel on spectra drawn at S/N 100.
+    """
+    return float(cfg.preprocess.inv_sigma_scale * math.sqrt(cfg.simulate.coeff1 / cfg.preprocess.grid_step_log10))
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -131,6 +131,9 @@ class StellarPredictOptions(TaskOptions):
     """``neurotrain predict`` options of stellar (``--opt key=value``)."""
 
     mc_samples: int | None = Field(None, ge=0, description="MC-dropout passes (overrides uncertainty.mc_samples)")
+    recalibrate: bool | None = Field(
+        None, description="refit the sigma calibration (global and per S/N) on the calibration set before predicting "
+        "(default: calibration.refit_on_load)")
 
 
 class StellarEvaluateOptions(TaskOptions):
@@ -263,14 +266,41 @@ class StellarTask(Task):
         return Path(output)
 
     def predict(self, cfg: Config, model: nn.Module, inputs: list[Path], output: Path | None, **options: Any) -> list[Path]:
+        """Option ``recalibrate`` (or ``calibration.refit_on_load``) refits the sigma factors first
+        (``calibration.recalibrate``, on the inference device); a checkpoint without S/N-dependent factors is
+        otherwise used with its global factor, and a line on stderr says how to refit."""
+        import sys
+
+        from neurotrain.engine.inference import resolve_device
+        from neurotrain.tasks.stellar.calibration import recalibrate
         from neurotrain.tasks.stellar.predict import predict_files
 
-        return predict_files(_cfg(cfg), model, inputs, output, **options)
+        c = _cfg(cfg)
+        refit = options.pop("recalibrate", None)
+        if refit or (refit is None and c.calibration.refit_on_load):
+            recalibrate(c, model.to(resolve_device(c.inference.device, model)), force=True)
+        elif getattr(model, "heteroscedastic", False) and not bool(getattr(model, "snr_calibrated", True)):
+            print("stellar: this checkpoint's sigma calibration does not depend on S/N; "
+                  "--opt recalibrate=true fits one (no retraining)", file=sys.stderr)
+        return predict_files(c, model, inputs, output, **options)
 
     def evaluate(self, cfg: Config, model: nn.Module | None, run_dir: Path, **options: Any) -> EvalResult:
-        from neurotrain.tasks.stellar.evaluate import evaluate
+        """The network's sigma factors are refitted first when the checkpoint lacks the S/N-dependent ones or
+        ``calibration.refit_on_load`` is set (``calibration.recalibrate``); the report and ``metrics.json``
+        (key ``sigma_calibration``) then say so."""
+        from neurotrain.tasks.stellar.calibration import append_to_report, recalibrate
+        from neurotrain.tasks.stellar.evaluate import _device, evaluate
 
-        return evaluate(_cfg(cfg), model, run_dir, **options)
+        c = _cfg(cfg)
+        info = None
+        if model is not None:
+            model = model.to(_device(c))
+            info = recalibrate(c, model)
+        result = evaluate(c, model, run_dir, **options)
+        if info is not None:
+            result.metrics["sigma_calibration"] = info
+            append_to_report(result.report_path, info)
+        return result
 
     def analyze(self, cfg: Config, model: nn.Module, run_dir: Path, **options: Any) -> dict[str, Any]:
         from neurotrain.tasks.stellar.analysis import analyze
