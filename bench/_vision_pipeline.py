@@ -12,12 +12,15 @@ augmentation on the device -> forward / backward / AdamW. Each row times a prefi
   for the task's fused warp and, for comparison, kornia's ``AugmentationSequential`` (the path before);
 * ``h2d_ms``: a pinned uint8 batch copied to the device and scaled to float;
 * ``loader_*`` (``vision.py``): the loader alone;
-* ``train_loop_*``: training in one loop, fed four ways: a device-resident batch (the synthetic rate; and with
-  the augmentation), the loader without and with augmentation, and the loader through a copy stream that moves
-  batch i+1 while batch i trains. Each reports images/s, the GPU busy % (NVML, sampled every 0.1 s) and the
-  host's mean ms per step in each stage (``wait``: blocked on the loader; ``h2d``: issuing the copy and the
-  float conversion; ``aug``; ``step``: issuing forward / backward / step, which blocks once the GPU queue is
-  full, so a host that runs ahead shows its slack there).
+* ``train_loop_*``: training in one loop, fed five ways: a device-resident batch (the synthetic rate; and with
+  the augmentation), the loader without and with augmentation, the loader through a copy stream that moves
+  batch i+1 while batch i trains, and the task's device-resident training cache (``device_cache``: the whole
+  decoded split uploaded once, each batch gathered on the device from the sampler's indices; the task's own
+  ``loader_options`` and ``on_batch``, ``tasks/vision/device_cache.py``). Each reports images/s, the GPU busy %
+  (NVML, sampled every 0.1 s) and the host's mean ms per step in each stage (``wait``: blocked on the loader,
+  including issuing the copy and the float conversion, and for ``device_cache`` the gather; ``aug``; ``step``:
+  issuing forward / backward / step, which blocks once the GPU queue is full, so a host that runs ahead shows
+  its slack there).
 """
 
 from __future__ import annotations
@@ -205,12 +208,60 @@ def cycle(loader: Any, n: int) -> Iterator[Any]:
                 return
 
 
+class DeviceCacheFeed:
+    """The task's device-resident training path over a training set ``ds`` (a cached ``seg_folder`` with uint8
+    samples): ``VisionTask.loader_options`` decides and attaches the cache (``loader.device_cache``: ``auto`` on
+    CUDA, so its budget rule is the one exercised; ``on`` elsewhere) and gives the loader's options (no workers,
+    no pinning, the task's collate); :meth:`prepare` is what Lightning and the task do to each batch: tensors to
+    the device non-blocking, then ``VisionTask.on_batch`` (gather from the resident tensors, uint8 -> float)."""
+
+    def __init__(self, args: Any, ds: Any, device: torch.device, sampler: Any) -> None:
+        from neurotrain.config import validate_config
+        from neurotrain.registry import TASKS
+
+        cuda = device.type == "cuda"
+        self.task = TASKS.get("vision")
+        self.cfg = validate_config({
+            "task": "vision", "kind": "segmentation",
+            "data": {"batch_size": args.train_batch, "num_workers": args.workers},
+            "trainer": {"accelerator": "cuda" if cuda else "cpu"},
+            "data_source": {"name": "seg_folder", "root": str(ds.spec.root), "channels": ds.spec.channels},
+            "loader": {"device_cache": "auto" if cuda else "on"},
+        })
+        opts = self.task.loader_options(self.cfg, "train", ds)
+        self.cache = getattr(ds, "device_cache", None)
+        self.loader = torch.utils.data.DataLoader(ds, batch_size=args.train_batch, sampler=sampler, drop_last=True,
+                                                  **opts)
+        self.device = device
+
+    def prepare(self, batch: dict[str, Any]) -> dict[str, Any]:
+        moved = {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+        return self.task.on_batch(self.cfg, moved, False)
+
+    def host_sync(self) -> str:
+        """The first synchronising call of fetching, moving and gathering one batch once the split is resident
+        (``torch.cuda.set_sync_debug_mode("error")``), or "none"."""
+        it = iter(self.loader)
+        self.prepare(next(it))  # uploads the split (its copies may synchronise: once per run)
+        torch.cuda.synchronize(self.device)
+        b = next(it)
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            self.prepare(b)
+            return "none"
+        except RuntimeError as exc:
+            return str(exc).splitlines()[0]
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+
+
 def train_loop(args: Any, net: torch.nn.Module, step: Callable[..., None], device: torch.device, source: str,
-               loader: Any = None, augment: bool = True) -> dict[str, Any]:
+               loader: Any = None, augment: bool = True, feed: DeviceCacheFeed | None = None) -> dict[str, Any]:
     """Train ``args.loader_steps`` steps fed by ``source``: ``resident`` (one device batch, reused), ``loader``
-    (the task's loader, moved as Lightning does) or ``copy_stream`` (the loader, moved one batch ahead on a
-    side stream); ``step(net, opt, image, mask, bf16)`` is one training step. Returns images/s, the GPU busy %
-    and the host's ms per step in each stage."""
+    (the task's loader, moved as Lightning does), ``copy_stream`` (the loader, moved one batch ahead on a
+    side stream) or ``device_cache`` (``feed``: the task's device-resident training cache);
+    ``step(net, opt, image, mask, bf16)`` is one training step. Returns images/s, the GPU busy % and the host's
+    ms per step in each stage."""
     from neurotrain.tasks.vision.augment import build_augment, identity
 
     cuda = device.type == "cuda"
@@ -227,6 +278,10 @@ def train_loop(args: Any, net: torch.nn.Module, step: Callable[..., None], devic
         warm = 3
         raw: Iterator[Any] = iter([one] * (steps + warm))
         moved = raw
+    elif source == "device_cache":
+        assert feed is not None
+        warm = ahead(feed.loader) + 1  # the first batch uploads the split
+        moved = (feed.prepare(b) for b in cycle(feed.loader, steps + warm))
     else:
         warm = ahead(loader)
         raw = cycle(loader, steps + warm)
@@ -265,19 +320,25 @@ def train_loop(args: Any, net: torch.nn.Module, step: Callable[..., None], devic
 
 
 def bench_pipeline(args: Any, loader: Any, net: torch.nn.Module, step: Callable[..., None], device: torch.device,
-                   record: Callable[[str, object], None]) -> None:
+                   record: Callable[[str, object], None], feed: DeviceCacheFeed | None = None) -> None:
     """The training-loop rows, then the ratio the issue asks about: loader-fed (with augmentation) over the
-    synthetic rate (a device-resident batch, no augmentation)."""
+    synthetic rate (a device-resident batch, no augmentation); the same for the device-resident training cache
+    when ``feed`` holds one."""
     rows = [("resident", False), ("resident", True), ("loader", False), ("loader", True)]
     if device.type == "cuda":
         rows.append(("copy_stream", True))
+    if feed is not None and feed.cache is not None:
+        record("device_cache_mb", round(feed.cache.nbytes / 1e6, 1))
+        if device.type == "cuda":
+            record("device_cache_host_sync", feed.host_sync())
+        rows += [("device_cache", False), ("device_cache", True)]
     rates = {}
     for source, augment in rows:
-        for k, v in train_loop(args, net, step, device, source, loader, augment).items():
+        for k, v in train_loop(args, net, step, device, source, loader, augment, feed).items():
             record(k, v)
             if k.endswith("_images_per_s"):
                 rates[(source, augment)] = v
     base = rates[("resident", False)]
-    for source in ("loader", "copy_stream"):
+    for source in ("loader", "copy_stream", "device_cache"):
         if (source, True) in rates and base:
             record(f"train_loop_{source}_fraction_of_synthetic", round(rates[(source, True)] / base, 3))

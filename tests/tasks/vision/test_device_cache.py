@@ -206,3 +206,29 @@ def test_training_through_the_resident_path_lowers_the_loss(tmp_path: Path) -> N
     k = len(rec.values) // 4
     first, last = np.mean(rec.values[:k]), np.mean(rec.values[-k:])
     assert last < 0.8 * first, (first, last)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_gather_on_cuda_without_host_sync(seg_root: Path, tmp_path: Path) -> None:
+    cfg = _cfg(seg_root, tmp_path, mode="on")
+    task = TASKS.get("vision")
+    dm = TaskDataModule(cfg, task)
+    dm.setup("fit")
+    it = iter(dm.train_dataloader())
+    dev = torch.device("cuda")
+
+    def move(b: dict[str, Any]) -> dict[str, Any]:
+        return {k: v.to(dev, non_blocking=True) if torch.is_tensor(v) else v for k, v in b.items()}
+
+    first = next(it)
+    ref = dcm.resolve_on_host(first)
+    got = dcm.resolve(move(first))  # uploads the split
+    assert torch.equal(got["image"].cpu(), ref["image"]) and torch.equal(got["mask"].cpu(), ref["mask"])
+    torch.cuda.synchronize()
+    b = move(next(it))
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        out = task.on_batch(cfg, b, training=True)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert out["image"].is_cuda and out["image"].dtype == torch.float32

@@ -7,14 +7,14 @@ by the worker DataLoader over the decoded cache only 825 images/s (68 % busy): t
 0.64 ms per step, yet its step grew from 12.3 to 16.3 ms, as the pin-memory thread and the batch hand-over
 between processes compete with the Python thread that issues the GPU's kernels. MONAI's documented remedy for
 fast training (CacheDataset + ToDeviced + ThreadDataLoader with ``num_workers=0``: keep the decoded set on the
-GPU and index it there), as FFCV and DALI do too: upload once, no worker processes, no pinned copies, no
-inter-process batch per step.
+GPU and index it there), as FFCV and DALI do too: upload once, no worker processes, no pinned copies of
+images, no inter-process batch per step.
 
 How (the sampling is untouched; only where the bytes come from changes):
 
 * the engine's training DataLoader keeps the task's sampler (class-balanced, weighted, priority; shuffling;
-  Lightning's ``DistributedSampler`` under DDP, so each rank draws its own share), but runs with no workers and
-  its dataset's batched fetch (``CachedItems.__getitems__``) returns an *index batch*: one int64 (2, B) tensor
+  Lightning's ``DistributedSampler`` under DDP, so each rank draws its own share), but runs with no workers
+  (pinning only the small index tensor, on CUDA) and its dataset's batched fetch (``CachedItems.__getitems__``) returns an *index batch*: one int64 (2, B) tensor
   (row 0: the item each index serves, a bad file replaced by the next good one exactly as ``__getitem__`` and
   ``cache.cached_batch`` do; row 1: that item's slot in the resident tensors), the paths, and this cache;
 * Lightning moves that small tensor to the device (non-blocking: no wait for the GPU queue); the task's

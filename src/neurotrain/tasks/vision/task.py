@@ -122,8 +122,12 @@ class VisionTask(Task):
             if base is not None:
                 opts["sampler"] = base
             resident = attach(c, dataset) is not None
-        if resident:  # an index batch is a few bytes: a worker or a pinned copy would only cost the host time
-            opts.update(num_workers=0, pin_memory=False, persistent_workers=False)
+        if resident:
+            from neurotrain.tasks.vision.device_cache import accelerator_is_cuda
+
+            # an index batch is a few hundred bytes: a worker would only cost the host time; pinning it (in the
+            # main thread, no pin-memory thread without workers) keeps its copy to the GPU asynchronous
+            opts.update(num_workers=0, pin_memory=accelerator_is_cuda(c), persistent_workers=False)
         elif cfg.data.num_workers > 0:
             opts["prefetch_factor"] = c.loader.prefetch_factor
         return opts
