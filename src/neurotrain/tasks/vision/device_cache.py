@@ -5,10 +5,14 @@ Why: on one H200 (``bench/vision.py --pipeline-only``, 512x512, batch 16, docs/r
 fed by a batch already on the GPU trained 1,140 images/s (GPU 86.5 % busy) with the fused augmentation, but fed
 by the worker DataLoader over the decoded cache only 825 images/s (68 % busy): the host waited on the loader just
 0.64 ms per step, yet its step grew from 12.3 to 16.3 ms, as the pin-memory thread and the batch hand-over
-between processes compete with the Python thread that issues the GPU's kernels. MONAI's documented remedy for
-fast training (CacheDataset + ToDeviced + ThreadDataLoader with ``num_workers=0``: keep the decoded set on the
-GPU and index it there), as FFCV and DALI do too: upload once, no worker processes, no pinned copies of
-images, no inter-process batch per step.
+between processes compete with the Python thread that issues the GPU's kernels. MONAI's documented remedy
+(Project-MONAI/tutorials, ``acceleration/fast_model_training_guide.md``: "Cache IO and transforms data to GPU",
+CacheDataset up to ``ToDeviced``, and "ThreadDataLoader vs. DataLoader": with the data cached and light
+transforms, the worker processes only add IPC time and lower the GPU utilisation), as FFCV and DALI do too:
+upload once, no worker processes, no pinned copies of images, no inter-process batch per step.
+
+Under DDP every rank holds the whole training split (MONAI's BraTS example caches one partition per GPU instead;
+that would tie each rank to its partition, while the sampler here deals the indices anew every epoch).
 
 How (the sampling is untouched; only where the bytes come from changes):
 
