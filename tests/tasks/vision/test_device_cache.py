@@ -114,6 +114,39 @@ def test_resident_batches_equal_loader_batches(seg_root: Path, tmp_path: Path, s
     assert ds.device_cache._resident["cpu"]["image"].shape == (11, 3, 8, 8)
 
 
+@pytest.mark.parametrize("sampler", ["none", "class_balanced"])
+def test_each_ddp_rank_gets_its_share_as_before(seg_root: Path, tmp_path: Path, sampler: str) -> None:
+    """Lightning's DDP sampler swap (DistributedSampler, or DistributedSamplerWrapper around the task's sampler)
+    re-creates the loader: it keeps the resident path, and each rank's batches equal the worker loader's."""
+    from lightning.fabric.utilities.data import _replace_dunder_methods
+    from lightning.fabric.utilities.distributed import DistributedSamplerWrapper
+    from lightning.pytorch.utilities.data import _update_dataloader
+    from torch.utils.data import DataLoader, DistributedSampler
+
+    def rank_batches(mode: str, rank: int) -> list[dict[str, Any]]:
+        cfg = _cfg(seg_root, tmp_path, mode=mode, sampler=sampler)
+        dm = TaskDataModule(cfg, TASKS.get("vision"))
+        dm.setup("fit")
+        with _replace_dunder_methods(DataLoader, "dataset"):  # how Lightning records the loader's arguments
+            loader = dm.train_dataloader()
+        if sampler == "none":
+            dist = DistributedSampler(loader.dataset, num_replicas=2, rank=rank, shuffle=True, seed=7)
+        else:
+            dist = DistributedSamplerWrapper(loader.sampler, num_replicas=2, rank=rank, shuffle=True, seed=7)
+        ranked = _update_dataloader(loader, dist)
+        assert ranked.num_workers == 0 or mode == "off"
+        return [dcm.resolve(b) for b in ranked]
+
+    for rank in (0, 1):
+        on = rank_batches("on", rank)
+        assert "image" in on[0]
+        _assert_same(on, rank_batches("off", rank))
+    shares = [torch.cat([b["index"] for b in rank_batches("on", r)]).tolist() for r in (0, 1)]
+    assert len(shares[0]) == len(shares[1]) == 6 and 5 not in shares[0] + shares[1]  # 12 items over 2 ranks
+    if sampler == "none":  # a permutation dealt over the ranks: every good item is served
+        assert set(shares[0]) | set(shares[1]) == set(range(12)) - {5}
+
+
 def test_classification_batches_equal(class_root: Path, tmp_path: Path) -> None:
     on, _ = _epochs(_cfg(class_root, tmp_path, kind="classification", mode="on", sampler="class_balanced"))
     off, _ = _epochs(_cfg(class_root, tmp_path, kind="classification", mode="off", sampler="class_balanced"))
