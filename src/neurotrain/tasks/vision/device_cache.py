@@ -18,9 +18,10 @@ How (the sampling is untouched; only where the bytes come from changes):
 
 * the engine's training DataLoader keeps the task's sampler (class-balanced, weighted, priority; shuffling;
   Lightning's ``DistributedSampler`` under DDP, so each rank draws its own share), but runs with no workers
-  (pinning only the small index tensor, on CUDA) and its dataset's batched fetch (``CachedItems.__getitems__``) returns an *index batch*: one int64 (2, B) tensor
-  (row 0: the item each index serves, a bad file replaced by the next good one exactly as ``__getitem__`` and
-  ``cache.cached_batch`` do; row 1: that item's slot in the resident tensors), the paths, and this cache;
+  (pinning only the small index tensor, on CUDA) and its dataset's batched fetch (``CachedItems.__getitems__``)
+  returns an *index batch*: one int64 (2, B) tensor (row 0: the item each index serves, a bad file replaced by
+  the next good one exactly as ``__getitem__`` and ``cache.cached_batch`` do; row 1: that item's slot in the
+  resident tensors), the paths, and this cache;
 * Lightning moves that small tensor to the device (non-blocking: no wait for the GPU queue); the task's
   ``on_batch`` hook (:func:`resolve`) gathers image, mask or label with one ``index_select`` each from the
   resident uint8 tensors, uploaded on first use to that device. The result equals, bit for bit, the batch the
