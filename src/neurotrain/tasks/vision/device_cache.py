@@ -202,9 +202,9 @@ def budget_bytes(section: Any) -> float:
 
 
 def accelerator_is_cuda(cfg: Any) -> bool:
-    """Whether the trainer's accelerator is (or, for ``auto``, resolves to) CUDA."""
-    acc = cfg.trainer.accelerator
-    return acc in ("gpu", "cuda") or (acc == "auto" and torch.cuda.is_available())
+    """Whether the trainer's accelerator is (or, for ``auto``, resolves to) CUDA, and CUDA is there (a config
+    that says ``gpu`` read on a CPU-only machine, e.g. by ``neurotrain export``, keeps the worker loader)."""
+    return cfg.trainer.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
 
 
 def choose(cfg: Any, ds: Any) -> tuple[DeviceCache | None, str]:
