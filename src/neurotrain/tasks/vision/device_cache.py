@@ -214,7 +214,8 @@ def choose(cfg: Any, ds: Any) -> tuple[DeviceCache | None, str]:
     if mode == "off":
         return None, "loader.device_cache is off"
     if mode == "auto" and not accelerator_is_cuda(cfg):
-        return None, f"the accelerator is not CUDA (trainer.accelerator {cfg.trainer.accelerator})"
+        return None, (f"the accelerator is not CUDA (trainer.accelerator {cfg.trainer.accelerator}, "
+                      f"CUDA available: {torch.cuda.is_available()})")
     dc, why = build(ds, cfg.task_kind)
     if dc is None:
         if mode == "on":
