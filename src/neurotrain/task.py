@@ -147,7 +147,9 @@ class Task:
 
     def loader_options(self, cfg: Config, split: str, dataset: Dataset) -> dict[str, Any]:
         """Extra ``DataLoader`` arguments for the task's own datasets (``collate_fn``, ``sampler``); a
-        ``sampler`` replaces the engine's shuffling."""
+        ``sampler`` replaces the engine's shuffling, and ``num_workers`` / ``pin_memory`` /
+        ``persistent_workers`` given here override the ``data`` section's (vision's device-resident cache
+        loads with no workers)."""
         return {}
 
     def callbacks(self, cfg: Config) -> list[Any]:

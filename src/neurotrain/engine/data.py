@@ -230,6 +230,7 @@ class TaskDataModule(L.LightningDataModule):
         opts: dict[str, Any] = {"shuffle": shuffle, "num_workers": workers, "pin_memory": d.pin_memory,
                                 "persistent_workers": d.persistent_workers and workers > 0, "drop_last": False}
         opts.update(extra)  # a task's options win (e.g. no workers for vision's device-resident training cache)
+        opts["persistent_workers"] = bool(opts["persistent_workers"]) and opts["num_workers"] > 0
         return DataLoader(ds, **opts)
 
     def train_dataloader(self) -> DataLoader:
