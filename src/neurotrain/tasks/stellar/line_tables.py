@@ -42,6 +42,34 @@ SOLAR_BLANKETING: tuple[tuple[float, float, float], ...] = (
 #: (real F2-F5 / G0-G3 H alpha ratio 1.29, generator 1.39)
 BALMER_FLUX_SCALE = 0.78
 
+#: Milne-Eddington depth of a saturated metal line (``synth.absorption``): with the line-to-continuum opacity ratio
+#: eta(x) = c / x^2 of a damping wing, the depth is D_max eta / (1 + eta) = D_max c / (x^2 + c) (Gray 2005, ch. 13:
+#: the Milne-Eddington residual flux F/F_c = (a + 2/3 b / (1 + eta)) / (a + 2/3 b) for a source function a + b tau),
+#: a Lorentzian in depth of HWHM sqrt(c) and EW pi D_max sqrt(c) ("square-root" part of the curve of growth). Its
+#: central depth D_max is set by how far the source function falls at the top of the photosphere; the strongest
+#: solar lines keep ~5-10 % of the continuum in their cores (Kurucz et al. 1984 flux atlas: Na D, Mg b 5183; the
+#: Sun's 1 A Ca II K index ~0.09, White & Livingston 1981, ApJ 249, 798). (The old mapping used this Lorentzian,
+#: HWHM ~W/4, as an optical depth: exp(-A) capped every damped line's core at exp(-4/pi) = 0.28 whatever its EW.)
+LINE_DEPTH_MAX = 0.9
+#: van der Waals damping (metal lines) away from the Sun: gamma_6 ~ N_H v^(3/5) ~ P_g T^(-0.7) (Unsoeld's C6 / r^6
+#: interaction; Gray 2005, "The Observation and Analysis of Stellar Photospheres", eq. 11.35: log gamma_6 = 19.6 +
+#: 0.4 log C6 + log P_g - 0.7 log T), and a = gamma / (4 pi dnu_D). The gas pressure at the continuum-forming
+#: layer follows hydrostatic equilibrium P_g ~ g / kappa with the H- opacity kappa ~ P_e theta^2.5 10^(0.754 theta)
+#: of ``synth.log_pe``: log P_g rises ~2 dex per unit theta (a K5 dwarf's photosphere is ~4x denser than the Sun's,
+#: the reason the wings of Na D, Mg b and Ca I 4227 grow so fast from G to K dwarfs). Exponent of T:
+VDW_T_POWER = -0.7
+#: ionisation of each metal in the line-forming layer (Saha): first ionisation potential (eV) and log10(2 U+ / U0)
+#: from the partition functions at 5000 K (Gray 2005, appendix D: Fe I/II 1.40/1.62, Mg 0.00/0.30, Ca 0.07/0.34,
+#: Na 0.31/0.00, Ti 1.47/1.75 in log U). Metals are mostly ionised in the Sun, but Fe and Mg turn half neutral in
+#: the cooler, lower-P_e layers of K dwarfs: their neutral lines then stop following the minority-species slope
+#: (chi_ion - chi_exc - 0.754) while Na I and Ca I (5.1, 6.1 eV) stay minorities and keep growing
+SAHA_ELEMENT: dict[str, tuple[float, float]] = {
+    "FE": (7.90, 0.52), "MG": (7.65, 0.60), "CA": (6.11, 0.57), "NA": (5.14, -0.01), "TI": (6.83, 0.58),
+}
+#: temperature (K) of the Sun's line-forming layer, log tau_5000 ~ -1 (Holweger & Mueller 1974 model: ~5000 K);
+#: the layer of another star is at theta_sun_layer + THETA_TEMPER (theta - theta_sun)
+LAYER_T_SUN = 5000.0
+
 
 @dataclass(frozen=True)
 class LineStrength:

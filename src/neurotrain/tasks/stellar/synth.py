@@ -17,7 +17,9 @@ Model (all torch, batch-first, differentiable in the labels; numbers and their s
   chi_ion - chi_exc - 0.754, no gravity term (P_e cancels); lines of the majority ion (Fe II, Ca II, Sr II,
   Ba II): d log tau / d theta = 4 - chi_exc - 0.754 and tau ~ 1/P_e, so they grow at low gravity
   (ionisation balance: Fe II / Fe I is a gravity indicator). Both metal slopes are tempered by 0.7
-  (``THETA_TEMPER``: the line-forming layer's temperature varies less than Teff). Balmer lines use an
+  (``THETA_TEMPER``: the line-forming layer's temperature varies less than Teff). Both assume the metal is
+  mostly ionised; Saha's N+/N0 in the line-forming layer (5000 K in the Sun, ``LAYER_T_SUN``) corrects them
+  where Fe and Mg turn ~half neutral (K dwarfs: Mg I / Fe I lines grow less than Na I / Ca I). Balmer lines use an
   effective slope of -3.5 dex per unit theta (the observed ~3x growth of H alpha / H beta equivalent width
   from 4500 K to 6000 K and ~8 A at 7000 K) times the neutral hydrogen fraction from Saha's equation, which
   puts their maximum near 9000-10000 K (A0-A2 stars). Molecules: CH (G band) ~ [C/H], +1.5 dex per unit
@@ -30,14 +32,22 @@ Model (all torch, batch-first, differentiable in the labels; numbers and their s
   flat (~ sqrt(ln tau0)) when saturated, ~ sqrt(N) once damping wings dominate. Doppler width from thermal
   speed sqrt(2kT/m) and microturbulence xi = 2.478 - 0.325 log g km/s (APOGEE, Holtzman et al. 2015).
   The Voigt damping parameter a grows with gravity as a ~ g^0.4 for van der Waals broadening of metal
-  lines (pressure-sensitive wings of Mg b, Na D, Ca I 4227, Na I 8183/8195 ~ g^0.6), a ~ P_e for the
+  lines (pressure-sensitive wings of Mg b, Na D, Ca I 4227, Na I 8183/8195 ~ g^0.6) and with the photosphere's
+  gas pressure as Teff falls (gamma_6 ~ P_g T^-0.7, P_g from hydrostatics over the H- opacity: ~+0.4 dex in
+  a 4400 K dwarf, ``line_tables.VDW_T_POWER``; this is what makes Na D and Ca I 4227 so strong in K dwarfs), a ~ P_e for the
   Stark-broadened Balmer lines, and a ~ g^0.2 for the Ca II triplet, which with the larger microturbulence
   of giants makes the triplet weaken with gravity (Diaz, Terlevich & Terlevich 1989).
-* **Profiles at resolution R.** The line-spread function is a Gaussian of FWHM lambda/R. A line of
-  equivalent width W absorbs W [(1-eta) Gauss(sigma_LSF^2 + W_D^2/12) + eta pseudo-Voigt(sigma_LSF,
-  gamma = W_L/4)] where eta is the damping share of W (the saturated core as a box of width W_D, the wings as
-  a Lorentzian matched to 1 - exp(-c/x^2) far out; pseudo-Voigt of Ida, Ando & Toraya 2000); Balmer wings are
-  ``HYDROGEN_WING_SCALE`` (3) times wider (Stark wings: solar H alpha ~0.34 deep at R 1800, not 0.47). Bands:
+* **Profiles at resolution R.** The line-spread function is a Gaussian of FWHM lambda/R. A metal line of
+  equivalent width W has the optical depth (1-eta) W Gauss(sigma_LSF^2 + W_D^2/12) (its Doppler part, the
+  saturated core as a box of width W_D) and, for its damping part eta W, the Milne-Eddington depth profile
+  D = eta W pseudo-Voigt(sigma_LSF, gamma = eta W / (pi D_max)) (a Lorentzian depth of central depth
+  ``LINE_DEPTH_MAX`` 0.9 and wings c / x^2, seen through the LSF; pseudo-Voigt of Ida, Ando & Toraya 2000),
+  which enters as the optical depth -ln(1 - D) so that the line keeps its EW and its core deepens with W
+  (strong lines of K dwarfs reach 0.1 at R 1800, as real ones do). Balmer lines keep the optical-depth form
+  W [(1-eta) Gauss + eta pseudo-Voigt]: their Stark / self-broadened wings are unsaturated far out, with a
+  Lorentz HWHM equal in the Sun to ``HYDROGEN_WING_SCALE`` (3) x W_L/4 (solar H alpha ~0.34 deep at R 1800, not
+  0.47) and elsewhere scaled with the physical damping width a dlambda_D (set by the perturbers, not by the
+  line's strength, so a weaker Balmer line of a K dwarf also has a shallower core). Bands:
   CH as a smooth 30 A box peaking near 5000 K, TiO as a sharp head degrading redward (e-folding = the band
   width). A forest of 6000 lines (Fe I 62 %, Fe II 12 %, Ti I 12 %, Ca I 8 %, Mg I 6 %) at fixed pseudo-random
   wavelengths (density ~ lambda^-5, drawn once from ``FOREST_SEED``) each get a curve-of-growth W and an
@@ -45,7 +55,7 @@ Model (all torch, batch-first, differentiable in the labels; numbers and their s
   fraction per band (``SOLAR_BLANKETING``: ~20 % at 4000-4500 A falling to ~2.5 % beyond 7500 A).
   Transmissions multiply: flux = exp(-sum of absorptions).
 
-Limits: no radiative transfer or model atmospheres (one-layer Schuster-Schwarzschild-like lines), no
+Limits: no radiative transfer or model atmospheres (one-layer lines with a fixed Milne-Eddington depth limit), no
 line-blanketing of the continuum, no chromospheric emission, no rotation, Lorentzian rather than Stark
 (lambda^-5/2) Balmer wings, molecules only CH and TiO (no CN, MgH, C2, VO), blends combine as exp(-sum)
 which underestimates the EW of overlapping saturated lines, forest wavelengths are not real line lists (a
@@ -57,7 +67,7 @@ It is a label -> spectrum map with the right signs, sizes and non-linearities, n
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 import numpy as np
@@ -73,10 +83,14 @@ from neurotrain.tasks.stellar.line_tables import (  # noqa: F401  (re-exported: 
     FOREST_RANGE,
     FOREST_SEED,
     FOREST_SPECIES,
+    LINE_DEPTH_MAX,
+    LAYER_T_SUN,
     LINE_TABLE,
     LOGG_SUN,
+    SAHA_ELEMENT,
     SOLAR_BLANKETING,
     TEFF_SUN,
+    VDW_T_POWER,
     LineStrength,
 )
 from neurotrain.tasks.stellar.lines import air_to_vacuum
@@ -165,7 +179,17 @@ def curve_of_growth(log_tau: torch.Tensor, log_a: torch.Tensor,
     return w2.sqrt(), w_d, w_l2 / w2
 
 
-def _line_log_tau(species: list[str], chi_exc: torch.Tensor, chi_ion: torch.Tensor, theta: torch.Tensor,
+def _vdw_log_a(teff: torch.Tensor, logg: torch.Tensor, mass: torch.Tensor) -> torch.Tensor:
+    """log10 of the van der Waals damping parameter a relative to the Sun at the same gravity, (B, L): gas pressure
+    of the photosphere from hydrostatics over the H- opacity (d log P_g / d theta = 4 - 0.754 - 2.5 / (theta ln 10),
+    tempered like the metal lines by THETA_TEMPER), T^VDW_T_POWER, over the Doppler width (a = gamma / dnu_D)."""
+    theta = 5040.0 / teff
+    log_pg = THETA_TEMPER * ((PE_THETA_SLOPE - H_MINUS_EV) * (theta - THETA_SUN) - 2.5 * torch.log10(theta / THETA_SUN))
+    sun = _doppler_kms(torch.full_like(teff, TEFF_SUN), logg, mass)
+    return log_pg + VDW_T_POWER * torch.log10(teff / TEFF_SUN) - torch.log10(_doppler_kms(teff, logg, mass) / sun)
+
+
+def _line_log_tau(species: list[str], elements: list[str], chi_exc: torch.Tensor, chi_ion: torch.Tensor, theta: torch.Tensor,
                   logg: torch.Tensor, feh: torch.Tensor, teff: torch.Tensor) -> torch.Tensor:
     """log10 tau0 relative to the Sun, without the abundance term: (B, L) from per-line (L,) constants."""
     dth = theta - THETA_SUN
@@ -178,7 +202,28 @@ def _line_log_tau(species: list[str], chi_exc: torch.Tensor, chi_ion: torch.Tens
     hydrogen = (BALMER_T_SLOPE * dth + log_neutral_h(teff, log_pe(theta, logg, feh)) - h_sun
                 - (pe_rel - PE_THETA_SLOPE * (THETA_SUN - theta)))
     kind = torch.tensor([{"neutral": 0, "ion": 1, "hydrogen": 2}[s] for s in species], device=theta.device)
-    return torch.where(kind == 0, neutral, torch.where(kind == 1, ion, hydrogen))
+    metal = torch.where(kind == 0, neutral, ion) + _ionisation_saturation(elements, chi_ion, kind, theta, logg, feh)
+    return torch.where(kind == 2, hydrogen, metal)
+
+
+def _ionisation_saturation(elements: list[str], chi_ion: torch.Tensor, kind: torch.Tensor, theta: torch.Tensor,
+                           logg: torch.Tensor, feh: torch.Tensor) -> torch.Tensor:
+    """log10 of the factor 1 / (1 + N0/N+) relative to the Sun, (B, L): the slopes above assume the metal is mostly
+    ionised (neutral lines: a minority; ion lines: the majority); where Saha's ratio S = N+/N0 (line-forming layer,
+    ``LAYER_T_SUN`` tempered, model P_e, ``SAHA_ELEMENT``) nears 1 both lose that share. Neutral lines use their own
+    ionisation energy, ion lines their element's."""
+    d = dict(dtype=theta.dtype, device=theta.device)
+    sah = [SAHA_ELEMENT.get(e, SAHA_ELEMENT["FE"]) for e in elements]
+    chi = torch.where(kind == 0, chi_ion, torch.tensor([c for c, _ in sah], **d))
+    log_2u = torch.tensor([u for _, u in sah], **d)
+
+    def log_corr(th: torch.Tensor, pe_log: torch.Tensor) -> torch.Tensor:
+        th_l = 5040.0 / LAYER_T_SUN + THETA_TEMPER * (th - THETA_SUN)
+        log_s = log_2u + 2.5 * torch.log10(5040.0 / th_l) - chi * th_l - 0.1762 - pe_log
+        return torch.nn.functional.softplus(-log_s * math.log(10.0)) / math.log(10.0)  # log10(1 + 1/S)
+
+    sun = log_corr(torch.full_like(theta, THETA_SUN), torch.full_like(theta, LOG_PE_SUN))
+    return sun - log_corr(theta, log_pe(theta, logg, feh))
 
 
 def _abundance(labels: torch.Tensor, elements: list[str]) -> torch.Tensor:
@@ -207,6 +252,8 @@ class _Lines:
     damp_logg: np.ndarray
     log_tau_sun: np.ndarray
     ew_sun: np.ndarray
+    #: hydrogen: Lorentz HWHM of the wings over the physical damping width a * dlambda_D, fixed in the Sun (else NaN)
+    wing_ratio: np.ndarray | None = None
 
 
 def _doppler_kms(teff: torch.Tensor, logg: torch.Tensor, mass: torch.Tensor) -> torch.Tensor:
@@ -237,10 +284,17 @@ def named_lines() -> _Lines:
     mass = np.array([r.mass_amu for r in rows])
     log_a = np.array([r.log_a for r in rows])
     ew = np.array([r.ew_sun_aa * (BALMER_FLUX_SCALE if r.species == "hydrogen" else 1.0) for r in rows])
-    return _Lines(tuple(r.name for r in rows), vac, [r.element for r in rows], [r.species for r in rows],
-                  np.array([r.chi_exc for r in rows]), np.array([r.chi_ion for r in rows]), mass, log_a,
-                  np.array([r.damp_logg for r in rows]),
-                  _calibrate(vac, ew, mass, log_a), ew)
+    lines = _Lines(tuple(r.name for r in rows), vac, [r.element for r in rows], [r.species for r in rows],
+                   np.array([r.chi_exc for r in rows]), np.array([r.chi_ion for r in rows]), mass, log_a,
+                   np.array([r.damp_logg for r in rows]),
+                   _calibrate(vac, ew, mass, log_a), ew)
+    # Balmer wings: in the Sun the Lorentz HWHM is HYDROGEN_WING_SCALE * W_L / 4 (matched to the solar H alpha at
+    # R 1800); elsewhere it follows the physical (Stark / self-) broadening width a * dlambda_D, which is set by
+    # the perturbers' density, not by the line's strength (see ``absorption``)
+    sun = torch.tensor([[TEFF_SUN, LOGG_SUN] + [0.0] * (len(GENERATOR_LABELS) - 2)], dtype=torch.float64)
+    par = line_widths(lines, sun)
+    ratio = (HYDROGEN_WING_SCALE * par["gamma"] / par["damp_width"])[0].numpy()
+    return replace(lines, wing_ratio=np.where([s == "hydrogen" for s in lines.species], ratio, np.nan))
 
 
 @lru_cache(maxsize=1)
@@ -262,22 +316,25 @@ def forest_lines() -> _Lines:
 
 
 def line_widths(lines: _Lines, labels: torch.Tensor, nodes: int = COG_NODES) -> dict[str, torch.Tensor]:
-    """Equivalent width (A), its Doppler part (A), damping share and Lorentz HWHM (A) of each line: (B, L);
-    ``nodes``: quadrature nodes of the curve of growth."""
+    """Equivalent width (A), its Doppler part (A), damping share, W_L / 4 (A) with W_L the damping part of the
+    curve of growth, and the physical damping width a * dlambda_D (A) of each line: (B, L); ``nodes``: quadrature
+    nodes of the curve of growth."""
     d = dict(dtype=labels.dtype, device=labels.device)
     teff, logg, feh = labels[:, 0:1], labels[:, 1:2], labels[:, 2:3]
     theta = 5040.0 / teff
     chi_exc, chi_ion = torch.as_tensor(lines.chi_exc, **d), torch.as_tensor(lines.chi_ion, **d)
     log_tau = (torch.as_tensor(lines.log_tau_sun, **d) + _abundance(labels, lines.elements)
-               + _line_log_tau(lines.species, chi_exc, chi_ion, theta, logg, feh, teff))
+               + _line_log_tau(lines.species, lines.elements, chi_exc, chi_ion, theta, logg, feh, teff))
     is_h = torch.tensor([s == "hydrogen" for s in lines.species], device=labels.device)
     damp = torch.as_tensor(lines.damp_logg, **d) * (logg - LOGG_SUN)
     damp = damp + torch.where(is_h, PE_FEH_SLOPE * feh, torch.zeros_like(damp))  # Stark ~ n_e
-    log_a = torch.as_tensor(lines.log_a, **d) + damp
-    dl = torch.as_tensor(lines.vac, **d) * _doppler_kms(teff, logg, torch.as_tensor(lines.mass, **d)) / C_KMS
+    mass = torch.as_tensor(lines.mass, **d)
+    dl = torch.as_tensor(lines.vac, **d) * _doppler_kms(teff, logg, mass) / C_KMS
+    log_a = torch.as_tensor(lines.log_a, **d) + damp + torch.where(is_h, torch.zeros_like(damp), _vdw_log_a(teff, logg, mass))
     w, w_d, eta = curve_of_growth(log_tau, log_a, nodes)
     w_l = (w * w - w_d * w_d).clamp(min=0).sqrt()
-    return {"ew": w * dl, "ew_doppler": w_d * dl, "eta": eta, "gamma": w_l * dl / 4.0}
+    return {"ew": w * dl, "ew_doppler": w_d * dl, "eta": eta, "gamma": w_l * dl / 4.0,
+            "damp_width": torch.pow(10.0, log_a) * dl}
 
 
 def lsf_sigma(wave: torch.Tensor, resolution: float) -> torch.Tensor:
@@ -332,10 +389,15 @@ def absorption(labels: torch.Tensor, wave: torch.Tensor, resolution: float, fore
         s_lsf = float(lam0) / (resolution * FWHM_PER_SIGMA)
         ew, eta = par["ew"][:, i : i + 1], par["eta"][:, i : i + 1]
         s_core = torch.sqrt(s_lsf**2 + par["ew_doppler"][:, i : i + 1] ** 2 / 12.0)
-        wing = HYDROGEN_WING_SCALE if named.species[i] == "hydrogen" else 1.0
-        gamma = par["gamma"][:, i : i + 1].clamp(min=1e-6) * wing
-        prof = ew * taper * ((1 - eta) * _gauss(x, s_core)
-                             + eta * _pseudo_voigt(x, torch.full_like(gamma, s_lsf), gamma))
+        if named.species[i] == "hydrogen":  # Stark wings: width from the perturbers, area from the curve of growth
+            gamma = (par["damp_width"][:, i : i + 1] * float(named.wing_ratio[i])).clamp(min=1e-6)
+            prof = ew * ((1 - eta) * _gauss(x, s_core) + eta * _pseudo_voigt(x, torch.full_like(gamma, s_lsf), gamma))
+        else:  # metals: Doppler part as a Gaussian optical depth, damping part as a Milne-Eddington depth profile
+            w_l = eta * ew
+            gamma = (w_l / (math.pi * LINE_DEPTH_MAX)).clamp(min=1e-6)
+            depth = (w_l * _pseudo_voigt(x, torch.full_like(gamma, s_lsf), gamma)).clamp(max=LINE_DEPTH_MAX)
+            prof = ew * (1 - eta) * _gauss(x, s_core) - torch.log1p(-depth)
+        prof = prof * taper
         total = total + torch.nn.functional.pad(prof, (a, m - b))
     for row in LINE_TABLE:  # molecular bands: optical depth times a smooth window
         if row.species not in BAND_PARAMS:
