@@ -40,7 +40,7 @@ def grid(centre: float, half: float) -> torch.Tensor:
 
 
 def test_solar_strong_lines_keep_their_rowland_ew():
-    """The Sun's strong lines are calibrated to Moore, Minnaert & Houtgast (1966): the new damping terms vanish there."""
+    """The Sun's strong lines stay calibrated to Moore, Minnaert & Houtgast (1966): the new terms vanish there."""
     sun = dwarfs((synth.TEFF_SUN, synth.LOGG_SUN))
     for name, want in MMH_EW.items():
         assert abs(float(ew(sun, name)[0]) / want - 1) < 0.02, name

@@ -7,13 +7,20 @@ Wavelengths are laboratory air wavelengths in Angstrom (NIST Atomic Spectra Data
 and the CH G band from Pickles 1998, PASP 110, 863, and Gray & Corbally 2009, "Stellar Spectral
 Classification", ch. 2 and 8), converted to vacuum by :func:`air_to_vacuum` because LAMOST wavelengths
 are vacuum. Bands have a width: TiO absorbs redward of its head.
+
+It also holds the line-profile shapes at resolving power R used by ``synth.py``: the Gaussian line-spread function
+(FWHM lambda / R) and the pseudo-Voigt (Ida, Ando & Toraya 2000).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
+import torch
+
+FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
 
 
 @dataclass(frozen=True)
@@ -127,3 +134,24 @@ def features_in(lo_aa: float, hi_aa: float, pad_aa: float = 0.0) -> list[Feature
         if b >= lo_aa - pad_aa and a <= hi_aa + pad_aa:
             out.append(f)
     return sorted(out, key=lambda f: f.span_vacuum[0])
+
+
+def lsf_sigma(wave: torch.Tensor, resolution: float) -> torch.Tensor:
+    """Gaussian LSF sigma (A) at wavelength ``wave`` for resolving power R (FWHM = lambda / R)."""
+    return wave / (resolution * FWHM_PER_SIGMA)
+
+
+def gauss(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Unit-area Gaussian of ``sigma`` (A) at offsets ``x`` (A)."""
+    return torch.exp(-0.5 * (x / sigma) ** 2) / (sigma * math.sqrt(2 * math.pi))
+
+
+def pseudo_voigt(x: torch.Tensor, sigma: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
+    """Unit-area pseudo-Voigt of Gaussian sigma and Lorentzian HWHM gamma (Ida, Ando & Toraya 2000)."""
+    fg, fl = FWHM_PER_SIGMA * sigma, 2.0 * gamma
+    f = (fg**5 + 2.69269 * fg**4 * fl + 2.42843 * fg**3 * fl**2 + 4.47163 * fg**2 * fl**3
+         + 0.07842 * fg * fl**4 + fl**5) ** 0.2
+    r = fl / f
+    eta = (1.36603 * r - 0.47719 * r * r + 0.11116 * r**3).clamp(0.0, 1.0)
+    hw = f / 2
+    return eta * hw / (math.pi * (x * x + hw * hw)) + (1 - eta) * gauss(x, f / FWHM_PER_SIGMA)

@@ -34,7 +34,8 @@ Model (all torch, batch-first, differentiable in the labels; numbers and their s
   The Voigt damping parameter a grows with gravity as a ~ g^0.4 for van der Waals broadening of metal
   lines (pressure-sensitive wings of Mg b, Na D, Ca I 4227, Na I 8183/8195 ~ g^0.6) and with the photosphere's
   gas pressure as Teff falls (gamma_6 ~ P_g T^-0.7, P_g from hydrostatics over the H- opacity: ~+0.4 dex in
-  a 4400 K dwarf, ``line_tables.VDW_T_POWER``; this is what makes Na D and Ca I 4227 so strong in K dwarfs), a ~ P_e for the
+  a 4400 K dwarf, ``line_tables.VDW_T_POWER``; this is what makes Na D and Ca I 4227 so strong in K dwarfs),
+  a ~ P_e for the
   Stark-broadened Balmer lines, and a ~ g^0.2 for the Ca II triplet, which with the larger microturbulence
   of giants makes the triplet weaken with gravity (Diaz, Terlevich & Terlevich 1989).
 * **Profiles at resolution R.** The line-spread function is a Gaussian of FWHM lambda/R. A metal line of
@@ -60,7 +61,8 @@ line-blanketing of the continuum, no chromospheric emission, no rotation, Lorent
 (lambda^-5/2) Balmer wings, molecules only CH and TiO (no CN, MgH, C2, VO), blends combine as exp(-sum)
 which underestimates the EW of overlapping saturated lines, forest wavelengths are not real line lists (a
 least-squares fit of the model to a real spectrum is pulled towards a weak forest, and the blue blanketing of
-real K dwarfs grows ~2x from G2 to K3-K5 where the model's grows ~1.2x: docs/results/stellar.md).
+real K dwarfs grows ~2x from G2 to K3-K5 where the model's grows ~1.5x; Mg b of K dwarfs is too strong against real
+LAMOST spectra, whose Mg b side bands sit in MgH: docs/results/stellar.md).
 It is a label -> spectrum map with the right signs, sizes and non-linearities, not a synthesis code.
 """
 
@@ -93,7 +95,13 @@ from neurotrain.tasks.stellar.line_tables import (  # noqa: F401  (re-exported: 
     VDW_T_POWER,
     LineStrength,
 )
-from neurotrain.tasks.stellar.lines import air_to_vacuum
+from neurotrain.tasks.stellar.lines import (  # noqa: F401  (re-exported: synth.lsf_sigma keeps working)
+    FWHM_PER_SIGMA,
+    air_to_vacuum,
+    gauss,
+    lsf_sigma,
+    pseudo_voigt,
+)
 
 C_KMS = 299_792.458
 THETA_SUN = 5040.0 / TEFF_SUN
@@ -105,7 +113,6 @@ H_MINUS_EV = 0.754
 LOG_PE_SUN, PE_THETA_SLOPE, PE_LOGG_SLOPE, PE_FEH_SLOPE = 1.3, 4.0, 1.0 / 3.0, 0.5
 #: microturbulence (km/s) = XI0 + XI_LOGG * log g, floored (Holtzman et al. 2015)
 XI0, XI_LOGG, XI_MIN = 2.478, -0.325, 0.5
-FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
 #: Gauss-Legendre nodes of the Doppler curve of growth on x in [0, COG_XMAX] (covers tau0 up to ~1e12)
 COG_NODES, COG_XMAX = 24, 6.5  # 0.6 % worst-case error against 200 nodes, monotone in tau0
 #: the forest (a nuisance: 6000 lines per spectrum) uses fewer nodes: 1.1 % worst case against 24, half the cost
@@ -189,8 +196,8 @@ def _vdw_log_a(teff: torch.Tensor, logg: torch.Tensor, mass: torch.Tensor) -> to
     return log_pg + VDW_T_POWER * torch.log10(teff / TEFF_SUN) - torch.log10(_doppler_kms(teff, logg, mass) / sun)
 
 
-def _line_log_tau(species: list[str], elements: list[str], chi_exc: torch.Tensor, chi_ion: torch.Tensor, theta: torch.Tensor,
-                  logg: torch.Tensor, feh: torch.Tensor, teff: torch.Tensor) -> torch.Tensor:
+def _line_log_tau(species: list[str], elements: list[str], chi_exc: torch.Tensor, chi_ion: torch.Tensor,
+                  theta: torch.Tensor, logg: torch.Tensor, feh: torch.Tensor, teff: torch.Tensor) -> torch.Tensor:
     """log10 tau0 relative to the Sun, without the abundance term: (B, L) from per-line (L,) constants."""
     dth = theta - THETA_SUN
     pe_rel = log_pe(theta, logg, feh) - LOG_PE_SUN
@@ -330,31 +337,12 @@ def line_widths(lines: _Lines, labels: torch.Tensor, nodes: int = COG_NODES) -> 
     damp = damp + torch.where(is_h, PE_FEH_SLOPE * feh, torch.zeros_like(damp))  # Stark ~ n_e
     mass = torch.as_tensor(lines.mass, **d)
     dl = torch.as_tensor(lines.vac, **d) * _doppler_kms(teff, logg, mass) / C_KMS
-    log_a = torch.as_tensor(lines.log_a, **d) + damp + torch.where(is_h, torch.zeros_like(damp), _vdw_log_a(teff, logg, mass))
+    vdw = torch.where(is_h, torch.zeros_like(damp), _vdw_log_a(teff, logg, mass))  # hydrogen: Stark, no vdW term
+    log_a = torch.as_tensor(lines.log_a, **d) + damp + vdw
     w, w_d, eta = curve_of_growth(log_tau, log_a, nodes)
     w_l = (w * w - w_d * w_d).clamp(min=0).sqrt()
     return {"ew": w * dl, "ew_doppler": w_d * dl, "eta": eta, "gamma": w_l * dl / 4.0,
             "damp_width": torch.pow(10.0, log_a) * dl}
-
-
-def lsf_sigma(wave: torch.Tensor, resolution: float) -> torch.Tensor:
-    """Gaussian LSF sigma (A) at wavelength ``wave`` for resolving power R (FWHM = lambda / R)."""
-    return wave / (resolution * FWHM_PER_SIGMA)
-
-
-def _gauss(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    return torch.exp(-0.5 * (x / sigma) ** 2) / (sigma * math.sqrt(2 * math.pi))
-
-
-def _pseudo_voigt(x: torch.Tensor, sigma: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
-    """Unit-area pseudo-Voigt of Gaussian sigma and Lorentzian HWHM gamma (Ida, Ando & Toraya 2000)."""
-    fg, fl = FWHM_PER_SIGMA * sigma, 2.0 * gamma
-    f = (fg**5 + 2.69269 * fg**4 * fl + 2.42843 * fg**3 * fl**2 + 4.47163 * fg**2 * fl**3
-         + 0.07842 * fg * fl**4 + fl**5) ** 0.2
-    r = fl / f
-    eta = (1.36603 * r - 0.47719 * r * r + 0.11116 * r**3).clamp(0.0, 1.0)
-    hw = f / 2
-    return eta * hw / (math.pi * (x * x + hw * hw)) + (1 - eta) * _gauss(x, f / FWHM_PER_SIGMA)
 
 
 def _band_log_tau(row: LineStrength, labels: torch.Tensor) -> torch.Tensor:
@@ -391,12 +379,12 @@ def absorption(labels: torch.Tensor, wave: torch.Tensor, resolution: float, fore
         s_core = torch.sqrt(s_lsf**2 + par["ew_doppler"][:, i : i + 1] ** 2 / 12.0)
         if named.species[i] == "hydrogen":  # Stark wings: width from the perturbers, area from the curve of growth
             gamma = (par["damp_width"][:, i : i + 1] * float(named.wing_ratio[i])).clamp(min=1e-6)
-            prof = ew * ((1 - eta) * _gauss(x, s_core) + eta * _pseudo_voigt(x, torch.full_like(gamma, s_lsf), gamma))
+            prof = ew * ((1 - eta) * gauss(x, s_core) + eta * pseudo_voigt(x, torch.full_like(gamma, s_lsf), gamma))
         else:  # metals: Doppler part as a Gaussian optical depth, damping part as a Milne-Eddington depth profile
             w_l = eta * ew
             gamma = (w_l / (math.pi * LINE_DEPTH_MAX)).clamp(min=1e-6)
-            depth = (w_l * _pseudo_voigt(x, torch.full_like(gamma, s_lsf), gamma)).clamp(max=LINE_DEPTH_MAX)
-            prof = ew * (1 - eta) * _gauss(x, s_core) - torch.log1p(-depth)
+            depth = (w_l * pseudo_voigt(x, torch.full_like(gamma, s_lsf), gamma)).clamp(max=LINE_DEPTH_MAX)
+            prof = ew * (1 - eta) * gauss(x, s_core) - torch.log1p(-depth)
         prof = prof * taper
         total = total + torch.nn.functional.pad(prof, (a, m - b))
     for row in LINE_TABLE:  # molecular bands: optical depth times a smooth window
@@ -431,7 +419,7 @@ def forest_basis(wave: torch.Tensor, resolution: float) -> torch.Tensor:
     basis = _BASIS_CACHE.get(key)
     if basis is None:
         lam = torch.as_tensor(forest_lines().vac, dtype=wave.dtype, device=wave.device)
-        basis = _gauss(wave[None, :] - lam[:, None], lsf_sigma(lam, resolution)[:, None])
+        basis = gauss(wave[None, :] - lam[:, None], lsf_sigma(lam, resolution)[:, None])
         if len(_BASIS_CACHE) >= 4:
             _BASIS_CACHE.pop(next(iter(_BASIS_CACHE)))
         _BASIS_CACHE[key] = basis
