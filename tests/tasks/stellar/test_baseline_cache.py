@@ -69,7 +69,7 @@ def test_cache_key_covers_generator_sources_but_not_network_modules() -> None:
     here = Path(baseline_cache.__file__).parent
     for name in baseline_cache.BASELINE_SOURCES:
         assert (here / name).is_file(), name
-    for name in ("simulate.py", "synth.py", "preprocess.py", "baseline.py", "line_tables.py"):
+    for name in ("simulate.py", "synth.py", "photosphere.py", "preprocess.py", "baseline.py", "line_tables.py"):
         assert name in baseline_cache.BASELINE_SOURCES
     for name in ("models.py", "calibration.py", "postprocess.py", "losses.py", "eval_report.py"):
         assert name not in baseline_cache.BASELINE_SOURCES

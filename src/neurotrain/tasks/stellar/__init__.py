@@ -3,7 +3,9 @@
 Rooms beyond the common ones:
 
 - ``lines.py``       the spectral features that carry each label (wavelengths, air <-> vacuum)
-- ``synth.py``       the generator's line physics: curve of growth, profiles at resolution R, absorption
+- ``synth.py``       the generator's lines assembled: line widths, profiles at resolution R, absorption
+- ``photosphere.py`` the one-layer photosphere behind the line strengths: electron pressure, Saha-Boltzmann
+                     optical depths, ionisation saturation, van der Waals damping, curve of growth
 - ``line_tables.py`` the generator's line tables: named lines and bands with solar strengths, the forest's
                      species, the solar blanketing it is calibrated to
 - ``preprocess.py``  the seed's pipeline as batched tensor steps (mask, denoise, rest frame, log-lambda

@@ -31,7 +31,7 @@ CACHE_DIR = "baseline_cache"
 # preprocessing, the held-out draw (evaluate, task) and the baselines themselves
 BASELINE_SOURCES = (
     "baseline.py", "baseline_cache.py", "emulator.py", "evaluate.py", "line_tables.py", "lines.py",
-    "preprocess.py", "simulate.py", "synth.py", "task.py",
+    "photosphere.py", "preprocess.py", "simulate.py", "synth.py", "task.py",
 )
 
 
