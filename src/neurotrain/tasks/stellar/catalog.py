@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -57,14 +58,20 @@ def read_catalog(paths: Sequence[str | Path] | str | Path, id_column: str = "spe
         except Exception as exc:
             raise DataError(f"{p}: not a readable CSV catalogue ({str(exc).strip().splitlines()[0]})") from None
         cols = {c: str(c).strip() for c in df.columns}
+        raw_name = {v: k for k, v in cols.items()}
         df = df.rename(columns=cols)
         if id_column not in df.columns:
             alt = [c for c in df.columns if c.lower() == id_column.lower()]
             if not alt:
                 raise ConfigError(f"{p}: {id_column}: expected the id column (read.id_column) "
                                   f"(the file has {list(df.columns)[:12]})")
+            raw_name[id_column] = raw_name[alt[0]]
             df = df.rename(columns={alt[0]: id_column})
-        ids = normalise_id(df[id_column])
+        ids = normalise_id(_raw_ids(p, df[id_column], raw_name[id_column]))
+        empty = np.flatnonzero((ids == "").to_numpy())
+        if empty.size:
+            raise DataError(f"{p}: {id_column}: expected an id in every row ({empty.size} empty, first on "
+                            f"line {empty[0] + 2})")
         dup = ids[ids.duplicated(keep=False)].unique()
         if dup.size:
             raise DataError(f"{p}: {id_column}: expected unique ids ({dup.size} repeat, e.g. {list(dup[:_SHOW])})")
@@ -76,6 +83,7 @@ def read_catalog(paths: Sequence[str | Path] | str | Path, id_column: str = "spe
             if wanted is None or c in wanted:
                 out[c] = labels[c].to_numpy()
         out["catalog"] = str(p)
+        out["_line"] = np.arange(len(out)) + 2  # the file's line of each row (line 1: the header)
         frames.append(out)
 
     cat = pd.concat(frames, ignore_index=True, sort=False)
@@ -84,25 +92,40 @@ def read_catalog(paths: Sequence[str | Path] | str | Path, id_column: str = "spe
         if absent:
             files = ", ".join(str(p) for p in paths)
             raise ConfigError(f"{files}: labels {absent}: expected these columns (labels.names) in the catalogue(s)")
-        cat = cat[["id", *wanted, "catalog"]]
+        cat = cat[["id", *wanted, "catalog", "_line"]]
     dup = cat["id"][cat["id"].duplicated(keep=False)]
     if dup.size:
         first = dup.iloc[0]
         where = cat.loc[cat["id"] == first, "catalog"].tolist()
         raise DataError(f"{where[-1]}: id: expected each id in one catalogue only ({dup.nunique()} ids repeat "
                         f"across files, e.g. {list(dup.unique()[:_SHOW])}; {first!r} is in {where})")
-    label_cols = [c for c in cat.columns if c not in ("id", "catalog")]
+    label_cols = [c for c in cat.columns if c not in ("id", "catalog", "_line")]
     non_numeric: dict[str, int] = {}
+    first_bad: dict[str, str] = {}
     for c in label_cols:
         raw = cat[c]
         num = pd.to_numeric(raw, errors="coerce").astype(np.float64)
-        bad = int((num.isna() & raw.notna() & (raw.astype(str).str.strip() != "")).sum())
-        if bad:
-            non_numeric[c] = bad
+        bad = (num.isna() & raw.notna() & (raw.astype(str).str.strip() != "")).to_numpy()
+        if bad.any():
+            non_numeric[c] = int(bad.sum())
+            k = int(np.argmax(bad))
+            first_bad[c] = f"{cat['catalog'].iloc[k]} line {cat['_line'].iloc[k]}: {raw.iloc[k]!r}"
         cat[c] = num
+    cat = cat.drop(columns="_line")
     cat.attrs["non_numeric"] = non_numeric
+    cat.attrs["non_numeric_first"] = first_bad
     cat.attrs["label_names"] = label_cols
     return cat.reset_index(drop=True)
+
+
+def _raw_ids(path: Path, ids: pd.Series, raw_name: Any) -> pd.Series:
+    """The id column as written: pandas reads ids such as ``NA``, ``nan`` or an empty field as missing
+    values, so when the first read has any, the id column alone (``raw_name``, its header as read) is read
+    again as plain text."""
+    if not ids.isna().any():
+        return ids
+    col = pd.read_csv(path, usecols=[raw_name], dtype=str, keep_default_na=False, skipinitialspace=True)[raw_name]
+    return col.reset_index(drop=True)
 
 
 def write_labels_csv(path: str | Path, df: pd.DataFrame) -> Path:

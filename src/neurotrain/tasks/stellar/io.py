@@ -173,8 +173,18 @@ def _read_table_csv(path: Path) -> tuple[dict, tuple]:
     missing = [c for c in ("wavelength", "flux", "ivar") if c not in df.columns]
     if missing:
         raise DataError(f"{path}: columns: expected wavelength, flux, ivar (missing {missing})")
-    num = {c: pd.to_numeric(df[c], errors="coerce").to_numpy(np.float64) for c in df.columns
-           if c in ("wavelength", "flux", "ivar", "mask", "z")}
+    num = {}
+    for c in ("wavelength", "flux", "ivar", "mask", "z"):
+        if c not in df.columns:
+            continue
+        raw = df[c]
+        num[c] = pd.to_numeric(raw, errors="coerce").to_numpy(np.float64)
+        # text where a number belongs (not an empty field or NaN, which mean "no value") is a damaged file
+        text = np.isnan(num[c]) & raw.notna().to_numpy() & (raw.astype(str).str.strip() != "").to_numpy()
+        if text.any():
+            k = int(np.argmax(text))
+            raise DataError(f"{path}: {c}: expected numbers (got {int(text.sum())} non-numeric, first on line {k + 2}: "
+                            f"{raw.iloc[k]!r})")
     h = {"Z": float(num["z"][0]) if "z" in num and len(num["z"]) else None}
     bad = None if "mask" not in num else np.nan_to_num(num["mask"], nan=1.0)
     return h, (num["wavelength"], num["flux"], num["ivar"], bad)

@@ -45,6 +45,21 @@ def output_paths(output: Path | None) -> tuple[Path, str]:
     return out / "labels.csv", "csv"
 
 
+def check_table_path(table: Path, fmt: str) -> None:
+    """Before any reading: a labels table that could not be written is one :class:`DataError` naming ``-o`` as
+    the user gave it (not the temporary name the writer would fail on after the whole run). Creates nothing."""
+    from neurotrain.engine.api import check_output_dir
+
+    if table.is_dir():
+        raise DataError(f"{table}: -o: expected a {fmt} file name (got an existing folder)")
+    probe = table.parent
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise DataError(f"{table}: -o: expected a path inside a folder ({probe} is a file)")
+    check_output_dir(table.parent, "-o")  # permissions
+
+
 def _check_options(options: dict[str, Any]) -> dict[str, Any]:
     unknown = sorted(set(options) - set(PREDICT_OPTIONS) - {"debug"})
     if unknown:
@@ -161,6 +176,7 @@ def run_pipeline(
 
     t_start = time.perf_counter()
     table_path, fmt = output_paths(output)
+    check_table_path(table_path, fmt)
     paths = find_spectra([Path(p) for p in inputs], cfg.read.patterns, recursive=cfg.read.recursive)
     if not paths:
         raise DataError(f"{', '.join(str(p) for p in inputs)}: no spectra found (patterns {cfg.read.patterns})")
@@ -198,7 +214,7 @@ def run_pipeline(
                 writer = TableWriter(table_path, fmt, prepare=_Prepare(names), keep=keep)
             writer.put((batch.without_arrays(), result))
         if writer is None:
-            first = f" (first: {skipped[0][0]}: {skipped[0][1]})" if skipped else ""
+            first = f" (first: {skipped[0][1]})" if skipped else ""  # each reason starts with its file
             raise DataError(f"{', '.join(str(p) for p in inputs)}: none of {len(paths)} files could be read{first}")
         written = [writer.close()]
     except BaseException:
@@ -211,7 +227,8 @@ def run_pipeline(
         skip_path = table_path.with_name(f"{table_path.stem}_skipped.csv")
         written.append(write_labels_csv(skip_path, pd.DataFrame({"file": [str(p) for p, _ in skipped],
                                                                  "reason": [r for _, r in skipped]})))
-        print(f"skipped {len(skipped)} of {len(paths)} files (reasons in {skip_path})", file=sys.stderr)
+        print(f"skipped {len(skipped)} of {len(paths)} files (first: {skipped[0][1]}; every reason in {skip_path})",
+              file=sys.stderr)
     if plot:
         from neurotrain.tasks.stellar.plots import plot_kiel
 

@@ -227,15 +227,22 @@ def _prepare_set(name: str, catalogs: list[Path], cfg: StellarConfig, device: to
         summary = {"file": str(out), "catalogue_rows": len(cat), "spectra_found": len(items),
                    "rows": w.n_rows, "dropped": sum(counts.values()), "drops": dict(counts),
                    "examples": {r: [d[2] for d in drops + missing if d[1] == r][:_EXAMPLES] for r in counts},
-                   "non_numeric_labels": cat.attrs.get("non_numeric", {})}
+                   "non_numeric_labels": cat.attrs.get("non_numeric", {}),
+                   "non_numeric_first": cat.attrs.get("non_numeric_first", {})}
+        if w.n_rows == 0:
+            # nothing to keep: no file under the final name (a good one there stays), no .part, no sidecar
+            w.abort()
+            part_path(out).unlink(missing_ok=True)
+            sidecar.unlink(missing_ok=True)
+            bar(None)
+            dirs = ", ".join(str(d) for d in cc.spectra_dirs)
+            raise DataError(f"{', '.join(str(c) for c in catalogs)}: no usable spectrum among {len(cat)} catalogue "
+                            f"rows in {dirs} ({dict(counts)}; e.g. {next(iter(summary['examples'].values()), ['-'])[0]})")
         w.set_attrs(label_mean=mean if with_split else np.full(len(names), np.nan), n_train=n_train,
                     label_std=std if with_split else np.full(len(names), np.nan), summary=json.dumps(summary))
         total = w.n_rows
     bar(None)
     sidecar.unlink(missing_ok=True)
-    if total == 0:
-        raise DataError(f"{out}: no usable spectrum among {len(cat)} catalogue rows ({dict(counts)}; "
-                        f"e.g. {next(iter(summary['examples'].values()), ['-'])[0]})")
     summary["label_mean"] = [float(v) for v in mean] if with_split else []
     summary["label_std"] = [float(v) for v in std] if with_split else []
     if snr_all and cc.figures:
@@ -311,6 +318,10 @@ def prepare(cfg: StellarConfig, *, progress: bool = True, device: str | torch.de
         flat[f"{name}_dropped"] = s["dropped"]
         line = ", ".join(f"{k} {v}" for k, v in s["drops"].items()) or "none"
         print(f"{name}: {s['rows']} of {s['catalogue_rows']} catalogue rows prepared -> {s['file']}; dropped: {line}")
+        if s.get("non_numeric_labels"):
+            counts = ", ".join(f"{k} {v}" for k, v in s["non_numeric_labels"].items())
+            first = "; ".join(f"{k}: {v}" for k, v in s.get("non_numeric_first", {}).items())
+            print(f"{name}: label values that are not numbers, read as missing: {counts} (first: {first})")
     return {**flat, **result}
 
 
