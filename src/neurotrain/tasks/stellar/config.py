@@ -198,7 +198,8 @@ class SimulateSection(Section):
     #: Legendre degree of each arm's smooth response curve, and the rms jump between the arms (relative)
     response_degree: int = Field(3, ge=0, le=10)
     response_jump: float = Field(0.03, ge=0)
-    #: sky + read-noise background variance, relative to the median source counts in the S/N band
+    #: sky background variance, relative to the median source counts in the S/N band (a flat sky F_lambda through
+    #: the same throughput as the source)
     sky_background: float = Field(0.3, ge=0)
     #: observed-frame band whose median S/N per pixel equals the asked S/N (the g band)
     snr_band_aa: tuple[float, float] = (4000.0, 5500.0)

@@ -76,8 +76,9 @@ class LineStrength:
     """Strength parameters of one feature (names match ``lines.FEATURES`` where they exist).
 
     ``species``: ``neutral`` (minority neutral of an ionised metal), ``ion`` (majority ion), ``hydrogen``,
-    ``CH`` or ``TiO`` (bands). ``ew_sun_aa``: solar equivalent width (lines) or band optical depth at the
-    reference star (bands: the Sun for CH, a 3800 K / log g 4.7 dwarf for TiO). ``log_a``: log10 Voigt damping
+    ``CH``, ``CN``, ``MgH`` or ``TiO`` (bands). ``ew_sun_aa``: solar equivalent width (lines) or band optical
+    depth at the head at the reference star (bands: the Sun for CH and CN, a 4400 K / log g 4.65 dwarf for MgH, a
+    3800 K / log g 4.7 dwarf for TiO). ``log_a``: log10 Voigt damping
     parameter in the Sun; ``damp_logg``: d log a / d log g."""
 
     name: str
@@ -95,6 +96,15 @@ class LineStrength:
 
 _H, _FE, _MG, _CA, _NA = 1.008, 55.85, 24.31, 40.08, 22.99
 LINE_TABLE: tuple[LineStrength, ...] = (
+    LineStrength("Fe I 3820", 3820.43, "FE", "neutral", 0.86, 7.90, 1.71, -1.7, 0.4, _FE),
+    LineStrength("Fe I 3826", 3825.88, "FE", "neutral", 0.92, 7.90, 1.52, -1.7, 0.4, _FE),
+    LineStrength("Mg I 3829", 3829.36, "MG", "neutral", 2.71, 7.65, 0.87, -1.5, 0.4, _MG),
+    LineStrength("Mg I 3832", 3832.30, "MG", "neutral", 2.71, 7.65, 1.68, -1.5, 0.4, _MG),
+    LineStrength("Mg I 3838", 3838.29, "MG", "neutral", 2.72, 7.65, 1.92, -1.5, 0.4, _MG),
+    LineStrength("Fe I 3856", 3856.37, "FE", "neutral", 0.05, 7.90, 0.64, -1.7, 0.4, _FE),
+    LineStrength("Fe I 3860", 3859.91, "FE", "neutral", 0.00, 7.90, 1.55, -1.7, 0.4, _FE),
+    LineStrength("CN 3883", 3883.0, "C", "CN", 0, 0, 0.10, width_aa=40.0),
+    LineStrength("Fe I 3886", 3886.28, "FE", "neutral", 0.05, 7.90, 0.92, -1.7, 0.4, _FE),
     LineStrength("Ca II K", 3933.66, "CA", "ion", 0.0, 0, 20.0, -2.0, 0.4, _CA),
     LineStrength("Ca II H", 3968.47, "CA", "ion", 0.0, 0, 15.0, -2.0, 0.4, _CA),
     LineStrength("H theta", 3797.90, "H", "hydrogen", 10.2, 13.6, 2.0, -2.0, 1 / 3, _H),
@@ -104,10 +114,15 @@ LINE_TABLE: tuple[LineStrength, ...] = (
     LineStrength("Fe I 4046", 4045.81, "FE", "neutral", 1.485, 7.90, 0.80, -1.7, 0.4, _FE),
     LineStrength("Sr II 4077", 4077.71, "FE", "ion", 0.0, 0, 0.43, -2.0, 0.4, 87.62),
     LineStrength("H delta", 4101.73, "H", "hydrogen", 10.2, 13.6, 3.0, -2.0, 1 / 3, _H),
+    LineStrength("CN 4216", 4216.0, "C", "CN", 0, 0, 0.05, width_aa=40.0),
     LineStrength("Ca I 4227", 4226.73, "CA", "neutral", 0.0, 6.11, 1.48, -1.5, 0.6, _CA),
+    LineStrength("Fe I 4260", 4260.47, "FE", "neutral", 2.40, 7.90, 0.60, -1.7, 0.4, _FE),
+    LineStrength("Fe I 4272", 4271.76, "FE", "neutral", 1.49, 7.90, 0.76, -1.7, 0.4, _FE),
     LineStrength("CH G band", 4304.0, "C", "CH", 0, 0, 0.30, width_aa=30.0),
+    LineStrength("Fe I 4325", 4325.76, "FE", "neutral", 1.61, 7.90, 0.79, -1.7, 0.4, _FE),
     LineStrength("H gamma", 4340.46, "H", "hydrogen", 10.2, 13.6, 3.0, -2.0, 1 / 3, _H),
     LineStrength("Fe I 4384", 4383.55, "FE", "neutral", 1.485, 7.90, 1.00, -1.7, 0.4, _FE),
+    LineStrength("Fe I 4405", 4404.75, "FE", "neutral", 1.56, 7.90, 0.90, -1.7, 0.4, _FE),
     LineStrength("Ba II 4554", 4554.03, "FE", "ion", 0.0, 0, 0.16, -2.0, 0.4, 137.3),
     LineStrength("H beta", 4861.33, "H", "hydrogen", 10.2, 13.6, 3.7, -2.0, 1 / 3, _H),
     LineStrength("Fe II 4924", 4923.93, "FE", "ion", 2.89, 0, 0.17, -2.0, 0.4, _FE),
@@ -116,6 +131,7 @@ LINE_TABLE: tuple[LineStrength, ...] = (
     LineStrength("Mg b 5167", 5167.32, "MG", "neutral", 2.71, 7.65, 0.94, -1.5, 0.4, _MG),
     LineStrength("Mg b 5173", 5172.68, "MG", "neutral", 2.71, 7.65, 1.26, -1.5, 0.4, _MG),
     LineStrength("Mg b 5184", 5183.60, "MG", "neutral", 2.72, 7.65, 1.58, -1.5, 0.4, _MG),
+    LineStrength("MgH 5211", 5211.0, "MG", "MgH", 0, 0, 0.30, width_aa=150.0),
     LineStrength("Fe I 5270", 5269.54, "FE", "neutral", 0.86, 7.90, 0.48, -1.7, 0.4, _FE),
     LineStrength("Fe I 5328", 5328.04, "FE", "neutral", 0.92, 7.90, 0.38, -1.7, 0.4, _FE),
     LineStrength("Fe I 5406", 5405.77, "FE", "neutral", 0.99, 7.90, 0.34, -1.7, 0.4, _FE),
@@ -140,10 +156,25 @@ LINE_TABLE: tuple[LineStrength, ...] = (
 #: is locked into CO and the G band stops growing; the Lick G4300 index of dwarfs rises from F to early K and
 #: flattens or falls in late K and M dwarfs (Worthey et al. 1994, ApJS 94, 687, G4300 fitting function). The
 #: quadratic term is set so the slope is 0 at the peak: CH in a 4000 K dwarf is 0.3 dex weaker than at 5040 K.
+#: CN violet (B-X, heads 3883 and 4216 A): weak in solar-type dwarfs (optical depth ~0.1 at the 3883 head in the
+#: Sun, ~0.05 at 4216), growing to K dwarfs (dissociation energy 7.7 eV) and flattening below ~4400 K where N2 and
+#: CO take the N and C; it is strong only in giants, whose mixed-in nitrogen the labels do not carry. MgH (A-X,
+#: heads 5211 and 5621 A, the 4800-5211 A absorption under Mg b): the classic dwarf/giant discriminant of K stars,
+#: weak in the Sun (optical depth ~0.01 at the head) and ~0.3 in a K5 V (dissociation energy 1.3 eV: it forms only
+#: in cool, dense photospheres; log tau ~ +4.5 per unit theta and ~ g^(1/2), molecule formation ~ the hydrogen
+#: partial pressure; Bell, Edvardsson & Gustafsson 1985, MNRAS 212, 497). The band optical depths are rounded
+#: order-of-magnitude values; their absorption falls off blueward of the head with the band width as e-folding.
 BAND_PARAMS: dict[str, tuple[float, float, float, float, float | None]] = {
     "CH": (1.5, 0.0, TEFF_SUN, LOGG_SUN, 1.0),
     "TiO": (8.0, 1.0 / 3.0, 3800.0, 4.7, None),
+    "CN": (2.0, 0.0, TEFF_SUN, LOGG_SUN, 1.15),
+    "MgH": (4.5, 0.5, 4400.0, 4.65, None),
 }
+#: bands whose head is at their red end, absorbing blueward of it (CN violet system, MgH A-X); TiO's alpha and
+#: gamma systems degrade redward; CH is drawn as a box
+BLUE_DEGRADED_BANDS = ("CN", "MgH")
+#: extra [Fe/H] per band: CN forms from C and N, and N (no label of its own) follows iron, so log tau ~ [C/H] + [N/H]
+BAND_EXTRA_FEH = {"CN": 1.0}
 #: [X/Fe] label of each element (metals without their own label follow [Fe/H])
 ELEMENT_LABEL = {"C": "C_FE", "MG": "MG_FE", "CA": "CA_FE", "NA": "NA_FE", "TI": "TI_FE"}
 #: forest species: element, species, chi_ion (eV), fraction, chi_exc range (eV), log tau_sun range, mass

@@ -6,7 +6,7 @@ spectra) and the feature-importance report (important regions named by the featu
 Wavelengths are laboratory air wavelengths in Angstrom (NIST Atomic Spectra Database; TiO band heads
 and the CH G band from Pickles 1998, PASP 110, 863, and Gray & Corbally 2009, "Stellar Spectral
 Classification", ch. 2 and 8), converted to vacuum by :func:`air_to_vacuum` because LAMOST wavelengths
-are vacuum. Bands have a width: TiO absorbs redward of its head.
+are vacuum. Bands have a width: TiO absorbs redward of its head, CN and MgH blueward of theirs.
 
 It also holds the line-profile shapes at resolving power R used by ``synth.py``: the Gaussian line-spread function
 (FWHM lambda / R) and the pseudo-Voigt (Ida, Ando & Toraya 2000).
@@ -46,20 +46,36 @@ class Feature:
             return (c, c)
         if self.name.startswith("TiO"):
             return (c, c + self.width_aa)
+        if self.name.startswith(("CN", "MgH")):  # heads degrading blueward
+            return (c - self.width_aa, c)
         return (c - self.width_aa / 2, c + self.width_aa / 2)
 
 
 FEATURES: tuple[Feature, ...] = (
+    Feature("Fe I 3820", 3820.43, ("FE_H", "TEFF")),
+    Feature("Fe I 3826", 3825.88, ("FE_H", "TEFF")),
+    Feature("Mg I 3829", 3829.36, ("MG_FE", "FE_H")),
+    Feature("Mg I 3832", 3832.30, ("MG_FE", "FE_H")),
+    Feature("Mg I 3838", 3838.29, ("MG_FE", "FE_H")),
+    Feature("Fe I 3856", 3856.37, ("FE_H", "TEFF")),
+    Feature("Fe I 3860", 3859.91, ("FE_H", "TEFF")),
+    Feature("CN 3883", 3883.0, ("C_FE", "FE_H", "TEFF"), "band", 40.0),
+    Feature("Fe I 3886", 3886.28, ("FE_H", "TEFF")),
     Feature("Ca II K", 3933.66, ("CA_FE", "FE_H", "TEFF")),
     Feature("Ca II H", 3968.47, ("CA_FE", "FE_H", "TEFF")),
     Feature("H epsilon", 3970.07, ("TEFF",)),
     Feature("Fe I 4046", 4045.81, ("FE_H",)),
     Feature("Sr II 4077", 4077.71, ("LOGG", "FE_H")),
     Feature("H delta", 4101.73, ("TEFF", "LOGG")),
+    Feature("CN 4216", 4216.0, ("C_FE", "FE_H", "TEFF"), "band", 40.0),
     Feature("Ca I 4227", 4226.73, ("CA_FE", "TEFF", "LOGG")),
+    Feature("Fe I 4260", 4260.47, ("FE_H",)),
+    Feature("Fe I 4272", 4271.76, ("FE_H", "TEFF")),
     Feature("CH G band", 4304.0, ("C_FE", "TEFF"), "band", 30.0),
+    Feature("Fe I 4325", 4325.76, ("FE_H",)),
     Feature("H gamma", 4340.46, ("TEFF", "LOGG")),
     Feature("Fe I 4384", 4383.55, ("FE_H",)),
+    Feature("Fe I 4405", 4404.75, ("FE_H", "TEFF")),
     Feature("Ba II 4554", 4554.03, ("LOGG", "FE_H")),
     Feature("H beta", 4861.33, ("TEFF", "LOGG")),
     Feature("Fe II 4924", 4923.93, ("LOGG", "FE_H")),
@@ -68,6 +84,7 @@ FEATURES: tuple[Feature, ...] = (
     Feature("Mg b 5167", 5167.32, ("MG_FE", "LOGG", "FE_H")),
     Feature("Mg b 5173", 5172.68, ("MG_FE", "LOGG", "FE_H")),
     Feature("Mg b 5184", 5183.60, ("MG_FE", "LOGG", "FE_H")),
+    Feature("MgH 5211", 5211.0, ("TEFF", "LOGG", "MG_FE"), "band", 150.0),
     Feature("Fe I 5270", 5269.54, ("FE_H",)),
     Feature("Fe I 5328", 5328.04, ("FE_H",)),
     Feature("Fe I 5406", 5405.77, ("FE_H",)),

@@ -14,7 +14,8 @@ Units: wavelength Angstrom in vacuum, Teff K, log g dex (cgs), abundances dex; l
   CH and TiO bands, a forest of 6000 Fe/Ti/Ca/Mg lines; and its limits).
   With ``forest_shift_log10`` > 0, ``simulate_raw`` shifts each spectrum's forest by a random amount (its
   wavelengths are not a real line list, so only its blanketing and line density are then learnt).
-* ``continuum_sed``: a Planck curve at Teff with a Balmer jump (up to 0.5 dex at ~9500 K, ~0.1 dex for the
+* ``continuum_sed``: a Planck curve at the continuum's colour temperature (``CONTINUUM_T_RATIO`` x Teff) with a
+  Balmer jump (up to 0.5 dex at ~9500 K, ~0.1 dex for the
   Sun) below 3646 A; no line blanketing of the continuum.
 * ``simulate_raw``: (with ``generator: payne`` the normalised model is the Payne emulator's, fed with the
   ``emulator_labels`` columns of the labels) on LAMOST's observed grid (log10 lambda = coeff0 + coeff1 i,
@@ -23,10 +24,9 @@ Units: wavelength Angstrom in vacuum, Teff K, log g dex (cgs), abundances dex; l
   error (a smooth Legendre curve per spectrum of rms ``response_error`` in log, plus a small different offset
   and tilt per arm, blue/red split at ``arm_split_aa``); telluric O2 A/B and H2O bands scaled by airmass
   and water vapour, by default only as the residual of the pipeline's telluric correction (LAMOST DR10
-  spectra carry no A band: ``telluric_corrected``); noise: photon noise through a LAMOST-like throughput
-  (falling below 4000 A and above
-  8800 A, a dip at the dichroic crossover ~5850 A; after Cui et al. 2012, RAA 12, 1197) plus a sky/read
-  background, scaled so the median S/N per pixel over ``snr_band_aa`` (g band) equals the asked S/N;
+  spectra carry no A band: ``telluric_corrected``); noise: photon noise through LAMOST's effective throughput
+  (``THROUGHPUT_CURVE``, measured on DR10 spectra: ~40x lower at 3850 A than at its 7000-7500 A peak, a dip at
+  the dichroic crossover ~5800 A) plus a sky/read background, scaled so the median S/N per pixel over ``snr_band_aa`` (g band) equals the asked S/N;
   ivar = 1/sigma_est^2 with sigma_est the same noise law on the *observed* counts (what a pipeline can
   estimate; the true sigma would hand the network a noise-free copy of the lines); bad pixels (cosmic spikes or dead pixels, mask True, ivar 0); sky-line residuals
   above ``sky_residual_min_aa`` that ivar does not account for (as in real sky subtraction).
@@ -55,9 +55,32 @@ CLUMP_TEFF, CLUMP_LOGG, CLUMP_LOGG_SD = 4650.0, 2.45, 0.08
 ALPHA_LABELS, ALPHA_PLATEAU = ("MG_FE", "CA_FE", "TI_FE"), (0.2, 0.4)
 #: second radiation constant hc/k (A K); Balmer limit (A); Balmer-jump peak (dex), its Teff and width (K)
 HC_K_AA = 1.438_777e8
+#: colour temperature of the line-free continuum over Teff. The continuum leaves from tau ~ 1, hotter than Teff
+#: (grey Eddington atmosphere: T(tau=1) = (5/4)^(1/4) Teff = 1.06 Teff; the Sun's tau_5000 = 1 layer is ~6400 K,
+#: Holweger & Mueller 1974), and the flux the lines remove in the blue is returned in the continuum: the Sun's
+#: line-free continuum between 4000 and 8000 A has the colour of a ~6500 K Planck curve (1.12 Teff), and its
+#: line-averaged irradiance F(455 nm) / F(805 nm) ~ 1.8 (Neckel & Labs 1984) against 1.54 for a 5777 K Planck
+#: curve. With 1 the generator's G dwarfs were too red: the blue end of the continuum fit then bent down over the
+#: blanketed 3850-3950 A, leaving it ~1 where real LAMOST G dwarfs read ~0.7 (docs/results/stellar.md).
+CONTINUUM_T_RATIO = 1.12
 BALMER_LIMIT_AA, BALMER_JUMP_DEX, BALMER_JUMP_TEFF, BALMER_JUMP_WIDTH = 3646.0, 0.5, 9500.0, 3000.0
-#: throughput shape: blue and red cut-on/off (A) and their widths, dichroic dip centre/width (A) and depth
-THROUGHPUT_BLUE, THROUGHPUT_RED, DICHROIC = (3850.0, 100.0), (9000.0, 150.0), (5850.0, 50.0, 0.5)
+#: effective LAMOST throughput (atmosphere, telescope, fibres, spectrograph, CCD): (observed wavelength A, relative
+#: photon-counting efficiency), interpolated in log. Measured on DR10 spectra as (S/N)^2 / (F_lambda lambda) per
+#: pixel (photon noise: S/N^2 ~ counts ~ F_lambda lambda T), normalised at 5000-5500 A per spectrum, median over the
+#: 25 FGK spectra of ``shared/realdata/stellar`` in 100-500 A bins, then scaled to 1 at its 7000-7500 A peak: an
+#: instrument property (no label enters it). It sets the S/N ratios between bands: real FGK spectra have S/N in
+#: the r and i bands ~1.5-3x their g-band S/N (the sample's SNRR / SNRG headers), and 3850-3900 A only ~0.25x
+#: (the old model, flat from 4000 to 8800 A after Cui et al. 2012, gave ~0.9x and 0.6x: blue lines were read at
+#: ~2.5x their real S/N, and the continuum fit, weighted by ivar, followed the blue end down where real ones do not)
+#: reference wavelength (A) of the photon-count factor lambda / PHOTON_REF_AA in ``noise_sigma``
+PHOTON_REF_AA = 5500.0
+THROUGHPUT_CURVE: tuple[tuple[float, float], ...] = (
+    (3750.0, 0.0067), (3850.0, 0.013), (3950.0, 0.021), (4050.0, 0.038), (4150.0, 0.051), (4250.0, 0.063),
+    (4350.0, 0.082), (4450.0, 0.108), (4550.0, 0.140), (4700.0, 0.169), (4900.0, 0.210), (5100.0, 0.232),
+    (5300.0, 0.256), (5500.0, 0.269), (5650.0, 0.260), (5750.0, 0.223), (5825.0, 0.231), (5875.0, 0.270),
+    (5950.0, 0.361), (6100.0, 0.493), (6300.0, 0.634), (6500.0, 0.792), (6800.0, 0.940), (7250.0, 1.0),
+    (7750.0, 0.893), (8250.0, 0.850), (8650.0, 0.693), (8850.0, 0.560), (8950.0, 0.287), (9050.0, 0.268),
+)
 #: telluric band optical depths at airmass 1 (O2) and 1 x typical water vapour (H2O), LSF-smoothed
 TELLURIC_TAU = {"O2 B band": 0.35, "O2 A band": 1.2, "H2O 7250": 0.06}
 AIRMASS_RANGE, PWV_RANGE = (1.0, 2.0), (0.3, 2.0)
@@ -132,12 +155,13 @@ def normalised_model(labels: torch.Tensor, wave_rest: torch.Tensor, cfg: Simulat
 
 
 def continuum_sed(labels: torch.Tensor, wave: torch.Tensor) -> torch.Tensor:
-    """Planck-like continuum (B, M) at Teff = labels[:, 0], wavelengths ``wave`` (M,) or (B, M) in A,
+    """Planck-like continuum (B, M) at CONTINUUM_T_RATIO x Teff (Teff = labels[:, 0]), wavelengths ``wave`` (M,) or (B, M) in A,
     normalised to 1 at 5500 A, with a Balmer jump below 3646 A (see module docstring)."""
     teff = labels[:, :1].double()
     w = torch.as_tensor(wave, device=labels.device).double()
     w = w.unsqueeze(0) if w.dim() == 1 else w
-    planck = lambda lam: lam**-5 / torch.expm1(HC_K_AA / (lam * teff))  # noqa: E731
+    t_col = CONTINUUM_T_RATIO * teff
+    planck = lambda lam: lam**-5 / torch.expm1(HC_K_AA / (lam * t_col))  # noqa: E731
     sed = planck(w) / planck(torch.full_like(teff, 5500.0))
     jump = BALMER_JUMP_DEX * torch.exp(-(((teff - BALMER_JUMP_TEFF) / BALMER_JUMP_WIDTH) ** 2))
     sed = sed * torch.pow(10.0, -jump * torch.sigmoid((BALMER_LIMIT_AA - w) / 20.0))
@@ -145,16 +169,20 @@ def continuum_sed(labels: torch.Tensor, wave: torch.Tensor) -> torch.Tensor:
 
 
 def throughput(wave: torch.Tensor) -> torch.Tensor:
-    """Relative LAMOST-like system throughput (same shape as ``wave``), peak ~1 (see module docstring)."""
-    (b0, bw), (r0, rw), (d0, dw, dd) = THROUGHPUT_BLUE, THROUGHPUT_RED, DICHROIC
-    return (torch.sigmoid((wave - b0) / bw) * torch.sigmoid((r0 - wave) / rw)
-            * (1.0 - dd * torch.exp(-0.5 * ((wave - d0) / dw) ** 2)))
+    """Relative LAMOST effective throughput (same shape as ``wave``, observed A), peak 1: ``THROUGHPUT_CURVE``
+    interpolated linearly in log10, constant beyond its ends."""
+    knots = torch.tensor(THROUGHPUT_CURVE, dtype=torch.float64, device=wave.device)
+    x, y = knots[:, 0].contiguous(), knots[:, 1].log10()
+    w = wave.double().clamp(float(x[0]), float(x[-1]))
+    i = torch.searchsorted(x, w.contiguous()).clamp(1, x.shape[0] - 1)
+    t = (w - x[i - 1]) / (x[i] - x[i - 1])
+    return torch.pow(10.0, y[i - 1] + t * (y[i] - y[i - 1])).to(wave.dtype)
 
 
 def noise_sigma(signal: torch.Tensor, wave: torch.Tensor, snr: torch.Tensor, cfg: SimulateSection,
                 observed: torch.Tensor | None = None) -> torch.Tensor:
     """Per-pixel noise sigma (B, N) of flux ``signal`` (B, N) at observed wavelengths ``wave`` (N,): photon
-    noise through ``throughput`` plus a background of ``sky_background`` x the median band counts, scaled so
+    noise (photon counts ~ signal x lambda x ``throughput``) plus a background of ``sky_background`` x the median band counts, scaled so
     that the median of signal / sigma over ``snr_band_aa`` equals ``snr`` (B,).
 
     With ``observed`` (B, N), the noisy flux, it returns the sigma a reduction pipeline *estimates*: the same
@@ -162,12 +190,16 @@ def noise_sigma(signal: torch.Tensor, wave: torch.Tensor, snr: torch.Tensor, cfg
     derives its inverse variance from the measured object + sky counts. The true sigma is a noise-free copy of
     the spectrum: handed to the network as ivar it leaks every line's depth at any S/N (a network trained on
     it beat the Cramér-Rao bound of the flux 4x at S/N 10 and lost it all when that channel was flattened)."""
-    thr = throughput(wave).to(signal.dtype)
+    # photons per energy flux ~ lambda (counting noise is in photons; THROUGHPUT_CURVE was measured that way)
+    thr = (throughput(wave) * wave / PHOTON_REF_AA).to(signal.dtype)
     counts = signal.clamp(min=0) * thr
     band = (wave >= cfg.snr_band_aa[0]) & (wave <= cfg.snr_band_aa[1])
     if not bool(band.any()):
         raise ConfigError(f"simulate.snr_band_aa: expected a band inside the grid (got {cfg.snr_band_aa})")
-    bkg = cfg.sky_background * counts[:, band].median(1, keepdim=True).values.clamp(min=1e-30)
+    # the sky is light too: its photons pass the same throughput (a flat sky F_lambda at ``sky_background`` x the
+    # source's median band counts), so the background fades in the blue with the source
+    thr_band = thr[band].median().clamp(min=1e-30)
+    bkg = cfg.sky_background * counts[:, band].median(1, keepdim=True).values.clamp(min=1e-30) * thr / thr_band
     var_rel = counts + bkg  # variance in units of 1/kappa (kappa: counts per flux unit)
     sn_rel = (signal * thr / var_rel.sqrt())[:, band].median(1, keepdim=True).values
     root_kappa = snr.to(signal.dtype).unsqueeze(1) / sn_rel.clamp(min=1e-30)

@@ -49,8 +49,9 @@ Model (all torch, batch-first, differentiable in the labels; numbers and their s
   Lorentz HWHM equal in the Sun to ``HYDROGEN_WING_SCALE`` (3) x W_L/4 (solar H alpha ~0.34 deep at R 1800, not
   0.47) and elsewhere scaled with the physical damping width a dlambda_D (set by the perturbers, not by the
   line's strength, so a weaker Balmer line of a K dwarf also has a shallower core). Bands:
-  CH as a smooth 30 A box peaking near 5000 K, TiO as a sharp head degrading redward (e-folding = the band
-  width). A forest of 6000 lines (Fe I 62 %, Fe II 12 %, Ti I 12 %, Ca I 8 %, Mg I 6 %) at fixed pseudo-random
+  CH as a smooth 30 A box peaking near 5000 K, TiO as a sharp head degrading redward, CN (3883, 4216 A; ~[C/H] +
+  [N/H], N following Fe) and MgH (5211 A; cool dense photospheres, ~g^(1/2)) as heads degrading blueward
+  (e-folding = the band width). A forest of 6000 lines (Fe I 62 %, Fe II 12 %, Ti I 12 %, Ca I 8 %, Mg I 6 %) at fixed pseudo-random
   wavelengths (density ~ lambda^-5, drawn once from ``FOREST_SEED``) each get a curve-of-growth W and an
   LSF-wide Gaussian: one (B, L) @ (L, M) product; with the named lines it removes the Sun's line-blanketing
   fraction per band (``SOLAR_BLANKETING``: ~20 % at 4000-4500 A falling to ~2.5 % beyond 7500 A).
@@ -58,7 +59,7 @@ Model (all torch, batch-first, differentiable in the labels; numbers and their s
 
 Limits: no radiative transfer or model atmospheres (one-layer lines with a fixed Milne-Eddington depth limit), no
 line-blanketing of the continuum, no chromospheric emission, no rotation, Lorentzian rather than Stark
-(lambda^-5/2) Balmer wings, molecules only CH and TiO (no CN, MgH, C2, VO), blends combine as exp(-sum)
+(lambda^-5/2) Balmer wings, molecules only CH, CN, MgH and TiO (no C2, VO, CaH), blends combine as exp(-sum)
 which underestimates the EW of overlapping saturated lines, forest wavelengths are not real line lists (a
 least-squares fit of the model to a real spectrum is pulled towards a weak forest, and the blue blanketing of
 real K dwarfs grows ~2x from G2 to K3-K5 where the model's grows ~1.5x; Mg b of K dwarfs is too strong against real
@@ -78,7 +79,9 @@ import torch
 from neurotrain.tasks.stellar.config import GENERATOR_LABELS
 from neurotrain.tasks.stellar.line_tables import (  # noqa: F401  (re-exported: synth.<name> keeps working)
     BALMER_FLUX_SCALE,
+    BAND_EXTRA_FEH,
     BAND_PARAMS,
+    BLUE_DEGRADED_BANDS,
     ELEMENT_LABEL,
     FOREST_DENSITY_POWER,
     FOREST_N,
@@ -227,7 +230,8 @@ def line_widths(lines: _Lines, labels: torch.Tensor, nodes: int = COG_NODES) -> 
 def _band_log_tau(row: LineStrength, labels: torch.Tensor) -> torch.Tensor:
     t_slope, g_slope, t_ref, g_ref, theta_peak = BAND_PARAMS[row.species]
     teff, logg = labels[:, 0], labels[:, 1]
-    xh = labels[:, label_index("FE_H")] + labels[:, label_index(ELEMENT_LABEL[row.element])]
+    xh = ((1.0 + BAND_EXTRA_FEH.get(row.species, 0.0)) * labels[:, label_index("FE_H")]
+          + labels[:, label_index(ELEMENT_LABEL[row.element])])
     dth = 5040.0 / teff - 5040.0 / t_ref
     log_tau = math.log10(row.ew_sun_aa) + xh + t_slope * dth + g_slope * (logg - g_ref)
     if theta_peak is not None:  # d log tau / d theta = t_slope - 2 c dth falls to 0 at theta_peak
@@ -274,6 +278,8 @@ def absorption(labels: torch.Tensor, wave: torch.Tensor, resolution: float, fore
         edge = sig
         if row.species == "TiO":  # sharp head, degrading redward
             win = torch.sigmoid((wave - c) / edge) * torch.exp(-(wave - c).clamp(min=0) / row.width_aa)
+        elif row.species in BLUE_DEGRADED_BANDS:  # head at the red end, degrading blueward
+            win = torch.sigmoid((c - wave) / edge) * torch.exp(-(c - wave).clamp(min=0) / row.width_aa)
         else:
             h = row.width_aa / 2
             win = torch.sigmoid((wave - c + h) / edge) * torch.sigmoid((c + h - wave) / edge)
