@@ -46,9 +46,7 @@ class CocoDetection(VisionDataset):
             doc = json.loads(self.ann_file.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             raise DataError(f"{self.ann_file}: JSON: expected valid COCO JSON (got {str(exc).splitlines()[0]})") from None
-        for key in ("images", "annotations", "categories"):
-            if not isinstance(doc.get(key), list):
-                raise DataError(f"{self.ann_file}: {key}: expected a list (got {type(doc.get(key)).__name__})")
+        doc = _checked_document(doc, self.ann_file)
         cat_ids = sorted(int(c["id"]) for c in doc["categories"])
         names = {int(c["id"]): str(c.get("name", c["id"])) for c in doc["categories"]}
         self.cat_to_label = {cid: k + 1 for k, cid in enumerate(cat_ids)}
@@ -82,8 +80,9 @@ class CocoDetection(VisionDataset):
 
     @staticmethod
     def _box_problem(bbox: Any, im: dict[str, Any]) -> str | None:
-        if not isinstance(bbox, list | tuple) or len(bbox) != 4:
-            return f"expected [x, y, w, h] (got {bbox!r})"
+        if (not isinstance(bbox, list | tuple) or len(bbox) != 4
+                or not all(_is_number(v) and np.isfinite(v) for v in bbox)):
+            return f"expected [x, y, w, h], four finite numbers (got {bbox!r})"
         x, y, w, h = (float(v) for v in bbox)
         W, H = float(im.get("width", np.inf)), float(im.get("height", np.inf))
         if w <= 0 or h <= 0:
@@ -115,7 +114,7 @@ class CocoDetection(VisionDataset):
         keep = ((boxes[:, 2] - boxes[:, 0]) >= self.spec.min_box_size) & ((boxes[:, 3] - boxes[:, 1]) >= self.spec.min_box_size)
         sample: dict[str, Any] = {"image": image, "boxes": boxes[keep], "labels": labels[keep], "path": str(path)}
         if anns and all(isinstance(a.get("segmentation"), list) and a["segmentation"] for a in anns):
-            sample["masks"] = _polygons_to_masks([a["segmentation"] for a in anns], H, W)[keep]
+            sample["masks"] = _polygons_to_masks([a["segmentation"] for a in anns], H, W, f"{self.ann_file}: image {path.name}")[keep]
         if self.spec.size is not None:
             sample = _resize_detection(sample, self.spec.size)
         return sample
@@ -129,8 +128,49 @@ class CocoDetection(VisionDataset):
         return torch.tensor(out, dtype=torch.int64)
 
 
-def _polygons_to_masks(segs: list[list[list[float]]], H: int, W: int) -> torch.Tensor:
-    """COCO polygons (lists of x0,y0,x1,y1,...) -> (K, H, W) uint8 filled masks."""
+#: the fields each entry of a COCO list must carry (as integers: ``id``s; ``file_name`` as text)
+_REQUIRED = {"images": ("id", "file_name"), "categories": ("id",), "annotations": ()}
+#: fields that, when present, must be integers (ids, image sizes in pixels)
+_INTEGER = {"images": ("id", "width", "height"), "categories": ("id",), "annotations": ("image_id", "category_id")}
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def _is_integer(v: Any) -> bool:
+    """An id ``int()`` reads exactly: an integer, an integral float, or integer text (some tools write ``"12"``)."""
+    if isinstance(v, str):
+        return v.strip().lstrip("+-").isdigit()
+    return _is_number(v) and float(v).is_integer()
+
+
+def _checked_document(doc: Any, path: Path) -> dict[str, Any]:
+    """The parsed JSON when it has COCO's shape: an object whose ``images``, ``annotations`` and ``categories``
+    are lists of objects with the fields read later of the right type; one DataError naming the file, the list,
+    the entry and the field otherwise (so that nothing fails later with a bare KeyError or ValueError)."""
+    if not isinstance(doc, dict):
+        raise DataError(f"{path}: JSON: expected a COCO object with images, annotations and categories "
+                        f"(got a {type(doc).__name__})")
+    for key in ("images", "annotations", "categories"):
+        entries = doc.get(key)
+        if not isinstance(entries, list):
+            raise DataError(f"{path}: {key}: expected a list (got {type(entries).__name__})")
+        for i, e in enumerate(entries):
+            if not isinstance(e, dict):
+                raise DataError(f"{path}: {key}[{i}]: expected an object (got {type(e).__name__} {e!r:.40})")
+            missing = [f for f in _REQUIRED[key] if f not in e]
+            if missing:
+                raise DataError(f"{path}: {key}[{i}]: {missing[0]}: expected a value (missing)")
+            for f in _INTEGER[key]:
+                if f in e and not _is_integer(e[f]):
+                    raise DataError(f"{path}: {key}[{i}]: {f}: expected an integer (got {e[f]!r})")
+    return doc
+
+
+def _polygons_to_masks(segs: list[list[list[float]]], H: int, W: int, where: str = "COCO") -> torch.Tensor:
+    """COCO polygons (lists of x0,y0,x1,y1,...) -> (K, H, W) uint8 filled masks; a polygon that is not a list of
+    numbers is a DataError (``where`` names the file and image), so a bad entry is a counted skip mid-epoch."""
     from PIL import Image, ImageDraw
 
     out = np.zeros((len(segs), H, W), dtype=np.uint8)
@@ -138,6 +178,8 @@ def _polygons_to_masks(segs: list[list[list[float]]], H: int, W: int) -> torch.T
         canvas = Image.new("L", (W, H), 0)
         draw = ImageDraw.Draw(canvas)
         for poly in polys:
+            if not isinstance(poly, list) or not all(_is_number(v) for v in poly):
+                raise DataError(f"{where}: segmentation: expected polygons as lists of x, y numbers (got {poly!r:.60})")
             if len(poly) >= 6:
                 draw.polygon([float(v) for v in poly], fill=1)
         out[k] = np.asarray(canvas)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -211,18 +212,91 @@ def _out_dir(output: Path | None, inputs: list[Path]) -> Path:
     return (first if first.is_dir() else first.parent) / "predictions"
 
 
+class _BadFiles:
+    """The bad-input rule of ``data_source.on_bad_file`` at predict time: ``error`` raises the file's one-line
+    :class:`DataError`; ``skip`` records ``(file, reason)`` and the run goes on with the other files."""
+
+    def __init__(self, cfg: VisionConfig) -> None:
+        self.cfg = cfg
+        self.skip = cfg.primary_source.on_bad_file == "skip"
+        self.skipped: list[tuple[Path, str]] = []
+
+    def check_headers(self, files: list[Path]) -> list[Path]:
+        """The files whose header reads and whose channels fit the model, checked before any output is written
+        (a bad file found only after half the masks were written would leave a half-done folder)."""
+        from neurotrain.tasks.vision.dataset_base import fit_channels, image_header
+
+        src = self.cfg.primary_source
+        good = []
+        for f in files:
+            try:
+                if not f.name.lower().endswith(NIFTI):
+                    channels = image_header(f)[2]
+                    fit_channels(np.zeros((1, 1, channels), np.float32), src.channels, src.convert_gray, f)
+            except DataError as exc:
+                self.record(f, exc)
+                continue
+            good.append(f)
+        return good
+
+    def record(self, f: Path, exc: DataError) -> None:
+        if not self.skip:
+            raise exc
+        self.skipped.append((f, str(exc)))
+
+    def read(self, f: Path) -> tuple[torch.Tensor, Any] | None:
+        """``read_input``, or None for a file skipped now (pixel data that fails to decode past its header)."""
+        try:
+            return read_input(f, self.cfg)
+        except DataError as exc:
+            self.record(f, exc)
+            return None
+
+    def report(self, n_files: int, inputs: list[Path], out_dir: Path | None) -> list[Path]:
+        """One console line and ``<out>/skipped.csv`` (file, reason) when files were skipped; a DataError when
+        none was left."""
+        if not self.skipped:
+            return []
+        first = self.skipped[0][1]  # each reason starts with its file
+        if out_dir is None:
+            raise DataError(f"{', '.join(str(p) for p in inputs)}: none of {n_files} images could be read (first: {first})")
+        path = out_dir / "skipped.csv"
+        with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
+            w = csv.writer(fh)
+            w.writerow(["file", "reason"])
+            w.writerows([str(f), r] for f, r in self.skipped)
+        print(f"skipped {len(self.skipped)} of {n_files} files (first: {first}; every reason in {path})", file=sys.stderr)
+        return [path]
+
+
 def predict_files(cfg: VisionConfig, model: nn.Module, inputs: list[Path], output: Path | None,
                   **options: Any) -> list[Path]:
-    """Predict every input file; returns the paths written (masks, or one CSV/JSON per run)."""
-    files = gather_inputs(inputs, cfg.predict.suffixes, cfg.predict.recursive)
+    """Predict every input file; returns the paths written (masks, or one CSV/JSON per run). A file that cannot
+    be read stops the run with one line naming it, before any output when its header already fails; with
+    ``data_source.on_bad_file: skip`` it is skipped, counted on the console and listed in ``<out>/skipped.csv``."""
+    all_files = gather_inputs(inputs, cfg.predict.suffixes, cfg.predict.recursive)
+    bad = _BadFiles(cfg)
+    files = bad.check_headers(all_files)
+    if not files:
+        bad.report(len(all_files), inputs, None)
     out_dir = _out_dir(output, inputs)
     out_dir.mkdir(parents=True, exist_ok=True)
+    written = _predict_checked(cfg, model, files, out_dir, bad)
+    if not written:
+        bad.report(len(all_files), inputs, None)
+    return written + bad.report(len(all_files), inputs, out_dir)
+
+
+def _predict_checked(cfg: VisionConfig, model: nn.Module, files: list[Path], out_dir: Path, bad: _BadFiles) -> list[Path]:
     kind = cfg.task_kind
     device = inference_device(cfg, model)
     written: list[Path] = []
     if kind == "segmentation":
         for f in files:
-            image, ref = read_input(f, cfg)
+            read = bad.read(f)
+            if read is None:
+                continue
+            image, ref = read
             probs = segment_probs(cfg, model, image[None], device)
             mask = postprocess(probs, cfg.postprocess)[0].numpy()
             ext = ".nii.gz" if ref is not None else f".{cfg.predict.mask_format}"
@@ -237,7 +311,11 @@ def predict_files(cfg: VisionConfig, model: nn.Module, inputs: list[Path], outpu
                 ext_p = ".nii.gz" if ref is not None else ".tif"
                 written.append(write_mask(out_dir / f"{_stem(f)}_prob{ext_p}", fg, ref))
         return written
-    images = [read_input(f, cfg)[0] for f in files]
+    reads = [bad.read(f) for f in files]
+    files = [f for f, r in zip(files, reads) if r is not None]
+    images = [r[0] for r in reads if r is not None]
+    if not images:
+        return []
     if kind == "classification":
         sizes = {tuple(im.shape) for im in images}
         if len(sizes) > 1:
