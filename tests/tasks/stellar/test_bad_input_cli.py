@@ -21,7 +21,7 @@ from neurotrain.cli import app
 from neurotrain.config import config_to_dict, validate_config
 from neurotrain.tasks.stellar.task import StellarTask
 
-from .conftest import make_arrays, write_new_layout
+from .conftest import make_arrays, write_new_layout, write_old_layout
 
 LABELS = ["TEFF", "LOGG", "FE_H"]
 SMALL = {"task": "stellar", "seed": 1, "labels": {"names": LABELS},
@@ -79,8 +79,16 @@ def test_predict_mixed_folder_skips_each_bad_file_and_writes_only_the_good(tmp_p
     pd.DataFrame({"wavelength": a["wave"], "flux": flux, "ivar": a["ivar"], "z": 1e-4}).to_csv(d / "textflux.csv", index=False)
     with h5py.File(d / "names.h5", "w") as f:  # wrong dataset names
         f["wave"], f["spec"] = a["wave"], a["flux"]
+    with h5py.File(d / "group.h5", "w") as f:  # the right names, but flux is a group
+        f["wavelength"], f["ivar"] = a["wave"], a["ivar"]
+        f.create_group("flux")
+    write_old_layout(d / "coeff.fits", rows=2)  # no wavelength row: the header's solution is used...
+    with fits.open(d / "coeff.fits", mode="update") as h:
+        h[0].header["COEFF0"] = "abc"  # ...and it is not a number
+    empty = [fits.Column(name=n, format="10E", array=np.zeros((0, 10), np.float32)) for n in ("FLUX", "IVAR")]
+    fits.HDUList([fits.PrimaryHDU(), fits.BinTableHDU.from_columns(empty, name="COADD")]).writeto(d / "norows.fits")
     bad = {"trunc.fits", "text.fits", "oned.fits", "noz.fits", "nan.fits", "ivar0.fits", "nocol.csv", "textflux.csv",
-           "names.h5"}
+           "names.h5", "group.h5", "coeff.fits", "norows.fits"}
     out = tmp_path / "out" / "labels.csv"  # a folder that does not exist yet is created
     res = runner.invoke(app, ["predict", str(ckpt), str(d), "-o", str(out)])
     assert res.exit_code == 0, res.output
@@ -93,7 +101,10 @@ def test_predict_mixed_folder_skips_each_bad_file_and_writes_only_the_good(tmp_p
     reasons = dict(zip((Path(f).name for f in skipped["file"]), skipped["reason"]))
     assert "textflux.csv: flux: expected numbers (got 1 non-numeric, first on line 9: 'x')" in reasons["textflux.csv"]
     for name, field in (("noz.fits", ": Z:"), ("nan.fits", ": FLUX:"), ("ivar0.fits", ": IVAR:"), ("oned.fits", ": layout:"),
-                        ("nocol.csv", ": columns:"), ("names.h5", ": datasets:")):
+                        ("nocol.csv", ": columns:"), ("names.h5", ": datasets:"),
+                        ("group.h5", ": flux: expected a numeric dataset (got a group)"),
+                        ("coeff.fits", ": COEFF0/COEFF1: expected numbers (got 'abc', 0.0001)"),
+                        ("norows.fits", ": COADD: expected a row holding the spectrum (got 0 rows)")):
         assert reasons[name].startswith(str(d / name)) and field in reasons[name], reasons[name]
     summary = next(ln for ln in res.output.splitlines() if ln.startswith("skipped "))
     assert summary.startswith(f"skipped {len(bad)} of {len(bad) + 2} files (first: ") and "labels_skipped.csv" in summary

@@ -83,7 +83,11 @@ def _wave_from_coeffs(h: dict[str, Any] | Any, n: int, path: Path, where: str) -
     c1 = h.get("COEFF1", h.get("CD1_1"))
     if c0 is None or c1 is None:
         raise DataError(f"{path}: WAVELENGTH: expected a wavelength {where} or COEFF0/COEFF1 in the header (got neither)")
-    return 10.0 ** (float(c0) + float(c1) * np.arange(n, dtype=np.float64))
+    try:
+        c0, c1 = float(c0), float(c1)
+    except (TypeError, ValueError):
+        raise DataError(f"{path}: COEFF0/COEFF1: expected numbers (got {c0!r}, {c1!r})") from None
+    return 10.0 ** (c0 + c1 * np.arange(n, dtype=np.float64))
 
 
 def _z_from(h: Any) -> float | None:
@@ -132,6 +136,8 @@ def _read_fits_astropy(path: Path) -> tuple[Any, tuple]:
             tab = next((hdu for hdu in hdul[1:] if isinstance(hdu, fits.BinTableHDU)
                         and "FLUX" in [n.upper() for n in hdu.columns.names]), None)
             if tab is not None:
+                if len(tab.data) == 0:
+                    raise DataError(f"{path}: {tab.name}: expected a row holding the spectrum (got 0 rows)")
                 row = tab.data[0]
                 cols = {n.upper(): np.asarray(row[n]) for n in tab.columns.names}
                 return h0, _from_layout(path, h0, cols, None)
@@ -201,13 +207,24 @@ def _read_table_h5(path: Path) -> tuple[dict, tuple]:
         missing = [k for k in ("wavelength", "flux", "ivar") if k not in f]
         if missing:
             raise DataError(f"{path}: datasets: expected wavelength, flux, ivar (missing {missing})")
-        arr = {k: np.asarray(f[k][()], dtype=np.float64).reshape(-1) for k in ("wavelength", "flux", "ivar")}
-        bad = np.asarray(f["mask"][()]).reshape(-1) if "mask" in f else None
+        arr = {k: _h5_numbers(f, k, path) for k in ("wavelength", "flux", "ivar")}
+        bad = _h5_numbers(f, "mask", path) if "mask" in f else None
         z = f.attrs.get("z", f.attrs.get("Z"))
         if z is None and "z" in f:
             z = float(np.asarray(f["z"][()]).reshape(-1)[0])
         h = {"Z": z, **{k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items() if k.upper() in META_KEYS}}
     return h, (arr["wavelength"], arr["flux"], arr["ivar"], bad)
+
+
+def _h5_numbers(f: Any, key: str, path: Path) -> np.ndarray:
+    """Dataset ``key`` as a flat float64 array; a group or a dataset of text is one DataError naming it."""
+    import h5py
+
+    obj = f[key]
+    if not isinstance(obj, h5py.Dataset) or obj.dtype.kind not in "biuf":
+        got = "a group" if not isinstance(obj, h5py.Dataset) else f"a dataset of dtype {obj.dtype}"
+        raise DataError(f"{path}: {key}: expected a numeric dataset (got {got})")
+    return np.asarray(obj[()], dtype=np.float64).reshape(-1)
 
 
 def read_spectrum(path: str | Path, cfg: ReadSection | None = None) -> Spectrum:
