@@ -243,3 +243,15 @@ def test_coco_polygon_of_text_is_a_skip_mid_epoch_not_a_crash(tmp_path: Path) ->
     ds = CocoDetection(_coco(tmp_path, doc).model_copy(update={"on_bad_file": "skip"}), "train")
     assert ds[0]["path"].endswith("a1.png") and ds[0]["masks"].shape == (1, 16, 16)
     assert np.count_nonzero(ds[0]["masks"].numpy()) > 0
+
+
+def test_truncated_tiff_is_one_line_without_tifffile_noise(tmp_path: Path, seg_ckpt: Path, caplog) -> None:
+    d = tmp_path / "in"
+    p = write_image(d / "t.tif", disc_pair(16, 0)[0][:, :, 0])
+    p.write_bytes(p.read_bytes()[:200])  # pixel data and part of the tags cut off
+    with caplog.at_level("WARNING"):
+        res = runner.invoke(app, ["predict", str(seg_ckpt), str(d), "-o", str(tmp_path / "out")])
+    line = _one_error_line(res)
+    assert line.startswith(f"error: {p}: image ")
+    # tifffile's own warnings about the damaged tags would print above the error line
+    assert not [r.getMessage() for r in caplog.records if r.name.startswith("tifffile")]

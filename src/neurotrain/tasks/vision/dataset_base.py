@@ -18,8 +18,10 @@ an epoch never stops on a bad file.
 from __future__ import annotations
 
 import logging
+import threading
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -44,13 +46,37 @@ SPLIT_ALIASES = {"train": ("train", "training", "Training"), "val": ("val", "val
 # --------------------------------------------------------------------------- reading files
 
 
+_TIFF_QUIET = threading.local()
+
+
+class _QuietWhileReading(logging.Filter):
+    """Drops tifffile's log lines (damaged tags, short reads) while this module reads a file: the read ends in
+    pixels or in one DataError line naming the file, so those lines would only push that line off the screen."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(_TIFF_QUIET, "on", False)
+
+
+logging.getLogger("tifffile").addFilter(_QuietWhileReading())
+
+
+@contextmanager
+def _quiet_tifffile() -> Iterator[None]:
+    _TIFF_QUIET.on = True  # per thread: the cache decodes with several threads at once
+    try:
+        yield
+    finally:
+        _TIFF_QUIET.on = False
+
+
 def _read_array(path: Path) -> np.ndarray:
     """Decode ``path`` into a numpy array (H, W) or (H, W, C); DataError on any failure."""
     try:
         if path.suffix.lower() in TIFF_SUFFIXES:
             import tifffile
 
-            arr = tifffile.imread(path)
+            with _quiet_tifffile():
+                arr = tifffile.imread(path)
             # tifffile returns planar RGB as (C, H, W): move channels last
             if arr.ndim == 3 and arr.shape[0] in (3, 4) and arr.shape[-1] not in (3, 4):
                 arr = np.moveaxis(arr, 0, -1)
@@ -87,7 +113,7 @@ def image_header(path: Path) -> tuple[int, int, int]:
         if path.suffix.lower() in TIFF_SUFFIXES:
             import tifffile
 
-            with tifffile.TiffFile(path) as tf:
+            with _quiet_tifffile(), tifffile.TiffFile(path) as tf:
                 shape = tf.pages[0].shape
             if len(shape) == 2:
                 return int(shape[0]), int(shape[1]), 1
