@@ -41,6 +41,7 @@ def _cfg(tmp: Path, kind: str = "segmentation", **extra: object) -> dict:
                         "channels": 1, "split_fractions": [0.5, 0.25, 0.25], "cache": False},
         "model": {"name": "unet", "kwargs": {"depth": 2, "base_channels": 4}} if kind == "segmentation"
         else {"name": "simplenet", "kwargs": {"width": 4, "depth": 2}},
+        "loss": {"name": "dice_ce" if kind == "segmentation" else "ce"},
         "inference": {"device": "cpu"},
     }
     data.update(extra)
@@ -255,3 +256,40 @@ def test_truncated_tiff_is_one_line_without_tifffile_noise(tmp_path: Path, seg_c
     assert line.startswith(f"error: {p}: image ")
     # tifffile's own warnings about the damaged tags would print above the error line
     assert not [r.getMessage() for r in caplog.records if r.name.startswith("tifffile")]
+
+
+# --------------------------------------------------------------------------- classification CSV
+
+
+def _csv_root(tmp: Path, text: str | bytes) -> Path:
+    root = tmp / "data"
+    for i in range(4):
+        _gray(root / f"i{i}.png", i)
+    target = root / "labels.csv"
+    target.write_bytes(text) if isinstance(text, bytes) else target.write_text(text)
+    return root
+
+
+def test_class_csv_that_is_not_text_is_one_line_through_train(tmp_path: Path) -> None:
+    _csv_root(tmp_path, bytes(range(256)))
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(_cfg(tmp_path, "classification")))
+    line = _one_error_line(runner.invoke(app, ["train", str(cfg), "data_source.name=class_csv"]))
+    assert line.startswith(f"error: {tmp_path / 'data' / 'labels.csv'}: CSV: expected UTF-8 text with columns path,label")
+
+
+def test_class_csv_empty_label_is_not_a_class(tmp_path: Path) -> None:
+    from neurotrain.tasks.vision.datasets import build_dataset
+
+    root = _csv_root(tmp_path, "path,label\ni0.png,0\ni1.png,1\ni2.png,\ni3.png,1\n")
+    spec = DatasetSpec(name="class_csv", root=root, split_fractions=(1, 0, 0), channels=1)
+    with pytest.raises(DataError, match=r"labels\.csv: line 4: label: expected a value \(got an empty field\)"):
+        build_dataset(spec, "train")
+    ds = build_dataset(spec.model_copy(update={"on_bad_file": "skip"}), "train")
+    # the integer labels stay class indices: the empty one neither becomes a class "" nor turns the rest into names
+    assert ds.class_names == ["0", "1"] and len(ds) == 3
+    assert sorted(int(ds[i]["label"]) for i in range(3)) == [0, 1, 1]
+    assert len(ds.skipped) == 1 and ds.skipped[0][0].endswith("i2.png")
+    root.joinpath("labels.csv").write_text("label,path\n0,i0.png\n1\n")  # a short row: no path
+    with pytest.raises(DataError, match=r"labels\.csv: line 3: path: expected a value"):
+        build_dataset(spec, "train")

@@ -240,15 +240,31 @@ class CsvClassification(_ClassificationBase):
         table = (base if presplit else root) / spec.csv_file
         if not table.is_file():
             raise DataError(f"{table}: CSV file: expected a file with columns {spec.path_column},{spec.label_column} (got no file)")
-        with table.open(newline="", encoding="utf-8") as fh:
-            reader = csv.DictReader(fh)
-            cols = reader.fieldnames or []
-            for col in (spec.path_column, spec.label_column):
-                if col not in cols:
-                    raise DataError(f"{table}: columns: expected a column {col!r} (got {cols})")
-            rows = [(r[spec.path_column], (r[spec.label_column] or "").strip()) for r in reader]
+        try:
+            with table.open(newline="", encoding="utf-8") as fh:
+                reader = csv.DictReader(fh)
+                cols = reader.fieldnames or []
+                for col in (spec.path_column, spec.label_column):
+                    if col not in cols:
+                        raise DataError(f"{table}: columns: expected a column {col!r} (got {cols})")
+                # a short row leaves its missing fields None: read as empty, reported by line below
+                rows = [((r[spec.path_column] or "").strip(), (r[spec.label_column] or "").strip()) for r in reader]
+        except (UnicodeDecodeError, csv.Error) as exc:
+            raise DataError(f"{table}: CSV: expected UTF-8 text with columns {spec.path_column},{spec.label_column} "
+                            f"(got {str(exc).splitlines()[0][:80]})") from None
         if not rows:
             raise DataError(f"{table}: rows: expected at least one (path, label) row (got none)")
+        empty = [(line, p, lab) for line, (p, lab) in enumerate(rows, start=2) if not p or not lab]
+        for line, p, lab in empty:  # never a class named "" or a path of the CSV's own folder
+            field = spec.path_column if not p else spec.label_column
+            msg = f"{table}: line {line}: {field}: expected a value (got an empty field)"
+            if spec.on_bad_file == "error":
+                raise DataError(msg)
+            self.skip(table.parent / p if p else table, msg)
+        lines = [line for line, (p, lab) in enumerate(rows, start=2) if p and lab]
+        rows = [(p, lab) for p, lab in rows if p and lab]
+        if not rows:
+            raise DataError(f"{table}: rows: expected at least one (path, label) row with both fields (got none)")
         raw = [lab for _, lab in rows]
         if spec.class_names:
             names = list(spec.class_names)
@@ -258,7 +274,7 @@ class CsvClassification(_ClassificationBase):
             names = sorted(set(raw))
         index = {n: k for k, n in enumerate(names)}
         items = []
-        for line, (p, lab) in enumerate(rows, start=2):
+        for line, (p, lab) in zip(lines, rows):
             k = index.get(lab)
             if k is None and lab.lstrip("-").isdigit() and not spec.class_names:
                 k = int(lab)
