@@ -293,3 +293,23 @@ def test_class_csv_empty_label_is_not_a_class(tmp_path: Path) -> None:
     root.joinpath("labels.csv").write_text("label,path\n0,i0.png\n1\n")  # a short row: no path
     with pytest.raises(DataError, match=r"labels\.csv: line 3: path: expected a value"):
         build_dataset(spec, "train")
+
+
+def test_multipage_tiff_stack_is_named_as_a_stack(tmp_path: Path, seg_ckpt: Path) -> None:
+    import tifffile
+
+    d = tmp_path / "in"
+    _gray(d / "a.tif")
+    tifffile.imwrite(d / "stack.tif", np.zeros((5, 16, 16), np.uint8))  # five pages: a movie, not one image
+    out = tmp_path / "out"
+    line = _one_error_line(runner.invoke(app, ["predict", str(seg_ckpt), str(d), "-o", str(out)]))
+    assert line == (f"error: {d / 'stack.tif'}: image shape: expected one 2-D image, axes Y X [channels] "
+                    "(got a TIFF stack of shape (5, 16, 16), axes QYX)")
+    assert not out.exists()
+    # one image of three planar channels (axes SYX) is not a stack: its channels come last
+    from neurotrain.tasks.vision.dataset_base import read_image
+
+    rgb = np.stack([np.full((4, 6), v, np.uint8) for v in (0, 128, 255)])
+    tifffile.imwrite(d / "planar.tif", rgb, planarconfig="separate")
+    img = read_image(d / "planar.tif", channels=3)
+    assert img.shape == (3, 4, 6) and torch.allclose(img[:, 0, 0], torch.tensor([0.0, 128 / 255, 1.0]))

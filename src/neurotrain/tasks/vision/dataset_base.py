@@ -69,18 +69,30 @@ def _quiet_tifffile() -> Iterator[None]:
         _TIFF_QUIET.on = False
 
 
+def _tiff_channel_axis(axes: str, shape: tuple[int, ...], path: Path) -> int | None:
+    """Where the channels of a TIFF's first series are (tifffile's axes: ``Y``, ``X``, samples ``S`` or ImageJ/OME
+    channels ``C``), None for a grayscale image. Any other axis (pages ``Q``/``I``, depth ``Z``, time ``T``) makes a
+    stack, which a 2-D folder cannot take: one DataError saying so rather than misreading pages as rows or
+    channels."""
+    extra = [a for a in axes if a not in "YX"]
+    if "Y" not in axes or "X" not in axes or len(extra) > 1 or (extra and extra[0] not in "SC"):
+        raise DataError(f"{path}: image shape: expected one 2-D image, axes Y X [channels] (got a TIFF stack of "
+                        f"shape {tuple(int(n) for n in shape)}, axes {axes})")
+    return axes.index(extra[0]) if extra else None
+
+
 def _read_array(path: Path) -> np.ndarray:
     """Decode ``path`` into a numpy array (H, W) or (H, W, C); DataError on any failure."""
     try:
         if path.suffix.lower() in TIFF_SUFFIXES:
             import tifffile
 
-            with _quiet_tifffile():
-                arr = tifffile.imread(path)
-            # tifffile returns planar RGB as (C, H, W): move channels last
-            if arr.ndim == 3 and arr.shape[0] in (3, 4) and arr.shape[-1] not in (3, 4):
-                arr = np.moveaxis(arr, 0, -1)
-            return np.asarray(arr)
+            with _quiet_tifffile(), tifffile.TiffFile(path) as tf:
+                series = tf.series[0]
+                c = _tiff_channel_axis(series.axes, series.shape, path)
+                arr = series.asarray()
+            # planar RGB (axes SYX) or ImageJ/OME channels (CYX) come channels first: move them last
+            return np.asarray(np.moveaxis(arr, 0, -1) if c == 0 else arr)
         from PIL import Image
 
         with Image.open(path) as im:
@@ -94,6 +106,8 @@ def _read_array(path: Path) -> np.ndarray:
             return np.asarray(im)
     except FileNotFoundError:
         raise DataError(f"{path}: file: expected an image file (got no file)") from None
+    except DataError:
+        raise
     except Exception as exc:  # PIL/tifffile raise many kinds; all mean "cannot decode"
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DataError(f"{path}: image data: expected a readable PNG/TIFF/JPEG image (got {first})") from None
@@ -114,12 +128,9 @@ def image_header(path: Path) -> tuple[int, int, int]:
             import tifffile
 
             with _quiet_tifffile(), tifffile.TiffFile(path) as tf:
-                shape = tf.pages[0].shape
-            if len(shape) == 2:
-                return int(shape[0]), int(shape[1]), 1
-            if shape[0] in (3, 4) and shape[-1] not in (3, 4):
-                return int(shape[1]), int(shape[2]), int(shape[0])
-            return int(shape[0]), int(shape[1]), int(shape[2])
+                axes, shape = tf.series[0].axes, tuple(tf.series[0].shape)
+            c = _tiff_channel_axis(axes, shape, path)
+            return int(shape[axes.index("Y")]), int(shape[axes.index("X")]), 1 if c is None else int(shape[c])
         from PIL import Image
 
         with Image.open(path) as im:
@@ -127,6 +138,8 @@ def image_header(path: Path) -> tuple[int, int, int]:
             return h, w, len(im.getbands())
     except FileNotFoundError:
         raise DataError(f"{path}: file: expected an image file (got no file)") from None
+    except DataError:
+        raise
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DataError(f"{path}: image header: expected a readable PNG/TIFF/JPEG image (got {first})") from None
