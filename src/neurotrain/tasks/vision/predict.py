@@ -1,5 +1,8 @@
 """``neurotrain predict`` for vision: one file or a folder -> masks (PNG/TIFF; NIfTI for volumes), a labels CSV
 (classification) or a boxes CSV + JSON (detection). Every file is written under a temporary name and renamed.
+Every input's header is read before any output is written: a bad file stops the run with one line naming it, or,
+with ``data_source.on_bad_file: skip`` (``--set data_source.on_bad_file=skip``), is skipped, counted on the console
+and listed with its reason in ``<out>/skipped.csv``.
 
 Inference is memory-bounded: whole 2D images go through ``engine.inference.run_batched`` (batch size chosen to
 fit ``inference.max_memory_gb``); images larger than ``predict.roi_size`` and 3D volumes go through MONAI's
