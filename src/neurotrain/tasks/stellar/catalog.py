@@ -39,10 +39,13 @@ def read_catalog(paths: Sequence[str | Path] | str | Path, id_column: str = "spe
 
     Returns a DataFrame with column ``id`` (str), one float column per label (upper-case names, NaN =
     missing) and ``catalog`` (the source file). ``attrs["non_numeric"]`` counts, per label, values that
-    were not numbers and became NaN. With ``label_names`` None, every column but the id is a label.
+    were not numbers and became NaN, ``attrs["non_numeric_first"]`` the first of them per label (file, line
+    and value). With ``label_names`` None, every column but the id is a label. Ids are text as written: a
+    spectrum named ``NA`` or ``nan`` keeps its name.
 
     Errors (one line, naming the file): a missing file, a missing id column, labels that no catalogue
-    has (:class:`ConfigError`), duplicate ids within or across files (:class:`DataError`, listing some).
+    has (:class:`ConfigError`), an empty id, duplicate ids within or across files (:class:`DataError`,
+    listing some).
     """
     if isinstance(paths, (str, Path)):
         paths = [paths]
