@@ -168,6 +168,15 @@ def spectra(tmp_path: Path) -> Path:
     return d
 
 
+def test_prepare_catalogue_that_is_a_folder(tmp_path: Path, spectra: Path) -> None:
+    cfg = tmp_path / "p.yaml"
+    cfg.write_text(yaml.safe_dump(SMALL))
+    line = _one_error_line(runner.invoke(app, ["prepare", str(cfg), f"catalog.reference=[{spectra}]",
+                                               f"catalog.spectra_dirs=[{spectra}]",
+                                               f"catalog.prepared_dir={tmp_path / 'prep'}"]))
+    assert line == f"error: {spectra}: catalogue: expected a CSV file (got a folder)"
+
+
 def test_prepare_keeps_ids_that_look_like_missing_values(tmp_path: Path, spectra: Path) -> None:
     res = _prepare(tmp_path, "spec,TEFF,LOGG,FE_H\ngood0,5000,4.0,0.0\nNA,5500,4.2,-0.3\n", spectra)
     assert res.exit_code == 0, res.output

@@ -54,6 +54,8 @@ def read_catalog(paths: Sequence[str | Path] | str | Path, id_column: str = "spe
     wanted = [n.strip().upper() for n in label_names] if label_names is not None else None
     frames: list[pd.DataFrame] = []
     for p in map(Path, paths):
+        if p.is_dir():
+            raise DataError(f"{p}: catalogue: expected a CSV file (got a folder)")
         if not p.is_file():
             raise DataError(f"{p}: catalogue file not found")
         try:
