@@ -163,6 +163,19 @@ def test_train_on_a_folder_with_a_corrupt_image(tmp_path: Path) -> None:
     assert (tmp_path / "runs" / "vision" / "skip" / "checkpoints" / "last.ckpt").is_file()
 
 
+def test_train_on_a_folder_too_small_for_its_splits(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    for i in range(2):
+        img, msk = disc_pair(16, i)
+        write_image(root / "images" / f"im{i}.png", img[:, :, 0])
+        write_image(root / "masks" / f"im{i}.png", msk)
+    cfg = tmp_path / "v.yaml"
+    cfg.write_text(yaml.safe_dump(_cfg(tmp_path)))
+    line = _one_error_line(runner.invoke(app, ["train", str(cfg), "data_source.split_fractions=[0.8,0.1,0.1]"]))
+    assert line == (f"error: {root}: val split: expected at least one image/mask pair (got none of 2 with "
+                    "split_fractions [0.8, 0.1, 0.1]; add pairs or change them)")
+
+
 def test_export_of_a_missing_checkpoint(tmp_path: Path) -> None:
     line = _one_error_line(runner.invoke(app, ["export", str(tmp_path / "none.ckpt"), "-o", str(tmp_path / "m.onnx")]))
     assert line == f"error: {tmp_path / 'none.ckpt'}: checkpoint not found"

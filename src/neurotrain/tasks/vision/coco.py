@@ -74,7 +74,11 @@ class CocoDetection(VisionDataset):
                 continue
             by_image[iid].append(ann)
         if not presplit:
-            images = [images[k] for k in split_indices(len(images), spec.split_fractions, spec.split_seed, split)]
+            n = len(images)
+            images = [images[k] for k in split_indices(n, spec.split_fractions, spec.split_seed, split)]
+            if not images:
+                raise DataError(f"{self.ann_file}: {split} split: expected at least one image (got none of {n} with "
+                                f"split_fractions {list(spec.split_fractions)}; add images or change them)")
         self.images = images
         self.anns = by_image
 

@@ -79,7 +79,11 @@ class SegmentationFolder(VisionDataset):
         if not pairs:
             raise DataError(f"{spec.root}: image/mask pairs: expected at least one (got none)")
         if not presplit:
-            pairs = [pairs[k] for k in split_indices(len(pairs), spec.split_fractions, spec.split_seed, split)]
+            n = len(pairs)
+            pairs = [pairs[k] for k in split_indices(n, spec.split_fractions, spec.split_seed, split)]
+            if not pairs:  # a folder too small for its fractions (a split gets a pair only from 3 pairs on)
+                raise DataError(f"{spec.root}: {split} split: expected at least one image/mask pair (got none of {n} "
+                                f"with split_fractions {list(spec.split_fractions)}; add pairs or change them)")
         self.pairs = self._validate(pairs)
         self.class_names = [f"class{k}" for k in range(spec.n_classes)]
         if spec.cache:
@@ -166,7 +170,8 @@ class _ClassificationBase(VisionDataset):
                 keep += idx[split_indices(len(idx), self.spec.split_fractions, self.spec.split_seed + int(c), self.split)].tolist()
             items = [items[k] for k in sorted(keep)]
         if not items:
-            raise DataError(f"{self.spec.root}: {self.split} split: expected at least one image (got none)")
+            raise DataError(f"{self.spec.root}: {self.split} split: expected at least one image (got none with "
+                            f"split_fractions {list(self.spec.split_fractions)}; add images or change them)")
         good = []
         for p, c in items:
             try:
