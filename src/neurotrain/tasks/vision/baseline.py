@@ -10,6 +10,7 @@ semantic mask and the instance labels.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -51,3 +52,79 @@ def run_baseline(images: torch.Tensor, section: Any) -> tuple[torch.Tensor, torc
         masks.append(m)
         insts.append(i)
     return torch.from_numpy(np.stack(masks)), torch.from_numpy(np.stack(insts))
+
+
+# --------------------------------------------------------------------------- tuning (the way its users tune it)
+
+TUNED = ("smooth_sigma", "min_distance", "min_size")  # the settings ``tune_otsu_watershed`` chooses
+
+
+def _score(pairs: Sequence[tuple[np.ndarray, torch.Tensor]], settings: dict[str, Any], thresholds: list[float],
+           crit: str) -> dict[str, float]:
+    """Instance F1 (pooled TP / FP / FN over the images) of one baseline setting: the criterion ``crit``
+    (``f1@<iou>``) and mF1 over ``thresholds``."""
+    from neurotrain.tasks.vision.metrics import InstanceF1
+
+    ths = list(dict.fromkeys([float(crit[3:]), *thresholds]))
+    metric = InstanceF1(ths)
+    for image, truth in pairs:
+        _, inst = otsu_watershed(image, **settings)
+        metric.update(torch.from_numpy(inst)[None], truth[None])
+    f1 = metric.f1()
+    keep = [ths.index(float(t)) for t in thresholds]
+    return {crit: float(f1[0]), "mf1": float(f1[keep].mean())}
+
+
+def tune_otsu_watershed(pairs: Sequence[tuple[torch.Tensor | np.ndarray, torch.Tensor]], section: Any,
+                        thresholds: Sequence[float]) -> dict[str, Any]:
+    """Sweep Otsu + watershed over ``section``'s grid (``tune_smooth_sigma`` x ``tune_min_distance`` x
+    ``tune_min_size``) on (image (C, *S) in [0, 1], true instance labels (*S)) pairs, as users of the method tune
+    it: by instance F1 at IoU ``section.tune_iou`` on data they have labels for.
+
+    Returns ``{"best": {setting: value}, "criterion": "f1@0.50", "best_score": {...}, "default": {...},
+    "default_score": {...}, "n_images": N, "n_settings": M}``; scores hold the criterion and mF1 over
+    ``thresholds``. Ties go to the higher mF1, then to the earlier setting in the grid. ``default`` is the
+    section's own setting, scored the same way (the tuned one is at least as good on these images when the
+    default lies in the grid).
+    """
+    import itertools
+
+    crit = f"f1@{section.tune_iou:.2f}"
+    data = [(np.asarray(img.detach().float().cpu().numpy() if isinstance(img, torch.Tensor) else img),
+             torch.as_tensor(truth).long()) for img, truth in pairs]
+    fixed = {"polarity": section.polarity, "watershed": section.watershed}
+    ths = [float(t) for t in thresholds]
+    best: tuple[tuple[float, float], dict[str, Any]] | None = None
+    grid = list(itertools.product(section.tune_smooth_sigma, section.tune_min_distance, section.tune_min_size))
+    for sigma, dist, size in grid:
+        setting = {"smooth_sigma": float(sigma), "min_distance": max(1, int(dist)), "min_size": int(size)}
+        s = _score(data, {**setting, **fixed}, ths, crit)
+        if best is None or (s[crit], s["mf1"]) > best[0]:
+            best = ((s[crit], s["mf1"]), {"setting": setting, "score": s})
+    assert best is not None  # the grid is never empty (config validation)
+    default = {k: getattr(section, k) for k in TUNED}
+    return {"best": best[1]["setting"], "criterion": crit, "best_score": best[1]["score"], "default": default,
+            "default_score": _score(data, {**default, **fixed}, ths, crit), "n_images": len(data),
+            "n_settings": len(grid)}
+
+
+def baseline_setting(cfg: Any) -> tuple[Any, dict[str, Any] | None]:
+    """The ``baseline`` section ``evaluate`` scores the held-out split with, and the tuning record: the config's
+    own section when ``baseline.tune`` is off; otherwise tuned by :func:`tune_otsu_watershed` on the training
+    split (a dataset's ``baseline_tuning_set()`` where it has one: stardist's training quadrants whole), at most
+    ``baseline.tune_max_images`` images."""
+    section = cfg.baseline
+    if not section.tune:
+        return section, None
+    from neurotrain.tasks.vision.datasets import build_training_dataset
+    from neurotrain.tasks.vision.postprocess import label_instances
+
+    ds = build_training_dataset(cfg.data_source, cfg.hybrid, "train", cfg.patch)
+    if hasattr(ds, "baseline_tuning_set"):
+        pairs = ds.baseline_tuning_set()[: section.tune_max_images]
+    else:
+        items = [ds[i] for i in range(min(len(ds), section.tune_max_images))]
+        pairs = [(it["image"], it["instances"] if "instances" in it else label_instances(it["mask"][None])[0])
+                 for it in items]
+    record = tune_otsu_watershed(pairs, section, cfg.metrics.iou_thresholds)
+    return section.model_copy(update=record["best"]), record

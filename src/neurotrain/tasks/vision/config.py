@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, PositiveInt
+from pydantic import Field, PositiveInt, field_validator
 
 from neurotrain.config import Config, Section
 from neurotrain.tasks.vision.data_config import (
@@ -89,6 +89,22 @@ class BaselineSection(Section):
     min_size: int = Field(10, ge=0)
     min_distance: int = Field(3, ge=1)
     watershed: bool = True
+    #: ``evaluate``: sweep the grid below on the training split (stardist folds: the three training quadrants
+    #: whole) by instance F1 at IoU ``tune_iou`` (ties: the higher mF1, then the earlier setting) and score the
+    #: held-out split with the best; ``smooth_sigma``, ``min_distance`` and ``min_size`` above are then replaced
+    tune: bool = False
+    tune_smooth_sigma: list[float] = Field(default_factory=lambda: [0.0, 1.0, 2.0])  # pixels; 0: no smoothing
+    tune_min_distance: list[int] = Field(default_factory=lambda: [3, 4, 5, 6, 7, 8, 9])  # peak_local_max, pixels
+    tune_min_size: list[int] = Field(default_factory=lambda: [0, 15, 30, 60, 120])  # pixels (stardist nuclei: 25-751)
+    tune_iou: float = Field(0.5, gt=0, lt=1)
+    tune_max_images: int = Field(64, ge=1)  # training images swept at most (the first ones)
+
+    @field_validator("tune_smooth_sigma", "tune_min_distance", "tune_min_size")
+    @classmethod
+    def _grid(cls, v: list[Any]) -> list[Any]:
+        if not v or min(v) < 0:
+            raise ValueError(f"expected a non-empty list of values >= 0 (got {v})")
+        return v
 
 
 class PredictSection(Section):

@@ -136,6 +136,10 @@ class DatasetSpec(Section):
     synthetic: SyntheticSection = SyntheticSection()
     tile: int = Field(128, ge=8)  # stardist_nuclei: tile side (px)
     tile_stride: int = Field(128, ge=1)  # stardist_nuclei: stride between tiles (px)
+    # stardist_nuclei: 4-fold spatial cross-validation over the image's quadrants (0 top-left, 1 top-right,
+    # 2 bottom-left, 3 bottom-right): test = quadrant ``fold`` whole, train/val = tiles of the other three.
+    # None: held-out tile cells by split_fractions (the single split)
+    fold: int | None = Field(None, ge=0, le=3)
 
     @field_validator("split_fractions")
     @classmethod

@@ -58,7 +58,7 @@ def _segmentation(cfg: VisionConfig, model: nn.Module | None, split: str, baseli
     from torchmetrics.classification import MulticlassJaccardIndex
     from torchmetrics.segmentation import DiceScore
 
-    from neurotrain.tasks.vision.baseline import run_baseline
+    from neurotrain.tasks.vision.baseline import baseline_setting, run_baseline
     from neurotrain.tasks.vision.postprocess import label_instances, postprocess
 
     C, pp, thr = cfg.num_classes, cfg.postprocess, cfg.metrics.iou_thresholds
@@ -69,8 +69,10 @@ def _segmentation(cfg: VisionConfig, model: nn.Module | None, split: str, baseli
                                                nsd_tolerance=cfg.metrics.nsd_tolerance_px), "inst": InstanceF1(thr)}
         per_class = [DiceScore(C, include_background=True, average="none", input_format="index",
                                aggregation_level="global"), MulticlassJaccardIndex(C, average="none")]
+    tuning = None
     if baseline:
         sides["baseline"] = {"m": None, "inst": InstanceF1(thr)}
+        base_section, tuning = baseline_setting(cfg)  # baseline.tune: swept on the training split first
     for s in sides.values():
         s["fg"] = build_metrics("segmentation", 2, ["dice", "iou", "hd95", "nsd"], nsd_tolerance=cfg.metrics.nsd_tolerance_px)
     support = torch.zeros(C, dtype=torch.long)
@@ -89,7 +91,7 @@ def _segmentation(cfg: VisionConfig, model: nn.Module | None, split: str, baseli
                 m.update(pred, mask)
             sides["network"]["inst"].update(label_instances(pred, pp.instances, pp.min_distance, pp.min_size), truth_inst)
         if baseline:
-            bmask, binst = run_baseline(images, cfg.baseline)
+            bmask, binst = run_baseline(images, base_section)
             preds["baseline"] = bmask
             sides["baseline"]["inst"].update(binst, truth_inst)
         for name, p in preds.items():
@@ -102,6 +104,8 @@ def _segmentation(cfg: VisionConfig, model: nn.Module | None, split: str, baseli
                 examples[name] += list(p[:k])
         n_images += images.shape[0]
     out: dict[str, Any] = {"n_images": n_images, "split": split}
+    if tuning is not None:
+        out["baseline_tuning"] = tuning
     for name, s in sides.items():
         fg = _scalars(s["fg"])
         r = {f"{k}_foreground": v for k, v in fg.items()} if C > 2 else dict(fg)
@@ -341,6 +345,11 @@ def _write_report(cfg: VisionConfig, res: dict[str, Any], name: str, net: float 
     keys = list(dict.fromkeys(list(res.get("network", {})) + list(res.get("baseline", {}))))
     for k in keys:
         lines.append(f"| {k} | {fmt(res.get('network', {}).get(k))} | {fmt(res.get('baseline', {}).get(k))} |")
+    if "baseline_tuning" in res:
+        t = res["baseline_tuning"]
+        lines += ["", f"baseline tuned on {t['n_images']} training images ({t['n_settings']} settings, by instance "
+                  f"{t['criterion']}): {t['best']} ({t['criterion']} {fmt(t['best_score'][t['criterion']])} there; "
+                  f"default {t['default']}: {fmt(t['default_score'][t['criterion']])})"]
     if "per_class" in res:
         t = res["per_class"]
         cols = list(t)

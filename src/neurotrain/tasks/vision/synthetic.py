@@ -172,13 +172,90 @@ def tiles(image: np.ndarray | torch.Tensor, mask: np.ndarray | torch.Tensor | No
     return cut(img), m, origins
 
 
+N_FOLDS = 4  # spatial cross-validation folds of the stardist image: its four quadrants
+
+
+def quadrant(fold: int, height: int, width: int) -> tuple[int, int, int, int]:
+    """``(y0, x0, h, w)`` in pixels of quadrant ``fold`` of a ``height`` x ``width`` image: 0 top-left, 1 top-right,
+    2 bottom-left, 3 bottom-right (an odd side gives its extra row / column to the second half)."""
+    if not 0 <= fold < N_FOLDS:
+        raise ValueError(f"fold: expected 0..{N_FOLDS - 1} (got {fold})")
+    hy, hx = height // 2, width // 2
+    r, c = divmod(fold, 2)
+    return r * hy, c * hx, (hy if r == 0 else height - hy), (hx if c == 0 else width - hx)
+
+
+def _boxes(origins: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """(N, 2) origins (y, x) of h x w regions -> (N, 4) boxes (y0, x0, h, w)."""
+    size = torch.tensor([h, w], dtype=origins.dtype).expand(len(origins), 2)
+    return torch.cat([origins, size], 1)
+
+
+def _touching(boxes: torch.Tensor, others: torch.Tensor) -> torch.Tensor:
+    """(N,) True where box i shares a pixel with any of ``others`` (both (.., 4) as (y0, x0, h, w)): two boxes
+    overlap when their intervals intersect along both axes."""
+    if len(others) == 0:
+        return torch.zeros(len(boxes), dtype=torch.bool)
+    a, b = boxes[:, None, :], others[None, :, :]
+    return ((a[..., :2] < b[..., :2] + b[..., 2:]) & (b[..., :2] < a[..., :2] + a[..., 2:])).all(-1).any(-1)
+
+
+def split_regions(height: int, width: int, tile: int, stride: int, fractions: tuple[float, float, float],
+                  seed: int, fold: int | None = None) -> dict[str, torch.Tensor]:
+    """Regions ``(N, 4)`` = (y0, x0, h, w) in pixels of the train / val / test splits of one image, without leaks.
+
+    ``fold`` None: the image is cut into a grid of disjoint ``tile`` cells split by ``fractions``; val and test
+    are those cells; train are all ``tile`` tiles at ``stride`` that touch no val or test cell.
+    ``fold`` k (spatial cross-validation): test is quadrant k whole (:func:`quadrant`); the grid cells lying
+    outside quadrant k are split by ``fractions``' train and val shares (renormalised) into train and val cells;
+    val are those cells; train are the ``stride`` tiles that touch neither quadrant k nor a val cell. No
+    training or validation pixel lies in the test quadrant; nuclei cut by the quadrant border stay cut.
+    """
+    _, _, cells = tiles(torch.zeros(height, width), None, tile, tile)
+    _, _, cand = tiles(torch.zeros(height, width), None, tile, stride)
+    cells, cand = _boxes(cells, tile, tile), _boxes(cand, tile, tile)
+    if fold is None:
+        held = {k: cells[split_indices(len(cells), fractions, seed, k)] for k in ("val", "test")}
+        out = torch.cat([held["val"], held["test"]])
+    else:
+        test = torch.tensor([quadrant(fold, height, width)], dtype=cells.dtype)
+        outside = cells[~_touching(cells, test)]
+        f_train, f_val = fractions[0], fractions[1]
+        share = (f_train / max(f_train + f_val, 1e-12), f_val / max(f_train + f_val, 1e-12), 0.0)
+        held = {"val": outside[split_indices(len(outside), share, seed, "val")], "test": test}
+        out = torch.cat([held["val"], test])
+    return {"train": cand[~_touching(cand, out)], **held}
+
+
+def tuning_regions(height: int, width: int, tile: int, stride: int, fractions: tuple[float, float, float],
+                   seed: int, fold: int | None = None) -> torch.Tensor:
+    """Regions ``(N, 4)`` on which the classical baseline's settings are swept (``baseline.tune``), each pixel
+    once: with a fold, the three training quadrants whole (no nucleus inside them cut by a tile edge); without,
+    the disjoint ``tile`` cells that are neither val nor test."""
+    if fold is not None:
+        return torch.tensor([quadrant(k, height, width) for k in range(N_FOLDS) if k != fold])
+    held = split_regions(height, width, tile, stride, fractions, seed)
+    _, _, cells = tiles(torch.zeros(height, width), None, tile, tile)
+    cells = _boxes(cells, tile, tile)
+    return cells[~_touching(cells, torch.cat([held["val"], held["test"]]))]
+
+
+def _cut(a: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """(..., H, W) -> (N, ..., h, w) crops of ``boxes`` (N, 4), all of one size h x w."""
+    h, w = int(boxes[0, 2]), int(boxes[0, 3])
+    rows = (boxes[:, 0, None] + torch.arange(h))[:, :, None]
+    cols = (boxes[:, 1, None] + torch.arange(w))[:, None, :]
+    return a[..., rows, cols].movedim(-3, 0)  # advanced indexing puts N before the crop axes
+
+
 class StardistNuclei(VisionDataset):
     """Tiles of the stardist nuclei image: ``mask`` foreground 0/1, ``instances`` int64 labels.
 
-    Intensity: robust min-max by ``spec.intensity_percentiles`` of the whole image. Split
-    without leaks: the image is cut into a grid of disjoint ``tile`` x ``tile`` cells, the
-    cells are split by ``split_fractions``; val/test are those cells, train are all tiles at
-    ``tile_stride`` that touch no val/test cell.
+    Intensity: robust min-max by ``spec.intensity_percentiles`` of the whole image. Splits without leaks
+    (:func:`split_regions`): by default the image is cut into a grid of disjoint ``tile`` x ``tile`` cells
+    split by ``split_fractions``, val/test are those cells and train all tiles at ``tile_stride`` that touch
+    no val/test cell; with ``spec.fold`` = k the test split is quadrant k as one whole image and train/val
+    come from the other three quadrants.
     """
 
     kind = "segmentation"
@@ -188,28 +265,17 @@ class StardistNuclei(VisionDataset):
         raw, inst = stardist_nuclei()
         lo, hi = np.percentile(raw, spec.intensity_percentiles)
         img = np.clip((raw.astype(np.float32) - lo) / max(hi - lo, 1e-6), 0, 1).astype(np.float32)  # lo, hi are float64
-        image = torch.from_numpy(img)[None].expand(spec.channels, -1, -1)
-        inst_t = torch.from_numpy(inst.astype(np.int64))
-        t = spec.tile
-        _, _, cells = tiles(img, None, t, t)
-        held = {"val": split_indices(len(cells), spec.split_fractions, spec.split_seed, "val"),
-                "test": split_indices(len(cells), spec.split_fractions, spec.split_seed, "test")}
-        if split in held:
-            origins = cells[held[split]]
-        else:
-            _, _, cand = tiles(img, None, t, spec.tile_stride)
-            out = cells[np.concatenate([held["val"], held["test"]])]
-            # a candidate overlaps a held-out cell when both axis intervals intersect
-            ov = ((cand[:, None, :] < out[None, :, :] + t) & (out[None, :, :] < cand[:, None, :] + t)).all(-1).any(-1)
-            origins = cand[~ov]
-        if len(origins) == 0:
+        self.full_image = torch.from_numpy(img)[None].expand(spec.channels, -1, -1)
+        self.full_instances = torch.from_numpy(inst.astype(np.int64))
+        H, W = img.shape
+        regions = split_regions(H, W, spec.tile, spec.tile_stride, spec.split_fractions, spec.split_seed, spec.fold)
+        boxes = regions[split]
+        if len(boxes) == 0:
             raise DataError(f"stardist_nuclei: {split} tiles: expected at least one (got none; lower tile or change split_fractions)")
-        r = torch.arange(t)
-        rows, cols = (origins[:, 0, None] + r)[:, :, None], (origins[:, 1, None] + r)[:, None, :]
-        self.images = image[:, rows, cols].movedim(1, 0).contiguous()
-        self.instances = inst_t[rows, cols]
+        self.images = _cut(self.full_image, boxes).contiguous()
+        self.instances = _cut(self.full_instances, boxes)
         self.masks = values_to_classes((self.instances > 0).numpy(), 2, None, Path("stardist/mask2d.tif"))
-        self.origins = origins
+        self.origins = boxes[:, :2]
         self.class_names = ["background", "nucleus"]
 
     def __len__(self) -> int:
@@ -224,6 +290,14 @@ class StardistNuclei(VisionDataset):
 
     def sample_labels(self) -> torch.Tensor:
         return (self.masks.flatten(1) > 0).any(1).long()
+
+    def baseline_tuning_set(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(image (C, h, w), instances (h, w)) pairs the classical baseline is tuned on (:func:`tuning_regions`):
+        never a pixel of the test split."""
+        s = self.spec
+        H, W = self.full_instances.shape
+        boxes = tuning_regions(H, W, s.tile, s.tile_stride, s.split_fractions, s.split_seed, s.fold)
+        return [(_cut(self.full_image, b[None])[0], _cut(self.full_instances, b[None])[0]) for b in boxes]
 
 
 @DATASETS.register("stardist_nuclei")
