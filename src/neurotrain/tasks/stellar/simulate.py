@@ -26,10 +26,11 @@ Units: wavelength Angstrom in vacuum, Teff K, log g dex (cgs), abundances dex; l
   and water vapour, by default only as the residual of the pipeline's telluric correction (LAMOST DR10
   spectra carry no A band: ``telluric_corrected``); noise: photon noise through LAMOST's effective throughput
   (``THROUGHPUT_CURVE``, measured on DR10 spectra: ~40x lower at 3850 A than at its 7000-7500 A peak, a dip at
-  the dichroic crossover ~5800 A) plus a sky/read background, scaled so the median S/N per pixel over ``snr_band_aa`` (g band) equals the asked S/N;
+  the dichroic crossover ~5800 A) plus a sky background through the same throughput, scaled so the median S/N per
+  pixel over ``snr_band_aa`` (g band) equals the asked S/N;
   ivar = 1/sigma_est^2 with sigma_est the same noise law on the *observed* counts (what a pipeline can
-  estimate; the true sigma would hand the network a noise-free copy of the lines); bad pixels (cosmic spikes or dead pixels, mask True, ivar 0); sky-line residuals
-  above ``sky_residual_min_aa`` that ivar does not account for (as in real sky subtraction).
+  estimate; the true sigma would hand the network a noise-free copy of the lines); bad pixels (cosmic spikes or
+  dead pixels, mask True, ivar 0); sky-line residuals above ``sky_residual_min_aa`` that ivar does not account for (as in real sky subtraction).
 """
 
 from __future__ import annotations
@@ -64,6 +65,8 @@ HC_K_AA = 1.438_777e8
 #: blanketed 3850-3950 A, leaving it ~1 where real LAMOST G dwarfs read ~0.7 (docs/results/stellar.md).
 CONTINUUM_T_RATIO = 1.12
 BALMER_LIMIT_AA, BALMER_JUMP_DEX, BALMER_JUMP_TEFF, BALMER_JUMP_WIDTH = 3646.0, 0.5, 9500.0, 3000.0
+#: reference wavelength (A) of the photon-count factor lambda / PHOTON_REF_AA in ``noise_sigma``
+PHOTON_REF_AA = 5500.0
 #: effective LAMOST throughput (atmosphere, telescope, fibres, spectrograph, CCD): (observed wavelength A, relative
 #: photon-counting efficiency), interpolated in log. Measured on DR10 spectra as (S/N)^2 / (F_lambda lambda) per
 #: pixel (photon noise: S/N^2 ~ counts ~ F_lambda lambda T), normalised at 5000-5500 A per spectrum, median over the
@@ -72,8 +75,6 @@ BALMER_LIMIT_AA, BALMER_JUMP_DEX, BALMER_JUMP_TEFF, BALMER_JUMP_WIDTH = 3646.0, 
 #: the r and i bands ~1.5-3x their g-band S/N (the sample's SNRR / SNRG headers), and 3850-3900 A only ~0.25x
 #: (the old model, flat from 4000 to 8800 A after Cui et al. 2012, gave ~0.9x and 0.6x: blue lines were read at
 #: ~2.5x their real S/N, and the continuum fit, weighted by ivar, followed the blue end down where real ones do not)
-#: reference wavelength (A) of the photon-count factor lambda / PHOTON_REF_AA in ``noise_sigma``
-PHOTON_REF_AA = 5500.0
 THROUGHPUT_CURVE: tuple[tuple[float, float], ...] = (
     (3750.0, 0.0067), (3850.0, 0.013), (3950.0, 0.021), (4050.0, 0.038), (4150.0, 0.051), (4250.0, 0.063),
     (4350.0, 0.082), (4450.0, 0.108), (4550.0, 0.140), (4700.0, 0.169), (4900.0, 0.210), (5100.0, 0.232),
@@ -155,8 +156,8 @@ def normalised_model(labels: torch.Tensor, wave_rest: torch.Tensor, cfg: Simulat
 
 
 def continuum_sed(labels: torch.Tensor, wave: torch.Tensor) -> torch.Tensor:
-    """Planck-like continuum (B, M) at CONTINUUM_T_RATIO x Teff (Teff = labels[:, 0]), wavelengths ``wave`` (M,) or (B, M) in A,
-    normalised to 1 at 5500 A, with a Balmer jump below 3646 A (see module docstring)."""
+    """Planck-like continuum (B, M) at CONTINUUM_T_RATIO x Teff (Teff = labels[:, 0]), wavelengths ``wave`` (M,)
+    or (B, M) in A, normalised to 1 at 5500 A, with a Balmer jump below 3646 A (see module docstring)."""
     teff = labels[:, :1].double()
     w = torch.as_tensor(wave, device=labels.device).double()
     w = w.unsqueeze(0) if w.dim() == 1 else w
@@ -182,8 +183,9 @@ def throughput(wave: torch.Tensor) -> torch.Tensor:
 def noise_sigma(signal: torch.Tensor, wave: torch.Tensor, snr: torch.Tensor, cfg: SimulateSection,
                 observed: torch.Tensor | None = None) -> torch.Tensor:
     """Per-pixel noise sigma (B, N) of flux ``signal`` (B, N) at observed wavelengths ``wave`` (N,): photon
-    noise (photon counts ~ signal x lambda x ``throughput``) plus a background of ``sky_background`` x the median band counts, scaled so
-    that the median of signal / sigma over ``snr_band_aa`` equals ``snr`` (B,).
+    noise (photon counts ~ signal x lambda x ``throughput``) plus a sky background of ``sky_background`` x the
+    median band counts (through the same throughput), scaled so that the median of signal / sigma over
+    ``snr_band_aa`` equals ``snr`` (B,).
 
     With ``observed`` (B, N), the noisy flux, it returns the sigma a reduction pipeline *estimates*: the same
     noise law evaluated on the observed counts (clipped at 0) instead of the true ones, as LAMOST's 1D pipeline

@@ -51,10 +51,11 @@ Model (all torch, batch-first, differentiable in the labels; numbers and their s
   line's strength, so a weaker Balmer line of a K dwarf also has a shallower core). Bands:
   CH as a smooth 30 A box peaking near 5000 K, TiO as a sharp head degrading redward, CN (3883, 4216 A; ~[C/H] +
   [N/H], N following Fe) and MgH (5211 A; cool dense photospheres, ~g^(1/2)) as heads degrading blueward
-  (e-folding = the band width). A forest of 6000 lines (Fe I 62 %, Fe II 12 %, Ti I 12 %, Ca I 8 %, Mg I 6 %) at fixed pseudo-random
-  wavelengths (density ~ lambda^-5, drawn once from ``FOREST_SEED``) each get a curve-of-growth W and an
-  LSF-wide Gaussian: one (B, L) @ (L, M) product; with the named lines it removes the Sun's line-blanketing
-  fraction per band (``SOLAR_BLANKETING``: ~20 % at 4000-4500 A falling to ~2.5 % beyond 7500 A).
+  (e-folding = the band width). A forest of 6000 lines (Fe I 62 %, Fe II 12 %, Ti I 12 %, Ca I 8 %, Mg I 6 %)
+  at fixed pseudo-random wavelengths (density ~ lambda^-5, drawn once from ``FOREST_SEED``) each get a
+  curve-of-growth W and an LSF-wide Gaussian (a banded (B, L) @ (L, M) product); with the named lines it
+  removes the Sun's line-blanketing fraction per band (``SOLAR_BLANKETING``: ~20 % at 4000-4500 A falling to
+  ~2.5 % beyond 7500 A).
   Transmissions multiply: flux = exp(-sum of absorptions).
 
 Limits: no radiative transfer or model atmospheres (one-layer lines with a fixed Milne-Eddington depth limit), no
@@ -295,6 +296,8 @@ def forest_absorption(labels: torch.Tensor, wave: torch.Tensor, resolution: floa
     wave = wave.to(labels.dtype)
     ew = line_widths(forest_lines(), labels, FOREST_COG_NODES)["ew"]
     chunks, pixels = forest_basis(wave, resolution)
+    if not chunks:  # no forest line within reach of this grid
+        return torch.zeros(labels.shape[0], wave.shape[0], dtype=labels.dtype, device=labels.device)
     parts = torch.cat([ew[:, lo:hi] @ basis for lo, hi, basis in chunks], 1)
     # out of place (index_add, not +=): the CRLB differentiates this under torch.func.vmap
     return torch.zeros(labels.shape[0], wave.shape[0], dtype=labels.dtype, device=labels.device).index_add(
@@ -326,7 +329,7 @@ def forest_basis(wave: torch.Tensor, resolution: float) -> tuple[list[tuple[int,
                 continue
             chunks.append((lo, hi, gauss(wave[None, a:b] - lam[lo:hi, None], sig[lo:hi, None])))
             pixels.append(torch.arange(a, b, device=wave.device))
-        cached = (chunks, torch.cat(pixels))
+        cached = (chunks, torch.cat(pixels) if pixels else torch.zeros(0, dtype=torch.long, device=wave.device))
         if len(_BASIS_CACHE) >= 4:
             _BASIS_CACHE.pop(next(iter(_BASIS_CACHE)))
         _BASIS_CACHE[key] = cached
