@@ -15,17 +15,11 @@ from neurotrain.tasks.stellar import simulate as S
 from neurotrain.tasks.stellar import synth
 from neurotrain.tasks.stellar.config import GENERATOR_LABELS, SimulateSection
 
+from .test_simulate import star
+
 IDX = {k: i for i, k in enumerate(GENERATOR_LABELS)}
 R = 1800.0
 REAL = Path(__file__).resolve().parents[3].parent / "shared" / "realdata" / "stellar"
-
-
-def star(teff: float, logg: float, **xfe: float) -> torch.Tensor:
-    lab = torch.zeros(1, len(GENERATOR_LABELS), dtype=torch.float64)
-    lab[0, IDX["TEFF"]], lab[0, IDX["LOGG"]] = teff, logg
-    for k, v in xfe.items():
-        lab[0, IDX[k.upper()]] = v
-    return lab
 
 
 def grid(lo: float, hi: float, step: float = 1e-4) -> torch.Tensor:
