@@ -109,3 +109,22 @@ def test_build_from_config_and_fit_predict() -> None:
                       {"flux": flux[:100], "ivar": ivar[:100], "target": lab[:100]},
                       {"flux": flux[100:], "ivar": ivar[100:]})
     assert out["mean"].shape == (20, 3) and out["sigma"].shape == (20, 3)
+
+
+@pytest.mark.parametrize("kind", ["xgboost", "lightgbm"])
+def test_max_bin_reaches_the_library(kind: str) -> None:
+    """``baseline.max_bin`` is the histogram resolution of both libraries: with 2 bins each feature offers one split
+    point, so 2 features cut the spectra into at most 4 cells whatever the rounds (at most 4 distinct predictions);
+    with 256 bins the booster splits finer."""
+    gen = torch.Generator().manual_seed(3)
+    n, M = 400, 2
+    lab = _labels(n, gen)
+    flux = 1.0 + 0.1 * ((lab - lab.mean(0)) / lab.std(0))[:, :M].float()  # each label readable from one feature
+    known = torch.ones(n, 3, dtype=torch.bool)
+    distinct = {}
+    for mb in (2, 256):
+        m = BoostedTrees(kind, NAMES, n_estimators=20, max_depth=2, learning_rate=0.3, early_stopping_rounds=20,
+                         bin_pixels=1, n_jobs=1, device="cpu", max_bin=mb)
+        m.fit(flux, lab.float(), known)
+        distinct[mb] = int(torch.unique(m.predict(flux)[:, 0]).numel())
+    assert distinct[2] <= 4 < distinct[256], distinct

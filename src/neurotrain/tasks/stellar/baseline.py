@@ -62,6 +62,7 @@ class BoostedTrees:
         n_jobs: CPU threads.
         device: XGBoost's ``"cpu"`` / ``"cuda"`` (``"auto"``: CUDA when torch sees a GPU).
         seed: subsampling and split seed.
+        max_bin: histogram bins per feature (both libraries).
     """
 
     def __init__(
@@ -80,6 +81,7 @@ class BoostedTrees:
         n_jobs: int = 2,
         device: str = "auto",
         seed: int = 0,
+        max_bin: int = 256,
     ) -> None:
         if kind not in ("xgboost", "lightgbm"):
             raise ValueError(f"baseline kind: expected xgboost or lightgbm (got {kind!r})")
@@ -87,7 +89,7 @@ class BoostedTrees:
         self.params = dict(
             n_estimators=n_estimators, max_depth=max_depth, learning_rate=learning_rate,
             early_stopping_rounds=early_stopping_rounds, num_leaves=min(num_leaves, 2**max_depth),
-            subsample=subsample, colsample=colsample,
+            subsample=subsample, colsample=colsample, max_bin=max_bin,
         )
         self.bin_pixels, self.val_fraction, self.n_jobs, self.seed = bin_pixels, val_fraction, n_jobs, seed
         self.device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
@@ -104,7 +106,7 @@ class BoostedTrees:
             params = {
                 "objective": "reg:squarederror", "tree_method": "hist", "max_depth": p["max_depth"],
                 "eta": p["learning_rate"], "subsample": p["subsample"], "colsample_bytree": p["colsample"],
-                "nthread": self.n_jobs, "device": self.device, "seed": self.seed,
+                "nthread": self.n_jobs, "device": self.device, "seed": self.seed, "max_bin": p["max_bin"],
             }
             booster = xgb.train(
                 params, xgb.DMatrix(X, label=y, nthread=self.n_jobs), num_boost_round=p["n_estimators"],
@@ -119,9 +121,11 @@ class BoostedTrees:
             "num_leaves": p["num_leaves"], "bagging_fraction": p["subsample"], "bagging_freq": 1,
             "feature_fraction": p["colsample"], "num_threads": self.n_jobs, "seed": self.seed, "verbose": -1,
         }
-        train = lgb.Dataset(X, y, free_raw_data=True)
+        data_params = {"max_bin": p["max_bin"], "verbose": -1}
+        train = lgb.Dataset(X, y, free_raw_data=True, params=data_params)
         booster = lgb.train(
-            params, train, num_boost_round=p["n_estimators"], valid_sets=[lgb.Dataset(Xv, yv, reference=train)],
+            params, train, num_boost_round=p["n_estimators"],
+            valid_sets=[lgb.Dataset(Xv, yv, reference=train, params=data_params)],
             callbacks=[lgb.early_stopping(p["early_stopping_rounds"], verbose=False)],
         )
         return booster, int(booster.best_iteration or p["n_estimators"])
@@ -350,6 +354,7 @@ def build_baseline(name: str, cfg: BaselineSection, names: Sequence[str], seed: 
         name,  # type: ignore[arg-type]
         names, cfg.n_estimators, cfg.max_depth, cfg.learning_rate, cfg.early_stopping_rounds, cfg.num_leaves,
         cfg.subsample, cfg.colsample, cfg.bin_pixels, cfg.val_fraction, cfg.n_jobs, cfg.tree_device, seed,
+        cfg.max_bin,
     )
 
 

@@ -344,6 +344,9 @@ class BaselineSection(Section):
     num_leaves: int = Field(31, ge=2)
     subsample: float = Field(0.8, gt=0, le=1)
     colsample: float = Field(0.8, gt=0, le=1)
+    #: histogram bins per feature, both libraries (their defaults: XGBoost 256, LightGBM 255); fewer bins build
+    #: trees faster (64: ~3x for XGBoost on 490 features)
+    max_bin: int = Field(256, ge=2)
     #: share of the baseline training set held out for early stopping
     val_fraction: float = Field(0.1, gt=0, lt=1)
     #: where XGBoost builds its trees ("auto": the GPU when there is one); LightGBM runs on the CPU
