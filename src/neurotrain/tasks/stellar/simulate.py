@@ -70,8 +70,8 @@ PHOTON_REF_AA = 5500.0
 #: effective LAMOST throughput (atmosphere, telescope, fibres, spectrograph, CCD): (observed wavelength A, relative
 #: photon-counting efficiency), interpolated in log. Measured on DR10 spectra as (S/N)^2 / (F_lambda lambda) per
 #: pixel (photon noise: S/N^2 ~ counts ~ F_lambda lambda T), normalised at 5000-5500 A per spectrum, median over the
-#: 25 FGK spectra of ``shared/realdata/stellar`` in 100-500 A bins, then scaled to 1 at its 7000-7500 A peak: an
-#: instrument property (no label enters it). It sets the S/N ratios between bands: real FGK spectra have S/N in
+#: 25 FGK spectra of ``shared/realdata/stellar`` in 100-500 A bins, then scaled to 1 at its 7000-7500 A peak
+#: (``python tools/stellar_throughput.py`` prints this table): an instrument property (no label enters it). It sets the S/N ratios between bands: real FGK spectra have S/N in
 #: the r and i bands ~1.5-3x their g-band S/N (the sample's SNRR / SNRG headers), and 3850-3900 A only ~0.25x
 #: (the old model, flat from 4000 to 8800 A after Cui et al. 2012, gave ~0.9x and 0.6x: blue lines were read at
 #: ~2.5x their real S/N, and the continuum fit, weighted by ivar, followed the blue end down where real ones do not)
