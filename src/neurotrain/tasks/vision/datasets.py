@@ -81,7 +81,9 @@ class SegmentationFolder(VisionDataset):
         if not presplit:
             n = len(pairs)
             pairs = [pairs[k] for k in split_indices(n, spec.split_fractions, spec.split_seed, split)]
-            if not pairs:  # a folder too small for its fractions (a split gets a pair only from 3 pairs on)
+            # a folder too small for its fractions (a split gets a pair only from 3 pairs on); a split whose
+            # fraction is 0 was asked to be empty
+            if not pairs and spec.split_fractions[("train", "val", "test").index(split)] > 0:
                 raise DataError(f"{spec.root}: {split} split: expected at least one image/mask pair (got none of {n} "
                                 f"with split_fractions {list(spec.split_fractions)}; add pairs or change them)")
         self.pairs = self._validate(pairs)
