@@ -147,15 +147,21 @@ def test_classifier_predict_skips_only_the_bad_image(tmp_path: Path) -> None:
     assert "skipped 1 of 4 files" in res.output
 
 
-def test_train_on_a_folder_with_a_corrupt_image(tmp_path: Path) -> None:
+def _disc_folder(tmp_path: Path, n: int) -> tuple[Path, Path]:
+    """``n`` grey disc image/mask pairs under ``tmp_path / data`` and the config file that trains on them."""
     root = tmp_path / "data"
-    for i in range(8):
+    for i in range(n):
         img, msk = disc_pair(16, i)
         write_image(root / "images" / f"im{i}.png", img[:, :, 0])
         write_image(root / "masks" / f"im{i}.png", msk)
-    (root / "images" / "im3.png").write_bytes(b"\x89PNG\r\n\x1a\ngarbage")
     cfg = tmp_path / "v.yaml"
     cfg.write_text(yaml.safe_dump(_cfg(tmp_path)))
+    return root, cfg
+
+
+def test_train_on_a_folder_with_a_corrupt_image(tmp_path: Path) -> None:
+    root, cfg = _disc_folder(tmp_path, 8)
+    (root / "images" / "im3.png").write_bytes(b"\x89PNG\r\n\x1a\ngarbage")
     line = _one_error_line(runner.invoke(app, ["train", str(cfg)]))
     assert line.startswith(f"error: {root / 'images' / 'im3.png'}: image header:")
     res = runner.invoke(app, ["train", str(cfg), "data_source.on_bad_file=skip", "run.name=skip"])
@@ -164,13 +170,7 @@ def test_train_on_a_folder_with_a_corrupt_image(tmp_path: Path) -> None:
 
 
 def test_train_on_a_folder_too_small_for_its_splits(tmp_path: Path) -> None:
-    root = tmp_path / "data"
-    for i in range(2):
-        img, msk = disc_pair(16, i)
-        write_image(root / "images" / f"im{i}.png", img[:, :, 0])
-        write_image(root / "masks" / f"im{i}.png", msk)
-    cfg = tmp_path / "v.yaml"
-    cfg.write_text(yaml.safe_dump(_cfg(tmp_path)))
+    root, cfg = _disc_folder(tmp_path, 2)
     line = _one_error_line(runner.invoke(app, ["train", str(cfg), "data_source.split_fractions=[0.8,0.1,0.1]"]))
     assert line == (f"error: {root}: val split: expected at least one image/mask pair (got none of 2 with "
                     "split_fractions [0.8, 0.1, 0.1]; add pairs or change them)")
